@@ -1,0 +1,96 @@
+"""ASGI application factory: wires the STA REST surface to a PostgreSQL pool with the configured limits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from psycopg_pool import AsyncConnectionPool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from citystream.settings import Settings
+from sensorthings.errors import StaError
+from sensorthings.rest import StaApi, StaConfig, error_response, service_url
+
+log = logging.getLogger("citystream")
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
+
+
+def create_app(settings: Settings, database_url: str) -> FastAPI:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=settings.db_pool_size,
+        kwargs={"autocommit": True, "options": f"-c statement_timeout={settings.statement_timeout_ms}"},
+        open=False,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pool.open(wait=True, timeout=30)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    sta = StaApi(pool, StaConfig(
+        default_top=settings.default_top,
+        max_top=settings.max_top,
+        max_body_bytes=settings.max_body_bytes,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        public_url=settings.public_url,
+    ))
+    app.include_router(sta.router)
+
+    @app.get("/", include_in_schema=False)
+    async def landing(request: Request) -> Response:
+        sta_root = service_url(request, settings.public_url)
+        return _json({
+            "title": "CityStream",
+            "description": "Real-time urban IoT data: OGC SensorThings API 1.1",
+            "links": [
+                {"rel": "self", "href": sta_root.rsplit("/", 1)[0] + "/", "type": "application/json"},
+                {"rel": "service", "href": sta_root, "type": "application/json",
+                 "title": "OGC SensorThings API 1.1"},
+                {"rel": "status", "href": sta_root.rsplit("/", 1)[0] + "/health", "type": "application/json"},
+            ],
+        })
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> Response:
+        try:
+            async with pool.connection(timeout=5) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:  # any failure means "not healthy"; the reason goes into the body
+            return _json({"status": "unavailable", "database": str(exc)}, 503)
+        return _json({"status": "ok", "database": "ok"})
+
+    @app.exception_handler(StaError)
+    async def sta_error(_: Request, exc: StaError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return _json({"code": 400, "type": "error", "message": f"invalid request: {exc.errors()}"}, 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        message = "no such resource; the SensorThings API is at /v1.1" if exc.status_code == 404 else exc.detail
+        return _json({"code": exc.status_code, "type": "error", "message": message}, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error for %s %s", request.method, request.url.path)
+        return _json({"code": 500, "type": "error", "message": "internal server error; see the server log"}, 500)
+
+    return app

@@ -1,0 +1,64 @@
+"""Platform settings: the one place that reads the environment.
+
+Every other package receives the values it needs as arguments (DESIGN.md: only `citystream/` reads the
+environment). Secrets such as database passwords arrive only through `CITYSTREAM_DATABASE_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the platform can be told. Defaults are the embedded, loopback-only set-up."""
+
+    database_url: str | None = None
+    """External PostgreSQL (with PostGIS). None: `citystream up` starts a private cluster."""
+    mqtt_url: str | None = None
+    """External MQTT broker, e.g. mqtt://127.0.0.1:1883. None: `citystream up` starts Mosquitto."""
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    mqtt_port: int = 1883
+    data_dir: Path = field(default_factory=lambda: Path(".citystream"))
+    public_url: str | None = None
+    """External base URL (e.g. https://iot.example.org) used in selfLinks. None: taken from the request,
+    honouring X-Forwarded-Proto / X-Forwarded-Host."""
+    default_top: int = 100
+    max_top: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    statement_timeout_ms: int = 30_000
+    db_pool_size: int = 10
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Build settings from CITYSTREAM_* environment variables (CLI flags override them later)."""
+        env = os.environ
+        base = cls()
+        return replace(
+            base,
+            database_url=env.get("CITYSTREAM_DATABASE_URL") or None,
+            mqtt_url=env.get("CITYSTREAM_MQTT_URL") or None,
+            host=env.get("CITYSTREAM_HOST", base.host),
+            http_port=_int_env("CITYSTREAM_HTTP_PORT", base.http_port),
+            mqtt_port=_int_env("CITYSTREAM_MQTT_PORT", base.mqtt_port),
+            data_dir=Path(env.get("CITYSTREAM_DATA_DIR", str(base.data_dir))),
+            public_url=env.get("CITYSTREAM_PUBLIC_URL") or None,
+            default_top=_int_env("CITYSTREAM_DEFAULT_TOP", base.default_top),
+            max_top=_int_env("CITYSTREAM_MAX_TOP", base.max_top),
+            max_body_bytes=_int_env("CITYSTREAM_MAX_BODY_BYTES", base.max_body_bytes),
+            statement_timeout_ms=_int_env("CITYSTREAM_STATEMENT_TIMEOUT_MS", base.statement_timeout_ms),
+            db_pool_size=_int_env("CITYSTREAM_DB_POOL_SIZE", base.db_pool_size),
+        )

@@ -1,0 +1,1 @@
+"""OGC API - Features over the STA store. Not built yet."""

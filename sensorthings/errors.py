@@ -1,0 +1,42 @@
+"""Client-facing errors. Every mistake a client can make ends as one of these, never as a 500."""
+
+from __future__ import annotations
+
+
+class StaError(Exception):
+    """An error with an HTTP status and a message that tells the client what to fix."""
+
+    status: int = 400
+
+    def __init__(self, message: str, *, status: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if status is not None:
+            self.status = status
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {"code": self.status, "type": "error", "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class BadRequest(StaError):
+    status = 400
+
+
+class NotFound(StaError):
+    status = 404
+
+
+class Conflict(StaError):
+    status = 409
+
+
+class PayloadTooLarge(StaError):
+    status = 413
+
+
+class ServiceUnavailable(StaError):
+    status = 503

@@ -1,0 +1,308 @@
+"""Value kinds of entity properties: how each one is stored, validated, rendered to JSON in SQL and ordered.
+
+The entity model (model.py) says *which* properties an entity has; a kind says *how* one kind of value
+behaves. Everything that touches a property (parser, SQL compiler, writer) asks its kind, so a new property
+is one line in the model and a new kind of value is one class here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import shapely.geometry
+from psycopg import sql
+
+from sensorthings.errors import BadRequest
+
+
+def parse_time(value: Any, where: str) -> datetime:
+    """Parse an ISO 8601 instant; a time without offset is taken as UTC."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be an ISO 8601 time string such as '2024-05-01T12:00:00Z'", field=where)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(
+            f"{where}: {value!r} is not an ISO 8601 time; use e.g. '2024-05-01T12:00:00Z'", field=where
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def parse_interval(value: Any, where: str, *, instant_allowed: bool) -> tuple[datetime, datetime | None]:
+    """Parse 'start/end' (and, where allowed, a single instant). Returns (start, end or None)."""
+    if isinstance(value, str) and "/" in value:
+        start_text, _, end_text = value.partition("/")
+        start, end = parse_time(start_text, where), parse_time(end_text, where)
+        if end < start:
+            raise BadRequest(f"{where}: the interval {value!r} ends before it starts", field=where)
+        return start, end
+    if instant_allowed:
+        return parse_time(value, where), None
+    raise BadRequest(
+        f"{where} must be an ISO 8601 interval 'start/end', e.g. '2024-05-01T00:00:00Z/2024-05-02T00:00:00Z'",
+        field=where,
+    )
+
+
+def to_jsonb_text(value: Any) -> str:
+    """Serialise parsed request JSON for a jsonb column (numbers arrive as Decimal to keep their digits)."""
+    return json.dumps(value, default=_decimal_to_number, ensure_ascii=False)
+
+
+def _decimal_to_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One JSON property of an entity. Subclasses define the kind of value."""
+
+    name: str
+    column: str
+    required: bool = False
+    defaults_to_now: bool = False  # absent on create: the server's time (Observation.phenomenonTime)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def col(self, alias: sql.Identifier, column: str | None = None) -> sql.Composable:
+        return sql.SQL("{}.{}").format(alias, sql.Identifier(column or self.column))
+
+    def json_sql(self, alias: sql.Identifier) -> sql.Composable:
+        """SQL expression rendering this property as its JSON value."""
+        return self.col(alias)
+
+    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
+        """SQL expressions to sort by this property."""
+        return [self.col(alias)]
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        """Validate a JSON value from a request; return column -> Python value (None clears)."""
+        raise NotImplementedError
+
+    def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
+        """How a bound value becomes the stored column value (geometry columns convert GeoJSON)."""
+        return placeholder
+
+    def null_columns(self) -> dict[str, Any]:
+        return {c: None for c in self.columns}
+
+    @property
+    def is_object_value(self) -> bool:
+        """True when `$value` of this property is a JSON document rather than plain text."""
+        return False
+
+
+@dataclass(frozen=True)
+class Text(Field):
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, str):
+            raise BadRequest(f"{where} must be a string", field=where)
+        return {self.column: value}
+
+
+@dataclass(frozen=True)
+class Json(Field):
+    """Free JSON stored as jsonb. `object_only` for properties/parameters/unitOfMeasurement."""
+
+    object_only: bool = True
+
+    def json_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return sql.SQL("{}::json").format(self.col(alias))
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if self.object_only and value is not None and not isinstance(value, dict):
+            raise BadRequest(f"{where} must be a JSON object", field=where)
+        return {self.column: None if value is None else to_jsonb_text(value)}
+
+    def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
+        return sql.SQL("{}::jsonb").format(placeholder)
+
+    @property
+    def is_object_value(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Instant(Field):
+    def json_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return sql.SQL("sta_time({})").format(self.col(alias))
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {self.column: None}
+        return {self.column: parse_time(value, where)}
+
+
+@dataclass(frozen=True)
+class Interval(Field):
+    """A time interval in two columns `<column>_start` / `<column>_end`; `instant_allowed` for
+    Observation.phenomenonTime, which may be an instant (end stays NULL)."""
+
+    instant_allowed: bool = False
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (f"{self.column}_start", f"{self.column}_end")
+
+    def json_sql(self, alias: sql.Identifier) -> sql.Composable:
+        start, end = self.columns
+        return sql.SQL("sta_interval({}, {})").format(self.col(alias, start), self.col(alias, end))
+
+    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
+        start, end = self.columns
+        return [self.col(alias, start), self.col(alias, end)]
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        start_col, end_col = self.columns
+        if value is None:
+            return {start_col: None, end_col: None}
+        start, end = parse_interval(value, where, instant_allowed=self.instant_allowed)
+        return {start_col: start, end_col: end}
+
+
+GEOJSON_ENCODINGS = ("application/geo+json", "application/vnd.geo+json")
+
+
+def parse_geojson(value: Any, where: str) -> dict[str, Any]:
+    """Validate GeoJSON (a geometry or a Feature) with shapely; return its geometry as GeoJSON text."""
+    if not isinstance(value, dict) or "type" not in value:
+        raise BadRequest(f"{where} must be a GeoJSON object with a 'type'", field=where)
+    geometry = value.get("geometry") if value.get("type") == "Feature" else value
+    if not isinstance(geometry, dict):
+        raise BadRequest(f"{where}: the GeoJSON Feature has no geometry object", field=where)
+    plain = json.loads(to_jsonb_text(geometry))
+    try:
+        shape = shapely.geometry.shape(plain)
+    except Exception as exc:  # shapely raises several types for malformed input
+        raise BadRequest(f"{where} is not valid GeoJSON: {exc}", field=where) from None
+    if shape.is_empty and geometry.get("type") != "GeometryCollection":
+        raise BadRequest(f"{where} is not valid GeoJSON: empty coordinates", field=where)
+    return plain
+
+
+@dataclass(frozen=True)
+class GeoJson(Field):
+    """GeoJSON kept as sent (jsonb, what STA returns) beside a PostGIS geometry (SRID 4326, GiST-indexed)."""
+
+    geometry_column: str = ""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.column, self.geometry_column)
+
+    def json_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return sql.SQL("{}::json").format(self.col(alias))
+
+    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
+        raise BadRequest(f"cannot order by the geometry property {self.name}")
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return self.null_columns()
+        geometry = parse_geojson(value, where)
+        return {self.column: to_jsonb_text(value), self.geometry_column: json.dumps(geometry)}
+
+    def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
+        if column == self.geometry_column:
+            return sql.SQL("ST_SetSRID(ST_GeomFromGeoJSON({}::text), 4326)").format(placeholder)
+        return sql.SQL("{}::jsonb").format(placeholder)
+
+    @property
+    def is_object_value(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Geometry(Field):
+    """A geometry kept only as PostGIS geometry and rendered as GeoJSON (Datastream.observedArea)."""
+
+    def json_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return sql.SQL("ST_AsGeoJSON({})::json").format(self.col(alias))
+
+    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
+        raise BadRequest(f"cannot order by the geometry property {self.name}")
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {self.column: None}
+        return {self.column: json.dumps(parse_geojson(value, where))}
+
+    def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
+        return sql.SQL("ST_SetSRID(ST_GeomFromGeoJSON({}::text), 4326)").format(placeholder)
+
+    @property
+    def is_object_value(self) -> bool:
+        return True
+
+
+# Result type codes stored in observations.result_type.
+RESULT_NULL, RESULT_NUMBER, RESULT_STRING, RESULT_BOOLEAN, RESULT_JSON = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Result(Field):
+    """Observation.result keeping its JSON type. Numbers keep their exact text in `result_string`
+    (rendered back verbatim) and a double in `result_number` for comparisons and ordering."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ("result_type", "result_number", "result_string", "result_boolean", "result_json")
+
+    def json_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return sql.SQL(
+            "CASE {t} WHEN 1 THEN {s}::json WHEN 2 THEN to_json({s}) WHEN 3 THEN to_json({b}) "
+            "WHEN 4 THEN {j}::json ELSE 'null'::json END"
+        ).format(
+            t=self.col(alias, "result_type"),
+            s=self.col(alias, "result_string"),
+            b=self.col(alias, "result_boolean"),
+            j=self.col(alias, "result_json"),
+        )
+
+    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
+        return [self.col(alias, "result_number"), self.col(alias, "result_string")]
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        return result_columns(value)
+
+    def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
+        if column == "result_json":
+            return sql.SQL("{}::jsonb").format(placeholder)
+        return placeholder
+
+    @property
+    def is_object_value(self) -> bool:
+        return True
+
+
+def result_columns(value: Any) -> dict[str, Any]:
+    """Split a JSON result into the typed result columns."""
+    row: dict[str, Any] = {
+        "result_type": RESULT_NULL,
+        "result_number": None,
+        "result_string": None,
+        "result_boolean": None,
+        "result_json": None,
+    }
+    if value is None:
+        return row
+    if isinstance(value, bool):
+        row.update(result_type=RESULT_BOOLEAN, result_boolean=value)
+    elif isinstance(value, int | float | Decimal):
+        number = float(value)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise BadRequest("result must be a finite number", field="result")
+        row.update(result_type=RESULT_NUMBER, result_number=number, result_string=str(value))
+    elif isinstance(value, str):
+        row.update(result_type=RESULT_STRING, result_string=value)
+    else:
+        row.update(result_type=RESULT_JSON, result_json=to_jsonb_text(value))
+    return row

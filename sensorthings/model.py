@@ -1,0 +1,229 @@
+"""The SensorThings API 1.1 entity model, as data.
+
+This is the single description of the entity types: their JSON properties (with storage and kind), their
+tables and their relations. The path parser, the query compiler, the writer, the service root and (later)
+OpenAPI, MQTT topics and OGC collections all read it. Nothing here is repeated elsewhere.
+
+Relations are declared once per pair (`_one_to_many`, `_many_to_many`) and both navigation properties are
+derived from that declaration, so the two ends can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from sensorthings.fields import (
+    Field,
+    GeoJson,
+    Geometry,
+    Instant,
+    Interval,
+    Json,
+    Result,
+    Text,
+)
+
+
+class Storage(Enum):
+    FK_ON_SOURCE = "fk_on_source"  # this entity's table holds the foreign key (to-one)
+    FK_ON_TARGET = "fk_on_target"  # the target table holds a foreign key to this entity (to-many)
+    LINK_TABLE = "link_table"  # many-to-many through a link table
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A navigation property from `source` to `target`."""
+
+    name: str
+    source: str
+    target: str
+    storage: Storage
+    column: str = ""  # FK column (on source for FK_ON_SOURCE, on target for FK_ON_TARGET)
+    link_table: str = ""
+    link_source_column: str = ""
+    link_target_column: str = ""
+    required: bool = False  # the source cannot exist without it (checked on create)
+    delete_targets: bool = False  # deleting the source deletes the linked targets (link-table cascades)
+    inverse_name: str = ""
+
+    @property
+    def to_many(self) -> bool:
+        return self.storage is not Storage.FK_ON_SOURCE
+
+    @property
+    def target_entity(self) -> Entity:
+        return ENTITIES[self.target]
+
+    @property
+    def source_entity(self) -> Entity:
+        return ENTITIES[self.source]
+
+    @property
+    def inverse(self) -> Relation:
+        return ENTITIES[self.target].relation(self.inverse_name)
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str  # "Thing"
+    set_name: str  # "Things"
+    table: str
+    fields: tuple[Field, ...]
+    relations: dict[str, Relation] = field(default_factory=dict, compare=False)
+    id_sequence: str = ""  # ids allocated by the application from this sequence (see observation_ids)
+    partition_column: str = ""  # time-partitioned table: ids encode this column's day (see observation_ids)
+
+    def field(self, name: str) -> Field | None:
+        for candidate in self.fields:
+            if candidate.name == name:
+                return candidate
+        return None
+
+    def relation(self, name: str) -> Relation:
+        return self.relations[name]
+
+    @property
+    def property_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+def _entity(
+    name: str, set_name: str, table: str, *fields: Field, id_sequence: str = "", partition_column: str = ""
+) -> Entity:
+    return Entity(name, set_name, table, tuple(fields), {}, id_sequence, partition_column)
+
+
+ENTITIES: dict[str, Entity] = {
+    e.name: e
+    for e in (
+        _entity(
+            "Thing",
+            "Things",
+            "things",
+            Text("name", "name", required=True),
+            Text("description", "description", required=True),
+            Json("properties", "properties"),
+        ),
+        _entity(
+            "Location",
+            "Locations",
+            "locations",
+            Text("name", "name", required=True),
+            Text("description", "description", required=True),
+            Text("encodingType", "encoding_type", required=True),
+            GeoJson("location", "location", required=True, geometry_column="location_geom"),
+            Json("properties", "properties"),
+        ),
+        _entity(
+            "HistoricalLocation",
+            "HistoricalLocations",
+            "historical_locations",
+            Instant("time", "time", required=True),
+        ),
+        _entity(
+            "Datastream",
+            "Datastreams",
+            "datastreams",
+            Text("name", "name", required=True),
+            Text("description", "description", required=True),
+            Text("observationType", "observation_type", required=True),
+            Json("unitOfMeasurement", "unit_of_measurement", required=True),
+            Geometry("observedArea", "observed_area"),
+            Interval("phenomenonTime", "phenomenon_time"),
+            Interval("resultTime", "result_time"),
+            Json("properties", "properties"),
+        ),
+        _entity(
+            "Sensor",
+            "Sensors",
+            "sensors",
+            Text("name", "name", required=True),
+            Text("description", "description", required=True),
+            Text("encodingType", "encoding_type", required=True),
+            Json("metadata", "metadata", required=True, object_only=False),
+            Json("properties", "properties"),
+        ),
+        _entity(
+            "ObservedProperty",
+            "ObservedProperties",
+            "observed_properties",
+            Text("name", "name", required=True),
+            Text("definition", "definition", required=True),
+            Text("description", "description", required=True),
+            Json("properties", "properties"),
+        ),
+        _entity(
+            "Observation",
+            "Observations",
+            "observations",
+            Interval("phenomenonTime", "phenomenon_time", defaults_to_now=True, instant_allowed=True),
+            Instant("resultTime", "result_time"),
+            Result("result", "result", required=True),
+            Json("resultQuality", "result_quality", object_only=False),
+            Interval("validTime", "valid_time"),
+            Json("parameters", "parameters"),
+            id_sequence="observation_id_seq",
+            partition_column="phenomenon_time_start",
+        ),
+        _entity(
+            "FeatureOfInterest",
+            "FeaturesOfInterest",
+            "features_of_interest",
+            Text("name", "name", required=True),
+            Text("description", "description", required=True),
+            Text("encodingType", "encoding_type", required=True),
+            GeoJson("feature", "feature", required=True, geometry_column="feature_geom"),
+            Json("properties", "properties"),
+        ),
+    )
+}
+
+
+def _one_to_many(
+    parent: str, parent_nav: str, child: str, child_nav: str, column: str, *, child_requires_parent: bool
+) -> None:
+    """Declare a one-to-many relation whose foreign key `column` lives in the child's table."""
+    ENTITIES[parent].relations[parent_nav] = Relation(
+        parent_nav, parent, child, Storage.FK_ON_TARGET, column=column, inverse_name=child_nav
+    )
+    ENTITIES[child].relations[child_nav] = Relation(
+        child_nav, child, parent, Storage.FK_ON_SOURCE, column=column, required=child_requires_parent,
+        inverse_name=parent_nav,
+    )
+
+
+def _many_to_many(
+    a: str, a_nav: str, b: str, b_nav: str, table: str, a_column: str, b_column: str,
+    *, a_deletes_b: bool = False, b_requires_a: bool = False,
+) -> None:
+    """Declare a many-to-many relation through a link table (a_column -> a.id, b_column -> b.id)."""
+    ENTITIES[a].relations[a_nav] = Relation(
+        a_nav, a, b, Storage.LINK_TABLE, link_table=table, link_source_column=a_column,
+        link_target_column=b_column, delete_targets=a_deletes_b, inverse_name=b_nav,
+    )
+    ENTITIES[b].relations[b_nav] = Relation(
+        b_nav, b, a, Storage.LINK_TABLE, link_table=table, link_source_column=b_column,
+        link_target_column=a_column, required=b_requires_a, inverse_name=a_nav,
+    )
+
+
+_many_to_many("Thing", "Locations", "Location", "Things", "thing_locations", "thing_id", "location_id")
+_one_to_many("Thing", "HistoricalLocations", "HistoricalLocation", "Thing", "thing_id", child_requires_parent=True)
+_many_to_many(
+    "Location", "HistoricalLocations", "HistoricalLocation", "Locations", "location_historical_locations",
+    "location_id", "historical_location_id", a_deletes_b=True, b_requires_a=True,
+)
+_one_to_many("Thing", "Datastreams", "Datastream", "Thing", "thing_id", child_requires_parent=True)
+_one_to_many("Sensor", "Datastreams", "Datastream", "Sensor", "sensor_id", child_requires_parent=True)
+_one_to_many(
+    "ObservedProperty", "Datastreams", "Datastream", "ObservedProperty", "observed_property_id",
+    child_requires_parent=True,
+)
+_one_to_many("Datastream", "Observations", "Observation", "Datastream", "datastream_id", child_requires_parent=True)
+_one_to_many(
+    "FeatureOfInterest", "Observations", "Observation", "FeatureOfInterest", "feature_id",
+    child_requires_parent=True,
+)
+
+ENTITY_SETS: dict[str, Entity] = {e.set_name: e for e in ENTITIES.values()}

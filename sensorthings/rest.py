@@ -1,0 +1,323 @@
+"""The SensorThings API 1.1 REST surface: HTTP in, one SQL statement (reads) or one transaction (writes) out.
+
+This module only translates between HTTP and the pipeline: `path.parse_path` + `query.parse_query` ->
+`compiler` -> PostgreSQL -> bytes, and `writer.Writer` for changes. It holds no entity knowledge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import jsonpatch
+import jsonpointer
+import psycopg
+from fastapi import APIRouter, Request, Response
+from psycopg import AsyncConnection, errors
+from psycopg_pool import AsyncConnectionPool
+
+from sensorthings.compiler import Compiled, compile_collection, compile_entity, compile_ids
+from sensorthings.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, StaError
+from sensorthings.model import ENTITIES, ENTITY_SETS, Entity, Relation
+from sensorthings.path import ResourcePath, parse_path
+from sensorthings.query import parse_query
+from sensorthings.writer import Writer, changed_fields, link_id
+
+VERSION = "v1.1"
+CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+# Only what works completely. The query language (request-data), MQTT, batch and data arrays are added
+# to this list by the issues that implement them.
+CONFORMANCE = [
+    CONFORMANCE_BASE + "datamodel",
+    CONFORMANCE_BASE + "resource-path/resource-path-to-entities",
+    CONFORMANCE_BASE + "create-update-delete",
+]
+JSON_PATCH = "application/json-patch+json"
+
+
+@dataclass(frozen=True)
+class StaConfig:
+    default_top: int = 100
+    max_top: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    statement_timeout_ms: int = 30_000
+    public_url: str | None = None
+
+
+def service_url(request: Request, public_url: str | None) -> str:
+    """Absolute URL of the service root, honouring a configured public URL or X-Forwarded-* headers."""
+    if public_url:
+        return f"{public_url.rstrip('/')}/{VERSION}"
+    proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+    host = request.headers.get("x-forwarded-host", request.headers.get("host", request.url.netloc))
+    return f"{proto}://{host.split(',')[0].strip()}/{VERSION}"
+
+
+def parse_json(raw: bytes) -> Any:
+    """Request JSON with numbers that keep their digits (Decimal), so results are stored exactly."""
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send a JSON document")
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_response(body: bytes | str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=body, status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(error: StaError) -> Response:
+    return json_response(json.dumps(error.to_json()), error.status)
+
+
+def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
+    """Map a database error caused by a request to a client-facing error (never a traceback)."""
+    if isinstance(exc, errors.QueryCanceled):
+        return ServiceUnavailable(f"the query ran longer than the limit of {timeout_ms} ms; "
+                                  f"narrow it (smaller $top, fewer entities)")
+    if isinstance(exc, errors.ForeignKeyViolation | errors.UniqueViolation):
+        return Conflict(f"the change conflicts with the current data: {exc.diag.message_primary}")
+    if isinstance(exc, errors.DataException):
+        return BadRequest(f"invalid value: {exc.diag.message_primary}")
+    if isinstance(exc, psycopg.OperationalError):
+        return ServiceUnavailable("the database is not reachable right now; try again shortly")
+    raise exc
+
+
+_SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
+
+
+def referenced_id(body: Any, target: Entity) -> int:
+    """The id in a `$ref` body: {"@iot.id": n} or {"@iot.selfLink": ".../Things(n)"}."""
+    if isinstance(body, dict) and "@iot.selfLink" in body:
+        link = body["@iot.selfLink"]
+        match = _SELF_LINK.search(link) if isinstance(link, str) else None
+        if match is None or match.group("set") != target.set_name:
+            raise BadRequest(f"@iot.selfLink must end in /{target.set_name}(id)")
+        return int(match.group("id"))
+    found = link_id(body, "body")
+    if found is None:
+        raise BadRequest('a $ref body is {"@iot.selfLink": url} or {"@iot.id": n}')
+    return found
+
+
+class StaApi:
+    """Routes for `/v1.1`. Holds the connection pool and the limits; no entity knowledge."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig) -> None:
+        self.pool = pool
+        self.config = config
+        self.router = APIRouter()
+        self.router.add_api_route(f"/{VERSION}", self.service_root, methods=["GET"], include_in_schema=False)
+        self.router.add_api_route(f"/{VERSION}/", self.service_root, methods=["GET"], include_in_schema=False)
+        self.router.add_api_route(f"/{VERSION}/{{resource:path}}", self.handle,
+                                  methods=["GET", "POST", "PATCH", "PUT", "DELETE"], include_in_schema=False)
+
+    async def service_root(self, request: Request) -> Response:
+        base = service_url(request, self.config.public_url)
+        body = {
+            "value": [{"name": e.set_name, "url": f"{base}/{e.set_name}"} for e in ENTITIES.values()],
+            "serverSettings": {"conformance": CONFORMANCE},
+        }
+        return json_response(json.dumps(body))
+
+    async def handle(self, request: Request, resource: str) -> Response:
+        handlers: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
+            "GET": self.get, "POST": self.post, "PATCH": self.patch, "PUT": self.put, "DELETE": self.delete}
+        try:
+            return await handlers[request.method](request, resource)
+        except StaError as exc:
+            return error_response(exc)
+        except psycopg.Error as exc:
+            return error_response(database_error(exc, self.config.statement_timeout_ms))
+
+    # ---------------------------------------------------------------- reads
+
+    async def _fetch(self, conn: AsyncConnection[Any], compiled: Compiled) -> Any:
+        cursor = await conn.execute(compiled.statement, compiled.params)
+        return await cursor.fetchone()
+
+    async def get(self, request: Request, resource: str) -> Response:
+        path = parse_path(resource)
+        options = parse_query(request.query_params.multi_items(), default_top=self.config.default_top,
+                              max_top=self.config.max_top)
+        base = service_url(request, self.config.public_url)
+        async with self.pool.connection() as conn:
+            if path.is_collection:
+                value, more, count, parent_found = await self._fetch(conn, compile_collection(path, options, base))
+                if not parent_found:
+                    raise NotFound(f"nothing found at {resource}: an entity named in the path does not exist")
+                head = {}
+                if count is not None:
+                    head["@iot.count"] = count
+                if more:
+                    head["@iot.nextLink"] = f"{base}/{resource}?{options.next_query(options.skip + options.top)}"
+                prefix = json.dumps(head)[:-1] + (", " if head else "")
+                return json_response(f'{prefix}"value": {value}}}')
+            row = await self._fetch(conn, compile_entity(path, base))
+        if row is None:
+            raise NotFound(f"nothing found at {resource}")
+        if path.value:
+            return self._raw_value(path, row[0])
+        return json_response(row[0])
+
+    @staticmethod
+    def _raw_value(path: ResourcePath, text: str | None) -> Response:
+        if text is None:
+            return Response(status_code=204)
+        if path.prop is not None and path.prop.is_object_value:
+            return json_response(text)
+        return Response(content=text, media_type="text/plain; charset=utf-8")
+
+    async def _resolve(self, conn: AsyncConnection[Any], path: ResourcePath) -> int:
+        """The id of the single entity a path addresses (404 if none)."""
+        row = await self._fetch(conn, compile_ids(path))
+        if row is None:
+            described = "/".join(f"{s.relation.name if s.relation else s.entity.set_name}"
+                                 f"{'' if s.id is None else f'({s.id})'}" for s in path.steps)
+            raise NotFound(f"nothing found at {described}")
+        return int(row[0])
+
+    async def _entity_json(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, base: str) -> str:
+        row = await self._fetch(conn, compile_entity(parse_path(f"{entity.set_name}({entity_id})"), base))
+        return str(row[0])
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[tuple[AsyncConnection[Any], Writer]]:
+        async with self.pool.connection() as conn, conn.transaction():
+            writer = Writer(conn, datetime.now(UTC))
+            yield conn, writer
+            await writer.finish()
+
+    # ---------------------------------------------------------------- writes
+
+    async def post(self, request: Request, resource: str) -> Response:
+        path = parse_path(resource)
+        body = parse_json(await read_body(request, self.config.max_body_bytes))
+        base = service_url(request, self.config.public_url)
+        if path.ref:
+            return await self._add_reference(path, body)
+        if not path.is_collection:
+            raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
+                             "use PATCH or PUT to change an entity")
+        entity = path.entity
+        async with self._transaction() as (conn, writer):
+            relation = path.last.relation
+            if relation is None:
+                new_id = await writer.create(entity, body, "body")
+            else:
+                parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                new_id = await writer.create(entity, body, "body", relation.inverse, parent_id)
+        async with self.pool.connection() as conn:
+            created = await self._entity_json(conn, entity, new_id, base)
+        return json_response(created, 201, {"Location": f"{base}/{entity.set_name}({new_id})"})
+
+    async def _add_reference(self, path: ResourcePath, body: Any) -> Response:
+        relation = self._ref_relation(path, collection=True)
+        target = referenced_id(body, relation.target_entity)
+        async with self._transaction() as (conn, writer):
+            source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+            await writer.require(relation.target_entity, target, "body")
+            await writer.link(relation, source, target)
+        return Response(status_code=204)
+
+    @staticmethod
+    def _ref_relation(path: ResourcePath, *, collection: bool) -> Relation:
+        relation = path.last.relation
+        if relation is None or (collection and not path.last.is_collection):
+            raise BadRequest("$ref here needs a navigation path such as Things(1)/Locations/$ref")
+        return relation
+
+    async def patch(self, request: Request, resource: str) -> Response:
+        return await self._update(request, resource, replace=False)
+
+    async def put(self, request: Request, resource: str) -> Response:
+        return await self._update(request, resource, replace=True)
+
+    async def _update(self, request: Request, resource: str, *, replace: bool) -> Response:
+        path = parse_path(resource)
+        body = parse_json(await read_body(request, self.config.max_body_bytes))
+        base = service_url(request, self.config.public_url)
+        if path.ref:
+            return await self._set_reference(path, body, replace)
+        if path.is_collection or path.prop is not None:
+            raise BadRequest(f"{request.method} changes one entity, e.g. {request.method} /v1.1/Things(1)")
+        entity = path.entity
+        json_patch = request.headers.get("content-type", "").startswith(JSON_PATCH)
+        async with self._transaction() as (conn, writer):
+            entity_id = await self._resolve(conn, path)
+            if json_patch and not replace:
+                body = await self._apply_json_patch(conn, entity, entity_id, body)
+            await writer.update(entity, entity_id, body, replace=replace)
+            updated = await self._entity_json(conn, entity, entity_id, base)
+        return json_response(updated)
+
+    async def _set_reference(self, path: ResourcePath, body: Any, replace: bool) -> Response:
+        relation = self._ref_relation(path, collection=False)
+        if relation.to_many or not replace:
+            raise BadRequest("PUT …/$ref sets a single-valued link (e.g. PUT Datastreams(1)/Sensor/$ref); "
+                             "POST …/$ref adds to a collection")
+        target = referenced_id(body, relation.target_entity)
+        async with self._transaction() as (conn, writer):
+            source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+            await writer.require(relation.target_entity, target, "body")
+            await writer.link(relation, source, target)
+        return Response(status_code=204)
+
+    async def _apply_json_patch(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, ops: Any
+                                ) -> dict[str, Any]:
+        """Apply RFC 6902 operations to the entity's properties; return the properties that changed."""
+        if not isinstance(ops, list):
+            raise BadRequest("a JSON Patch body is an array of operations, e.g. "
+                             '[{"op": "replace", "path": "/name", "value": "x"}]')
+        current = json.loads(await self._entity_json(conn, entity, entity_id, ""), parse_float=Decimal)
+        document = {name: current.get(name) for name in entity.property_names}
+        try:
+            patched = jsonpatch.apply_patch(document, ops)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError) as exc:
+            raise BadRequest(f"JSON Patch cannot be applied: {exc}; paths address properties such as "
+                             f"/{entity.property_names[0]}") from None
+        unknown = set(patched) - set(entity.property_names)
+        if unknown:
+            raise BadRequest(f"JSON Patch may only change properties of {entity.name}, not {', '.join(unknown)}")
+        return changed_fields(document, patched, entity.property_names)
+
+    async def delete(self, request: Request, resource: str) -> Response:
+        path = parse_path(resource)
+        if path.ref:
+            relation = self._ref_relation(path, collection=False)
+            async with self._transaction() as (conn, writer):
+                source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                target = await self._resolve(conn, ResourcePath(path.steps))
+                await writer.unlink(relation, source, target)
+            return Response(status_code=204)
+        if path.is_collection or path.prop is not None:
+            raise BadRequest("DELETE removes one entity, e.g. DELETE /v1.1/Things(1)")
+        async with self._transaction() as (conn, writer):
+            await writer.delete(path.entity, await self._resolve(conn, path))
+        return Response(status_code=200)
+
+
+__all__ = ["CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig", "error_response"]

@@ -1,0 +1,468 @@
+"""Create, update, link and delete entities inside ONE transaction per request.
+
+The writer walks request JSON with the entity model: fields are validated by their kinds, relations are
+linked by `@iot.id` or created inline (deep insert), and the side effects STA requires are applied before
+commit — HistoricalLocations when a Thing's Locations change, a FeatureOfInterest generated from the
+Thing's Location, and the Datastream summaries (once per Datastream per request, never per row).
+Any error raises StaError; the caller's transaction then rolls back, so nothing partial remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from sensorthings import observation_ids
+from sensorthings.compiler import SqlBuilder, id_predicate
+from sensorthings.errors import BadRequest, NotFound
+from sensorthings.fields import GEOJSON_ENCODINGS, Field, GeoJson
+from sensorthings.model import ENTITIES, Entity, Relation, Storage
+
+IGNORED_SUFFIXES = ("@iot.selfLink", "@iot.navigationLink")
+THING_LOCATIONS = ENTITIES["Thing"].relation("Locations")
+LOCATION_THINGS = THING_LOCATIONS.inverse
+OBSERVATION = ENTITIES["Observation"]
+
+
+def _is_ignored(key: str) -> bool:
+    return key.endswith(IGNORED_SUFFIXES)
+
+
+def link_id(value: Any, where: str) -> int | None:
+    """The id of `{"@iot.id": n}` (a link to an existing entity), None for an inline entity."""
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be a JSON object (an entity, or {{\"@iot.id\": n}} to link one)",
+                         field=where)
+    if "@iot.id" not in value:
+        return None
+    extra = [k for k in value if k != "@iot.id" and not _is_ignored(k)]
+    if extra:
+        raise BadRequest(f"{where}: give either {{\"@iot.id\": n}} to link an existing entity or the "
+                         f"properties of a new one, not both (found {', '.join(extra)})", field=where)
+    raw = value["@iot.id"]
+    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+        raise BadRequest(f"{where}.@iot.id must be a positive integer", field=where)
+    return int(raw)
+
+
+@dataclass
+class ObservationTouch:
+    """What a request's new Observations add to one Datastream's summary."""
+
+    start: datetime
+    end: datetime
+    result_start: datetime | None = None
+    result_end: datetime | None = None
+    feature_ids: set[int] = field(default_factory=set)
+
+
+class Writer:
+    def __init__(self, conn: AsyncConnection[Any], now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self._new_things: set[int] = set()
+        self._located: dict[int, set[int]] = {}  # thing id -> Locations newly linked in this request
+        self._touched: dict[int, ObservationTouch] = {}
+        self._partitions: set[tuple[int, int]] = set()
+
+    # ---------------------------------------------------------------- helpers
+
+    async def _fetch_one(self, statement: sql.Composable, params: dict[str, Any] | None = None) -> Any:
+        cursor = await self.conn.execute(statement, params or {})
+        return await cursor.fetchone()
+
+    async def exists(self, entity: Entity, entity_id: int) -> bool:
+        b = SqlBuilder("")
+        row = await self._fetch_one(
+            sql.SQL("SELECT 1 FROM {} e WHERE {}").format(
+                sql.Identifier(entity.table), id_predicate(entity, sql.Identifier("e"), entity_id, b)),
+            b.params)
+        return row is not None
+
+    async def require(self, entity: Entity, entity_id: int, where: str) -> int:
+        if not await self.exists(entity, entity_id):
+            raise BadRequest(f"{where}: there is no {entity.name} with @iot.id {entity_id}", field=where)
+        return entity_id
+
+    def _check_keys(self, entity: Entity, body: dict[str, Any], where: str) -> None:
+        allowed = set(entity.property_names) | set(entity.relations)
+        for key in body:
+            if key in allowed or _is_ignored(key):
+                continue
+            if key == "@iot.id":
+                raise BadRequest(f"{where}: @iot.id is assigned by the server; leave it out "
+                                 f"(to link an existing entity, send only {{\"@iot.id\": n}})", field=where)
+            raise BadRequest(
+                f"{where}: {entity.name} has no property {key!r}; properties: "
+                f"{', '.join(entity.property_names)}; relations: {', '.join(entity.relations)}",
+                field=f"{where}.{key}")
+
+    def _parse_fields(self, entity: Entity, body: dict[str, Any], where: str, *, complete: bool
+                      ) -> dict[str, Any]:
+        """Column values for the fields in `body`; with `complete`, every field (create, PUT)."""
+        columns: dict[str, Any] = {}
+        for f in entity.fields:
+            if f.name in body:
+                columns.update(f.parse(body[f.name], f"{where}.{f.name}"))
+            elif complete:
+                columns.update(self._absent(entity, f, where))
+        self._check_geojson_encoding(entity, body, columns, where)
+        return columns
+
+    def _absent(self, entity: Entity, f: Field, where: str) -> dict[str, Any]:
+        if f.defaults_to_now:
+            return f.parse(self.now.isoformat(), f.name)
+        if f.required:
+            raise BadRequest(f"{where}: {entity.name} requires {f.name!r}", field=f"{where}.{f.name}")
+        return f.null_columns()
+
+    @staticmethod
+    def _check_geojson_encoding(entity: Entity, body: dict[str, Any], columns: dict[str, Any], where: str
+                                ) -> None:
+        if not any(isinstance(f, GeoJson) for f in entity.fields) or "encoding_type" not in columns:
+            return
+        if columns["encoding_type"] not in GEOJSON_ENCODINGS:
+            raise BadRequest(f"{where}.encodingType must be one of {', '.join(GEOJSON_ENCODINGS)} "
+                             f"(the only encoding this server stores)", field=f"{where}.encodingType")
+
+    # ---------------------------------------------------------------- create
+
+    async def create(self, entity: Entity, body: Any, where: str,
+                     via: Relation | None = None, via_id: int | None = None) -> int:
+        """Create `entity` from `body`. `via` is a relation from the new entity to an existing one with id
+        `via_id` (the parent in the URL path or in a deep insert)."""
+        if not isinstance(body, dict):
+            raise BadRequest(f"{where} must be a JSON object with the properties of a {entity.name}")
+        self._check_keys(entity, body, where)
+        columns = self._parse_fields(entity, body, where, complete=True)
+        if via is not None and via.name in body:
+            raise BadRequest(f"{where}: {via.name} is given by the URL or the enclosing entity; leave it out",
+                             field=f"{where}.{via.name}")
+
+        for relation in entity.relations.values():
+            if relation.storage is not Storage.FK_ON_SOURCE:
+                continue
+            rel_where = f"{where}.{relation.name}"
+            if via is relation:
+                columns[relation.column] = via_id
+            elif relation.name in body:
+                columns[relation.column] = await self._resolve_or_create(relation, body[relation.name], rel_where)
+            elif entity is OBSERVATION and relation.name == "FeatureOfInterest":
+                columns[relation.column] = await self._generated_feature(columns["datastream_id"], where)
+            elif relation.required:
+                raise BadRequest(
+                    f"{where}: a {entity.name} needs a {relation.name}; give {{\"@iot.id\": n}} of an existing "
+                    f"{relation.target} or a new one inline, or POST to {relation.target_entity.set_name}(n)/"
+                    f"{relation.inverse_name}", field=rel_where)
+
+        for relation in entity.relations.values():
+            if relation.required and relation.to_many and via is not relation and not body.get(relation.name):
+                raise BadRequest(f"{where}: a {entity.name} needs at least one of its {relation.name}; "
+                                 f"give [{{\"@iot.id\": n}}] or new ones inline", field=f"{where}.{relation.name}")
+
+        new_id = await self._insert(entity, columns)
+
+        if via is not None and via.storage is Storage.LINK_TABLE:
+            await self.link(via, new_id, via_id or 0)
+        elif via is not None and via.storage is Storage.FK_ON_TARGET:
+            raise BadRequest(f"{where}: create the {entity.name} in its own collection and link it instead")
+        for relation in entity.relations.values():
+            if relation.to_many and relation.name in body:
+                await self._create_children(relation, new_id, body[relation.name], f"{where}.{relation.name}")
+        if entity is ENTITIES["Thing"]:
+            self._new_things.add(new_id)
+        if entity is OBSERVATION:
+            self._touch(columns)
+        return new_id
+
+    async def _resolve_or_create(self, relation: Relation, value: Any, where: str) -> int:
+        target = relation.target_entity
+        existing = link_id(value, where)
+        if existing is not None:
+            return await self.require(target, existing, where)
+        return await self.create(target, value, where)
+
+    async def _create_children(self, relation: Relation, parent_id: int, items: Any, where: str) -> None:
+        if not isinstance(items, list):
+            raise BadRequest(f"{where} must be a JSON array of entities", field=where)
+        for index, item in enumerate(items):
+            item_where = f"{where}[{index}]"
+            existing = link_id(item, item_where)
+            if existing is None:
+                await self.create(relation.target_entity, item, item_where, relation.inverse, parent_id)
+                continue
+            await self.require(relation.target_entity, existing, item_where)
+            await self.link(relation, parent_id, existing)
+
+    async def _insert(self, entity: Entity, columns: dict[str, Any]) -> int:
+        b = SqlBuilder("")
+        if entity.id_sequence:
+            columns = {"id": await self._allocate_id(entity, columns), **columns}
+        names = list(columns)
+        values = [self._column_value(entity, name, b.param(columns[name])) for name in names]
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+            sql.Identifier(entity.table), sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(", ").join(values))
+        row = await self._fetch_one(statement, b.params)
+        return int(row[0])
+
+    @staticmethod
+    def _column_value(entity: Entity, column: str, placeholder: sql.Composable) -> sql.Composable:
+        for f in entity.fields:
+            if column in f.columns:
+                return f.column_sql(column, placeholder)
+        return placeholder
+
+    async def _allocate_id(self, entity: Entity, columns: dict[str, Any]) -> int:
+        start: datetime = columns[entity.partition_column]
+        await self.ensure_partition(start)
+        row = await self._fetch_one(sql.SQL("SELECT nextval({})").format(sql.Literal(entity.id_sequence)))
+        return observation_ids.observation_id(int(row[0]), start)
+
+    async def ensure_partition(self, time: datetime) -> None:
+        """Create the month partition for `time` (a no-op under TimescaleDB). Checked once per month per
+        request and inside its transaction, so a rolled-back request leaves no stale belief behind."""
+        utc = time.astimezone(UTC)
+        key = (utc.year, utc.month)
+        if key not in self._partitions:
+            await self.conn.execute("SELECT sta_ensure_observation_partition(%s)", (time,))
+            self._partitions.add(key)
+
+    async def _generated_feature(self, datastream_id: int, where: str) -> int:
+        """The FeatureOfInterest generated from the current Location of the Datastream's Thing."""
+        row = await self._fetch_one(sql.SQL(
+            "SELECT tl.location_id FROM datastreams d JOIN thing_locations tl ON tl.thing_id = d.thing_id "
+            "WHERE d.id = %(d)s ORDER BY tl.location_id DESC LIMIT 1"), {"d": datastream_id})
+        if row is None:
+            raise BadRequest(
+                f"{where}: the Observation has no FeatureOfInterest and the Thing of Datastream "
+                f"{datastream_id} has no Location to generate one from; give a FeatureOfInterest or "
+                f"link the Thing to a Location", field=f"{where}.FeatureOfInterest")
+        location_id = int(row[0])
+        params = {"l": location_id}
+        row = await self._fetch_one(sql.SQL(
+            "INSERT INTO features_of_interest "
+            "(name, description, encoding_type, feature, feature_geom, properties, generated_from_location_id) "
+            "SELECT name, description, encoding_type, location, location_geom, properties, id "
+            "FROM locations WHERE id = %(l)s ON CONFLICT (generated_from_location_id) DO NOTHING RETURNING id"),
+            params)
+        if row is None:
+            row = await self._fetch_one(sql.SQL(
+                "SELECT id FROM features_of_interest WHERE generated_from_location_id = %(l)s"), params)
+        return int(row[0])
+
+    def _touch(self, columns: dict[str, Any]) -> None:
+        start = columns["phenomenon_time_start"]
+        end = columns["phenomenon_time_end"] or start
+        result_time = columns.get("result_time")
+        touch = self._touched.get(columns["datastream_id"])
+        if touch is None:
+            touch = self._touched[columns["datastream_id"]] = ObservationTouch(start, end)
+        touch.start, touch.end = min(touch.start, start), max(touch.end, end)
+        if result_time is not None:
+            touch.result_start = min(filter(None, (touch.result_start, result_time)))
+            touch.result_end = max(filter(None, (touch.result_end, result_time)))
+        touch.feature_ids.add(columns["feature_id"])
+
+    # ---------------------------------------------------------------- links
+
+    async def link(self, relation: Relation, source_id: int, target_id: int) -> None:
+        """Link two existing entities through `relation` (source -> target)."""
+        if relation.storage is Storage.LINK_TABLE:
+            await self.conn.execute(
+                sql.SQL("INSERT INTO {} ({}, {}) VALUES (%(s)s, %(t)s) ON CONFLICT DO NOTHING").format(
+                    sql.Identifier(relation.link_table), sql.Identifier(relation.link_source_column),
+                    sql.Identifier(relation.link_target_column)),
+                {"s": source_id, "t": target_id})
+            if relation is THING_LOCATIONS:
+                self._located.setdefault(source_id, set()).add(target_id)
+            elif relation is LOCATION_THINGS:
+                self._located.setdefault(target_id, set()).add(source_id)
+        elif relation.storage is Storage.FK_ON_TARGET:
+            await self._set_fk(relation.target_entity, target_id, relation.column, source_id)
+        else:
+            await self._set_fk(relation.source_entity, source_id, relation.column, target_id)
+
+    async def _set_fk(self, entity: Entity, entity_id: int, column: str, value: int) -> None:
+        b = SqlBuilder("")
+        await self.conn.execute(sql.SQL("UPDATE {} e SET {} = {} WHERE {}").format(
+            sql.Identifier(entity.table), sql.Identifier(column), b.param(value),
+            id_predicate(entity, sql.Identifier("e"), entity_id, b)), b.params)
+
+    async def unlink(self, relation: Relation, source_id: int, target_id: int) -> None:
+        if relation.storage is not Storage.LINK_TABLE:
+            raise BadRequest(f"{relation.source}.{relation.name} is required by the {relation.target}; "
+                             f"link it to another entity instead of removing the link")
+        cursor = await self.conn.execute(
+            sql.SQL("DELETE FROM {} WHERE {} = %(s)s AND {} = %(t)s").format(
+                sql.Identifier(relation.link_table), sql.Identifier(relation.link_source_column),
+                sql.Identifier(relation.link_target_column)),
+            {"s": source_id, "t": target_id})
+        if cursor.rowcount == 0:
+            raise NotFound(f"{relation.source}({source_id}) is not linked to {relation.target}({target_id})")
+
+    # ---------------------------------------------------------------- update
+
+    async def update(self, entity: Entity, entity_id: int, body: Any, *, replace: bool, where: str = "body"
+                     ) -> None:
+        """PATCH (only the fields sent change) or PUT (`replace`: fields not sent are reset)."""
+        if not isinstance(body, dict):
+            raise BadRequest(f"{where} must be a JSON object with the properties to change")
+        body = dict(body)
+        if "@iot.id" in body:
+            if str(body.pop("@iot.id")) != str(entity_id):
+                raise BadRequest(f"{where}.@iot.id differs from the id in the URL; ids cannot change")
+        self._check_keys(entity, body, where)
+        columns = self._parse_fields(entity, body, where, complete=replace)
+        relinks: list[tuple[Relation, list[int]]] = []
+        for name, relation in entity.relations.items():
+            if name not in body:
+                continue
+            rel_where = f"{where}.{name}"
+            inline_hint = (f"{rel_where}: an update may only link existing entities with {{\"@iot.id\": n}}; "
+                           f"create new related entities with POST")
+            if relation.storage is Storage.FK_ON_SOURCE:
+                target_id = link_id(body[name], rel_where)
+                if target_id is None:
+                    raise BadRequest(inline_hint, field=rel_where)
+                columns[relation.column] = await self.require(relation.target_entity, target_id, rel_where)
+            elif relation is THING_LOCATIONS:
+                items = body[name]
+                if not isinstance(items, list):
+                    raise BadRequest(f"{rel_where} must be an array of {{\"@iot.id\": n}}", field=rel_where)
+                ids = [link_id(item, f"{rel_where}[{i}]") for i, item in enumerate(items)]
+                if any(i is None for i in ids):
+                    raise BadRequest(inline_hint, field=rel_where)
+                relinks.append((relation, [await self.require(relation.target_entity, i, rel_where)
+                                           for i in ids if i is not None]))
+            else:
+                raise BadRequest(f"{rel_where}: {name} cannot be changed in an update; link entities with "
+                                 f"POST {entity.set_name}({entity_id})/{name}/$ref", field=rel_where)
+
+        if columns:
+            if entity.partition_column and entity.partition_column in columns:
+                await self._move_partitioned(entity, entity_id, columns)
+            else:
+                await self._update_columns(entity, entity_id, columns)
+        if entity is ENTITIES["Location"] and "location" in columns:
+            # A FeatureOfInterest generated from the old position must not be reused for the new one.
+            await self.conn.execute("UPDATE features_of_interest SET generated_from_location_id = NULL "
+                                    "WHERE generated_from_location_id = %s", (entity_id,))
+        for relation, ids in relinks:
+            for target_id in ids:
+                await self.link(relation, entity_id, target_id)
+        if entity is OBSERVATION and columns:
+            await self._touch_existing(entity_id)
+
+    async def _update_columns(self, entity: Entity, entity_id: int, columns: dict[str, Any]) -> None:
+        b = SqlBuilder("")
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(name), self._column_value(entity, name, b.param(v)))
+                       for name, v in columns.items()]
+        cursor = await self.conn.execute(sql.SQL("UPDATE {} e SET {} WHERE {}").format(
+            sql.Identifier(entity.table), sql.SQL(", ").join(assignments),
+            id_predicate(entity, sql.Identifier("e"), entity_id, b)), b.params)
+        if cursor.rowcount == 0:
+            raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
+
+    async def _move_partitioned(self, entity: Entity, entity_id: int, columns: dict[str, Any]) -> None:
+        """Change the partition key by delete + insert with the same id (works for native partitions and
+        TimescaleDB chunks alike) and record the new day so that id lookups still prune."""
+        new_time: datetime = columns[entity.partition_column]
+        await self.ensure_partition(new_time)
+        b = SqlBuilder("")
+        all_columns = ["id", *(c for f in entity.fields for c in f.columns),
+                       *(r.column for r in entity.relations.values() if r.storage is Storage.FK_ON_SOURCE)]
+        select_list = [self._column_value(entity, c, b.param(columns[c])) if c in columns else sql.Identifier(c)
+                       for c in all_columns]
+        statement = sql.SQL(
+            "WITH moved AS (DELETE FROM {table} e WHERE {pred} RETURNING e.*) "
+            "INSERT INTO {table} ({cols}) SELECT {select} FROM moved"
+        ).format(table=sql.Identifier(entity.table), pred=id_predicate(entity, sql.Identifier("e"), entity_id, b),
+                 cols=sql.SQL(", ").join(map(sql.Identifier, all_columns)), select=sql.SQL(", ").join(select_list))
+        cursor = await self.conn.execute(statement, b.params)
+        if cursor.rowcount == 0:
+            raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
+        day = observation_ids.day_start(new_time)
+        if observation_ids.day_bounds(entity_id)[0] == day:
+            await self.conn.execute("DELETE FROM observation_relocations WHERE id = %s", (entity_id,))
+        else:
+            await self.conn.execute(
+                "INSERT INTO observation_relocations (id, day_start) VALUES (%s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET day_start = EXCLUDED.day_start", (entity_id, day))
+
+    async def _touch_existing(self, observation_id: int) -> None:
+        b = SqlBuilder("")
+        row = await self._fetch_one(sql.SQL(
+            "SELECT datastream_id, phenomenon_time_start, phenomenon_time_end, result_time, feature_id "
+            "FROM observations e WHERE {}").format(id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b)),
+            b.params)
+        if row is not None:
+            keys = ("datastream_id", "phenomenon_time_start", "phenomenon_time_end", "result_time", "feature_id")
+            self._touch(dict(zip(keys, row, strict=True)))
+
+    # ---------------------------------------------------------------- delete
+
+    async def delete(self, entity: Entity, entity_id: int) -> None:
+        """Delete one entity; foreign keys cascade (Thing -> Datastreams -> Observations, ...), link-table
+        cascades the model declares (Location -> HistoricalLocations) are applied here."""
+        for relation in entity.relations.values():
+            if relation.delete_targets:
+                await self.conn.execute(sql.SQL(
+                    "DELETE FROM {target} WHERE id IN (SELECT {tcol} FROM {link} WHERE {scol} = %(id)s)").format(
+                    target=sql.Identifier(relation.target_entity.table),
+                    tcol=sql.Identifier(relation.link_target_column), link=sql.Identifier(relation.link_table),
+                    scol=sql.Identifier(relation.link_source_column)), {"id": entity_id})
+        b = SqlBuilder("")
+        cursor = await self.conn.execute(sql.SQL("DELETE FROM {} e WHERE {}").format(
+            sql.Identifier(entity.table), id_predicate(entity, sql.Identifier("e"), entity_id, b)), b.params)
+        if cursor.rowcount == 0:
+            raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
+        if entity.partition_column:
+            await self.conn.execute("DELETE FROM observation_relocations WHERE id = %s", (entity_id,))
+
+    # ---------------------------------------------------------------- finish
+
+    async def finish(self) -> None:
+        """Apply the per-request side effects; call once, right before commit."""
+        await self._record_history()
+        await self._update_datastream_summaries()
+
+    async def _record_history(self) -> None:
+        """A Thing that got new Locations gets a HistoricalLocation; an existing Thing's earlier Locations are
+        replaced, so that its Locations are always its current position (as FROST does)."""
+        for thing_id, location_ids in self._located.items():
+            if thing_id not in self._new_things:
+                await self.conn.execute(
+                    "DELETE FROM thing_locations WHERE thing_id = %s AND location_id <> ALL(%s)",
+                    (thing_id, sorted(location_ids)))
+            row = await self._fetch_one(sql.SQL(
+                "INSERT INTO historical_locations (time, thing_id) VALUES (%(t)s, %(thing)s) RETURNING id"),
+                {"t": self.now, "thing": thing_id})
+            await self.conn.execute(
+                "INSERT INTO location_historical_locations (location_id, historical_location_id) "
+                "SELECT unnest(%s::bigint[]), %s", (sorted(location_ids), row[0]))
+        self._located.clear()
+
+    async def _update_datastream_summaries(self) -> None:
+        for datastream_id, touch in self._touched.items():
+            await self.conn.execute(
+                "UPDATE datastreams d SET "
+                " phenomenon_time_start = LEAST(d.phenomenon_time_start, %(ps)s),"
+                " phenomenon_time_end = GREATEST(d.phenomenon_time_end, %(pe)s),"
+                " result_time_start = LEAST(d.result_time_start, %(rs)s),"
+                " result_time_end = GREATEST(d.result_time_end, %(re)s),"
+                " observed_area = (SELECT ST_ConvexHull(ST_Collect(g)) FROM"
+                "   (SELECT d.observed_area AS g UNION ALL"
+                "    SELECT feature_geom FROM features_of_interest WHERE id = ANY(%(f)s)) AS geoms)"
+                " WHERE d.id = %(d)s",
+                {"ps": touch.start, "pe": touch.end, "rs": touch.result_start, "re": touch.result_end,
+                 "f": sorted(touch.feature_ids), "d": datastream_id})
+        self._touched.clear()
+
+
+def changed_fields(before: dict[str, Any], after: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """Top-level properties that differ between two JSON documents (for JSON-Patch)."""
+    return {name: after.get(name) for name in names if before.get(name) != after.get(name)}
