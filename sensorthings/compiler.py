@@ -147,7 +147,7 @@ def _order_exprs(entity: Entity, alias: sql.Identifier, item: OrderItem, b: SqlB
 
 @dataclass(frozen=True)
 class Compiled:
-    statement: sql.Composable
+    statement: sql.Composed
     params: dict[str, Any]
 
 

@@ -157,8 +157,8 @@ class Interval(Field):
         return sql.SQL("sta_interval({}, {})").format(self.col(alias, start), self.col(alias, end))
 
     def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
-        start, end = self.columns
-        return [self.col(alias, start), self.col(alias, end)]
+        # By start only, so that (datastream_id, phenomenon_time_start DESC, id) serves the ordering.
+        return [self.col(alias, self.columns[0])]
 
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         start_col, end_col = self.columns

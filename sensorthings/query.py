@@ -62,7 +62,7 @@ class QueryOptions:
         return urlencode(items, safe="$(),'/ ").replace(" ", "%20")
 
 
-class _ToAst(Transformer):  # type: ignore[type-arg]
+class _ToAst(Transformer):
     def path(self, children: list[Token]) -> PropertyPath:
         return PropertyPath(tuple(str(c) for c in children))
 

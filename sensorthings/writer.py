@@ -71,7 +71,7 @@ class Writer:
 
     # ---------------------------------------------------------------- helpers
 
-    async def _fetch_one(self, statement: sql.Composable, params: dict[str, Any] | None = None) -> Any:
+    async def _fetch_one(self, statement: sql.Composed | sql.SQL, params: dict[str, Any] | None = None) -> Any:
         cursor = await self.conn.execute(statement, params or {})
         return await cursor.fetchone()
 
@@ -333,11 +333,13 @@ class Writer:
                 items = body[name]
                 if not isinstance(items, list):
                     raise BadRequest(f"{rel_where} must be an array of {{\"@iot.id\": n}}", field=rel_where)
-                ids = [link_id(item, f"{rel_where}[{i}]") for i, item in enumerate(items)]
-                if any(i is None for i in ids):
-                    raise BadRequest(inline_hint, field=rel_where)
-                relinks.append((relation, [await self.require(relation.target_entity, i, rel_where)
-                                           for i in ids if i is not None]))
+                linked: list[int] = []
+                for i, item in enumerate(items):
+                    target_id = link_id(item, f"{rel_where}[{i}]")
+                    if target_id is None:
+                        raise BadRequest(inline_hint, field=rel_where)
+                    linked.append(await self.require(relation.target_entity, target_id, rel_where))
+                relinks.append((relation, linked))
             else:
                 raise BadRequest(f"{rel_where}: {name} cannot be changed in an update; link entities with "
                                  f"POST {entity.set_name}({entity_id})/{name}/$ref", field=rel_where)
