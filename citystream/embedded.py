@@ -1,0 +1,772 @@
+"""Private PostgreSQL and Mosquitto instances for `citystream up` and the test suite.
+
+Why: a developer (and CI) should get a working platform with one command and no system services, no
+passwords and nothing listening beyond loopback. Each service lives in its own data directory, which also
+keeps its data between runs, and is stopped in order by its owner.
+
+Running as root: PostgreSQL refuses to run as root and Mosquitto would drop to its own user anyway, so when
+the effective uid is 0 each service is started as its unprivileged system account (`postgres`,
+`mosquitto`) and its data directory is handed to that account. Every directory above the data directory
+must then be traversable by that account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+__all__ = [
+    "EmbeddedMosquitto",
+    "EmbeddedPostgres",
+    "EmbeddedServiceError",
+    "PortInUseError",
+    "ensure_port_free",
+    "find_free_port",
+    "find_pg_bindir",
+    "port_is_free",
+]
+
+MIN_PG_MAJOR = 15
+
+
+class EmbeddedServiceError(RuntimeError):
+    """An embedded service could not be started or stopped; the message says what to do."""
+
+
+class PortInUseError(EmbeddedServiceError):
+    """A port we were asked to listen on is taken; raised before anything is started."""
+
+    def __init__(self, port: int, host: str, what: str, hint: str) -> None:
+        self.port = port
+        self.host = host
+        super().__init__(f"{what} port {port} on {host} is already in use; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------- ports
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if a server could listen on host:port now.
+
+    SO_REUSEADDR mirrors what PostgreSQL, Mosquitto and uvicorn set, so lingering TIME_WAIT connections do
+    not count as "taken" while a live listener does.
+    """
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(1)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel considers free on host (the OS picks it, so parallel callers rarely collide)."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_port_free(host: str, port: int, what: str, hint: str) -> None:
+    """Raise PortInUseError naming the port and how to change it, before anything is started."""
+    if not port_is_free(host, port):
+        raise PortInUseError(port, host, what, hint)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# ---------------------------------------------------------------------------------- processes and users
+
+
+_libc: Any = None
+
+
+def _parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
+    """preexec_fn: the child gets `sig` if we die, so a killed `citystream up` leaves no orphans.
+
+    Runs after Popen's setuid (which would clear the setting), right before exec.
+    """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
+
+    def _set() -> None:
+        libc.prctl(1, int(sig))  # PR_SET_PDEATHSIG
+
+    return _set
+
+
+class _Account:
+    """The unprivileged account a service runs as when we are root (None fields: run as ourselves)."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        if name is None:
+            self.uid: int | None = None
+            self.gid: int | None = None
+            return
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError as exc:
+            raise EmbeddedServiceError(
+                f"running as root, but the system user {name!r} does not exist; the service must not run as "
+                f"root. Install the distribution package (it creates {name!r}) or run as a normal user."
+            ) from exc
+        self.uid, self.gid = entry.pw_uid, entry.pw_gid
+
+    @classmethod
+    def for_service(cls, name: str) -> _Account:
+        return cls(name if os.geteuid() == 0 else None)
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if self.uid is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def chown(self, *paths: Path) -> None:
+        if self.uid is None or self.gid is None:
+            return
+        for path in paths:
+            os.chown(path, self.uid, self.gid)
+
+    def chown_tree(self, root: Path) -> None:
+        if self.uid is None:
+            return
+        self.chown(root)
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                os.chown(os.path.join(dirpath, name), self.uid, self.gid or 0, follow_symlinks=False)
+
+    def check_reachable(self, path: Path) -> None:
+        """Fail early, with the fix, when the account cannot traverse to `path` (e.g. under /root)."""
+        if self.uid is None or self.name is None:
+            return
+        groups = set(os.getgrouplist(self.name, self.gid or 0))
+        for ancestor in reversed(path.resolve().parents):
+            st = os.stat(ancestor)
+            if st.st_uid == self.uid:
+                ok = bool(st.st_mode & stat.S_IXUSR)
+            elif st.st_gid in groups:
+                ok = bool(st.st_mode & stat.S_IXGRP)
+            else:
+                ok = bool(st.st_mode & stat.S_IXOTH)
+            if not ok:
+                raise EmbeddedServiceError(
+                    f"running as root, so the service runs as user {self.name!r}, which cannot enter "
+                    f"{ancestor} (mode {stat.filemode(st.st_mode)}). Use a --data-dir it can reach "
+                    f"(e.g. /var/lib/citystream or /tmp/citystream) or run as a normal user."
+                )
+
+
+def _proc_alive(pid: int) -> bool:
+    """Alive and not a zombie (containers whose PID 1 never reaps keep zombies around)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _proc_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _proc_alive(pid)
+
+
+def _terminate_foreign(pid: int, first: signal.Signals, timeout: float) -> None:
+    """Stop a process that is not our child (an orphan of a crashed run): polite first, then SIGKILL."""
+    for sig, wait in ((first, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if _wait_gone(pid, wait):
+            return
+    raise EmbeddedServiceError(f"could not stop process {pid} left over from an earlier run")
+
+
+def _stop_child(proc: subprocess.Popen[bytes], signals: list[tuple[signal.Signals, float]]) -> None:
+    """Send each signal in turn until the child has exited (last resort: SIGKILL)."""
+    for sig, timeout in [*signals, (signal.SIGKILL, 10.0)]:
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+class _DirLock:
+    """flock on a file in the data dir: one live owner per data dir; released by the kernel if we die."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, what: str) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise EmbeddedServiceError(
+                f"{what} data directory {self.path.parent} is in use by another running citystream process; "
+                "stop it or use another --data-dir"
+            ) from exc
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _Service:
+    """Context-manager plumbing shared by both services."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_major(bin_dir: Path) -> int | None:
+    postgres = bin_dir / "postgres"
+    if not (postgres.is_file() and (bin_dir / "initdb").is_file()):
+        return None
+    try:
+        out = subprocess.run(
+            [str(postgres), "--version"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+)(?:\.\d+)?", out)
+    return int(match.group(1)) if match else None
+
+
+def find_pg_bindir() -> Path:
+    """Directory of `postgres`/`initdb` >= 15: highest /usr/lib/postgresql/N/bin, else pg_config's bindir."""
+    candidates: list[Path] = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()),
+        key=lambda p: int(p.parent.name),
+        reverse=True,
+    )
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                candidates.append(Path(out.stdout.strip()))
+    found: list[str] = []
+    for bin_dir in candidates:
+        major = _pg_major(bin_dir)
+        if major is None:
+            continue
+        if major >= MIN_PG_MAJOR:
+            return bin_dir
+        found.append(f"{bin_dir} (PostgreSQL {major})")
+    detail = f" Found only: {', '.join(found)}." if found else ""
+    raise EmbeddedServiceError(
+        f"PostgreSQL >= {MIN_PG_MAJOR} server binaries (postgres, initdb) not found.{detail} Install them "
+        "(Debian/Ubuntu: `apt-get install postgresql postgresql-15-postgis-3`, matching the major version), "
+        "or point CITYSTREAM_DATABASE_URL at an existing PostgreSQL with PostGIS."
+    )
+
+
+def _pkglibdir(bin_dir: Path) -> Path:
+    pg_config = bin_dir / "pg_config"
+    if pg_config.is_file():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([str(pg_config), "--pkglibdir"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                return Path(out.stdout.strip())
+    return bin_dir.parent / "lib"
+
+
+class EmbeddedPostgres(_Service):
+    """A private PostgreSQL cluster in `data_dir`, listening on `host` only, trust auth on loopback.
+
+    Layout: `pgdata/` (the cluster), `port` (the remembered port), `postgres.log`, `lock`.
+    With `port=None` a free port is chosen on first start and reused on later starts while it is free,
+    so a DSN someone copied keeps working.
+    """
+
+    DATABASE = "citystream"
+    USER = "citystream"
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1", bin_dir: Path | None = None
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = port
+        self._bin_dir = bin_dir
+        self.pgdata = self.data_dir / "pgdata"
+        self.log_path = self.data_dir / "postgres.log"
+        self._port_file = self.data_dir / "port"
+        self._lock = _DirLock(self.data_dir / "lock")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._account = _Account.for_service("postgres")
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise EmbeddedServiceError("EmbeddedPostgres has no port before start()")
+        return self._port
+
+    @property
+    def dsn(self) -> str:
+        """libpq URL of the `citystream` database (superuser `citystream`, no password: trust on loopback)."""
+        return f"postgresql://{self.USER}@{_url_host(self.host)}:{self.port}/{self.DATABASE}"
+
+    def _admin_dsn(self) -> str:
+        return f"postgresql://{self.USER}@{_url_host(self.host)}:{self.port}/postgres"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- start
+
+    def start(self) -> None:
+        if self.running:
+            return
+        bin_dir = self._bin_dir or find_pg_bindir()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._account.check_reachable(self.data_dir)
+        self._lock.acquire("PostgreSQL")
+        try:
+            self._stop_orphan()
+            self._port = self._choose_port()
+            self._log = open(self.log_path, "ab")  # kept open for the child's lifetime
+            if not (self.pgdata / "PG_VERSION").exists():
+                self._initdb(bin_dir)
+            preload = (_pkglibdir(bin_dir) / "timescaledb.so").exists()
+            self._write_config(preload)
+            self._spawn(bin_dir)
+            self._wait_ready()
+            self._bootstrap(preload)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _choose_port(self) -> int:
+        if self._requested_port is not None:
+            ensure_port_free(
+                self.host,
+                self._requested_port,
+                "embedded PostgreSQL",
+                "free it, pick another port, or set CITYSTREAM_DATABASE_URL to use an external PostgreSQL",
+            )
+            return self._requested_port
+        with contextlib.suppress(OSError, ValueError):
+            remembered = int(self._port_file.read_text().strip())
+            if port_is_free(self.host, remembered):
+                return remembered
+        port = find_free_port(self.host)
+        self._port_file.write_text(f"{port}\n")
+        return port
+
+    def _stop_orphan(self) -> None:
+        """Deal with postmaster.pid left by a run that died: stop its postmaster, or drop a stale file.
+
+        We hold the data-dir lock, so a live postmaster on this pgdata cannot belong to a live citystream.
+        """
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        cmdline = _proc_cmdline(pid)
+        ours = (
+            _proc_alive(pid) and any(Path(a).name == "postgres" for a in cmdline[:1]) and (str(self.pgdata) in cmdline)
+        )
+        if ours:
+            print(f"citystream: stopping PostgreSQL (pid {pid}) left running by an earlier run", flush=True)
+            _terminate_foreign(pid, signal.SIGINT, 60.0)
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+
+    def _run_as_owner(self, argv: list[str]) -> None:
+        assert self._log is not None
+        self._log.write(f"\n$ {' '.join(argv)}\n".encode())
+        self._log.flush()
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+            timeout=300,
+            check=False,
+            **self._account.popen_kwargs(),
+        )
+        if result.returncode != 0:
+            raise EmbeddedServiceError(
+                f"{Path(argv[0]).name} failed (exit {result.returncode}); log {self.log_path}:\n"
+                f"{_log_tail(self.log_path)}"
+            )
+
+    def _initdb(self, bin_dir: Path) -> None:
+        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+            raise EmbeddedServiceError(
+                f"{self.pgdata} is not empty but is no PostgreSQL cluster (no PG_VERSION); move it away"
+            )
+        self.pgdata.mkdir(exist_ok=True)
+        self.pgdata.chmod(0o700)
+        self._account.chown(self.pgdata)
+        self._run_as_owner(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                self.USER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-A",
+                "trust",
+                "--no-instructions",
+            ]
+        )
+        # Trust only on the unix socket (inside pgdata) and loopback; everything else is rejected.
+        (self.pgdata / "pg_hba.conf").write_text(
+            "# generated by citystream: trust on the private socket and loopback only\n"
+            "local all all trust\n"
+            "host  all all 127.0.0.1/32 trust\n"
+            "host  all all ::1/128 trust\n"
+        )
+        with open(self.pgdata / "postgresql.conf", "a") as conf:
+            conf.write("\ninclude_if_exists = 'citystream.conf'\n")
+        self._account.chown(self.pgdata / "pg_hba.conf")
+
+    def _write_config(self, timescaledb: bool) -> None:
+        """Rewritten on every start so tuning changes in new releases apply to existing clusters."""
+        lines = [
+            "# generated by citystream on every start; edits are overwritten",
+            "shared_buffers = 256MB",
+            "effective_cache_size = 1GB",
+            "work_mem = 16MB",
+            "maintenance_work_mem = 128MB",
+            "max_connections = 100",
+            "fsync = on",
+            "synchronous_commit = on",
+            "full_page_writes = on",
+            "wal_compression = on",
+            "max_wal_size = 1GB",
+            "checkpoint_timeout = 10min",
+            "random_page_cost = 1.1",
+            "max_parallel_workers_per_gather = 1",
+            "timezone = 'UTC'",
+            "log_timezone = 'UTC'",
+            "logging_collector = off",
+            "log_line_prefix = '%m [%p] %q%u@%d '",
+            "log_min_duration_statement = 2000",
+        ]
+        if timescaledb:
+            lines += ["shared_preload_libraries = 'timescaledb'", "timescaledb.telemetry_level = off"]
+        path = self.pgdata / "citystream.conf"
+        path.write_text("\n".join(lines) + "\n")
+        self._account.chown(path)
+
+    def _spawn(self, bin_dir: Path) -> None:
+        assert self._log is not None
+        socket_path = self.pgdata / f".s.PGSQL.{self.port}"
+        socket_dir = str(self.pgdata) if len(str(socket_path)) < 100 else ""  # sun_path limit
+        argv = [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(self.pgdata),
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            f"unix_socket_directories={socket_dir}",
+        ]
+        self._log.write(f"\n$ {' '.join(argv)}\n".encode())
+        self._log.flush()
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.pgdata,
+            start_new_session=True,  # a Ctrl-C in the terminal goes to us; we stop it in order
+            preexec_fn=_parent_death_signal(signal.SIGINT),
+            **self._account.popen_kwargs(),
+        )
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise EmbeddedServiceError(
+                    f"PostgreSQL exited with code {self._proc.returncode}; log {self.log_path}:\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            try:
+                with psycopg.connect(self._admin_dsn(), connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedServiceError(
+                        f"PostgreSQL did not accept connections within {timeout:.0f}s; log {self.log_path}:\n"
+                        f"{_log_tail(self.log_path)}"
+                    ) from None
+                time.sleep(0.1)
+
+    def _bootstrap(self, timescaledb: bool) -> None:
+        import psycopg
+
+        with psycopg.connect(self._admin_dsn(), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.DATABASE,)).fetchone()
+            if exists is None:
+                conn.execute(f"CREATE DATABASE {self.DATABASE}")
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+            except psycopg.Error as exc:
+                raise EmbeddedServiceError(
+                    f"PostGIS is not installed for this PostgreSQL ({exc}); install postgresql-N-postgis-3 "
+                    "for your major version N"
+                ) from exc
+            available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+            if timescaledb and available is not None:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+
+    # -- stop
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: roll back sessions, checkpoint), escalating only if it hangs."""
+        if self._proc is not None:
+            _stop_child(self._proc, [(signal.SIGINT, 60.0), (signal.SIGQUIT, 10.0)])
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._lock.release()
+
+
+# -------------------------------------------------------------------------------------------- Mosquitto
+
+
+def find_mosquitto() -> Path:
+    """The mosquitto broker binary (it lives in /usr/sbin on Debian, often not on a user's PATH)."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise EmbeddedServiceError(
+            "mosquitto not found; install it (Debian/Ubuntu: `apt-get install mosquitto`) or point "
+            "CITYSTREAM_MQTT_URL at an existing MQTT broker"
+        )
+    return Path(found)
+
+
+class EmbeddedMosquitto(_Service):
+    """A private Mosquitto broker in `data_dir`, listening on `host:port` (plus websockets if asked).
+
+    Anonymous clients are allowed on this listener because it is bound to loopback by default and
+    authentication/ACLs are not part of CityStream yet. Do not bind it to a public address.
+    Layout: `mosquitto.conf` (generated on every start), `mosquitto.log`, `mosquitto.db` (persistence),
+    `mosquitto.pid`, `lock`.
+    """
+
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", websocket_port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port
+        self.host = host
+        self.websocket_port = websocket_port
+        self.conf_path = self.data_dir / "mosquitto.conf"
+        self.log_path = self.data_dir / "mosquitto.log"
+        self._pid_file = self.data_dir / "mosquitto.pid"
+        self._lock = _DirLock(self.data_dir / "lock")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._account = _Account.for_service("mosquitto")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def websocket_url(self) -> str | None:
+        return None if self.websocket_port is None else f"ws://{_url_host(self.host)}:{self.websocket_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        binary = find_mosquitto()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._account.check_reachable(self.data_dir)
+        self._lock.acquire("Mosquitto")
+        try:
+            self._stop_orphan()
+            ensure_port_free(self.host, self.port, "MQTT", "choose another with --mqtt-port")
+            if self.websocket_port is not None:
+                ensure_port_free(self.host, self.websocket_port, "MQTT websocket", "choose another websocket port")
+            self._write_config()
+            self.log_path.touch()
+            self._account.chown_tree(self.data_dir)
+            self._log = open(self.log_path, "ab")  # kept open for the child's lifetime
+            self._proc = subprocess.Popen(
+                [str(binary), "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(signal.SIGTERM),
+                **self._account.popen_kwargs(),
+            )
+            self._pid_file.write_text(f"{self._proc.pid}\n")
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _stop_orphan(self) -> None:
+        try:
+            pid = int(self._pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if _proc_alive(pid) and str(self.conf_path) in _proc_cmdline(pid):
+            print(f"citystream: stopping Mosquitto (pid {pid}) left running by an earlier run", flush=True)
+            _terminate_foreign(pid, signal.SIGTERM, 10.0)
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_file.unlink()
+
+    def _write_config(self) -> None:
+        run_as = self._account.name or pwd.getpwuid(os.geteuid()).pw_name
+        lines = [
+            "# generated by citystream on every start; edits are overwritten",
+            f"user {run_as}",
+            "per_listener_settings false",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.data_dir}/",
+            "autosave_interval 60",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            "max_inflight_messages 1000",
+            "max_queued_messages 100000",
+            f"listener {self.port} {self.host}",
+            "protocol mqtt",
+        ]
+        if self.websocket_port is not None:
+            lines += [f"listener {self.websocket_port} {self.host}", "protocol websockets"]
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise EmbeddedServiceError(
+                    f"mosquitto exited with code {self._proc.returncode}; log {self.log_path}:\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedServiceError(
+                        f"mosquitto did not listen on {self.host}:{self.port} within {timeout:.0f}s; "
+                        f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM makes Mosquitto save its persistence file and exit."""
+        if self._proc is not None:
+            _stop_child(self._proc, [(signal.SIGTERM, 15.0)])
+            self._proc = None
+            with contextlib.suppress(FileNotFoundError):
+                self._pid_file.unlink()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._lock.release()

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# CityStream quickstart: install what the platform needs, build .venv, then run `citystream up`.
+#
+#   bash scripts/quickstart.sh [--no-start] [citystream up flags...]
+#
+# Debian 12 / Ubuntu 24.04 (or newer): installs PostgreSQL >= 15 with the matching PostGIS 3, Mosquitto,
+# mosquitto-clients, GDAL and python3-venv with apt-get (as root, or through sudo). Without either it prints
+# the exact apt-get line to run and exits non-zero. Then creates .venv in the repository and installs
+# CityStream with its test extras. Every step is skipped when already done, so a second run takes seconds.
+# --no-start stops after the install; any other arguments go to `citystream up` (e.g. --http-port 9090).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+start=1
+up_args=()
+for arg in "$@"; do
+    if [[ "$arg" == "--no-start" ]]; then start=0; else up_args+=("$arg"); fi
+done
+
+say() { printf 'quickstart: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------- system packages
+
+pg_major_installed() {
+    # Highest installed PostgreSQL server major >= 15 that also has PostGIS, or nothing.
+    local dir major
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
+        major="$(basename "$(dirname "$dir")")"
+        if [[ "$major" =~ ^[0-9]+$ ]] && ((major >= 15)) && [[ -x "$dir/postgres" && -x "$dir/initdb" ]] \
+            && [[ -f "/usr/share/postgresql/$major/extension/postgis.control" ]]; then
+            echo "$major"
+            return 0
+        fi
+    done
+    return 0
+}
+
+python_ok() {
+    command -v python3 >/dev/null 2>&1 \
+        && python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
+}
+
+system_ready() {
+    [[ -n "$(pg_major_installed)" ]] \
+        && { command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; } \
+        && command -v mosquitto_pub >/dev/null 2>&1 \
+        && command -v ogrinfo >/dev/null 2>&1 \
+        && python_ok
+}
+
+as_root() {
+    if ((EUID == 0)); then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        if [[ -t 0 ]]; then sudo "$@"; else sudo -n "$@"; fi
+    else
+        return 1
+    fi
+}
+
+install_system_packages() {
+    local can_root=0
+    if ((EUID == 0)); then can_root=1
+    elif command -v sudo >/dev/null 2>&1 && { [[ -t 0 ]] || sudo -n true 2>/dev/null; }; then can_root=1
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL >= 15 with PostGIS 3, Mosquitto, \
+mosquitto-clients, GDAL and Python >= 3.11 with venv by hand, then run this script again"
+
+    local major pkgs
+    major="$(pg_major_installed)"
+    if ((can_root)); then
+        say "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    fi
+    if [[ -z "$major" ]]; then
+        # The major version of the distribution's `postgresql` package, e.g. "15+248" -> 15.
+        major="$(apt-cache policy postgresql 2>/dev/null | awk '/Candidate:/ {print $2}' | sed 's/+.*//; s/^[0-9]*://')"
+        if ! [[ "$major" =~ ^[0-9]+$ ]]; then
+            ((can_root)) || die "cannot tell which PostgreSQL this system offers; as root run: apt-get update && \
+apt-get install postgresql postgresql-15-postgis-3 mosquitto mosquitto-clients gdal-bin python3-venv"
+            die "apt offers no 'postgresql' package; add a repository with PostgreSQL >= 15"
+        fi
+        ((major >= 15)) || die "this system's PostgreSQL is $major; CityStream needs >= 15 (Debian 12, \
+Ubuntu 24.04, or the PostgreSQL project's apt repository)"
+    fi
+    pkgs=(postgresql "postgresql-$major" "postgresql-$major-postgis-3" mosquitto mosquitto-clients gdal-bin
+        python3-venv python3-pip)
+
+    if ((!can_root)); then
+        say "missing system packages and no root or sudo; as root run:"
+        printf '  apt-get update && apt-get install -y %s\n' "${pkgs[*]}" >&2
+        exit 1
+    fi
+
+    local fresh_mosquitto=0
+    dpkg-query -W -f='${Status}' mosquitto 2>/dev/null | grep -q 'install ok installed' || fresh_mosquitto=1
+    say "apt-get install ${pkgs[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+
+    # CityStream runs its own Mosquitto; the one apt just enabled would hold port 1883.
+    if ((fresh_mosquitto)) && [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-active --quiet mosquitto 2>/dev/null; then
+            say "stopping and disabling the system mosquitto service apt just started (it would hold port 1883)"
+            as_root systemctl disable --now mosquitto || true
+        fi
+    fi
+    system_ready || die "packages installed, but PostgreSQL >= 15 with PostGIS, Mosquitto, GDAL or \
+Python >= 3.11 with venv are still missing"
+}
+
+if system_ready; then
+    say "system packages present"
+else
+    install_system_packages
+fi
+
+# ---------------------------------------------------------------------------- Python environment
+
+venv="$repo/.venv"
+stamp="$venv/.citystream-install"
+want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [[ ! -x "$venv/bin/python" ]]; then
+    say "creating $venv"
+    python3 -m venv "$venv"
+fi
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" || ! -x "$venv/bin/citystream" ]]; then
+    say "installing CityStream into $venv (pip install -e '.[test]')"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e '.[test]'
+    echo "$want" >"$stamp"
+else
+    say "$venv up to date"
+fi
+
+if ((!start)); then
+    say "done; start the platform with: .venv/bin/citystream up"
+    exit 0
+fi
+exec "$venv/bin/citystream" up "${up_args[@]}"

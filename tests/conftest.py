@@ -1,0 +1,129 @@
+"""Shared fixtures: a real PostgreSQL/PostGIS, a real Mosquitto and the real app, on random ports.
+
+Why real services: the SQL compiler, migrations and MQTT behaviour are what we test; a mock would test our
+assumptions instead. Everything is private to the test session and torn down at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port
+
+MIGRATIONS_TABLE = "citystream_migrations"
+
+
+def make_service_dir(prefix: str) -> Path:
+    """A short temp dir the service accounts can traverse when we run as root (pytest's tmp is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    root = make_service_dir("cs-pg-")
+    server = EmbeddedPostgres(root / "postgres")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server: EmbeddedPostgres) -> str:
+    from sensorthings.migrate import apply_migrations
+
+    apply_migrations(postgres_server.dsn)
+    return postgres_server.dsn
+
+
+@pytest.fixture(scope="session")
+def mosquitto_server() -> Iterator[EmbeddedMosquitto]:
+    root = make_service_dir("cs-mqtt-")
+    broker = EmbeddedMosquitto(root / "mosquitto", find_free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_USER_TABLES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> %s
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+"""
+_SEQUENCES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind = 'S'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+"""
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> str:
+    """Empty every table (except the migrations record and extension tables) and restart every sequence."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")
+        tables = [row[0] for row in conn.execute(_USER_TABLES, (MIGRATIONS_TABLE,))]
+        if tables:
+            conn.execute(
+                sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+                    sql.SQL(", ").join(sql.Identifier("public", t) for t in tables)
+                )
+            )
+        for (seq,) in conn.execute(_SEQUENCES).fetchall():
+            conn.execute(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier("public", seq)))
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def server_url(database_url: str) -> Iterator[str]:
+    """The real ASGI app under uvicorn in a background thread, on a random loopback port."""
+    import uvicorn
+
+    from citystream.app import create_app
+    from citystream.settings import Settings
+
+    port = find_free_port()
+    settings = Settings(database_url=database_url, host="127.0.0.1", http_port=port)
+    config = uvicorn.Config(create_app(settings, database_url), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test HTTP server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def sta(server_url: str, clean_db: str) -> str:
+    """STA service root of the running app, with an empty database."""
+    return f"{server_url}/v1.1"
+
+
+def pytest_report_header() -> list[str]:
+    return [f"citystream tests: euid={os.geteuid()} (services run as their own accounts when root)"]

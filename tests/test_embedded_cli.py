@@ -1,0 +1,202 @@
+"""The `citystream` command end to end: real subprocesses, real PostgreSQL and Mosquitto, real signals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from citystream.embedded import find_free_port
+
+_SCRIPT = Path(sys.executable).with_name("citystream")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "citystream.cli"]
+
+
+def _env() -> dict[str, str]:
+    """Our environment without CITYSTREAM_* so the embedded services are used."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAM_")}
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Under /tmp, mode 0755: as root the postgres/mosquitto accounts must reach it (pytest's is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="cs-cli-"))
+    root.chmod(0o755)
+    yield root / "data"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _service_pids(data_dir: Path, exclude: int) -> set[int]:
+    """Processes started for this data dir: the postmaster and mosquitto (their argv names the dir) and
+    the postmaster's children; `exclude` is the citystream process itself."""
+    marker = str(data_dir.absolute())
+    owners: set[int] = set()
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            continue
+        if state == "Z":
+            continue
+        parents[int(entry.name)] = ppid
+        if marker in cmdline and int(entry.name) != exclude:
+            owners.add(int(entry.name))
+    return owners | {pid for pid, ppid in parents.items() if ppid in owners}
+
+
+def _start_up(data_dir: Path, http_port: int, mqtt_port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [
+                *CLI,
+                "up",
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(http_port),
+                "--mqtt-port",
+                str(mqtt_port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"citystream up exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def _sigterm(proc: subprocess.Popen[bytes], log: Path) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"citystream up ignored SIGTERM:\n{log.read_text()[-4000:]}")
+
+
+def _assert_all_gone(pids: set[int]) -> None:
+    deadline = time.monotonic() + 5
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if Path(f"/proc/{p}").exists() and _not_zombie(p)}
+        time.sleep(0.1)
+    assert not alive, f"processes left behind: {alive}"
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_help_lists_commands() -> None:
+    out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, timeout=30, env=_env())
+    assert out.returncode == 0, out.stderr
+    for command in ("up", "serve", "migrate"):
+        assert command in out.stdout
+
+
+def test_up_serves_stops_cleanly_and_keeps_data_across_restart(data_dir: Path, tmp_path: Path) -> None:
+    http_port, mqtt_port = find_free_port(), find_free_port()
+    base = f"http://127.0.0.1:{http_port}/v1.1"
+    log = tmp_path / "up.log"
+
+    proc = _start_up(data_dir, http_port, mqtt_port, log)
+    try:
+        _wait_ready(base, proc, log)
+        with socket.create_connection(("127.0.0.1", mqtt_port), timeout=5):
+            pass  # the embedded broker listens on --mqtt-port
+        created = httpx.post(f"{base}/Things", json={"name": "a", "description": "b"}, timeout=10)
+        assert created.status_code == 201, created.text
+        location = created.headers["location"]
+        pids = _service_pids(data_dir, proc.pid)
+        assert pids, "no embedded postgres/mosquitto process found"
+    finally:
+        rc = _sigterm(proc, log)
+    assert rc == 0, log.read_text()[-4000:]
+    _assert_all_gone(pids)
+
+    proc = _start_up(data_dir, http_port, mqtt_port, log)
+    try:
+        _wait_ready(base, proc, log)
+        again = httpx.get(location, timeout=10)
+        assert again.status_code == 200, again.text
+        assert again.json()["name"] == "a"
+        assert again.json()["description"] == "b"
+        pids = _service_pids(data_dir, proc.pid)
+    finally:
+        rc = _sigterm(proc, log)
+    assert rc == 0, log.read_text()[-4000:]
+    _assert_all_gone(pids)
+
+
+def test_taken_http_port_is_reported_with_its_flag(data_dir: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        out = subprocess.run(
+            [*CLI, "up", "--http-port", str(port), "--mqtt-port", str(find_free_port()), "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+        )
+    assert out.returncode != 0
+    assert "--http-port" in out.stderr and str(port) in out.stderr, out.stderr
+    assert not (data_dir / "postgres" / "pgdata").exists(), "nothing may start when a port is taken"
+
+
+def _migrate(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "migrate", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_migrate_is_idempotent(data_dir: Path) -> None:
+    first = _migrate(data_dir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "applied migration" in first.stdout
+    second = _migrate(data_dir)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "up to date" in second.stdout
+    assert "applied migration" not in second.stdout
+    _assert_all_gone(_service_pids(data_dir, os.getpid()))
