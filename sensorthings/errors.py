@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class StaError(Exception):
     """An error with an HTTP status and a message that tells the client what to fix."""
@@ -40,3 +42,12 @@ class PayloadTooLarge(StaError):
 
 class ServiceUnavailable(StaError):
     status = 503
+
+
+class PartitionMissing(Exception):
+    """A write needs a time partition that does not exist yet. Not a client error: the caller rolls back,
+    creates the partition outside any transaction and retries (see sta_ensure_observation_partition)."""
+
+    def __init__(self, time: datetime) -> None:
+        super().__init__(f"no observation partition for {time.isoformat()}")
+        self.time = time

@@ -48,9 +48,53 @@ def parse_interval(value: Any, where: str, *, instant_allowed: bool) -> tuple[da
     )
 
 
-def to_jsonb_text(value: Any) -> str:
+class JsonNumber(Decimal):
+    """A JSON number that remembers the exact text it was written as (e.g. `21.50`, `6.02e23`), so that a
+    stored result reads back exactly as it was sent."""
+
+    text: str
+
+    def __new__(cls, text: str) -> JsonNumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not a JSON number; send a finite number or null")
+
+
+def parse_request_json(raw: bytes | str) -> Any:
+    """Parse request JSON keeping number text (JsonNumber) and rejecting NaN/Infinity and NUL characters,
+    which PostgreSQL cannot store."""
+    try:
+        document = json.loads(raw, parse_float=JsonNumber, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    escaped_nul = (b"\\u0000" in raw) if isinstance(raw, bytes) else ("\\u0000" in raw)
+    if escaped_nul and _contains_nul(document):
+        raise BadRequest("text containing the NUL character (\\u0000) cannot be stored; remove it")
+    return document
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def to_jsonb_text(value: Any, where: str = "the body") -> str:
     """Serialise parsed request JSON for a jsonb column (numbers arrive as Decimal to keep their digits)."""
-    return json.dumps(value, default=_decimal_to_number, ensure_ascii=False)
+    try:
+        return json.dumps(value, default=_decimal_to_number, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise BadRequest(f"{where} holds a number too large to store; numbers must be finite", field=where) from None
 
 
 def _decimal_to_number(value: Any) -> Any:
@@ -120,7 +164,7 @@ class Json(Field):
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if self.object_only and value is not None and not isinstance(value, dict):
             raise BadRequest(f"{where} must be a JSON object", field=where)
-        return {self.column: None if value is None else to_jsonb_text(value)}
+        return {self.column: None if value is None else to_jsonb_text(value, where)}
 
     def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
         return sql.SQL("{}::jsonb").format(placeholder)
@@ -178,7 +222,7 @@ def parse_geojson(value: Any, where: str) -> dict[str, Any]:
     geometry = value.get("geometry") if value.get("type") == "Feature" else value
     if not isinstance(geometry, dict):
         raise BadRequest(f"{where}: the GeoJSON Feature has no geometry object", field=where)
-    plain = json.loads(to_jsonb_text(geometry))
+    plain = json.loads(to_jsonb_text(geometry, where))
     try:
         shape = shapely.geometry.shape(plain)
     except Exception as exc:  # shapely raises several types for malformed input
@@ -208,7 +252,7 @@ class GeoJson(Field):
         if value is None:
             return self.null_columns()
         geometry = parse_geojson(value, where)
-        return {self.column: to_jsonb_text(value), self.geometry_column: json.dumps(geometry)}
+        return {self.column: to_jsonb_text(value, where), self.geometry_column: json.dumps(geometry)}
 
     def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
         if column == self.geometry_column:
@@ -300,9 +344,10 @@ def result_columns(value: Any) -> dict[str, Any]:
         number = float(value)
         if number != number or number in (float("inf"), float("-inf")):
             raise BadRequest("result must be a finite number", field="result")
-        row.update(result_type=RESULT_NUMBER, result_number=number, result_string=str(value))
+        text = value.text if isinstance(value, JsonNumber) else str(value)
+        row.update(result_type=RESULT_NUMBER, result_number=number, result_string=text)
     elif isinstance(value, str):
         row.update(result_type=RESULT_STRING, result_string=value)
     else:
-        row.update(result_type=RESULT_JSON, result_json=to_jsonb_text(value))
+        row.update(result_type=RESULT_JSON, result_json=to_jsonb_text(value, "result"))
     return row

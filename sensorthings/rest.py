@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonpatch
 import jsonpointer
@@ -23,11 +21,20 @@ from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
 from sensorthings.compiler import Compiled, compile_collection, compile_entity, compile_ids
-from sensorthings.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, StaError
-from sensorthings.model import ENTITIES, ENTITY_SETS, Entity, Relation
+from sensorthings.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PartitionMissing,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    StaError,
+)
+from sensorthings.fields import parse_request_json
+from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.path import ResourcePath, parse_path
 from sensorthings.query import parse_query
-from sensorthings.writer import Writer, changed_fields, link_id
+from sensorthings.writer import Writer, changed_fields, create_partition, link_id
 
 VERSION = "v1.1"
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
@@ -39,6 +46,8 @@ CONFORMANCE = [
     CONFORMANCE_BASE + "create-update-delete",
 ]
 JSON_PATCH = "application/json-patch+json"
+PARTITION_RETRIES = 8  # a request may touch a few new months; each missing one costs one retry
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,15 +69,9 @@ def service_url(request: Request, public_url: str | None) -> str:
 
 
 def parse_json(raw: bytes) -> Any:
-    """Request JSON with numbers that keep their digits (Decimal), so results are stored exactly."""
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON document")
-    try:
-        return json.loads(raw, parse_float=Decimal)
-    except UnicodeDecodeError:
-        raise BadRequest("the request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    return parse_request_json(raw)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -94,12 +97,14 @@ def error_response(error: StaError) -> Response:
 
 def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
     """Map a database error caused by a request to a client-facing error (never a traceback)."""
+    if isinstance(exc, errors.TransactionRollback):
+        return ServiceUnavailable("the change collided with a concurrent one and was rolled back; send it again")
     if isinstance(exc, errors.QueryCanceled):
         return ServiceUnavailable(f"the query ran longer than the limit of {timeout_ms} ms; "
                                   f"narrow it (smaller $top, fewer entities)")
     if isinstance(exc, errors.ForeignKeyViolation | errors.UniqueViolation):
         return Conflict(f"the change conflicts with the current data: {exc.diag.message_primary}")
-    if isinstance(exc, errors.DataException):
+    if isinstance(exc, psycopg.DataError):
         return BadRequest(f"invalid value: {exc.diag.message_primary}")
     if isinstance(exc, psycopg.OperationalError):
         return ServiceUnavailable("the database is not reachable right now; try again shortly")
@@ -204,12 +209,21 @@ class StaApi:
         row = await self._fetch(conn, compile_entity(parse_path(f"{entity.set_name}({entity_id})"), base))
         return str(row[0])
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[tuple[AsyncConnection[Any], Writer]]:
-        async with self.pool.connection() as conn, conn.transaction():
-            writer = Writer(conn, datetime.now(UTC))
-            yield conn, writer
-            await writer.finish()
+    async def _write(self, work: Callable[[AsyncConnection[Any], Writer], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, with the writer's side effects applied before commit. A missing
+        time partition is created outside any transaction (so it cannot deadlock with concurrent writers)
+        and the whole request is retried; the failed attempt left nothing behind."""
+        for _ in range(PARTITION_RETRIES):
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    writer = Writer(conn, datetime.now(UTC))
+                    result = await work(conn, writer)
+                    await writer.finish()
+                    return result
+            except PartitionMissing as missing:
+                async with self.pool.connection() as conn:
+                    await create_partition(conn, missing.time)
+        raise ServiceUnavailable("the request spans more months than can be prepared at once; split it")
 
     # ---------------------------------------------------------------- writes
 
@@ -218,37 +232,38 @@ class StaApi:
         body = parse_json(await read_body(request, self.config.max_body_bytes))
         base = service_url(request, self.config.public_url)
         if path.ref:
-            return await self._add_reference(path, body)
+            return await self._link_reference(path, body, to_many=True)
         if not path.is_collection:
             raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
                              "use PATCH or PUT to change an entity")
-        entity = path.entity
-        async with self._transaction() as (conn, writer):
-            relation = path.last.relation
+        entity, relation = path.entity, path.last.relation
+
+        async def create(conn: AsyncConnection[Any], writer: Writer) -> int:
             if relation is None:
-                new_id = await writer.create(entity, body, "body")
-            else:
-                parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-                new_id = await writer.create(entity, body, "body", relation.inverse, parent_id)
+                return await writer.create(entity, body, "body")
+            parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+            return await writer.create(entity, body, "body", relation.inverse, parent_id)
+
+        new_id = await self._write(create)
         async with self.pool.connection() as conn:
             created = await self._entity_json(conn, entity, new_id, base)
         return json_response(created, 201, {"Location": f"{base}/{entity.set_name}({new_id})"})
 
-    async def _add_reference(self, path: ResourcePath, body: Any) -> Response:
-        relation = self._ref_relation(path, collection=True)
+    async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
+        """POST …/Collection/$ref adds a link; PUT …/SingleNavigation/$ref sets one."""
+        relation = path.last.relation
+        if relation is None or relation.to_many != to_many or path.last.id is not None:
+            raise BadRequest("POST …/$ref adds to a collection (e.g. POST Things(1)/Locations/$ref); "
+                             "PUT …/$ref sets a single-valued link (e.g. PUT Datastreams(1)/Sensor/$ref)")
         target = referenced_id(body, relation.target_entity)
-        async with self._transaction() as (conn, writer):
+
+        async def link(conn: AsyncConnection[Any], writer: Writer) -> None:
             source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
             await writer.require(relation.target_entity, target, "body")
             await writer.link(relation, source, target)
-        return Response(status_code=204)
 
-    @staticmethod
-    def _ref_relation(path: ResourcePath, *, collection: bool) -> Relation:
-        relation = path.last.relation
-        if relation is None or (collection and not path.last.is_collection):
-            raise BadRequest("$ref here needs a navigation path such as Things(1)/Locations/$ref")
-        return relation
+        await self._write(link)
+        return Response(status_code=204)
 
     async def patch(self, request: Request, resource: str) -> Response:
         return await self._update(request, resource, replace=False)
@@ -261,30 +276,21 @@ class StaApi:
         body = parse_json(await read_body(request, self.config.max_body_bytes))
         base = service_url(request, self.config.public_url)
         if path.ref:
-            return await self._set_reference(path, body, replace)
+            if not replace:
+                raise BadRequest("use PUT …/$ref to set a single-valued link")
+            return await self._link_reference(path, body, to_many=False)
         if path.is_collection or path.prop is not None:
             raise BadRequest(f"{request.method} changes one entity, e.g. {request.method} /v1.1/Things(1)")
         entity = path.entity
         json_patch = request.headers.get("content-type", "").startswith(JSON_PATCH)
-        async with self._transaction() as (conn, writer):
-            entity_id = await self._resolve(conn, path)
-            if json_patch and not replace:
-                body = await self._apply_json_patch(conn, entity, entity_id, body)
-            await writer.update(entity, entity_id, body, replace=replace)
-            updated = await self._entity_json(conn, entity, entity_id, base)
-        return json_response(updated)
 
-    async def _set_reference(self, path: ResourcePath, body: Any, replace: bool) -> Response:
-        relation = self._ref_relation(path, collection=False)
-        if relation.to_many or not replace:
-            raise BadRequest("PUT …/$ref sets a single-valued link (e.g. PUT Datastreams(1)/Sensor/$ref); "
-                             "POST …/$ref adds to a collection")
-        target = referenced_id(body, relation.target_entity)
-        async with self._transaction() as (conn, writer):
-            source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-            await writer.require(relation.target_entity, target, "body")
-            await writer.link(relation, source, target)
-        return Response(status_code=204)
+        async def update(conn: AsyncConnection[Any], writer: Writer) -> str:
+            entity_id = await self._resolve(conn, path)
+            changes = await self._apply_json_patch(conn, entity, entity_id, body) if json_patch else body
+            await writer.update(entity, entity_id, changes, replace=replace)
+            return await self._entity_json(conn, entity, entity_id, base)
+
+        return json_response(await self._write(update))
 
     async def _apply_json_patch(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, ops: Any
                                 ) -> dict[str, Any]:
@@ -292,7 +298,7 @@ class StaApi:
         if not isinstance(ops, list):
             raise BadRequest("a JSON Patch body is an array of operations, e.g. "
                              '[{"op": "replace", "path": "/name", "value": "x"}]')
-        current = json.loads(await self._entity_json(conn, entity, entity_id, ""), parse_float=Decimal)
+        current = parse_request_json(await self._entity_json(conn, entity, entity_id, ""))
         document = {name: current.get(name) for name in entity.property_names}
         try:
             patched = jsonpatch.apply_patch(document, ops)
@@ -307,16 +313,23 @@ class StaApi:
     async def delete(self, request: Request, resource: str) -> Response:
         path = parse_path(resource)
         if path.ref:
-            relation = self._ref_relation(path, collection=False)
-            async with self._transaction() as (conn, writer):
+            relation = path.last.relation
+            if relation is None or path.last.id is None:
+                raise BadRequest("DELETE …/$ref removes one link, e.g. DELETE Things(1)/Locations(2)/$ref")
+
+            async def unlink(conn: AsyncConnection[Any], writer: Writer) -> None:
                 source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-                target = await self._resolve(conn, ResourcePath(path.steps))
-                await writer.unlink(relation, source, target)
+                await writer.unlink(relation, source, await self._resolve(conn, ResourcePath(path.steps)))
+
+            await self._write(unlink)
             return Response(status_code=204)
         if path.is_collection or path.prop is not None:
             raise BadRequest("DELETE removes one entity, e.g. DELETE /v1.1/Things(1)")
-        async with self._transaction() as (conn, writer):
+
+        async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
             await writer.delete(path.entity, await self._resolve(conn, path))
+
+        await self._write(delete)
         return Response(status_code=200)
 
 

@@ -18,7 +18,7 @@ from psycopg import AsyncConnection, sql
 
 from sensorthings import observation_ids
 from sensorthings.compiler import SqlBuilder, id_predicate
-from sensorthings.errors import BadRequest, NotFound
+from sensorthings.errors import BadRequest, NotFound, PartitionMissing
 from sensorthings.fields import GEOJSON_ENCODINGS, Field, GeoJson
 from sensorthings.model import ENTITIES, Entity, Relation, Storage
 
@@ -39,10 +39,8 @@ def link_id(value: Any, where: str) -> int | None:
                          field=where)
     if "@iot.id" not in value:
         return None
-    extra = [k for k in value if k != "@iot.id" and not _is_ignored(k)]
-    if extra:
-        raise BadRequest(f"{where}: give either {{\"@iot.id\": n}} to link an existing entity or the "
-                         f"properties of a new one, not both (found {', '.join(extra)})", field=where)
+    # Other keys beside @iot.id are ignored, as FROST does: clients such as frost-sta-client send the whole
+    # related entity when they mean to link it.
     raw = value["@iot.id"]
     if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
         raise BadRequest(f"{where}.@iot.id must be a positive integer", field=where)
@@ -58,6 +56,11 @@ class ObservationTouch:
     result_start: datetime | None = None
     result_end: datetime | None = None
     feature_ids: set[int] = field(default_factory=set)
+
+
+async def create_partition(conn: AsyncConnection[Any], time: datetime) -> None:
+    """Create the month partition for `time`. Call outside any transaction that touches observations."""
+    await conn.execute("SELECT sta_ensure_observation_partition(%s)", (time,))
 
 
 class Writer:
@@ -223,13 +226,16 @@ class Writer:
         return observation_ids.observation_id(int(row[0]), start)
 
     async def ensure_partition(self, time: datetime) -> None:
-        """Create the month partition for `time` (a no-op under TimescaleDB). Checked once per month per
-        request and inside its transaction, so a rolled-back request leaves no stale belief behind."""
+        """Raise PartitionMissing when the month partition for `time` does not exist (never under
+        TimescaleDB); the caller creates it outside this transaction and retries. Checked once per month."""
         utc = time.astimezone(UTC)
         key = (utc.year, utc.month)
-        if key not in self._partitions:
-            await self.conn.execute("SELECT sta_ensure_observation_partition(%s)", (time,))
-            self._partitions.add(key)
+        if key in self._partitions:
+            return
+        row = await self._fetch_one(sql.SQL("SELECT sta_observation_partition_missing(%(t)s)"), {"t": time})
+        if row[0]:
+            raise PartitionMissing(time)
+        self._partitions.add(key)
 
     async def _generated_feature(self, datastream_id: int, where: str) -> int:
         """The FeatureOfInterest generated from the current Location of the Datastream's Thing."""

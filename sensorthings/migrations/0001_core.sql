@@ -159,23 +159,36 @@ CREATE TABLE observation_relocations (
     day_start timestamptz NOT NULL
 );
 
--- Native partitioning: one partition per UTC month, created on demand by the write path before it inserts
--- (no default partition, so a missing partition is a loud error, never a silent slow path).
--- With TimescaleDB, chunks are created automatically and this does nothing.
+-- Native partitioning: one partition per UTC month. A write that meets a missing month rolls back and the
+-- application creates the partition with sta_ensure_observation_partition in a separate, lock-free moment,
+-- then retries: creating it inside a request transaction could deadlock with concurrent writers (the
+-- partition's foreign keys lock datastreams and features_of_interest). The partition is created standalone
+-- and ATTACHed, which takes SHARE UPDATE EXCLUSIVE on observations and so never blocks readers or writers.
+-- No default partition, so a missing partition is a loud error, never a silent slow path.
+-- With TimescaleDB, chunks are created automatically and both functions do nothing.
+CREATE FUNCTION sta_observation_partition_name(t timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT 'observations_' || to_char(t AT TIME ZONE 'UTC', 'YYYYMM')
+$$;
+
+CREATE FUNCTION sta_observation_partition_missing(t timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'observations'::regclass)
+       AND to_regclass(sta_observation_partition_name(t)) IS NULL
+$$;
+
 CREATE FUNCTION sta_ensure_observation_partition(t timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     month_start timestamptz := date_trunc('month', t AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
-    partition_name text := 'observations_' || to_char(month_start AT TIME ZONE 'UTC', 'YYYYMM');
+    partition_name text := sta_observation_partition_name(t);
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'observations'::regclass) THEN
-        RETURN;
-    END IF;
-    IF to_regclass(partition_name) IS NOT NULL THEN
-        RETURN;
-    END IF;
     PERFORM pg_advisory_xact_lock(hashtext(partition_name));
-    EXECUTE format('CREATE TABLE IF NOT EXISTS %I PARTITION OF observations FOR VALUES FROM (%L) TO (%L)',
+    IF NOT sta_observation_partition_missing(t) THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TABLE %I (LIKE observations INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', partition_name);
+    EXECUTE format('ALTER TABLE observations ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                    partition_name, month_start, month_start + interval '1 month');
 END
 $$;
