@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from citystream.embedded import find_free_port
+from citystream.embedded import EmbeddedMosquitto, find_free_port
 
 _SCRIPT = Path(sys.executable).with_name("citystream")
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "citystream.cli"]
@@ -200,3 +200,41 @@ def test_migrate_is_idempotent(data_dir: Path) -> None:
     assert "up to date" in second.stdout
     assert "applied migration" not in second.stdout
     _assert_all_gone(_service_pids(data_dir, os.getpid()))
+
+
+def _run_with_external_services(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([*CLI, *command], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**_env(), **env})
+
+
+def test_up_uses_external_database_and_broker_and_starts_neither(
+    data_dir: Path, tmp_path: Path, database_url: str, mosquitto_server: EmbeddedMosquitto
+) -> None:
+    http_port = find_free_port()
+    log = tmp_path / "up-external.log"
+    broker_url = mosquitto_server.url
+    proc = _run_with_external_services(
+        ["up", "--http-port", str(http_port), "--data-dir", str(data_dir)],
+        {"CITYSTREAM_DATABASE_URL": database_url, "CITYSTREAM_MQTT_URL": broker_url}, log)
+    _wait_ready(f"http://127.0.0.1:{http_port}/v1.1", proc, log)
+    assert _service_pids(data_dir, exclude=proc.pid) == set()
+    assert not (data_dir / "postgres").exists() and not (data_dir / "mosquitto").exists()
+    assert _sigterm(proc, log) == 0, log.read_text()
+    assert broker_url in log.read_text()
+
+
+def test_serve_runs_the_http_api_only(tmp_path: Path, database_url: str) -> None:
+    http_port = find_free_port()
+    log = tmp_path / "serve.log"
+    proc = _run_with_external_services(["serve", "--http-port", str(http_port)],
+                                       {"CITYSTREAM_DATABASE_URL": database_url}, log)
+    _wait_ready(f"http://127.0.0.1:{http_port}/v1.1", proc, log)
+    assert httpx.get(f"http://127.0.0.1:{http_port}/health").json()["status"] == "ok"
+    assert _sigterm(proc, log) == 0, log.read_text()
+
+
+def test_serve_without_database_url_says_what_is_missing(tmp_path: Path) -> None:
+    result = subprocess.run([*CLI, "serve"], env=_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "CITYSTREAM_DATABASE_URL" in result.stdout + result.stderr
