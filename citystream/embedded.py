@@ -277,10 +277,33 @@ class _DirLock:
 
 
 class _Service:
-    """Context-manager plumbing shared by both services."""
+    """Context-manager plumbing and readiness polling shared by both services."""
+
+    name = "service"
+    _proc: subprocess.Popen[bytes] | None
+    log_path: Path
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def _wait_until(self, ready: Callable[[], bool], promise: str, timeout: float, interval: float) -> None:
+        """Poll `ready` until it is true; fail with the log tail if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise EmbeddedServiceError(
+                    f"{self.name} exited with code {self._proc.returncode}; log {self.log_path}:\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise EmbeddedServiceError(
+                    f"{self.name} did not {promise} within {timeout:.0f}s; log {self.log_path}:\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            time.sleep(interval)
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -361,6 +384,7 @@ class EmbeddedPostgres(_Service):
 
     DATABASE = "citystream"
     USER = "citystream"
+    name = "PostgreSQL"
 
     def __init__(
         self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1", bin_dir: Path | None = None
@@ -571,25 +595,15 @@ class EmbeddedPostgres(_Service):
     def _wait_ready(self, timeout: float = 120.0) -> None:
         import psycopg
 
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise EmbeddedServiceError(
-                    f"PostgreSQL exited with code {self._proc.returncode}; log {self.log_path}:\n"
-                    f"{_log_tail(self.log_path)}"
-                )
+        def accepts_connections() -> bool:
             try:
                 with psycopg.connect(self._admin_dsn(), connect_timeout=2) as conn:
                     conn.execute("SELECT 1")
-                return
+                return True
             except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise EmbeddedServiceError(
-                        f"PostgreSQL did not accept connections within {timeout:.0f}s; log {self.log_path}:\n"
-                        f"{_log_tail(self.log_path)}"
-                    ) from None
-                time.sleep(0.1)
+                return False
+
+        self._wait_until(accepts_connections, "accept connections", timeout, 0.1)
 
     def _bootstrap(self, timescaledb: bool) -> None:
         import psycopg
@@ -645,6 +659,8 @@ class EmbeddedMosquitto(_Service):
     Layout: `mosquitto.conf` (generated on every start), `mosquitto.log`, `mosquitto.db` (persistence),
     `mosquitto.pid`, `lock`.
     """
+
+    name = "mosquitto"
 
     def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", websocket_port: int | None = None) -> None:
         self.data_dir = Path(data_dir).absolute()
@@ -740,24 +756,14 @@ class EmbeddedMosquitto(_Service):
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise EmbeddedServiceError(
-                    f"mosquitto exited with code {self._proc.returncode}; log {self.log_path}:\n"
-                    f"{_log_tail(self.log_path)}"
-                )
+        def listens() -> bool:
             try:
                 with socket.create_connection((self.host, self.port), timeout=1):
-                    return
+                    return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise EmbeddedServiceError(
-                        f"mosquitto did not listen on {self.host}:{self.port} within {timeout:.0f}s; "
-                        f"log {self.log_path}:\n{_log_tail(self.log_path)}"
-                    ) from None
-                time.sleep(0.05)
+                return False
+
+        self._wait_until(listens, f"listen on {self.host}:{self.port}", timeout, 0.05)
 
     def stop(self) -> None:
         """SIGTERM makes Mosquitto save its persistence file and exit."""
