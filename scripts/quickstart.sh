@@ -106,6 +106,9 @@ Ubuntu 24.04, or the PostgreSQL project's apt repository)"
             say "stopping and disabling the system mosquitto service apt just started (it would hold port 1883)"
             as_root systemctl disable --now mosquitto || true
         fi
+    elif ((fresh_mosquitto)) && [[ -x /etc/init.d/mosquitto ]] && pgrep -x mosquitto >/dev/null 2>&1; then
+        say "stopping the system mosquitto apt just started (it would hold port 1883)"
+        as_root /etc/init.d/mosquitto stop || true
     fi
     system_ready || die "packages installed, but PostgreSQL >= 15 with PostGIS, Mosquitto, GDAL or \
 Python >= 3.11 with venv are still missing"
