@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import ipaddress
 import signal
 import sys
 import threading
@@ -38,6 +39,8 @@ environment (flags override these):
   CITYSTREAM_DATABASE_URL   external PostgreSQL with PostGIS, e.g. postgresql://user:pw@db:5432/citystream;
                             unset: `up` and `migrate` use a private cluster under --data-dir
   CITYSTREAM_MQTT_URL       external MQTT broker, e.g. mqtt://broker:1883; unset: `up` starts Mosquitto
+  CITYSTREAM_MQTT_HOST      address the embedded Mosquitto listens on (default 127.0.0.1, whatever --host is;
+                            it accepts anonymous clients)
   CITYSTREAM_HOST, CITYSTREAM_HTTP_PORT, CITYSTREAM_MQTT_PORT, CITYSTREAM_DATA_DIR, CITYSTREAM_PUBLIC_URL,
   CITYSTREAM_DEFAULT_TOP, CITYSTREAM_MAX_TOP, CITYSTREAM_MAX_BODY_BYTES, CITYSTREAM_STATEMENT_TIMEOUT_MS,
   CITYSTREAM_DB_POOL_SIZE
@@ -99,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start everything needed, in the foreground. Without CITYSTREAM_DATABASE_URL a private "
             "PostgreSQL cluster runs under DATA_DIR/postgres (on a free loopback port it remembers); without "
-            "CITYSTREAM_MQTT_URL a private Mosquitto runs under DATA_DIR/mosquitto on --mqtt-port. "
+            "CITYSTREAM_MQTT_URL a private Mosquitto runs under DATA_DIR/mosquitto on --mqtt-host:--mqtt-port "
+            "(loopback unless --mqtt-host says otherwise). "
             "Migrations are applied, then the API is served on --host:--http-port. Ctrl-C or SIGTERM stops "
             "the API, then Mosquitto, then PostgreSQL. Data is kept in DATA_DIR between runs."
         ),
@@ -108,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_http(up)
     up.add_argument("--mqtt-port", type=int, help="port of the embedded Mosquitto (default 1883)")
+    up.add_argument(
+        "--mqtt-host",
+        help=(
+            "address the embedded Mosquitto listens on (default 127.0.0.1, independent of --host). It accepts "
+            "anonymous clients: expose it only on a trusted network"
+        ),
+    )
     add_data_dir(up)
 
     serve = sub.add_parser(
@@ -150,7 +161,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Environment first, then every flag that was given."""
     settings = Settings.from_env()
     overrides: dict[str, Any] = {}
-    for name in ("host", "http_port", "mqtt_port", "data_dir"):
+    for name in ("host", "http_port", "mqtt_host", "mqtt_port", "data_dir"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -171,19 +182,30 @@ def _migrate(dsn: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """The configured database, or the embedded cluster for the lifetime of the block."""
+def _database(settings: Settings) -> Iterator[tuple[str, str]]:
+    """The configured database, or the embedded cluster for the lifetime of the block.
+
+    Yields (dsn, what to show): the DSN may carry a password, which must never be printed.
+    """
     if settings.database_url:
-        yield settings.database_url
+        # An external URL may carry a password: show only where it points.
+        yield settings.database_url, settings.database_url.rsplit("@", 1)[-1]
         return
     pg = EmbeddedPostgres(settings.data_dir / "postgres")
     _say(f"starting PostgreSQL (data in {pg.data_dir})")
     with pg:
-        _say(f"PostgreSQL ready at {pg.dsn}")
+        _say(f"PostgreSQL ready at {pg.masked_dsn} (password in {pg.password_file})")
         try:
-            yield pg.dsn
+            yield pg.dsn, pg.masked_dsn
         finally:
             _say("stopping PostgreSQL")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @contextlib.contextmanager
@@ -191,8 +213,11 @@ def _broker(settings: Settings) -> Iterator[str]:
     if settings.mqtt_url:
         yield settings.mqtt_url
         return
-    broker = EmbeddedMosquitto(settings.data_dir / "mosquitto", settings.mqtt_port, host=settings.host)
+    # Anonymous broker: loopback unless explicitly asked otherwise, even when the API is exposed (--host).
+    broker = EmbeddedMosquitto(settings.data_dir / "mosquitto", settings.mqtt_port, host=settings.mqtt_host)
     _say(f"starting Mosquitto (data in {broker.data_dir})")
+    if not _is_loopback(settings.mqtt_host):
+        _say(f"warning: the embedded Mosquitto accepts anonymous clients and listens on {settings.mqtt_host}")
     with broker:
         try:
             yield broker.url
@@ -243,12 +268,9 @@ def cmd_up(settings: Settings) -> int:
     # Check every port we will need before starting anything, so a clash costs nothing.
     ensure_port_free(settings.host, settings.http_port, "HTTP", HTTP_PORT_HINT)
     if not settings.mqtt_url:
-        ensure_port_free(settings.host, settings.mqtt_port, "MQTT", MQTT_PORT_HINT)
-    embedded_db = not settings.database_url
-    with _database(settings) as database_url, _broker(settings) as mqtt_url:
+        ensure_port_free(settings.mqtt_host, settings.mqtt_port, "MQTT", MQTT_PORT_HINT)
+    with _database(settings) as (database_url, shown_db), _broker(settings) as mqtt_url:
         _migrate(database_url)
-        # An external URL may carry a password: show only where it points.
-        shown_db = database_url if embedded_db else database_url.rsplit("@", 1)[-1]
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
         server = _server(settings, database_url)
         base = _http_base(settings)
@@ -283,7 +305,7 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def cmd_migrate(settings: Settings) -> int:
-    with _database(settings) as database_url:
+    with _database(settings) as (database_url, _shown):
         _migrate(database_url)
     return 0
 

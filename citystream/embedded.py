@@ -1,7 +1,7 @@
 """Private PostgreSQL and Mosquitto instances for `citystream up` and the test suite.
 
 Why: a developer (and CI) should get a working platform with one command and no system services, no
-passwords and nothing listening beyond loopback. Each service lives in its own data directory, which also
+passwords to invent and nothing listening beyond loopback. Each service lives in its own data directory, which also
 keeps its data between runs, and is stopped in order by its owner.
 
 Running as root: PostgreSQL refuses to run as root and Mosquitto would drop to its own user anyway, so when
@@ -20,6 +20,7 @@ import ipaddress
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
+from urllib.parse import quote
 
 __all__ = [
     "EmbeddedMosquitto",
@@ -375,11 +377,17 @@ def _pkglibdir(bin_dir: Path) -> Path:
 
 
 class EmbeddedPostgres(_Service):
-    """A private PostgreSQL cluster in `data_dir`, listening on `host` only, trust auth on loopback.
+    """A private PostgreSQL cluster in `data_dir`, listening on `host` only, password auth over TCP.
 
-    Layout: `pgdata/` (the cluster), `port` (the remembered port), `postgres.log`, `lock`.
+    Layout: `pgdata/` (the cluster), `password` (the superuser's password, mode 0600, owned by whoever runs
+    citystream; the service account cannot read it), `port` (the remembered port), `postgres.log`, `lock`.
     With `port=None` a free port is chosen on first start and reused on later starts while it is free,
     so a DSN someone copied keeps working.
+
+    Authentication: TCP needs the password (scram-sha-256), because on a shared host any local user can
+    reach a loopback port. The unix socket lives inside pgdata (mode 0700), and there `peer` admits only
+    the OS account that owns the cluster, as `citystream`. Clusters created by older versions with `trust`
+    and no password file keep working without a password.
     """
 
     DATABASE = "citystream"
@@ -397,6 +405,8 @@ class EmbeddedPostgres(_Service):
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
         self._port_file = self.data_dir / "port"
+        self.password_file = self.data_dir / "password"
+        self._password: str | None = None
         self._lock = _DirLock(self.data_dir / "lock")
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -410,11 +420,23 @@ class EmbeddedPostgres(_Service):
 
     @property
     def dsn(self) -> str:
-        """libpq URL of the `citystream` database (superuser `citystream`, no password: trust on loopback)."""
-        return f"postgresql://{self.USER}@{_url_host(self.host)}:{self.port}/{self.DATABASE}"
+        """libpq URL of the `citystream` database as superuser `citystream`, with its password (a secret:
+        show `masked_dsn` instead). No password only for an old trust cluster without a password file."""
+        return self._url(self.DATABASE, self._password)
+
+    @property
+    def masked_dsn(self) -> str:
+        """`dsn` with the password replaced by `***`, for banners and logs."""
+        return self._url(self.DATABASE, None if self._password is None else "***", quote_password=False)
 
     def _admin_dsn(self) -> str:
-        return f"postgresql://{self.USER}@{_url_host(self.host)}:{self.port}/postgres"
+        return self._url("postgres", self._password)
+
+    def _url(self, database: str, password: str | None, quote_password: bool = True) -> str:
+        userinfo = self.USER
+        if password is not None:
+            userinfo += ":" + (quote(password, safe="") if quote_password else password)
+        return f"postgresql://{userinfo}@{_url_host(self.host)}:{self.port}/{database}"
 
     @property
     def running(self) -> bool:
@@ -435,6 +457,7 @@ class EmbeddedPostgres(_Service):
             self._log = open(self.log_path, "ab")  # kept open for the child's lifetime
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb(bin_dir)
+            self._password = self._read_password()
             preload = (_pkglibdir(bin_dir) / "timescaledb.so").exists()
             self._write_config(preload)
             self._spawn(bin_dir)
@@ -501,6 +524,40 @@ class EmbeddedPostgres(_Service):
                 f"{_log_tail(self.log_path)}"
             )
 
+    def _read_password(self) -> str | None:
+        """The superuser password, or None for a cluster created (with trust) before password files."""
+        try:
+            password = self.password_file.read_text().strip()
+        except FileNotFoundError:
+            print(
+                f"citystream: note: {self.pgdata} was created by an older citystream with passwordless "
+                "(trust) login on loopback; any local user can connect to it as superuser. To get password "
+                "authentication, dump the data and start with a fresh data directory.",
+                flush=True,
+            )
+            return None
+        except OSError as exc:
+            raise EmbeddedServiceError(f"cannot read the PostgreSQL password file {self.password_file}: {exc}") from exc
+        if not password:
+            raise EmbeddedServiceError(f"the PostgreSQL password file {self.password_file} is empty")
+        return password
+
+    def _write_secret(self, path: Path, secret: str, owner: _Account | None = None) -> None:
+        """Write `secret` to `path` atomically, mode 0600, owned by us (or by `owner`'s account)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            if owner is not None and owner.uid is not None:
+                os.fchown(fd, owner.uid, owner.gid if owner.gid is not None else -1)
+            os.write(fd, f"{secret}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
     def _initdb(self, bin_dir: Path) -> None:
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
             raise EmbeddedServiceError(
@@ -509,31 +566,49 @@ class EmbeddedPostgres(_Service):
         self.pgdata.mkdir(exist_ok=True)
         self.pgdata.chmod(0o700)
         self._account.chown(self.pgdata)
-        self._run_as_owner(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                self.USER,
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-A",
-                "trust",
-                "--no-instructions",
-            ]
+        # The password file is written before the cluster exists, so a cluster never lacks one; a failed
+        # initdb is simply repeated on the next start with a new password. initdb (running as the service
+        # account) reads its own short-lived copy, removed right after.
+        password = secrets.token_urlsafe(32)
+        self._write_secret(self.password_file, password)
+        pwfile = self.data_dir / "initdb-pwfile"
+        self._write_secret(pwfile, password, owner=self._account)
+        try:
+            self._run_as_owner(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    self.USER,
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=peer",
+                    "--no-instructions",
+                ]
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                pwfile.unlink()
+        os_user = self._account.name or pwd.getpwuid(os.geteuid()).pw_name
+        # The socket directory is pgdata itself (mode 0700): only the cluster's owner reaches it, and peer
+        # maps that OS account to `citystream`. TCP: loopback only, always with the password.
+        (self.pgdata / "pg_ident.conf").write_text(
+            "# generated by citystream: the cluster's OS account may log in as citystream over the socket\n"
+            f"citystream {os_user} {self.USER}\n"
         )
-        # Trust only on the unix socket (inside pgdata) and loopback; everything else is rejected.
         (self.pgdata / "pg_hba.conf").write_text(
-            "# generated by citystream: trust on the private socket and loopback only\n"
-            "local all all trust\n"
-            "host  all all 127.0.0.1/32 trust\n"
-            "host  all all ::1/128 trust\n"
+            "# generated by citystream: peer on the private socket, password (scram) on loopback only\n"
+            "local all all peer map=citystream\n"
+            "host  all all 127.0.0.1/32 scram-sha-256\n"
+            "host  all all ::1/128 scram-sha-256\n"
         )
         with open(self.pgdata / "postgresql.conf", "a") as conf:
             conf.write("\ninclude_if_exists = 'citystream.conf'\n")
-        self._account.chown(self.pgdata / "pg_hba.conf")
+        self._account.chown(self.pgdata / "pg_hba.conf", self.pgdata / "pg_ident.conf")
 
     def _write_config(self, timescaledb: bool) -> None:
         """Rewritten on every start so tuning changes in new releases apply to existing clusters."""
@@ -600,7 +675,12 @@ class EmbeddedPostgres(_Service):
                 with psycopg.connect(self._admin_dsn(), connect_timeout=2) as conn:
                     conn.execute("SELECT 1")
                 return True
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
+                if "password" in str(exc):  # up, but rejects us: waiting will not help
+                    raise EmbeddedServiceError(
+                        f"PostgreSQL in {self.pgdata} rejected the password in {self.password_file} ({exc}); "
+                        "restore that file or use a fresh data directory"
+                    ) from exc
                 return False
 
         self._wait_until(accepts_connections, "accept connections", timeout, 0.1)
@@ -655,7 +735,8 @@ class EmbeddedMosquitto(_Service):
     """A private Mosquitto broker in `data_dir`, listening on `host:port` (plus websockets if asked).
 
     Anonymous clients are allowed on this listener because it is bound to loopback by default and
-    authentication/ACLs are not part of CityStream yet. Do not bind it to a public address.
+    authentication/ACLs are not part of CityStream yet. Do not bind it to a public address
+    (`citystream up` binds it to loopback unless --mqtt-host says otherwise, whatever --host is).
     Layout: `mosquitto.conf` (generated on every start), `mosquitto.log`, `mosquitto.db` (persistence),
     `mosquitto.pid`, `lock`.
     """

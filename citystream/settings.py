@@ -32,6 +32,7 @@ class Settings:
     host: str = "127.0.0.1"
     http_port: int = 8080
     mqtt_port: int = 1883
+    mqtt_host: str = "127.0.0.1"
     data_dir: Path = field(default_factory=lambda: Path(".citystream"))
     public_url: str | None = None
     """External base URL (e.g. https://iot.example.org) used in selfLinks. None: taken from the request,
@@ -54,6 +55,7 @@ class Settings:
             host=env.get("CITYSTREAM_HOST", base.host),
             http_port=_int_env("CITYSTREAM_HTTP_PORT", base.http_port),
             mqtt_port=_int_env("CITYSTREAM_MQTT_PORT", base.mqtt_port),
+            mqtt_host=env.get("CITYSTREAM_MQTT_HOST", base.mqtt_host),
             data_dir=Path(env.get("CITYSTREAM_DATA_DIR", str(base.data_dir))),
             public_url=env.get("CITYSTREAM_PUBLIC_URL") or None,
             default_top=_int_env("CITYSTREAM_DEFAULT_TOP", base.default_top),

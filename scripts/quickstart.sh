@@ -8,15 +8,24 @@
 # the exact apt-get line to run and exits non-zero. Then creates .venv in the repository and installs
 # CityStream with its test extras. Every step is skipped when already done, so a second run takes seconds.
 # --no-start stops after the install; any other arguments go to `citystream up` (e.g. --http-port 9090).
+# As root, PostgreSQL and Mosquitto run as their system users; if those cannot enter the repository (e.g. it
+# lives under /root, mode 0700) and no --data-dir or CITYSTREAM_DATA_DIR is given, the data goes to
+# /var/lib/citystream instead of ./.citystream.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 start=1
+data_dir_given=0
+[[ -n "${CITYSTREAM_DATA_DIR:-}" ]] && data_dir_given=1
 up_args=()
 for arg in "$@"; do
-    if [[ "$arg" == "--no-start" ]]; then start=0; else up_args+=("$arg"); fi
+    case "$arg" in
+        --no-start) start=0 ;;
+        --data-dir | --data-dir=*) data_dir_given=1; up_args+=("$arg") ;;
+        *) up_args+=("$arg") ;;
+    esac
 done
 
 say() { printf 'quickstart: %s\n' "$*" >&2; }
@@ -138,8 +147,36 @@ else
     say "$venv up to date"
 fi
 
+# ---------------------------------------------------------------------------- data directory
+
+fallback_data_dir=/var/lib/citystream
+service_cannot_enter_repo() {
+    # As root the embedded services run as `postgres` and `mosquitto`: can each reach ./.citystream?
+    local user target="$repo"
+    [[ -d "$repo/.citystream" ]] && target="$repo/.citystream"
+    command -v runuser >/dev/null 2>&1 || return 1
+    for user in postgres mosquitto; do
+        id -u "$user" >/dev/null 2>&1 || continue
+        if ! runuser -u "$user" -- test -x "$target" 2>/dev/null; then
+            blocked_user="$user"
+            return 0
+        fi
+    done
+    return 1
+}
+
+data_dir_args=()
+blocked_user=""
+if ((EUID == 0 && !data_dir_given)) && service_cannot_enter_repo; then
+    say "running as root: the embedded services run as user '$blocked_user', which cannot enter $repo;" \
+        "keeping the data in $fallback_data_dir instead of ./.citystream"
+    mkdir -p "$fallback_data_dir"
+    chmod 755 "$fallback_data_dir"
+    data_dir_args=(--data-dir "$fallback_data_dir")
+fi
+
 if ((!start)); then
-    say "done; start the platform with: .venv/bin/citystream up"
+    say "done; start the platform with: .venv/bin/citystream up${data_dir_args[*]:+ ${data_dir_args[*]}}"
     exit 0
 fi
-exec "$venv/bin/citystream" up "${up_args[@]}"
+exec "$venv/bin/citystream" up "${data_dir_args[@]}" "${up_args[@]}"

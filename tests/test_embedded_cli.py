@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
-from citystream.embedded import EmbeddedMosquitto, find_free_port
+from citystream.cli import build_parser, settings_from
+from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port
 
 _SCRIPT = Path(sys.executable).with_name("citystream")
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "citystream.cli"]
@@ -57,6 +60,26 @@ def _service_pids(data_dir: Path, exclude: int) -> set[int]:
         if marker in cmdline and int(entry.name) != exclude:
             owners.add(int(entry.name))
     return owners | {pid for pid, ppid in parents.items() if ppid in owners}
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Addresses with a TCP listener on `port` (from /proc/net/tcp{,6}, like `ss -ltn`)."""
+    found: set[str] = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            address, _, hex_port = fields[1].partition(":")
+            if fields[3] != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(socket.inet_ntop(family, raw))
+    return found
 
 
 def _start_up(data_dir: Path, http_port: int, mqtt_port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -147,6 +170,11 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restart(data_dir: Path, t
         rc = _sigterm(proc, log)
     assert rc == 0, log.read_text()[-4000:]
     _assert_all_gone(pids)
+    # The banner names the database but never prints its password.
+    password = (data_dir / "postgres" / "password").read_text().strip()
+    output = log.read_text()
+    assert password not in output
+    assert "postgresql://citystream:***@127.0.0.1:" in output
 
     proc = _start_up(data_dir, http_port, mqtt_port, log)
     try:
@@ -238,3 +266,62 @@ def test_serve_without_database_url_says_what_is_missing(tmp_path: Path) -> None
     result = subprocess.run([*CLI, "serve"], env=_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "CITYSTREAM_DATABASE_URL" in result.stdout + result.stderr
+
+
+def test_embedded_postgres_requires_its_password(
+    postgres_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new cluster has a random password in a 0600 file of ours; TCP without it is refused."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    info = os.stat(postgres_server.password_file)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_uid == os.geteuid()
+    password = postgres_server.password_file.read_text().strip()
+    assert len(password) >= 32
+    assert "trust" not in "".join(
+        line for line in (postgres_server.pgdata / "pg_hba.conf").read_text().splitlines() if not line.startswith("#")
+    )
+
+    with psycopg.connect(postgres_server.dsn, connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("citystream",)
+    assert "***" in postgres_server.masked_dsn and password not in postgres_server.masked_dsn
+
+    port = postgres_server.port
+    for dsn in (
+        f"postgresql://citystream@127.0.0.1:{port}/citystream",
+        f"postgresql://citystream:wrong@127.0.0.1:{port}/citystream",
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+    ):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(dsn, connect_timeout=5, passfile=os.devnull).close()
+
+
+def test_mqtt_host_flag_and_environment() -> None:
+    parser = build_parser()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("CITYSTREAM_MQTT_HOST", raising=False)
+        assert settings_from(parser.parse_args(["up", "--host", "0.0.0.0"])).mqtt_host == "127.0.0.1"
+        assert settings_from(parser.parse_args(["up", "--mqtt-host", "0.0.0.0"])).mqtt_host == "0.0.0.0"
+        mp.setenv("CITYSTREAM_MQTT_HOST", "::")
+        assert settings_from(parser.parse_args(["up"])).mqtt_host == "::"
+
+
+def test_exposed_http_keeps_the_anonymous_broker_on_loopback(
+    data_dir: Path, tmp_path: Path, database_url: str
+) -> None:
+    """`up --host 0.0.0.0` exposes the API, but the embedded Mosquitto stays on 127.0.0.1."""
+    http_port, mqtt_port = find_free_port("0.0.0.0"), find_free_port()
+    log = tmp_path / "up-exposed.log"
+    proc = _run_with_external_services(
+        ["up", "--host", "0.0.0.0", "--http-port", str(http_port), "--mqtt-port", str(mqtt_port),
+         "--data-dir", str(data_dir)],
+        {"CITYSTREAM_DATABASE_URL": database_url}, log)
+    try:
+        _wait_ready(f"http://127.0.0.1:{http_port}/v1.1", proc, log)
+        assert _listen_addresses(http_port) == {"0.0.0.0"}
+        assert _listen_addresses(mqtt_port) == {"127.0.0.1"}
+        conf = (data_dir / "mosquitto" / "mosquitto.conf").read_text()
+        assert f"listener {mqtt_port} 127.0.0.1" in conf.splitlines()
+    finally:
+        rc = _sigterm(proc, log)
+    assert rc == 0, log.read_text()[-4000:]
