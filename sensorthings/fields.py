@@ -11,12 +11,20 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import shapely.geometry
 from psycopg import sql
 
 from sensorthings.errors import BadRequest
+
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def is_ascii_digits(text: str) -> bool:
+    """True for 0-9 only (str.isdigit also accepts '²', which int() rejects)."""
+    return text.isascii() and text.isdigit()
 
 
 def parse_time(value: Any, where: str) -> datetime:
@@ -29,7 +37,15 @@ def parse_time(value: Any, where: str) -> datetime:
         raise BadRequest(
             f"{where}: {value!r} is not an ISO 8601 time; use e.g. '2024-05-01T12:00:00Z'", field=where
         ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise BadRequest(f"{where}: {value!r} lies outside the years 0001-9999 (UTC)", field=where)
+    return utc
 
 
 def parse_interval(value: Any, where: str, *, instant_allowed: bool) -> tuple[datetime, datetime | None]:
@@ -73,19 +89,29 @@ def parse_request_json(raw: bytes | str) -> Any:
         raise BadRequest("the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    escaped_nul = (b"\\u0000" in raw) if isinstance(raw, bytes) else ("\\u0000" in raw)
-    if escaped_nul and _contains_nul(document):
-        raise BadRequest("text containing the NUL character (\\u0000) cannot be stored; remove it")
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    escapes = (b"\\u" in raw) if isinstance(raw, bytes) else ("\\u" in raw)
+    if escapes and _unstorable_text(document):
+        raise BadRequest("text with the NUL character (\\u0000) or an unpaired surrogate (\\ud800-\\udfff) "
+                         "cannot be stored; remove it")
     return document
 
 
-def _contains_nul(value: Any) -> bool:
+def _unstorable_text(value: Any) -> bool:
+    """True when some string holds NUL or a lone surrogate (PostgreSQL text cannot store either)."""
     if isinstance(value, str):
-        return "\x00" in value
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
     if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+        return any(_unstorable_text(k) or _unstorable_text(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
+        return any(_unstorable_text(v) for v in value)
     return False
 
 
@@ -111,6 +137,8 @@ class Field:
     column: str
     required: bool = False
     defaults_to_now: bool = False  # absent on create: the server's time (Observation.phenomenonTime)
+    server_maintained: bool = False  # kept up to date from Observations; a PUT that omits it keeps it
+    null_is_a_value: ClassVar[bool] = False  # JSON null is a legitimate value even where required
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -296,6 +324,8 @@ class Result(Field):
     """Observation.result keeping its JSON type. Numbers keep their exact text in `result_string`
     (rendered back verbatim) and a double in `result_number` for comparisons and ordering."""
 
+    null_is_a_value = True
+
     @property
     def columns(self) -> tuple[str, ...]:
         return ("result_type", "result_number", "result_string", "result_boolean", "result_json")
@@ -341,7 +371,10 @@ def result_columns(value: Any) -> dict[str, Any]:
     if isinstance(value, bool):
         row.update(result_type=RESULT_BOOLEAN, result_boolean=value)
     elif isinstance(value, int | float | Decimal):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
         if number != number or number in (float("inf"), float("-inf")):
             raise BadRequest("result must be a finite number", field="result")
         text = value.text if isinstance(value, JsonNumber) else str(value)

@@ -129,9 +129,9 @@ ENTITIES: dict[str, Entity] = {
             Text("description", "description", required=True),
             Text("observationType", "observation_type", required=True),
             Json("unitOfMeasurement", "unit_of_measurement", required=True),
-            Geometry("observedArea", "observed_area"),
-            Interval("phenomenonTime", "phenomenon_time"),
-            Interval("resultTime", "result_time"),
+            Geometry("observedArea", "observed_area", server_maintained=True),
+            Interval("phenomenonTime", "phenomenon_time", server_maintained=True),
+            Interval("resultTime", "result_time", server_maintained=True),
             Json("properties", "properties"),
         ),
         _entity(

@@ -37,4 +37,6 @@ def day_bounds(observation_id_value: int) -> tuple[datetime | None, datetime | N
 
 
 def day_start(time: datetime) -> datetime:
-    return EPOCH + timedelta(days=day_index(time))
+    """Midnight UTC of the day of `time` (not clamped: relocations record the true day)."""
+    utc = time.astimezone(UTC)
+    return datetime(utc.year, utc.month, utc.day, tzinfo=UTC)

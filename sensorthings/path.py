@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from sensorthings.errors import BadRequest, NotFound
-from sensorthings.fields import Field
+from sensorthings.fields import Field, is_ascii_digits
 from sensorthings.model import ENTITY_SETS, Entity, Relation
 
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z]+)(?:\((?P<key>[^()]*)\))?$")
@@ -51,7 +51,7 @@ class ResourcePath:
 
 
 def parse_id(key: str, where: str) -> int:
-    if not key.isdigit():
+    if not is_ascii_digits(key):
         raise BadRequest(f"{where}: ids are positive integers, e.g. Things(1); got ({key})")
     value = int(key)
     if value > MAX_ID:

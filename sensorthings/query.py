@@ -12,6 +12,9 @@ from urllib.parse import urlencode
 from lark import Lark, Token, Transformer, UnexpectedInput
 
 from sensorthings.errors import BadRequest
+from sensorthings.fields import is_ascii_digits
+
+MAX_SKIP = 2**62  # keeps $skip + $top + 1 inside PostgreSQL's bigint
 
 GRAMMAR = r"""
 ?start: orderby
@@ -99,10 +102,15 @@ KNOWN_LATER = {
 KNOWN = {"$top", "$skip", "$count", "$orderby"}
 
 
-def _non_negative_int(name: str, raw: str) -> int:
-    if not raw.isdigit():
+def _non_negative_int(name: str, raw: str, maximum: int | None = None) -> int:
+    """A non-negative integer; above `maximum` it is an error when no clamp applies ($skip)."""
+    if not is_ascii_digits(raw):
         raise BadRequest(f"{name} must be a non-negative integer, got {raw!r}")
-    return int(raw)
+    digits = raw.lstrip("0") or "0"
+    value = int(digits) if len(digits) <= 20 else 10**20  # beyond every limit; skip converting long text
+    if maximum is not None and value > maximum:
+        raise BadRequest(f"{name} must be at most {maximum}, got {raw[:30]!r}")
+    return value
 
 
 def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int) -> QueryOptions:
@@ -122,7 +130,7 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
         if name not in ("$top", "$skip"):
             passthrough.append((name, value))
     top = min(_non_negative_int("$top", seen["$top"]), max_top) if "$top" in seen else default_top
-    skip = _non_negative_int("$skip", seen["$skip"]) if "$skip" in seen else 0
+    skip = _non_negative_int("$skip", seen["$skip"], MAX_SKIP) if "$skip" in seen else 0
     count_raw = seen.get("$count", "false")
     if count_raw not in ("true", "false"):
         raise BadRequest(f"$count must be true or false, got {count_raw!r}")

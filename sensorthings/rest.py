@@ -6,7 +6,8 @@ This module only translates between HTTP and the pipeline: `path.parse_path` + `
 
 from __future__ import annotations
 
-import json
+import asyncio
+import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import jsonpatch
 import jsonpointer
+import orjson
 import psycopg
 from fastapi import APIRouter, Request, Response
 from psycopg import AsyncConnection, errors
@@ -46,7 +48,8 @@ CONFORMANCE = [
     CONFORMANCE_BASE + "create-update-delete",
 ]
 JSON_PATCH = "application/json-patch+json"
-PARTITION_RETRIES = 8  # a request may touch a few new months; each missing one costs one retry
+WRITE_ATTEMPTS = 10  # each new month a request touches, and each deadlock it loses, costs one attempt
+RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock: the transaction is safe to run again
 T = TypeVar("T")
 
 
@@ -63,9 +66,26 @@ def service_url(request: Request, public_url: str | None) -> str:
     """Absolute URL of the service root, honouring a configured public URL or X-Forwarded-* headers."""
     if public_url:
         return f"{public_url.rstrip('/')}/{VERSION}"
-    proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = request.headers.get("x-forwarded-host", request.headers.get("host", request.url.netloc))
-    return f"{proto}://{host.split(',')[0].strip()}/{VERSION}"
+    proto = _forwarded(request, "x-forwarded-proto", _PROTO) or request.url.scheme
+    host = _forwarded(request, "x-forwarded-host", _HOST) or request.headers.get("host") or request.url.netloc
+    if not _HOST.fullmatch(host):
+        host = request.url.netloc
+    prefix = _forwarded(request, "x-forwarded-prefix", _PREFIX) or ""
+    return f"{proto}://{host}{prefix.rstrip('/')}/{VERSION}"
+
+
+_PROTO = re.compile(r"https?")
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~\-]+)*/?")
+
+
+def _forwarded(request: Request, header: str, valid: re.Pattern[str]) -> str | None:
+    """The first value of a forwarding header, ignored unless it is well-formed (it ends up in every link)."""
+    raw = request.headers.get(header)
+    if raw is None:
+        return None
+    value = raw.split(",")[0].strip()
+    return value if valid.fullmatch(value) else None
 
 
 def parse_json(raw: bytes) -> Any:
@@ -92,18 +112,20 @@ def json_response(body: bytes | str, status: int = 200, headers: dict[str, str] 
 
 
 def error_response(error: StaError) -> Response:
-    return json_response(json.dumps(error.to_json()), error.status)
+    return json_response(orjson.dumps(error.to_json()), error.status)
 
 
 def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
     """Map a database error caused by a request to a client-facing error (never a traceback)."""
-    if isinstance(exc, errors.TransactionRollback):
+    if exc.sqlstate in RETRYABLE:
         return ServiceUnavailable("the change collided with a concurrent one and was rolled back; send it again")
     if isinstance(exc, errors.QueryCanceled):
         return ServiceUnavailable(f"the query ran longer than the limit of {timeout_ms} ms; "
                                   f"narrow it (smaller $top, fewer entities)")
     if isinstance(exc, errors.ForeignKeyViolation | errors.UniqueViolation):
         return Conflict(f"the change conflicts with the current data: {exc.diag.message_primary}")
+    if isinstance(exc, psycopg.IntegrityError):
+        return BadRequest(f"invalid value: {exc.diag.message_primary}")
     if isinstance(exc, psycopg.DataError):
         return BadRequest(f"invalid value: {exc.diag.message_primary}")
     if isinstance(exc, psycopg.OperationalError):
@@ -135,10 +157,10 @@ class StaApi:
         self.pool = pool
         self.config = config
         self.router = APIRouter()
-        self.router.add_api_route(f"/{VERSION}", self.service_root, methods=["GET"], include_in_schema=False)
-        self.router.add_api_route(f"/{VERSION}/", self.service_root, methods=["GET"], include_in_schema=False)
+        self.router.add_api_route(f"/{VERSION}", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
+        self.router.add_api_route(f"/{VERSION}/", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
         self.router.add_api_route(f"/{VERSION}/{{resource:path}}", self.handle,
-                                  methods=["GET", "POST", "PATCH", "PUT", "DELETE"], include_in_schema=False)
+                                  methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"], include_in_schema=False)
 
     async def service_root(self, request: Request) -> Response:
         base = service_url(request, self.config.public_url)
@@ -146,11 +168,13 @@ class StaApi:
             "value": [{"name": e.set_name, "url": f"{base}/{e.set_name}"} for e in ENTITIES.values()],
             "serverSettings": {"conformance": CONFORMANCE},
         }
-        return json_response(json.dumps(body))
+        return json_response(orjson.dumps(body))
 
     async def handle(self, request: Request, resource: str) -> Response:
         handlers: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
-            "GET": self.get, "POST": self.post, "PATCH": self.patch, "PUT": self.put, "DELETE": self.delete}
+            "GET": self.get, "HEAD": self.get, "POST": self.post, "PATCH": self.patch, "PUT": self.put,
+            "DELETE": self.delete,
+        }
         try:
             return await handlers[request.method](request, resource)
         except StaError as exc:
@@ -177,10 +201,10 @@ class StaApi:
                 head = {}
                 if count is not None:
                     head["@iot.count"] = count
-                if more:
+                if more and options.top > 0:
                     head["@iot.nextLink"] = f"{base}/{resource}?{options.next_query(options.skip + options.top)}"
-                prefix = json.dumps(head)[:-1] + (", " if head else "")
-                return json_response(f'{prefix}"value": {value}}}')
+                prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
+                return json_response(prefix + b'"value": ' + value.encode() + b"}")
             row = await self._fetch(conn, compile_entity(path, base))
         if row is None:
             raise NotFound(f"nothing found at {resource}")
@@ -190,7 +214,7 @@ class StaApi:
 
     @staticmethod
     def _raw_value(path: ResourcePath, text: str | None) -> Response:
-        if text is None:
+        if text is None or text == "null":
             return Response(status_code=204)
         if path.prop is not None and path.prop.is_object_value:
             return json_response(text)
@@ -211,9 +235,9 @@ class StaApi:
 
     async def _write(self, work: Callable[[AsyncConnection[Any], Writer], Awaitable[T]]) -> T:
         """Run `work` in one transaction, with the writer's side effects applied before commit. A missing
-        time partition is created outside any transaction (so it cannot deadlock with concurrent writers)
-        and the whole request is retried; the failed attempt left nothing behind."""
-        for _ in range(PARTITION_RETRIES):
+        time partition is created outside the transaction and the whole request is retried, as is a
+        transaction chosen as a deadlock or serialization victim; a failed attempt leaves nothing behind."""
+        for attempt in range(WRITE_ATTEMPTS):
             try:
                 async with self.pool.connection() as conn, conn.transaction():
                     writer = Writer(conn, datetime.now(UTC))
@@ -221,9 +245,17 @@ class StaApi:
                     await writer.finish()
                     return result
             except PartitionMissing as missing:
-                async with self.pool.connection() as conn:
-                    await create_partition(conn, missing.time)
-        raise ServiceUnavailable("the request spans more months than can be prepared at once; split it")
+                try:
+                    async with self.pool.connection() as conn:
+                        await create_partition(conn, missing.time)
+                except psycopg.Error as exc:
+                    if exc.sqlstate not in RETRYABLE:
+                        raise
+            except psycopg.Error as exc:
+                if exc.sqlstate not in RETRYABLE or attempt == WRITE_ATTEMPTS - 1:
+                    raise
+            await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise ServiceUnavailable("the change could not be applied because of concurrent changes; send it again")
 
     # ---------------------------------------------------------------- writes
 
@@ -238,15 +270,16 @@ class StaApi:
                              "use PATCH or PUT to change an entity")
         entity, relation = path.entity, path.last.relation
 
-        async def create(conn: AsyncConnection[Any], writer: Writer) -> int:
+        async def create(conn: AsyncConnection[Any], writer: Writer) -> tuple[int, str]:
             if relation is None:
-                return await writer.create(entity, body, "body")
-            parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-            return await writer.create(entity, body, "body", relation.inverse, parent_id)
+                new_id = await writer.create(entity, body, "body")
+            else:
+                parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                new_id = await writer.create(entity, body, "body", relation.inverse, parent_id)
+            await writer.finish()  # so the response shows the entity as committed (e.g. its summaries)
+            return new_id, await self._entity_json(conn, entity, new_id, base)
 
-        new_id = await self._write(create)
-        async with self.pool.connection() as conn:
-            created = await self._entity_json(conn, entity, new_id, base)
+        new_id, created = await self._write(create)
         return json_response(created, 201, {"Location": f"{base}/{entity.set_name}({new_id})"})
 
     async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
@@ -282,7 +315,9 @@ class StaApi:
         if path.is_collection or path.prop is not None:
             raise BadRequest(f"{request.method} changes one entity, e.g. {request.method} /v1.1/Things(1)")
         entity = path.entity
-        json_patch = request.headers.get("content-type", "").startswith(JSON_PATCH)
+        json_patch = request.headers.get("content-type", "").lower().startswith(JSON_PATCH)
+        if json_patch and replace:
+            raise BadRequest("JSON Patch (application/json-patch+json) goes with PATCH, not PUT")
 
         async def update(conn: AsyncConnection[Any], writer: Writer) -> str:
             entity_id = await self._resolve(conn, path)

@@ -19,13 +19,29 @@ from psycopg import AsyncConnection, sql
 from sensorthings import observation_ids
 from sensorthings.compiler import SqlBuilder, id_predicate
 from sensorthings.errors import BadRequest, NotFound, PartitionMissing
-from sensorthings.fields import GEOJSON_ENCODINGS, Field, GeoJson
+from sensorthings.fields import GEOJSON_ENCODINGS, Field, GeoJson, is_ascii_digits
 from sensorthings.model import ENTITIES, Entity, Relation, Storage
 
 IGNORED_SUFFIXES = ("@iot.selfLink", "@iot.navigationLink")
 THING_LOCATIONS = ENTITIES["Thing"].relation("Locations")
 LOCATION_THINGS = THING_LOCATIONS.inverse
 OBSERVATION = ENTITIES["Observation"]
+LOCATION = ENTITIES["Location"]
+FEATURE_OF_INTEREST = ENTITIES["FeatureOfInterest"]
+
+
+def _copied_columns(target: Entity, source: Entity) -> tuple[list[str], list[str]]:
+    """Columns to copy when `target` is generated from `source` (a FeatureOfInterest from a Location):
+    properties of the same name, and the GeoJSON geometry into the GeoJSON geometry."""
+    source_geometry = next(f for f in source.fields if isinstance(f, GeoJson))
+    targets: list[str] = []
+    sources: list[str] = []
+    for f in target.fields:
+        match = source.field(f.name) or (source_geometry if isinstance(f, GeoJson) else None)
+        if match is not None and type(match) is type(f):
+            targets += f.columns
+            sources += match.columns
+    return targets, sources
 
 
 def _is_ignored(key: str) -> bool:
@@ -42,7 +58,7 @@ def link_id(value: Any, where: str) -> int | None:
     # Other keys beside @iot.id are ignored, as FROST does: clients such as frost-sta-client send the whole
     # related entity when they mean to link it.
     raw = value["@iot.id"]
-    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+    if isinstance(raw, bool) or not isinstance(raw, int | str) or not is_ascii_digits(str(raw)):
         raise BadRequest(f"{where}.@iot.id must be a positive integer", field=where)
     return int(raw)
 
@@ -110,8 +126,11 @@ class Writer:
         columns: dict[str, Any] = {}
         for f in entity.fields:
             if f.name in body:
+                if body[f.name] is None and (f.required or f.defaults_to_now) and not f.null_is_a_value:
+                    raise BadRequest(f"{where}.{f.name} cannot be null; a {entity.name} requires it",
+                                     field=f"{where}.{f.name}")
                 columns.update(f.parse(body[f.name], f"{where}.{f.name}"))
-            elif complete:
+            elif complete and not f.server_maintained:
                 columns.update(self._absent(entity, f, where))
         self._check_geojson_encoding(entity, body, columns, where)
         return columns
@@ -126,9 +145,10 @@ class Writer:
     @staticmethod
     def _check_geojson_encoding(entity: Entity, body: dict[str, Any], columns: dict[str, Any], where: str
                                 ) -> None:
-        if not any(isinstance(f, GeoJson) for f in entity.fields) or "encoding_type" not in columns:
+        encoding = entity.field("encodingType")
+        if encoding is None or encoding.column not in columns or not any(isinstance(f, GeoJson) for f in entity.fields):
             return
-        if columns["encoding_type"] not in GEOJSON_ENCODINGS:
+        if columns[encoding.column] not in GEOJSON_ENCODINGS:
             raise BadRequest(f"{where}.encodingType must be one of {', '.join(GEOJSON_ENCODINGS)} "
                              f"(the only encoding this server stores)", field=f"{where}.encodingType")
 
@@ -249,11 +269,13 @@ class Writer:
                 f"link the Thing to a Location", field=f"{where}.FeatureOfInterest")
         location_id = int(row[0])
         params = {"l": location_id}
+        targets, sources = _copied_columns(FEATURE_OF_INTEREST, LOCATION)
         row = await self._fetch_one(sql.SQL(
-            "INSERT INTO features_of_interest "
-            "(name, description, encoding_type, feature, feature_geom, properties, generated_from_location_id) "
-            "SELECT name, description, encoding_type, location, location_geom, properties, id "
-            "FROM locations WHERE id = %(l)s ON CONFLICT (generated_from_location_id) DO NOTHING RETURNING id"),
+            "INSERT INTO {feature} ({targets}, generated_from_location_id) SELECT {sources}, id FROM {location} "
+            "WHERE id = %(l)s ON CONFLICT (generated_from_location_id) DO NOTHING RETURNING id").format(
+            feature=sql.Identifier(FEATURE_OF_INTEREST.table), location=sql.Identifier(LOCATION.table),
+            targets=sql.SQL(", ").join(map(sql.Identifier, targets)),
+            sources=sql.SQL(", ").join(map(sql.Identifier, sources))),
             params)
         if row is None:
             row = await self._fetch_one(sql.SQL(
@@ -278,11 +300,13 @@ class Writer:
     async def link(self, relation: Relation, source_id: int, target_id: int) -> None:
         """Link two existing entities through `relation` (source -> target)."""
         if relation.storage is Storage.LINK_TABLE:
-            await self.conn.execute(
+            cursor = await self.conn.execute(
                 sql.SQL("INSERT INTO {} ({}, {}) VALUES (%(s)s, %(t)s) ON CONFLICT DO NOTHING").format(
                     sql.Identifier(relation.link_table), sql.Identifier(relation.link_source_column),
                     sql.Identifier(relation.link_target_column)),
                 {"s": source_id, "t": target_id})
+            if cursor.rowcount == 0:
+                return  # already linked: nothing changed, so no history either
             if relation is THING_LOCATIONS:
                 self._located.setdefault(source_id, set()).add(target_id)
             elif relation is LOCATION_THINGS:
@@ -355,7 +379,7 @@ class Writer:
                 await self._move_partitioned(entity, entity_id, columns)
             else:
                 await self._update_columns(entity, entity_id, columns)
-        if entity is ENTITIES["Location"] and "location" in columns:
+        if entity is LOCATION and any(isinstance(f, GeoJson) and f.column in columns for f in entity.fields):
             # A FeatureOfInterest generated from the old position must not be reused for the new one.
             await self.conn.execute("UPDATE features_of_interest SET generated_from_location_id = NULL "
                                     "WHERE generated_from_location_id = %s", (entity_id,))
@@ -441,7 +465,11 @@ class Writer:
     async def _record_history(self) -> None:
         """A Thing that got new Locations gets a HistoricalLocation; an existing Thing's earlier Locations are
         replaced, so that its Locations are always its current position (as FROST does)."""
-        for thing_id, location_ids in self._located.items():
+        for thing_id, location_ids in sorted(self._located.items()):
+            # Serialise concurrent relocations of one Thing, so that the last one wins instead of each
+            # keeping its own Location (every statement below then sees the others' committed links).
+            # NO KEY UPDATE: it must not conflict with the KEY SHARE locks the link rows' foreign keys hold.
+            await self.conn.execute("SELECT 1 FROM things WHERE id = %s FOR NO KEY UPDATE", (thing_id,))
             if thing_id not in self._new_things:
                 await self.conn.execute(
                     "DELETE FROM thing_locations WHERE thing_id = %s AND location_id <> ALL(%s)",

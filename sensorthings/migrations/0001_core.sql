@@ -160,10 +160,11 @@ CREATE TABLE observation_relocations (
 );
 
 -- Native partitioning: one partition per UTC month. A write that meets a missing month rolls back and the
--- application creates the partition with sta_ensure_observation_partition in a separate, lock-free moment,
--- then retries: creating it inside a request transaction could deadlock with concurrent writers (the
--- partition's foreign keys lock datastreams and features_of_interest). The partition is created standalone
--- and ATTACHed, which takes SHARE UPDATE EXCLUSIVE on observations and so never blocks readers or writers.
+-- application creates the partition with sta_ensure_observation_partition outside its transaction, then
+-- retries (creating it inside a request transaction deadlocked with concurrent writers). The partition is
+-- created standalone and ATTACHed: SHARE UPDATE EXCLUSIVE on observations never blocks readers or writers,
+-- but adding its foreign keys briefly takes SHARE ROW EXCLUSIVE on datastreams and features_of_interest,
+-- so a concurrent writer can still be chosen as a deadlock victim; the application retries those.
 -- No default partition, so a missing partition is a loud error, never a silent slow path.
 -- With TimescaleDB, chunks are created automatically and both functions do nothing.
 CREATE FUNCTION sta_observation_partition_name(t timestamptz) RETURNS text
