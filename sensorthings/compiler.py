@@ -9,15 +9,17 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from psycopg import sql
 
 from sensorthings import observation_ids
 from sensorthings.errors import BadRequest
-from sensorthings.fields import GeoJson, Json, Result
+from sensorthings.expressions import ExpressionCompiler
 from sensorthings.model import Entity, Relation, Storage
+from sensorthings.odata import ExpandItem, OrderItem
 from sensorthings.path import ResourcePath, Step
-from sensorthings.query import OrderItem, QueryOptions
+from sensorthings.query import QueryOptions
 
 
 class SqlBuilder:
@@ -95,18 +97,105 @@ def self_link(entity: Entity, alias: sql.Identifier, b: SqlBuilder) -> sql.Compo
         b.base, sql.Literal(f"/{entity.set_name}("), qualified(alias, "id"))
 
 
-def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder) -> sql.Composable:
-    """The entity as STA JSON: @iot.id, @iot.selfLink, properties, navigation links."""
+@dataclass(frozen=True)
+class Limits:
+    """Paging and nesting limits that also apply inside $expand."""
+
+    default_top: int = 100
+    max_top: int = 10_000
+    max_expand_depth: int = 5
+
+
+def _select_names(entity: Entity, select: tuple[str, ...]) -> set[str]:
+    allowed = {"id", "@iot.id", "@iot.selfLink", *entity.property_names, *entity.relations}
+    unknown = [name for name in select if name not in allowed]
+    if unknown:
+        raise BadRequest(f"$select: {entity.name} has no property {unknown[0]!r}; choose from "
+                         f"{', '.join(['id', *entity.property_names, *entity.relations])}")
+    return set(select)
+
+
+def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tuple[str, ...] = (),
+                expand: tuple[ExpandItem, ...] = (), limits: Limits = Limits(), depth: int = 0) -> sql.Composable:
+    """The entity as STA JSON: @iot.id, @iot.selfLink, properties and navigation links (only those named
+    in `select`, when given), with the `expand`ed related entities inline."""
+    chosen = _select_names(entity, select)
+
+    def wanted(name: str) -> bool:
+        return not chosen or name in chosen
+
     link = self_link(entity, alias, b)
-    pairs: list[sql.Composable] = [
-        sql.Literal("@iot.id"), qualified(alias, "id"),
-        sql.Literal("@iot.selfLink"), link,
-    ]
+    pairs: list[sql.Composable] = []
+    if wanted("@iot.id") or "id" in chosen:
+        pairs += [sql.Literal("@iot.id"), qualified(alias, "id")]
+    if wanted("@iot.selfLink"):
+        pairs += [sql.Literal("@iot.selfLink"), link]
     for f in entity.fields:
-        pairs += [sql.Literal(f.name), f.json_sql(alias)]
+        if wanted(f.name):
+            pairs += [sql.Literal(f.name), f.json_sql(alias)]
+    expanded = {item.path for item in expand}
     for name in entity.relations:
-        pairs += [sql.Literal(f"{name}@iot.navigationLink"), sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))]
-    return sql.SQL("json_build_object({})").format(sql.SQL(", ").join(pairs))
+        if wanted(name) and name not in expanded:
+            nav_link = sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))
+            pairs += [sql.Literal(f"{name}@iot.navigationLink"), nav_link]
+    extras: list[tuple[str, sql.Composable]] = []
+    for item in expand:
+        relation = entity.relations.get(item.path)
+        if relation is None:
+            raise BadRequest(f"$expand: {entity.name} has no relation {item.path!r}; "
+                             f"relations: {', '.join(entity.relations)}")
+        if depth + 1 > limits.max_expand_depth:
+            raise BadRequest(f"$expand is nested deeper than the limit of {limits.max_expand_depth} levels")
+        value, more = _expanded(relation, alias, link, item, b, limits, depth + 1)
+        pairs += [sql.Literal(relation.name), value]
+        extras += more
+    obj = sql.SQL("json_build_object({})").format(sql.SQL(", ").join(pairs))
+    for key, value in extras:
+        obj = sql.SQL("sta_json_with({}, {}, {})").format(obj, sql.Literal(key), value)
+    return obj
+
+
+def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Composable, item: ExpandItem,
+              b: SqlBuilder, limits: Limits, depth: int) -> tuple[sql.Composable, list[tuple[str, sql.Composable]]]:
+    """SQL for one expanded navigation property, plus conditional keys (count, nextLink)."""
+    target = relation.target_entity
+    t = b.alias()
+    conditions = [relation_join(relation, source, t)]
+    if item.filter is not None:
+        conditions.append(ExpressionCompiler(b, target, t, relation_join).predicate(item.filter))
+    where = sql.SQL(" AND ").join(conditions)
+    rendered = entity_json(target, t, b, item.select, item.expand, limits, depth)
+    if not relation.to_many:
+        return sql.SQL("(SELECT {} FROM {} {} WHERE {})").format(rendered, sql.Identifier(target.table), t, where), []
+    top = min(item.top if item.top is not None else limits.default_top, limits.max_top)
+    keys = order_keys(target, t, item.orderby, b)
+    r = b.alias()
+    value = sql.SQL(
+        "(SELECT coalesce(json_agg({r}.j ORDER BY {r}.n), '[]'::json) FROM ("
+        "SELECT {rendered} AS j, row_number() OVER (ORDER BY {keys}) AS n FROM {table} {t} WHERE {where} "
+        "ORDER BY {keys} LIMIT {top} OFFSET {skip}) {r})"
+    ).format(r=r, rendered=rendered, keys=sql.SQL(", ").join(keys), table=sql.Identifier(target.table), t=t,
+             where=where, top=b.param(top), skip=b.param(item.skip))
+    extras: list[tuple[str, sql.Composable]] = []
+    if item.count:
+        extras.append((f"{relation.name}@iot.count", sql.SQL("to_json((SELECT count(*) FROM {} {} WHERE {}))").format(
+            sql.Identifier(target.table), t, where)))
+    query = _expand_query(item, top)
+    if top == 0:
+        return value, extras
+    extras.append((f"{relation.name}@iot.nextLink", sql.SQL(
+        "CASE WHEN EXISTS (SELECT 1 FROM {} {} WHERE {} OFFSET {}) THEN to_json({} || {}) END").format(
+        sql.Identifier(target.table), t, where, b.param(item.skip + top), source_link,
+        b.param(f"/{relation.name}?{query}"))))
+    return value, extras
+
+
+def _expand_query(item: ExpandItem, top: int) -> str:
+    """The query of the nextLink of an expanded collection: its own options with the next $skip."""
+    options = [*item.texts, ("$top", str(top)), ("$skip", str(item.skip + top))]
+    if item.count:
+        options.append(("$count", "true"))
+    return urlencode(options, safe="$(),'/:").replace("+", "%20")
 
 
 def ref_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder) -> sql.Composable:
@@ -116,33 +205,14 @@ def ref_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder) -> sql.Compos
 def order_keys(entity: Entity, alias: sql.Identifier, orderby: tuple[OrderItem, ...], b: SqlBuilder
                ) -> list[sql.Composable]:
     """ORDER BY keys for $orderby, always ending with the id so that paging is stable."""
+    compiler = ExpressionCompiler(b, entity, alias, relation_join, "$orderby")
     keys: list[sql.Composable] = []
     for item in orderby:
         direction = sql.SQL(" DESC") if item.descending else sql.SQL("")
-        for expr in _order_exprs(entity, alias, item, b):
+        for expr in compiler.order_values(item.expr):
             keys.append(sql.SQL("{}{}").format(expr, direction))
     keys.append(qualified(alias, "id"))
     return keys
-
-
-def _order_exprs(entity: Entity, alias: sql.Identifier, item: OrderItem, b: SqlBuilder) -> list[sql.Composable]:
-    head, *rest = item.expr.segments
-    if head in ("id", "@iot.id") and not rest:
-        return [qualified(alias, "id")]
-    field = entity.field(head)
-    if field is None:
-        if head in entity.relations:
-            raise BadRequest(f"$orderby: ordering by the related {head} is not supported yet; "
-                             f"order by a property of {entity.name}")
-        raise BadRequest(f"$orderby: {entity.name} has no property {head!r}; "
-                         f"properties: {', '.join(['id', *entity.property_names])}")
-    if not rest:
-        return field.order_sql(alias)
-    if isinstance(field, Json | GeoJson):
-        return [sql.SQL("{} #> {}").format(qualified(alias, field.column), b.param(list(rest)))]
-    if isinstance(field, Result):
-        return [sql.SQL("{} #> {}").format(qualified(alias, "result_json"), b.param(list(rest)))]
-    raise BadRequest(f"$orderby: {head} is not a JSON property; {item.expr} has no meaning")
 
 
 @dataclass(frozen=True)
@@ -151,17 +221,25 @@ class Compiled:
     params: dict[str, Any]
 
 
-def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str) -> Compiled:
+def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str, limits: Limits = Limits()
+                       ) -> Compiled:
     """Columns: value JSON text, more-rows flag, count (or NULL), parent-exists flag."""
     b = SqlBuilder(base_url)
     entity = path.entity
     e, p = b.alias(), b.alias()
-    conditions = step_conditions(path.steps, e, b)
+
+    def where() -> sql.Composable:
+        conditions = step_conditions(path.steps, e, b)
+        if options.filter is None:
+            return conditions
+        return sql.SQL("{} AND {}").format(
+            conditions, ExpressionCompiler(b, entity, e, relation_join).predicate(options.filter))
+
     keys = order_keys(entity, e, options.orderby, b)
-    item = ref_json(entity, p, b) if path.ref else entity_json(entity, p, b)
+    item = (ref_json(entity, p, b) if path.ref
+            else entity_json(entity, p, b, options.select, options.expand, limits))
     count = (
-        sql.SQL("(SELECT count(*) FROM {} {} WHERE {})").format(
-            sql.Identifier(entity.table), e, step_conditions(path.steps, e, b))
+        sql.SQL("(SELECT count(*) FROM {} {} WHERE {})").format(sql.Identifier(entity.table), e, where())
         if options.count else sql.SQL("NULL::bigint")
     )
     statement = sql.SQL(
@@ -172,7 +250,7 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str)
         " '[]'::json) FROM page {p})::text,"
         " (SELECT count(*) FROM page) > {top}, {count}, {parent}"
     ).format(
-        e=e, p=p, keys=sql.SQL(", ").join(keys), table=sql.Identifier(entity.table), cond=conditions,
+        e=e, p=p, keys=sql.SQL(", ").join(keys), table=sql.Identifier(entity.table), cond=where(),
         limit=b.param(options.top + 1), skip=b.param(options.skip), item=item,
         last=b.param(options.skip + options.top), top=b.param(options.top), count=count,
         parent=parent_exists(path, b),
@@ -190,7 +268,8 @@ def parent_exists(path: ResourcePath, b: SqlBuilder) -> sql.Composable:
         sql.Identifier(parent_steps[-1].entity.table), alias, step_conditions(parent_steps, alias, b))
 
 
-def compile_entity(path: ResourcePath, base_url: str) -> Compiled:
+def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | None = None,
+                   limits: Limits = Limits()) -> Compiled:
     """One row (JSON text) when the addressed entity exists, no row otherwise."""
     b = SqlBuilder(base_url)
     e = b.alias()
@@ -201,7 +280,10 @@ def compile_entity(path: ResourcePath, base_url: str) -> Compiled:
         body = (sql.SQL("{}::text").format(value) if path.value
                 else sql.SQL("json_build_object({}, {})::text").format(sql.Literal(field.name), value))
     else:
-        body = sql.SQL("{}::text").format(ref_json(entity, e, b) if path.ref else entity_json(entity, e, b))
+        rendered = (ref_json(entity, e, b) if path.ref else
+                    entity_json(entity, e, b, options.select if options else (), options.expand if options else (),
+                                limits))
+        body = sql.SQL("{}::text").format(rendered)
     statement = sql.SQL("SELECT {} FROM {} {} WHERE {} LIMIT 1").format(
         body, sql.Identifier(entity.table), e, step_conditions(path.steps, e, b))
     return Compiled(statement, b.params)

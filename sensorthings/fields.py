@@ -8,6 +8,7 @@ is one line in the model and a new kind of value is one class here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -17,6 +18,7 @@ import shapely.geometry
 from psycopg import sql
 
 from sensorthings.errors import BadRequest
+from sensorthings.operand import Operand, json_operand
 
 EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
@@ -129,6 +131,9 @@ def _decimal_to_number(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+Param = Callable[[Any], sql.Composable]
+
+
 @dataclass(frozen=True)
 class Field:
     """One JSON property of an entity. Subclasses define the kind of value."""
@@ -151,10 +156,6 @@ class Field:
         """SQL expression rendering this property as its JSON value."""
         return self.col(alias)
 
-    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
-        """SQL expressions to sort by this property."""
-        return [self.col(alias)]
-
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         """Validate a JSON value from a request; return column -> Python value (None clears)."""
         raise NotImplementedError
@@ -165,6 +166,14 @@ class Field:
 
     def null_columns(self) -> dict[str, Any]:
         return {c: None for c in self.columns}
+
+    expression_kind = "string"
+
+    def operand(self, alias: sql.Identifier, subpath: tuple[str, ...], param: Param) -> Operand:
+        """This property as a typed value in $filter/$orderby; `subpath` descends into JSON values."""
+        if subpath:
+            raise BadRequest(f"{self.name} is not a JSON property; {self.name}/{'/'.join(subpath)} has no meaning")
+        return Operand(self.expression_kind, self.col(alias))
 
     @property
     def is_object_value(self) -> bool:
@@ -197,13 +206,22 @@ class Json(Field):
     def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
         return sql.SQL("{}::jsonb").format(placeholder)
 
+    def operand(self, alias: sql.Identifier, subpath: tuple[str, ...], param: Param) -> Operand:
+        return json_operand(_json_path(self.col(alias), subpath, param))
+
     @property
     def is_object_value(self) -> bool:
         return True
 
 
+def _json_path(value: sql.Composable, subpath: tuple[str, ...], param: Param) -> sql.Composable:
+    return sql.SQL("({} #> {}::text[])").format(value, param(list(subpath))) if subpath else value
+
+
 @dataclass(frozen=True)
 class Instant(Field):
+    expression_kind = "datetime"
+
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("sta_time({})").format(self.col(alias))
 
@@ -228,9 +246,10 @@ class Interval(Field):
         start, end = self.columns
         return sql.SQL("sta_interval({}, {})").format(self.col(alias, start), self.col(alias, end))
 
-    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
-        # By start only, so that (datastream_id, phenomenon_time_start DESC, id) serves the ordering.
-        return [self.col(alias, self.columns[0])]
+    def operand(self, alias: sql.Identifier, subpath: tuple[str, ...], param: Param) -> Operand:
+        super().operand(alias, subpath, param)
+        start, end = (self.col(alias, c) for c in self.columns)
+        return Operand("interval", start, end=sql.SQL("coalesce({}, {})").format(end, start))
 
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         start_col, end_col = self.columns
@@ -273,14 +292,16 @@ class GeoJson(Field):
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("{}::json").format(self.col(alias))
 
-    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
-        raise BadRequest(f"cannot order by the geometry property {self.name}")
-
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if value is None:
             return self.null_columns()
         geometry = parse_geojson(value, where)
         return {self.column: to_jsonb_text(value, where), self.geometry_column: json.dumps(geometry)}
+
+    def operand(self, alias: sql.Identifier, subpath: tuple[str, ...], param: Param) -> Operand:
+        if subpath:
+            return json_operand(_json_path(self.col(alias), subpath, param))
+        return Operand("geometry", self.col(alias, self.geometry_column))
 
     def column_sql(self, column: str, placeholder: sql.Composable) -> sql.Composable:
         if column == self.geometry_column:
@@ -296,11 +317,10 @@ class GeoJson(Field):
 class Geometry(Field):
     """A geometry kept only as PostGIS geometry and rendered as GeoJSON (Datastream.observedArea)."""
 
+    expression_kind = "geometry"
+
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("ST_AsGeoJSON({})::json").format(self.col(alias))
-
-    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
-        raise BadRequest(f"cannot order by the geometry property {self.name}")
 
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if value is None:
@@ -341,8 +361,17 @@ class Result(Field):
             j=self.col(alias, "result_json"),
         )
 
-    def order_sql(self, alias: sql.Identifier) -> list[sql.Composable]:
-        return [self.col(alias, "result_number"), self.col(alias, "result_string")]
+    def operand(self, alias: sql.Identifier, subpath: tuple[str, ...], param: Param) -> Operand:
+        if subpath:
+            return json_operand(_json_path(self.col(alias, "result_json"), subpath, param))
+        string = sql.SQL("CASE WHEN {} = 2 THEN {} END").format(
+            self.col(alias, "result_type"), self.col(alias, "result_string"))
+        return Operand("result", self.col(alias, "result_type"), {
+            "number": self.col(alias, "result_number"),
+            "string": string,
+            "boolean": self.col(alias, "result_boolean"),
+            "json": self.col(alias, "result_json"),
+        })
 
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         return result_columns(value)

@@ -1,7 +1,8 @@
-"""Query options (`$top`, `$skip`, `$count`, `$orderby`) parsed into a typed AST.
+"""System query options of a request, validated into one typed object.
 
-Expressions are parsed with a real grammar (lark, LALR) so that errors carry a position and so that the
-$filter / $expand / $select grammar of the query language extends this one instead of living beside it.
+The expression options ($filter, $orderby, $select, $expand) are parsed by the OData grammar in odata.py;
+this module checks the option names, the numbers and the limits, and remembers what is needed to build
+`@iot.nextLink`.
 """
 
 from __future__ import annotations
@@ -9,46 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from lark import Lark, Token, Transformer, UnexpectedInput
-
+from sensorthings import odata
 from sensorthings.errors import BadRequest
 from sensorthings.fields import is_ascii_digits
 
 MAX_SKIP = 2**62  # keeps $skip + $top + 1 inside PostgreSQL's bigint
 
-GRAMMAR = r"""
-?start: orderby
-
-orderby: order_item ("," order_item)*
-order_item: expr DIRECTION?
-
-?expr: path
-
-path: NAME ("/" NAME)*
-
-DIRECTION.2: /(asc|desc)(?![A-Za-z0-9_])/i
-NAME: /[A-Za-z_@][A-Za-z0-9_.@]*/
-
-%ignore " "
-"""
-
-_PARSER = Lark(GRAMMAR, parser="lalr", lexer="contextual", propagate_positions=True, start="start")
-
-
-@dataclass(frozen=True)
-class PropertyPath:
-    """A property reference, possibly into JSON (`properties/district`)."""
-
-    segments: tuple[str, ...]
-
-    def __str__(self) -> str:
-        return "/".join(self.segments)
-
-
-@dataclass(frozen=True)
-class OrderItem:
-    expr: PropertyPath
-    descending: bool = False
+KNOWN_LATER = {"$resultFormat": "the Data Array / result format issue"}
+KNOWN = {"$top", "$skip", "$count", "$orderby", "$filter", "$select", "$expand"}
 
 
 @dataclass(frozen=True)
@@ -56,50 +25,16 @@ class QueryOptions:
     top: int
     skip: int = 0
     count: bool = False
-    orderby: tuple[OrderItem, ...] = ()
+    orderby: tuple[odata.OrderItem, ...] = ()
+    filter: odata.Expr | None = None
+    select: tuple[str, ...] = ()
+    expand: tuple[odata.ExpandItem, ...] = ()
     passthrough: tuple[tuple[str, str], ...] = field(default=())
     """The options as received, minus $skip/$top, kept for building `@iot.nextLink`."""
 
     def next_query(self, next_skip: int) -> str:
         items = [*self.passthrough, ("$top", str(self.top)), ("$skip", str(next_skip))]
-        return urlencode(items, safe="$(),'/ ").replace(" ", "%20")
-
-
-class _ToAst(Transformer):
-    def path(self, children: list[Token]) -> PropertyPath:
-        return PropertyPath(tuple(str(c) for c in children))
-
-    def order_item(self, children: list[object]) -> OrderItem:
-        expr = children[0]
-        assert isinstance(expr, PropertyPath)
-        descending = len(children) > 1 and str(children[1]).lower() == "desc"
-        return OrderItem(expr, descending)
-
-    def orderby(self, children: list[OrderItem]) -> tuple[OrderItem, ...]:
-        return tuple(children)
-
-
-def parse_orderby(text: str) -> tuple[OrderItem, ...]:
-    try:
-        tree = _PARSER.parse(text)
-    except UnexpectedInput as exc:
-        expected = sorted(getattr(exc, "expected", None) or getattr(exc, "allowed", None) or [])
-        hint = f"; expected one of {', '.join(expected)}" if expected else ""
-        raise BadRequest(
-            f"$orderby: syntax error at position {exc.column}: {exc.get_context(text).strip()!r}{hint}"
-        ) from None
-    result = _ToAst().transform(tree)
-    assert isinstance(result, tuple)
-    return result
-
-
-KNOWN_LATER = {
-    "$filter": "the query language issue",
-    "$expand": "the query language issue",
-    "$select": "the query language issue",
-    "$resultFormat": "the Data Array / result format issue",
-}
-KNOWN = {"$top", "$skip", "$count", "$orderby"}
+        return urlencode(items, safe="$(),'/:").replace("+", "%20")
 
 
 def _non_negative_int(name: str, raw: str, maximum: int | None = None) -> int:
@@ -134,6 +69,20 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
     count_raw = seen.get("$count", "false")
     if count_raw not in ("true", "false"):
         raise BadRequest(f"$count must be true or false, got {count_raw!r}")
-    orderby = parse_orderby(seen["$orderby"]) if "$orderby" in seen else ()
-    return QueryOptions(top=top, skip=skip, count=count_raw == "true", orderby=orderby,
-                        passthrough=tuple(passthrough))
+
+    def expression(option: str) -> object:
+        text = seen.get(f"${option}")
+        if text is None:
+            return None
+        if not text.strip():
+            raise BadRequest(f"${option} is empty; give it a value or leave it out")
+        return odata.parse(option, text)
+
+    return QueryOptions(
+        top=top, skip=skip, count=count_raw == "true",
+        orderby=expression("orderby") or (),  # type: ignore[arg-type]
+        filter=expression("filter"),  # type: ignore[arg-type]
+        select=expression("select") or (),  # type: ignore[arg-type]
+        expand=expression("expand") or (),  # type: ignore[arg-type]
+        passthrough=tuple(passthrough),
+    )

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
-from sensorthings.compiler import Compiled, compile_collection, compile_entity, compile_ids
+from sensorthings.compiler import Compiled, Limits, compile_collection, compile_entity, compile_ids
 from sensorthings.errors import (
     BadRequest,
     Conflict,
@@ -40,11 +40,11 @@ from sensorthings.writer import Writer, changed_fields, create_partition, link_i
 
 VERSION = "v1.1"
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
-# Only what works completely. The query language (request-data), MQTT, batch and data arrays are added
-# to this list by the issues that implement them.
+# Only what works completely. MQTT, batch and data arrays are added by the issues that implement them.
 CONFORMANCE = [
     CONFORMANCE_BASE + "datamodel",
     CONFORMANCE_BASE + "resource-path/resource-path-to-entities",
+    CONFORMANCE_BASE + "request-data",
     CONFORMANCE_BASE + "create-update-delete",
 ]
 JSON_PATCH = "application/json-patch+json"
@@ -60,6 +60,11 @@ class StaConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     statement_timeout_ms: int = 30_000
     public_url: str | None = None
+    max_expand_depth: int = 5
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.default_top, self.max_top, self.max_expand_depth)
 
 
 def service_url(request: Request, public_url: str | None) -> str:
@@ -195,7 +200,8 @@ class StaApi:
         base = service_url(request, self.config.public_url)
         async with self.pool.connection() as conn:
             if path.is_collection:
-                value, more, count, parent_found = await self._fetch(conn, compile_collection(path, options, base))
+                compiled = compile_collection(path, options, base, self.config.limits)
+                value, more, count, parent_found = await self._fetch(conn, compiled)
                 if not parent_found:
                     raise NotFound(f"nothing found at {resource}: an entity named in the path does not exist")
                 head = {}
@@ -205,7 +211,7 @@ class StaApi:
                     head["@iot.nextLink"] = f"{base}/{resource}?{options.next_query(options.skip + options.top)}"
                 prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
                 return json_response(prefix + b'"value": ' + value.encode() + b"}")
-            row = await self._fetch(conn, compile_entity(path, base))
+            row = await self._fetch(conn, compile_entity(path, base, options, self.config.limits))
         if row is None:
             raise NotFound(f"nothing found at {resource}")
         if path.value:

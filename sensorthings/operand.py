@@ -1,0 +1,30 @@
+"""A typed SQL value inside a query expression ($filter, $orderby).
+
+`kind` is one of: number, string, boolean, datetime, date, time, interval, geometry, json, result, null.
+`json` and `result` values have no single type; `views` says how to read them as each concrete kind
+(NULL when the stored value has another type, so a comparison on it is false)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+
+@dataclass(frozen=True)
+class Operand:
+    kind: str
+    value: sql.Composable  # the value (the start, for an interval)
+    views: Mapping[str, sql.Composable] = field(default_factory=dict)
+    end: sql.Composable | None = None  # the end of an interval
+
+
+def json_operand(value: sql.Composable) -> Operand:
+    """A jsonb value of unknown type, readable as number, string, boolean or JSON."""
+    return Operand("json", value, {
+        "number": sql.SQL("sta_json_number({})").format(value),
+        "string": sql.SQL("sta_json_text({})").format(value),
+        "boolean": sql.SQL("sta_json_boolean({})").format(value),
+        "json": value,
+    })
