@@ -49,6 +49,8 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         statement_timeout_ms=settings.statement_timeout_ms,
         public_url=settings.public_url,
+        max_expand_depth=settings.max_expand_depth,
+        exact_count_limit=settings.exact_count_limit,
     ))
     app.include_router(sta.router)
 

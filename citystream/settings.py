@@ -41,6 +41,9 @@ class Settings:
     max_top: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     statement_timeout_ms: int = 30_000
+    max_expand_depth: int = 5
+    exact_count_limit: int = 100_000
+    """`@iot.count` is exact up to this many rows and the planner's estimate above it."""
     db_pool_size: int = 10
 
     @classmethod
@@ -62,5 +65,7 @@ class Settings:
             max_top=_int_env("CITYSTREAM_MAX_TOP", base.max_top),
             max_body_bytes=_int_env("CITYSTREAM_MAX_BODY_BYTES", base.max_body_bytes),
             statement_timeout_ms=_int_env("CITYSTREAM_STATEMENT_TIMEOUT_MS", base.statement_timeout_ms),
+            max_expand_depth=_int_env("CITYSTREAM_MAX_EXPAND_DEPTH", base.max_expand_depth),
+            exact_count_limit=_int_env("CITYSTREAM_EXACT_COUNT_LIMIT", base.exact_count_limit),
             db_pool_size=_int_env("CITYSTREAM_DB_POOL_SIZE", base.db_pool_size),
         )

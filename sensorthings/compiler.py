@@ -17,7 +17,7 @@ from sensorthings import observation_ids
 from sensorthings.errors import BadRequest
 from sensorthings.expressions import ExpressionCompiler
 from sensorthings.model import Entity, Relation, Storage
-from sensorthings.odata import ExpandItem, OrderItem
+from sensorthings.odata import ExpandItem, OrderItem, Path
 from sensorthings.path import ResourcePath, Step
 from sensorthings.query import QueryOptions
 
@@ -104,6 +104,7 @@ class Limits:
     default_top: int = 100
     max_top: int = 10_000
     max_expand_depth: int = 5
+    exact_count_limit: int = 100_000
 
 
 def _select_names(entity: Entity, select: tuple[str, ...]) -> set[str]:
@@ -221,40 +222,110 @@ class Compiled:
     params: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class KeysetKey:
+    """One ORDER BY key usable for keyset paging: never NULL, with its SQL type for the continuation value."""
+
+    expr: sql.Composable
+    descending: bool
+    sql_type: str
+
+
+_KEYSET_TYPES = {"string": "text", "datetime": "timestamptz", "interval": "timestamptz", "number": "bigint"}
+
+
+def keyset_keys(entity: Entity, alias: sql.Identifier, orderby: tuple[OrderItem, ...]) -> list[KeysetKey] | None:
+    """The ORDER BY as keyset keys, or None when a key may be NULL or is computed (then paging uses $skip).
+    Keys are top-level properties that are always present (required or defaulted) and the id."""
+    keys: list[KeysetKey] = []
+    for item in orderby:
+        if not isinstance(item.expr, Path) or len(item.expr.segments) != 1:
+            return None
+        name = item.expr.segments[0]
+        if name in ("id", "@iot.id"):
+            keys.append(KeysetKey(qualified(alias, "id"), item.descending, "bigint"))
+            continue
+        field = entity.field(name)
+        if field is None or not (field.required or field.defaults_to_now):
+            return None
+        operand = field.operand(alias, (), lambda value: sql.Literal(value))
+        if operand.kind not in _KEYSET_TYPES:
+            return None
+        keys.append(KeysetKey(operand.value, item.descending, _KEYSET_TYPES[operand.kind]))
+    keys.append(KeysetKey(qualified(alias, "id"), False, "bigint"))
+    return keys
+
+
+def _after(keys: list[KeysetKey], values: list[Any], b: SqlBuilder) -> sql.Composable:
+    """Rows after the row whose key values are `values`, in the order of `keys`."""
+    alternatives = []
+    for i, key in enumerate(keys):
+        equal = [sql.SQL("{} = {}::{}").format(k.expr, b.param(v), sql.SQL(k.sql_type))
+                 for k, v in zip(keys[:i], values[:i], strict=True)]
+        beyond = sql.SQL("{} {} {}::{}").format(key.expr, sql.SQL("<" if key.descending else ">"),
+                                                 b.param(values[i]), sql.SQL(key.sql_type))
+        alternatives.append(sql.SQL("({})").format(sql.SQL(" AND ").join([*equal, beyond])))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(alternatives))
+
+
 def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str, limits: Limits = Limits()
                        ) -> Compiled:
-    """Columns: value JSON text, more-rows flag, count (or NULL), parent-exists flag."""
+    """Columns: value JSON text, more-rows flag, count up to `limits.exact_count_limit + 1` (or NULL),
+    parent-exists flag, and the keyset of the page's last row as JSON text (or NULL when the order is not
+    keyset-safe; the caller then continues with $skip)."""
     b = SqlBuilder(base_url)
     entity = path.entity
     e, p = b.alias(), b.alias()
+    keyset = keyset_keys(entity, e, options.orderby)
+    if options.skiptoken is not None and (keyset is None or len(keyset) != len(options.skiptoken)):
+        raise BadRequest("$skiptoken does not belong to this request; follow @iot.nextLink as given")
 
-    def where() -> sql.Composable:
-        conditions = step_conditions(path.steps, e, b)
-        if options.filter is None:
-            return conditions
-        return sql.SQL("{} AND {}").format(
-            conditions, ExpressionCompiler(b, entity, e, relation_join).predicate(options.filter))
+    def where(with_keyset: bool = True) -> sql.Composable:
+        conditions = [step_conditions(path.steps, e, b)]
+        if options.filter is not None:
+            conditions.append(ExpressionCompiler(b, entity, e, relation_join).predicate(options.filter))
+        if with_keyset and keyset is not None and options.skiptoken is not None:
+            conditions.append(_after(keyset, list(options.skiptoken), b))
+        return sql.SQL(" AND ").join(conditions)
 
     keys = order_keys(entity, e, options.orderby, b)
     item = (ref_json(entity, p, b) if path.ref
             else entity_json(entity, p, b, options.select, options.expand, limits))
     count = (
-        sql.SQL("(SELECT count(*) FROM {} {} WHERE {})").format(sql.Identifier(entity.table), e, where())
+        sql.SQL("(SELECT count(*) FROM (SELECT 1 FROM {} {} WHERE {} LIMIT {}) AS counted)").format(
+            sql.Identifier(entity.table), e, where(with_keyset=False), b.param(limits.exact_count_limit + 1))
         if options.count else sql.SQL("NULL::bigint")
     )
+    last_key = (sql.SQL("json_build_array({})").format(sql.SQL(", ").join(k.expr for k in keyset))
+                if keyset is not None else sql.SQL("NULL::json"))
     statement = sql.SQL(
         "WITH page AS ("
-        " SELECT {e}.*, row_number() OVER (ORDER BY {keys}) AS sta_n FROM {table} {e} WHERE {cond}"
+        " SELECT {e}.*, row_number() OVER (ORDER BY {keys}) AS sta_n, {last_key} AS sta_key"
+        " FROM {table} {e} WHERE {cond}"
         " ORDER BY {keys} LIMIT {limit} OFFSET {skip})"
         " SELECT (SELECT coalesce(json_agg({item} ORDER BY {p}.sta_n) FILTER (WHERE {p}.sta_n <= {last}),"
         " '[]'::json) FROM page {p})::text,"
-        " (SELECT count(*) FROM page) > {top}, {count}, {parent}"
+        " (SELECT count(*) FROM page) > {top}, {count}, {parent},"
+        " (SELECT sta_key FROM page WHERE sta_n = {last})::text"
     ).format(
         e=e, p=p, keys=sql.SQL(", ").join(keys), table=sql.Identifier(entity.table), cond=where(),
-        limit=b.param(options.top + 1), skip=b.param(options.skip), item=item,
+        last_key=last_key, limit=b.param(options.top + 1), skip=b.param(options.skip), item=item,
         last=b.param(options.skip + options.top), top=b.param(options.top), count=count,
         parent=parent_exists(path, b),
     )
+    return Compiled(statement, b.params)
+
+
+def compile_count_estimate(path: ResourcePath, options: QueryOptions) -> Compiled:
+    """EXPLAIN of the rows a collection request matches: the planner's estimate, used for @iot.count when
+    an exact count would exceed the configured limit (a count must never scan millions of rows)."""
+    b = SqlBuilder("")
+    e = b.alias()
+    conditions = [step_conditions(path.steps, e, b)]
+    if options.filter is not None:
+        conditions.append(ExpressionCompiler(b, path.entity, e, relation_join).predicate(options.filter))
+    statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} {} WHERE {}").format(
+        sql.Identifier(path.entity.table), e, sql.SQL(" AND ").join(conditions))
     return Compiled(statement, b.params)
 
 

@@ -7,8 +7,13 @@ this module checks the option names, the numbers and the limits, and remembers w
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlencode
+
+import orjson
 
 from sensorthings import odata
 from sensorthings.errors import BadRequest
@@ -17,7 +22,7 @@ from sensorthings.fields import is_ascii_digits
 MAX_SKIP = 2**62  # keeps $skip + $top + 1 inside PostgreSQL's bigint
 
 KNOWN_LATER = {"$resultFormat": "the Data Array / result format issue"}
-KNOWN = {"$top", "$skip", "$count", "$orderby", "$filter", "$select", "$expand"}
+KNOWN = {"$top", "$skip", "$count", "$orderby", "$filter", "$select", "$expand", "$skiptoken"}
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,40 @@ class QueryOptions:
     filter: odata.Expr | None = None
     select: tuple[str, ...] = ()
     expand: tuple[odata.ExpandItem, ...] = ()
+    skiptoken: tuple[Any, ...] | None = None
+    """Key values of the last row of the previous page (keyset paging), from an opaque `$skiptoken`."""
     passthrough: tuple[tuple[str, str], ...] = field(default=())
-    """The options as received, minus $skip/$top, kept for building `@iot.nextLink`."""
+    """The options as received, minus $skip/$top/$skiptoken, kept for building `@iot.nextLink`."""
 
-    def next_query(self, next_skip: int) -> str:
-        items = [*self.passthrough, ("$top", str(self.top)), ("$skip", str(next_skip))]
+    def next_query(self, next_skip: int, last_key: str | None) -> str:
+        """The query of `@iot.nextLink`: a keyset `$skiptoken` after `last_key` when the order allows it,
+        else the next `$skip`."""
+        items = [*self.passthrough, ("$top", str(self.top))]
+        if last_key is not None:
+            items.append(("$skiptoken", encode_skiptoken(last_key, self._orderby_text)))
+        else:
+            items.append(("$skip", str(next_skip)))
         return urlencode(items, safe="$(),'/:").replace("+", "%20")
+
+    @property
+    def _orderby_text(self) -> str:
+        return dict(self.passthrough).get("$orderby", "")
+
+
+def encode_skiptoken(last_key: str, orderby: str) -> str:
+    payload = orjson.dumps({"k": orjson.loads(last_key), "o": orderby})
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_skiptoken(token: str, orderby: str) -> tuple[Any, ...]:
+    try:
+        payload = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        keys = payload["k"]
+        if payload["o"] != orderby or not isinstance(keys, list):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise BadRequest("$skiptoken is not valid for this request; follow @iot.nextLink as given") from None
+    return tuple(keys)
 
 
 def _non_negative_int(name: str, raw: str, maximum: int | None = None) -> int:
@@ -62,7 +95,7 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
         if name in seen:
             raise BadRequest(f"{name} is given twice; give it once")
         seen[name] = value
-        if name not in ("$top", "$skip"):
+        if name not in ("$top", "$skip", "$skiptoken"):
             passthrough.append((name, value))
     top = min(_non_negative_int("$top", seen["$top"]), max_top) if "$top" in seen else default_top
     skip = _non_negative_int("$skip", seen["$skip"], MAX_SKIP) if "$skip" in seen else 0
@@ -78,8 +111,14 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
             raise BadRequest(f"${option} is empty; give it a value or leave it out")
         return odata.parse(option, text)
 
+    skiptoken = None
+    if "$skiptoken" in seen:
+        if skip:
+            raise BadRequest("$skiptoken and $skip cannot be combined; follow @iot.nextLink as given")
+        skiptoken = decode_skiptoken(seen["$skiptoken"], seen.get("$orderby", ""))
+
     return QueryOptions(
-        top=top, skip=skip, count=count_raw == "true",
+        top=top, skip=skip, count=count_raw == "true", skiptoken=skiptoken,
         orderby=expression("orderby") or (),  # type: ignore[arg-type]
         filter=expression("filter"),  # type: ignore[arg-type]
         select=expression("select") or (),  # type: ignore[arg-type]

@@ -22,7 +22,14 @@ from fastapi import APIRouter, Request, Response
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
-from sensorthings.compiler import Compiled, Limits, compile_collection, compile_entity, compile_ids
+from sensorthings.compiler import (
+    Compiled,
+    Limits,
+    compile_collection,
+    compile_count_estimate,
+    compile_entity,
+    compile_ids,
+)
 from sensorthings.errors import (
     BadRequest,
     Conflict,
@@ -35,7 +42,7 @@ from sensorthings.errors import (
 from sensorthings.fields import parse_request_json
 from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.path import ResourcePath, parse_path
-from sensorthings.query import parse_query
+from sensorthings.query import QueryOptions, parse_query
 from sensorthings.writer import Writer, changed_fields, create_partition, link_id
 
 VERSION = "v1.1"
@@ -61,10 +68,11 @@ class StaConfig:
     statement_timeout_ms: int = 30_000
     public_url: str | None = None
     max_expand_depth: int = 5
+    exact_count_limit: int = 100_000
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.default_top, self.max_top, self.max_expand_depth)
+        return Limits(self.default_top, self.max_top, self.max_expand_depth, self.exact_count_limit)
 
 
 def service_url(request: Request, public_url: str | None) -> str:
@@ -201,14 +209,15 @@ class StaApi:
         async with self.pool.connection() as conn:
             if path.is_collection:
                 compiled = compile_collection(path, options, base, self.config.limits)
-                value, more, count, parent_found = await self._fetch(conn, compiled)
+                value, more, count, parent_found, last_key = await self._fetch(conn, compiled)
                 if not parent_found:
                     raise NotFound(f"nothing found at {resource}: an entity named in the path does not exist")
-                head = {}
+                head: dict[str, Any] = {}
                 if count is not None:
-                    head["@iot.count"] = count
+                    head["@iot.count"] = await self._count(conn, path, options, count)
                 if more and options.top > 0:
-                    head["@iot.nextLink"] = f"{base}/{resource}?{options.next_query(options.skip + options.top)}"
+                    query = options.next_query(options.skip + options.top, last_key)
+                    head["@iot.nextLink"] = f"{base}/{resource}?{query}"
                 prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
                 return json_response(prefix + b'"value": ' + value.encode() + b"}")
             row = await self._fetch(conn, compile_entity(path, base, options, self.config.limits))
@@ -217,6 +226,17 @@ class StaApi:
         if path.value:
             return self._raw_value(path, row[0])
         return json_response(row[0])
+
+    async def _count(self, conn: AsyncConnection[Any], path: ResourcePath, options: QueryOptions, exact: int
+                     ) -> int:
+        """`exact` when it stayed within the exact-count limit; above it, the planner's estimate (never a
+        scan of millions of rows), at least the limit + 1 that was counted."""
+        limit = self.config.limits.exact_count_limit
+        if exact <= limit:
+            return exact
+        row = await self._fetch(conn, compile_count_estimate(path, options))
+        plan = row[0] if isinstance(row[0], list) else orjson.loads(row[0])
+        return max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1)
 
     @staticmethod
     def _raw_value(path: ResourcePath, text: str | None) -> Response:
