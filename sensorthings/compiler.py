@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
 
@@ -220,6 +221,11 @@ def order_keys(entity: Entity, alias: sql.Identifier, orderby: tuple[OrderItem, 
 class Compiled:
     statement: sql.Composed
     params: dict[str, Any]
+
+    @cached_property
+    def query(self) -> bytes:
+        """The statement as text, rendered once (compiled reads are cached and executed repeatedly)."""
+        return self.statement.as_bytes(None)
 
 
 @dataclass(frozen=True)

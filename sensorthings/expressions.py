@@ -13,6 +13,7 @@ the literal is numeric (`result gt '3'`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -364,8 +365,10 @@ FUNCTIONS: dict[str, list[FunctionSpec]] = {
         FunctionSpec(("string", "number", "number"), "string",
                      _f("substr({0}, greatest(({1})::int, 0) + 1, greatest(({2})::int, 0))")),
     ],
-    "tolower": [FunctionSpec(("string",), "string", _f("lower({0})"))],
-    "toupper": [FunctionSpec(("string",), "string", _f("upper({0})"))],
+    # Case mapping by ICU's root collation covers every script, whatever the database's collation is; the
+    # result goes back to the default collation so that comparing it orders as everything else does.
+    "tolower": [FunctionSpec(("string",), "string", _f('(lower({0} COLLATE "und-x-icu") COLLATE "default")'))],
+    "toupper": [FunctionSpec(("string",), "string", _f('(upper({0} COLLATE "und-x-icu") COLLATE "default")'))],
     "trim": [FunctionSpec(("string",), "string", _f("btrim({0})"))],
     "concat": [FunctionSpec(("string", "string"), "string", _f("({0} || {1})"))],
     "year": [FunctionSpec(("datetime",), "number", _utc_part("year"))],
@@ -376,7 +379,7 @@ FUNCTIONS: dict[str, list[FunctionSpec]] = {
     "second": [FunctionSpec(("datetime",), "number",
                             _f("floor(extract(second FROM ({0} AT TIME ZONE 'UTC')))::double precision"))],
     "fractionalseconds": [FunctionSpec(("datetime",), "number",
-                                       _f("(extract(microseconds FROM {0})::bigint % 1000000 / 1e6)"
+                                       _f("(mod(extract(microseconds FROM {0})::bigint, 1000000) / 1e6)"
                                           "::double precision"))],
     "date": [FunctionSpec(("datetime",), "date", _f("({0} AT TIME ZONE 'UTC')::date"))],
     "time": [FunctionSpec(("datetime",), "time", _f("({0} AT TIME ZONE 'UTC')::time"))],
@@ -402,6 +405,12 @@ def _call(compiler: ExpressionCompiler, call: odata.Function) -> Operand:
     if specs is None:
         raise BadRequest(f"{compiler.option}: unknown function {call.name}(); known: {', '.join(sorted(FUNCTIONS))}")
     spec = next((s for s in specs if len(s.args) == len(call.args)), None)
+    if call.name == "st_relate" and spec is not None:
+        pattern = call.args[2]
+        if not (isinstance(pattern, odata.Literal) and isinstance(pattern.value, str)
+                and re.fullmatch(r"[TF*012]{9}", pattern.value)):
+            raise BadRequest(f"{compiler.option}: st_relate() takes a DE-9IM pattern literal of 9 characters "
+                             f"from T F * 0 1 2, e.g. 'T*T***T**'")
     if spec is None:
         arities = " or ".join(str(len(s.args)) for s in specs)
         raise BadRequest(f"{compiler.option}: {call.name}() takes {arities} argument(s), got {len(call.args)}")

@@ -228,7 +228,10 @@ class _ToAst(Transformer[Token, Any]):
 
     # literals
     def string(self, c: list[Token]) -> Literal:
-        return Literal(_unquote(c[0]))
+        text = _unquote(c[0])
+        if "\x00" in text:
+            raise BadRequest("a string literal contains the NUL character, which no stored text can contain")
+        return Literal(text)
 
     def number(self, c: list[Token]) -> Literal:
         text = str(c[0])

@@ -12,7 +12,9 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import jsonpatch
 import jsonpointer
@@ -140,10 +142,24 @@ def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
     if isinstance(exc, psycopg.IntegrityError):
         return BadRequest(f"invalid value: {exc.diag.message_primary}")
     if isinstance(exc, psycopg.DataError):
-        return BadRequest(f"invalid value: {exc.diag.message_primary}")
+        return BadRequest(f"a value in the request cannot be used: {exc.diag.message_primary or exc}; "
+                          f"check the numbers, times and ranges it contains")
     if isinstance(exc, psycopg.OperationalError):
         return ServiceUnavailable("the database is not reachable right now; try again shortly")
     raise exc
+
+
+@lru_cache(maxsize=512)
+def compile_read(resource: str, query: str, base: str, limits: Limits) -> tuple[ResourcePath, QueryOptions, Compiled]:
+    """Parse and compile a GET once; dashboards repeat the same requests, and parsing plus compiling costs
+    about as much as a small indexed query. Errors are raised, never cached."""
+    path = parse_path(resource)
+    options = parse_query(parse_qsl(query, keep_blank_values=True), default_top=limits.default_top,
+                          max_top=limits.max_top)
+    compiled = (compile_collection(path, options, base, limits) if path.is_collection
+                else compile_entity(path, base, options, limits))
+    _ = compiled.query  # render the SQL text now, once
+    return path, options, compiled
 
 
 _SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
@@ -198,17 +214,14 @@ class StaApi:
     # ---------------------------------------------------------------- reads
 
     async def _fetch(self, conn: AsyncConnection[Any], compiled: Compiled) -> Any:
-        cursor = await conn.execute(compiled.statement, compiled.params)
+        cursor = await conn.execute(compiled.query, compiled.params)
         return await cursor.fetchone()
 
     async def get(self, request: Request, resource: str) -> Response:
-        path = parse_path(resource)
-        options = parse_query(request.query_params.multi_items(), default_top=self.config.default_top,
-                              max_top=self.config.max_top)
         base = service_url(request, self.config.public_url)
+        path, options, compiled = compile_read(resource, request.url.query, base, self.config.limits)
         async with self.pool.connection() as conn:
             if path.is_collection:
-                compiled = compile_collection(path, options, base, self.config.limits)
                 value, more, count, parent_found, last_key = await self._fetch(conn, compiled)
                 if not parent_found:
                     raise NotFound(f"nothing found at {resource}: an entity named in the path does not exist")
@@ -220,7 +233,7 @@ class StaApi:
                     head["@iot.nextLink"] = f"{base}/{resource}?{query}"
                 prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
                 return json_response(prefix + b'"value": ' + value.encode() + b"}")
-            row = await self._fetch(conn, compile_entity(path, base, options, self.config.limits))
+            row = await self._fetch(conn, compiled)
         if row is None:
             raise NotFound(f"nothing found at {resource}")
         if path.value:

@@ -127,3 +127,15 @@ def sta(server_url: str, clean_db: str) -> str:
 
 def pytest_report_header() -> list[str]:
     return [f"citystream tests: euid={os.geteuid()} (services run as their own accounts when root)"]
+
+
+def _hypothesis_profile() -> None:
+    """In CI the property tests run a fixed set of examples, so a run can be repeated exactly."""
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True)
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
+
+
+_hypothesis_profile()
