@@ -1,0 +1,97 @@
+"""Shared benchmark plumbing: the API as a subprocess, percentiles, machine info, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from citystream.embedded import find_free_port
+
+BENCHMARKS = Path(__file__).resolve().parent
+REPO = BENCHMARKS.parent
+RESULTS = BENCHMARKS / "results"
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+@contextmanager
+def api_server(dsn: str, log_path: Path) -> Iterator[str]:
+    """`citystream serve` in its own process (so the client's GIL does not slow it); yields the service URL."""
+    port = find_free_port()
+    citystream = Path(sys.executable).parent / "citystream"
+    env = {**os.environ, "CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_HOST": "127.0.0.1"}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([str(citystream), "serve", "--http-port", str(port)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"citystream serve exited with {proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"citystream serve did not become healthy within 60 s; see {log_path}")
+            time.sleep(0.2)
+        yield f"{root}/v1.1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def machine_info(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    def first(sql: str) -> Any:
+        row = conn.execute(sql).fetchone()
+        return None if row is None else row[0]
+
+    cpu = ""
+    meminfo = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+        meminfo = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "memory": meminfo,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": first("SELECT version()"),
+        "postgis": first("SELECT postgis_lib_version()"),
+        "timescaledb": first("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"),
+    }
+
+
+def write_report(name: str, report: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return path
