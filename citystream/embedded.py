@@ -288,6 +288,10 @@ class _Service:
     def start(self) -> None:
         raise NotImplementedError
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def _wait_until(self, ready: Callable[[], bool], promise: str, timeout: float, interval: float) -> None:
         """Poll `ready` until it is true; fail with the log tail if the process exits or time runs out."""
         deadline = time.monotonic() + timeout
@@ -437,10 +441,6 @@ class EmbeddedPostgres(_Service):
         if password is not None:
             userinfo += ":" + (quote(password, safe="") if quote_password else password)
         return f"postgresql://{userinfo}@{_url_host(self.host)}:{self.port}/{database}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     # -- start
 
@@ -763,10 +763,6 @@ class EmbeddedMosquitto(_Service):
     @property
     def websocket_url(self) -> str | None:
         return None if self.websocket_port is None else f"ws://{_url_host(self.host)}:{self.websocket_port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         if self.running:

@@ -353,9 +353,14 @@ def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | No
     entity = path.entity
     if path.prop is not None:
         field = path.prop
-        value = field.json_sql(e)
+        value: sql.Composable
+        if path.members:
+            value = sql.SQL("{}::json").format(field.operand(e, path.members, b.param).value)
+            name = path.members[-1]
+        else:
+            value, name = field.json_sql(e), field.name
         body = (sql.SQL("{}::text").format(value) if path.value
-                else sql.SQL("json_build_object({}, {})::text").format(sql.Literal(field.name), value))
+                else sql.SQL("json_build_object({}, {})::text").format(sql.Literal(name), value))
     else:
         rendered = (ref_json(entity, e, b) if path.ref else
                     entity_json(entity, e, b, options.select if options else (), options.expand if options else (),

@@ -35,6 +35,7 @@ class ResourcePath:
     steps: tuple[Step, ...]
     prop: Field | None = None
     value: bool = False  # `$value` after a property
+    members: tuple[str, ...] = ()  # a path into a JSON property (`properties/owner`)
     ref: bool = False  # `$ref` after an entity or collection
 
     @property
@@ -107,8 +108,11 @@ def parse_path(path: str) -> ResourcePath:
 
 
 def _after_property(steps: list[Step], field: Field, rest: list[str]) -> ResourcePath:
-    if not rest:
-        return ResourcePath(tuple(steps), prop=field)
-    if rest == ["$value"]:
-        return ResourcePath(tuple(steps), prop=field, value=True)
-    raise BadRequest(f"unexpected {'/'.join(rest)!r} after the property {field.name}; only $value may follow")
+    """`name`, `name/$value`, and for JSON properties a member path such as `properties/owner/$value`."""
+    value = bool(rest) and rest[-1] == "$value"
+    members = tuple(rest[:-1] if value else rest)
+    if members and not field.is_object_value:
+        raise BadRequest(f"unexpected {'/'.join(rest)!r} after the property {field.name}; only $value may follow")
+    if any(not m or m.startswith("$") for m in members):
+        raise BadRequest(f"unexpected {'/'.join(rest)!r} after the property {field.name}")
+    return ResourcePath(tuple(steps), prop=field, value=value, members=members)

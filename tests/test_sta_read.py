@@ -677,3 +677,11 @@ def test_feature_of_interest_and_sensor_and_observed_property_read_back(sta: str
                                                                                "coordinates": [10.0, 53.6]}}
     assert read(sta, f"Sensors({sensor})")["metadata"] == {"datasheet": "x"}
     assert read(sta, f"ObservedProperties({observed})")["definition"] == "https://example.org/def/humidity"
+
+
+def test_member_of_a_json_property_is_addressable(sta: str) -> None:
+    thing = create(sta, "Things", thing_body(properties={"owner": {"name": "city"}, "district": "Altona"}))
+    assert read(sta, f"Things({thing})/properties/district") == {"district": "Altona"}
+    assert read(sta, f"Things({thing})/properties/owner/name/$value") == "city"
+    assert read(sta, f"Things({thing})/properties/missing") == {"missing": None}
+    assert_error(get(sta, f"Things({thing})/name/first"), 400, "name")
