@@ -7,7 +7,8 @@ from the entity model. Python never loops over rows: the statement returns the f
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlencode
@@ -141,7 +142,7 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
             nav_link = sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))
             pairs += [sql.Literal(f"{name}@iot.navigationLink"), nav_link]
     extras: list[tuple[str, sql.Composable]] = []
-    for item in expand:
+    for item in merge_expands(expand):
         relation = entity.relations.get(item.path)
         if relation is None:
             raise BadRequest(f"$expand: {entity.name} has no relation {item.path!r}; "
@@ -155,6 +156,31 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
     for key, value in extras:
         obj = sql.SQL("sta_json_with({}, {}, {})").format(obj, sql.Literal(key), value)
     return obj
+
+
+def merge_expands(items: tuple[ExpandItem, ...]) -> list[ExpandItem]:
+    """One item per navigation property: `Datastreams/Sensor,Datastreams/ObservedProperty` expands
+    Datastreams once with both inside (as FROST does), instead of writing the key twice."""
+    merged: dict[str, ExpandItem] = {}
+    for item in items:
+        earlier = merged.get(item.path)
+        if earlier is None:
+            merged[item.path] = item
+            continue
+        if replace(earlier, expand=(), texts=()) != replace(item, expand=(), texts=()):
+            raise BadRequest(f"$expand names {item.path} twice with different options; give its options once")
+        merged[item.path] = replace(earlier, expand=earlier.expand + item.expand,
+                                    texts=_merged_texts(earlier.texts, item.texts))
+    return list(merged.values())
+
+
+def _merged_texts(first: tuple[tuple[str, str], ...], second: tuple[tuple[str, str], ...]
+                  ) -> tuple[tuple[str, str], ...]:
+    """Nested option texts of two merged expand items; their $expand lists are joined."""
+    texts = dict(first)
+    for key, value in second:
+        texts[key] = f"{texts[key]},{value}" if key == "$expand" and key in texts else value
+    return tuple(texts.items())
 
 
 def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Composable, item: ExpandItem,
@@ -179,9 +205,10 @@ def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Compo
     ).format(r=r, rendered=rendered, keys=sql.SQL(", ").join(keys), table=sql.Identifier(target.table), t=t,
              where=where, top=b.param(top), skip=b.param(item.skip))
     extras: list[tuple[str, sql.Composable]] = []
-    if item.count:
-        extras.append((f"{relation.name}@iot.count", sql.SQL("to_json((SELECT count(*) FROM {} {} WHERE {}))").format(
-            sql.Identifier(target.table), t, where)))
+    if item.count:  # counted up to the exact-count limit + 1, never a scan of a whole large collection
+        extras.append((f"{relation.name}@iot.count", sql.SQL(
+            "to_json((SELECT count(*) FROM (SELECT 1 FROM {} {} WHERE {} LIMIT {}) AS counted))").format(
+            sql.Identifier(target.table), t, where, b.param(limits.exact_count_limit + 1))))
     query = _expand_query(item, top)
     if top == 0:
         return value, extras
@@ -262,8 +289,23 @@ def keyset_keys(entity: Entity, alias: sql.Identifier, orderby: tuple[OrderItem,
     return keys
 
 
+def _keyset_value(key: KeysetKey, value: Any) -> Any:
+    """A continuation value of the type its key has (the token came from a client: check, don't trust)."""
+    if key.sql_type == "bigint" and isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
+        return value
+    if key.sql_type == "text" and isinstance(value, str):
+        return value
+    if key.sql_type == "timestamptz" and isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise BadRequest("$skiptoken is not valid for this request; follow @iot.nextLink as given")
+
+
 def _after(keys: list[KeysetKey], values: list[Any], b: SqlBuilder) -> sql.Composable:
     """Rows after the row whose key values are `values`, in the order of `keys`."""
+    values = [_keyset_value(key, value) for key, value in zip(keys, values, strict=True)]
     alternatives = []
     for i, key in enumerate(keys):
         equal = [sql.SQL("{} = {}::{}").format(k.expr, b.param(v), sql.SQL(k.sql_type))

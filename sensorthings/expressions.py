@@ -8,7 +8,9 @@ over to-one relations when a single value is needed ($orderby).
 Semantics follow OData as STA uses it: a comparison involving a missing value is false (also under
 `not`), `ne` is true when exactly one side is missing, interval properties compare by their bounds, and a
 result compared with a string literal matches string results by text and numeric results by number when
-the literal is numeric (`result gt '3'`).
+the literal is numeric (`result gt '3'`), and two JSON values compare for (in)equality as JSON.
+Work is bounded: option text is capped (odata.MAX_EXPRESSION_CHARS), `in` takes a value on its left (so
+no SQL is copied exponentially), and too-deep nesting is a 400.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+import numpy
+import shapely
 import shapely.wkt
 from psycopg import sql
 
@@ -107,6 +111,8 @@ class ExpressionCompiler:
         if isinstance(expr, odata.Compare):
             return self._compare(expr.op, self.value(expr.left), self.value(expr.right))
         if isinstance(expr, odata.In):
+            if not isinstance(expr.left, odata.Path | odata.Function | odata.Literal | odata.Arithmetic):
+                raise BadRequest(f"{self.option}: 'in' needs a value on its left, e.g. name in ('a', 'b')")
             left = self.value(expr.left)
             options = [self._compare("eq", left, self.value(option)) for option in expr.options]
             return sql.SQL("({})").format(sql.SQL(" OR ").join(options))
@@ -190,9 +196,14 @@ class ExpressionCompiler:
             return Operand("time", sql.SQL("{}::time").format(self.b.param(value)))
         if isinstance(value, odata.Geo):
             try:
-                shape = shapely.wkt.loads(value.wkt)
+                with numpy.errstate(all="ignore"):  # overflowing coordinates are rejected just below
+                    shape = shapely.wkt.loads(value.wkt)
+                finite = bool(numpy.isfinite(shapely.get_coordinates(shape)).all())
             except Exception:  # shapely raises several types for malformed WKT
-                raise BadRequest(f"{self.option}: {value.wkt!r} is not valid WKT, e.g. POINT(10 53.5)") from None
+                finite = False
+            if not finite:
+                raise BadRequest(f"{self.option}: {value.wkt!r} is not valid WKT with finite coordinates, "
+                                 f"e.g. POINT(10 53.5)")
             return Operand("geometry", sql.SQL("ST_GeomFromText({}, 4326)").format(self.b.param(shape.wkt)))
         raise BadRequest(f"{self.option}: {value!r} literals are not supported")
 
@@ -254,12 +265,14 @@ class ExpressionCompiler:
             return self._result_vs_string(op, left, right)
         if right.kind == "result" and left.kind == "string":
             return self._result_vs_string(MIRROR[op], right, left)
+        if left.kind == right.kind == "json" and op in ("eq", "ne"):
+            return sql.SQL("({} {} {})").format(left.value, sql.SQL(SQL_OPS[op]), right.value)
         kind = self._common_kind(left, right)
         if kind == "geometry":
             if op not in ("eq", "ne"):
                 raise BadRequest(f"{self.option}: geometries only compare with eq/ne; use st_* or geo.* functions")
             equal = sql.SQL("ST_Equals({}, {})").format(left.value, right.value)
-            return equal if op == "eq" else sql.SQL("(NOT {})").format(equal)
+            return equal if op == "eq" else sql.SQL("(NOT coalesce({}, false))").format(equal)
         return sql.SQL("({} {} {})").format(self.as_kind(left, kind), sql.SQL(SQL_OPS[op]),
                                             self.as_kind(right, kind))
 

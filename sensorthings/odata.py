@@ -352,18 +352,29 @@ class _ToAst(Transformer[Token, Any]):
         return ("top", int(c[0]))
 
     def opt_skip(self, c: list[Token]) -> tuple[str, Any]:
+        if len(c[0]) > 18:
+            raise BadRequest(f"$skip inside $expand is too large: {str(c[0])[:30]}")
         return ("skip", int(c[0]))
 
     def opt_count(self, c: list[Token]) -> tuple[str, Any]:
         return ("count", str(c[0]).lower() == "true")
 
 
+MAX_EXPRESSION_CHARS = 10_000
+
+
 def parse(option: str, text: str) -> Any:
     """Parse the text of `$filter`, `$orderby`, `$select` or `$expand` (option without the `$`)."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise BadRequest(f"${option} is longer than {MAX_EXPRESSION_CHARS} characters; simplify it")
     try:
         tree = _PARSER.parse(text, start=option)
         return _ToAst(text).transform(tree)
+    except RecursionError:
+        raise BadRequest(f"${option} is nested too deeply; simplify it") from None
     except VisitError as exc:
+        if isinstance(exc.orig_exc, RecursionError):
+            raise BadRequest(f"${option} is nested too deeply; simplify it") from None
         if isinstance(exc.orig_exc, BadRequest):
             raise exc.orig_exc from None
         if isinstance(exc.orig_exc, ValueError):
@@ -392,12 +403,14 @@ def _syntax_message(option: str, text: str, exc: UnexpectedInput) -> str:
 _TERMINAL_WORDS = {
     "NAME": "a property or function name", "STRING": "a 'string'", "NUMBER": "a number", "RPAR": "')'",
     "LPAR": "'('", "COMMA": "','", "COMPARE": "eq/ne/gt/ge/lt/le", "AND": "and", "OR": "or", "$END": "the end",
-    "DIRECTION": "asc/desc", "SEMICOLON": "';'", "SLASH": "'/'", "INT": "an integer",
+    "DIRECTION": "asc/desc", "SEMICOLON": "';'", "SLASH": "'/'", "INT": "an integer", "EQUAL": "'='",
+    "MINUS": "'-'", "ADD_OP": "add/sub", "MUL_OP": "mul/div/mod", "IN": "in", "NOT": "not",
 }
 
 
 def _describe(expected: set[str]) -> str:
-    words = sorted({_TERMINAL_WORDS.get(name, name.lower()) for name in expected})
+    words = sorted({"an option such as $filter=" if name.startswith("__ANON") else
+                    _TERMINAL_WORDS.get(name, name.lower()) for name in expected})
     return ", ".join(words[:8]) + (" …" if len(words) > 8 else "")
 
 

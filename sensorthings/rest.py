@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -149,17 +149,52 @@ def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
     raise exc
 
 
-@lru_cache(maxsize=512)
-def compile_read(resource: str, query: str, base: str, limits: Limits) -> tuple[ResourcePath, QueryOptions, Compiled]:
-    """Parse and compile a GET once; dashboards repeat the same requests, and parsing plus compiling costs
-    about as much as a small indexed query. Errors are raised, never cached."""
+COLLECTION_ONLY = ("$filter", "$orderby", "$top", "$skip", "$skiptoken", "$count")
+MAX_STATEMENT_BYTES = 2 * 1024 * 1024
+CompiledRead = tuple[ResourcePath, QueryOptions, Compiled]
+
+
+def _compile_read(resource: str, query: str, base: str, limits: Limits) -> CompiledRead:
     path = parse_path(resource)
-    options = parse_query(parse_qsl(query, keep_blank_values=True), default_top=limits.default_top,
-                          max_top=limits.max_top)
-    compiled = (compile_collection(path, options, base, limits) if path.is_collection
-                else compile_entity(path, base, options, limits))
-    _ = compiled.query  # render the SQL text now, once
+    params = parse_qsl(query, keep_blank_values=True)
+    if not path.is_collection:
+        misplaced = sorted({name for name, _ in params if name in COLLECTION_ONLY})
+        if misplaced:
+            raise BadRequest(f"{', '.join(misplaced)} applies to collections; {resource} is a single entity")
+    options = parse_query(params, default_top=limits.default_top, max_top=limits.max_top)
+    try:
+        compiled = (compile_collection(path, options, base, limits) if path.is_collection
+                    else compile_entity(path, base, options, limits))
+        size = len(compiled.query)  # renders the SQL text once
+    except RecursionError:
+        raise BadRequest("the query options are nested too deeply; simplify them") from None
+    if size > MAX_STATEMENT_BYTES:
+        raise BadRequest("the query options expand to an unreasonably large query; simplify them")
     return path, options, compiled
+
+
+class CompileCache:
+    """Compiled GETs by URL, bounded by the total size of their SQL. Dashboards repeat the same requests,
+    and parsing plus compiling costs about as much as a small indexed query. Errors are never cached."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str, str, Limits], CompiledRead] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, resource: str, query: str, base: str, limits: Limits) -> CompiledRead:
+        key = (resource, query, base, limits)
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            return found
+        entry = _compile_read(resource, query, base, limits)
+        self._entries[key] = entry
+        self._bytes += len(entry[2].query)
+        while self._bytes > self.max_bytes and self._entries:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= len(evicted[2].query)
+        return entry
 
 
 _SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
@@ -185,6 +220,7 @@ class StaApi:
     def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig) -> None:
         self.pool = pool
         self.config = config
+        self.compiled = CompileCache()
         self.router = APIRouter()
         self.router.add_api_route(f"/{VERSION}", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
         self.router.add_api_route(f"/{VERSION}/", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
@@ -219,7 +255,7 @@ class StaApi:
 
     async def get(self, request: Request, resource: str) -> Response:
         base = service_url(request, self.config.public_url)
-        path, options, compiled = compile_read(resource, request.url.query, base, self.config.limits)
+        path, options, compiled = self.compiled.get(resource, request.url.query, base, self.config.limits)
         async with self.pool.connection() as conn:
             if path.is_collection:
                 value, more, count, parent_found, last_key = await self._fetch(conn, compiled)

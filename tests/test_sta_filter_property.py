@@ -135,6 +135,7 @@ Fn = Callable[[Row], Any]
 class Node:
     text: str
     fn: Fn  # boolean nodes: True when selected; value nodes: the value or None when missing
+    raw: Fn | None = None  # JSON-path atoms: the JSON value itself (MISSING when absent)
 
 
 MISSING = object()  # a JSON path that does not exist (distinct from JSON null)
@@ -247,9 +248,10 @@ def time_literals(draw: st.DrawFn) -> tuple[str, datetime]:
 
 NUMBER_ATOMS = [
     Node("result", lambda r: as_number(r.result)),
-    Node("result/value", lambda r: as_number(json_at(r.result, "value"))),
-    Node("parameters/x", lambda r: as_number(json_at(r.parameters, "x"))),
-    Node("Datastream/Thing/properties/floors", lambda r: as_number(THINGS[r.thing].get("floors"))),
+    Node("result/value", lambda r: as_number(json_at(r.result, "value")), lambda r: json_at(r.result, "value")),
+    Node("parameters/x", lambda r: as_number(json_at(r.parameters, "x")), lambda r: json_at(r.parameters, "x")),
+    Node("Datastream/Thing/properties/floors", lambda r: as_number(THINGS[r.thing].get("floors")),
+         lambda r: THINGS[r.thing].get("floors", MISSING)),
 ]
 STRING_ATOMS = [
     Node("Datastream/name", lambda r: r.datastream),
@@ -362,7 +364,27 @@ def number_comparisons(draw: st.DrawFn) -> Node:
     else:
         value = draw(NUMBER_VALUES)
         right = Node(number_literal(value), lambda r: value)
+    if left.raw is not None and right.raw is not None and op in ("eq", "ne"):
+        # Two JSON values compare as JSON (any type); an absent one is SQL NULL: eq is false, ne is
+        # IS DISTINCT FROM.
+        raw_left, raw_right = left.raw, right.raw
+        return Node(f"{left.text} {op} {right.text}", lambda r: json_equality(op, raw_left(r), raw_right(r)))
     return Node(f"{left.text} {op} {right.text}", lambda r: compare(op, left.fn(r), right.fn(r)))
+
+
+def json_equality(op: str, a: Any, b: Any) -> bool:
+    if a is MISSING or b is MISSING:
+        return op == "ne" and (a is MISSING) != (b is MISSING)
+    return same_json(a, b) == (op == "eq")
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """jsonb equality: numbers by value (1 = 1.0), everything else by type and value."""
+    def is_number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+    if is_number(a) and is_number(b):
+        return bool(a == b)
+    return type(a) is type(b) and a == b
 
 
 @st.composite
