@@ -458,7 +458,8 @@ class Writer:
     # ---------------------------------------------------------------- finish
 
     async def finish(self) -> None:
-        """Apply the per-request side effects; call once, right before commit."""
+        """Apply the per-request side effects before commit. Idempotent: a second call finds nothing to do
+        (POST calls it early so that the entity it returns already shows them)."""
         await self._record_history()
         await self._update_datastream_summaries()
 
