@@ -329,12 +329,10 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         raise BadRequest("$skiptoken does not belong to this request; follow @iot.nextLink as given")
 
     def where(with_keyset: bool = True) -> sql.Composable:
-        conditions = [step_conditions(path.steps, e, b)]
-        if options.filter is not None:
-            conditions.append(ExpressionCompiler(b, entity, e, relation_join).predicate(options.filter))
+        matching = _matching(path, options, e, b)
         if with_keyset and keyset is not None and options.skiptoken is not None:
-            conditions.append(_after(keyset, list(options.skiptoken), b))
-        return sql.SQL(" AND ").join(conditions)
+            return sql.SQL("{} AND {}").format(matching, _after(keyset, list(options.skiptoken), b))
+        return matching
 
     keys = order_keys(entity, e, options.orderby, b)
     item = (ref_json(entity, p, b) if path.ref
@@ -369,12 +367,18 @@ def compile_count_estimate(path: ResourcePath, options: QueryOptions) -> Compile
     an exact count would exceed the configured limit (a count must never scan millions of rows)."""
     b = SqlBuilder("")
     e = b.alias()
-    conditions = [step_conditions(path.steps, e, b)]
-    if options.filter is not None:
-        conditions.append(ExpressionCompiler(b, path.entity, e, relation_join).predicate(options.filter))
     statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} {} WHERE {}").format(
-        sql.Identifier(path.entity.table), e, sql.SQL(" AND ").join(conditions))
+        sql.Identifier(path.entity.table), e, _matching(path, options, e, b))
     return Compiled(statement, b.params)
+
+
+def _matching(path: ResourcePath, options: QueryOptions, alias: sql.Identifier, b: SqlBuilder) -> sql.Composable:
+    """The rows of a collection request: those the path addresses that pass its $filter."""
+    conditions = step_conditions(path.steps, alias, b)
+    if options.filter is None:
+        return conditions
+    return sql.SQL("{} AND {}").format(
+        conditions, ExpressionCompiler(b, path.entity, alias, relation_join).predicate(options.filter))
 
 
 def parent_exists(path: ResourcePath, b: SqlBuilder) -> sql.Composable:

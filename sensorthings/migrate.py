@@ -48,7 +48,3 @@ def apply_migrations(dsn: str) -> list[str]:
 def _timescaledb_preloaded(conn: psycopg.Connection) -> bool:
     row = conn.execute("SELECT current_setting('shared_preload_libraries', true)").fetchone()
     return bool(row and row[0] and "timescaledb" in row[0])
-
-
-def uses_timescaledb(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is not None

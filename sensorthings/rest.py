@@ -43,7 +43,7 @@ from sensorthings.errors import (
 )
 from sensorthings.fields import parse_request_json
 from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
-from sensorthings.path import ResourcePath, parse_path
+from sensorthings.path import ResourcePath, Step, parse_path
 from sensorthings.query import QueryOptions, parse_query
 from sensorthings.writer import Writer, changed_fields, create_partition, link_id
 
@@ -305,7 +305,7 @@ class StaApi:
         return int(row[0])
 
     async def _entity_json(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, base: str) -> str:
-        row = await self._fetch(conn, compile_entity(parse_path(f"{entity.set_name}({entity_id})"), base))
+        row = await self._fetch(conn, compile_entity(ResourcePath((Step(entity, None, entity_id),)), base))
         return str(row[0])
 
     async def _write(self, work: Callable[[AsyncConnection[Any], Writer], Awaitable[T]]) -> T:
