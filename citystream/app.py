@@ -10,10 +10,12 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citystream.settings import Settings
+from ingest.pipeline import IngestConfig, IngestPipeline
 from sensorthings.errors import StaError
 from sensorthings.rest import StaApi, StaConfig, error_response, service_url
 
@@ -22,6 +24,11 @@ log = logging.getLogger("citystream")
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def ingest_config(settings: Settings) -> IngestConfig:
+    return IngestConfig(batch_rows=settings.ingest_batch_rows, batch_wait_ms=settings.ingest_batch_wait_ms,
+                        queue_rows=settings.ingest_queue_rows, writers=settings.ingest_writers)
 
 
 def create_app(settings: Settings, database_url: str) -> FastAPI:
@@ -33,12 +40,16 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         open=False,
     )
 
+    ingest = IngestPipeline(pool, ingest_config(settings))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True, timeout=30)
+        await ingest.start()
         try:
             yield
         finally:
+            await ingest.stop()
             await pool.close()
 
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -51,7 +62,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         public_url=settings.public_url,
         max_expand_depth=settings.max_expand_depth,
         exact_count_limit=settings.exact_count_limit,
-    ))
+    ), observations=ingest)
     app.include_router(sta.router)
 
     @app.get("/", include_in_schema=False)
@@ -76,6 +87,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         except Exception as exc:  # any failure means "not healthy"; the reason goes into the body
             return _json({"status": "unavailable", "database": str(exc)}, 503)
         return _json({"status": "ok", "database": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(StaError)
     async def sta_error(_: Request, exc: StaError) -> Response:

@@ -1,7 +1,8 @@
 """Platform settings: the one place that reads the environment.
 
 Every other package receives the values it needs as arguments (DESIGN.md: only `citystream/` reads the
-environment). Secrets such as database passwords arrive only through `CITYSTREAM_DATABASE_URL`.
+environment). Secrets arrive only through `CITYSTREAM_DATABASE_URL`, `CITYSTREAM_MQTT_URL` and
+`CITYSTREAM_MQTT_SENSOR_PASSWORD`, and are kept out of the repr.
 """
 
 from __future__ import annotations
@@ -25,14 +26,23 @@ def _int_env(name: str, default: int) -> int:
 class Settings:
     """Everything the platform can be told. Defaults are the embedded, loopback-only set-up."""
 
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)
     """External PostgreSQL (with PostGIS). None: `citystream up` starts a private cluster."""
-    mqtt_url: str | None = None
-    """External MQTT broker, e.g. mqtt://127.0.0.1:1883. None: `citystream up` starts Mosquitto."""
+    mqtt_url: str | None = field(default=None, repr=False)
+    """External MQTT broker, e.g. mqtt://user:password@127.0.0.1:1883. None: `citystream up` starts Mosquitto
+    (and then holds the URL of its platform account, with the password)."""
     host: str = "127.0.0.1"
     http_port: int = 8080
     mqtt_port: int = 1883
     mqtt_host: str = "127.0.0.1"
+    mqtt_ws_port: int = 9001
+    """MQTT over WebSocket port of the embedded Mosquitto (same address as mqtt_host)."""
+    mqtt_sensor_user: str = "sensor"
+    """Account of the embedded Mosquitto that sensors publish Observations with."""
+    mqtt_sensor_password: str | None = field(default=None, repr=False)
+    """Its password. None: generated once and kept in DATA_DIR/mosquitto/sensor-password."""
+    mqtt_anonymous_read: str = "v1.1/#"
+    """Topic filter anonymous MQTT clients may read; "" refuses anonymous clients."""
     data_dir: Path = field(default_factory=lambda: Path(".citystream"))
     public_url: str | None = None
     """External base URL (e.g. https://iot.example.org) used in selfLinks. None: taken from the request,
@@ -45,6 +55,14 @@ class Settings:
     exact_count_limit: int = 100_000
     """`@iot.count` is exact up to this many rows and the planner's estimate above it."""
     db_pool_size: int = 10
+    ingest_batch_rows: int = 5000
+    """Most Observations written by one COPY + commit."""
+    ingest_batch_wait_ms: int = 0
+    """How long a free writer waits for a partial batch to fill; 0 = group commit (write what is queued)."""
+    ingest_queue_rows: int = 50_000
+    """Observations that may wait for a writer before submitters are held back (bounded memory)."""
+    ingest_writers: int = 2
+    """Concurrent COPY connections."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,6 +77,10 @@ class Settings:
             http_port=_int_env("CITYSTREAM_HTTP_PORT", base.http_port),
             mqtt_port=_int_env("CITYSTREAM_MQTT_PORT", base.mqtt_port),
             mqtt_host=env.get("CITYSTREAM_MQTT_HOST", base.mqtt_host),
+            mqtt_ws_port=_int_env("CITYSTREAM_MQTT_WS_PORT", base.mqtt_ws_port),
+            mqtt_sensor_user=env.get("CITYSTREAM_MQTT_SENSOR_USER") or base.mqtt_sensor_user,
+            mqtt_sensor_password=env.get("CITYSTREAM_MQTT_SENSOR_PASSWORD") or None,
+            mqtt_anonymous_read=env.get("CITYSTREAM_MQTT_ANONYMOUS_READ", base.mqtt_anonymous_read),
             data_dir=Path(env.get("CITYSTREAM_DATA_DIR", str(base.data_dir))),
             public_url=env.get("CITYSTREAM_PUBLIC_URL") or None,
             default_top=_int_env("CITYSTREAM_DEFAULT_TOP", base.default_top),
@@ -68,4 +90,8 @@ class Settings:
             max_expand_depth=_int_env("CITYSTREAM_MAX_EXPAND_DEPTH", base.max_expand_depth),
             exact_count_limit=_int_env("CITYSTREAM_EXACT_COUNT_LIMIT", base.exact_count_limit),
             db_pool_size=_int_env("CITYSTREAM_DB_POOL_SIZE", base.db_pool_size),
+            ingest_batch_rows=_int_env("CITYSTREAM_INGEST_BATCH_ROWS", base.ingest_batch_rows),
+            ingest_batch_wait_ms=_int_env("CITYSTREAM_INGEST_BATCH_WAIT_MS", base.ingest_batch_wait_ms),
+            ingest_queue_rows=_int_env("CITYSTREAM_INGEST_QUEUE_ROWS", base.ingest_queue_rows),
+            ingest_writers=_int_env("CITYSTREAM_INGEST_WRITERS", base.ingest_writers),
         )

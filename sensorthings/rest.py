@@ -42,6 +42,7 @@ from sensorthings.errors import (
     StaError,
 )
 from sensorthings.fields import parse_request_json
+from sensorthings.interfaces import ChangeListener, ObservationSink
 from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.path import ResourcePath, Step, parse_path
 from sensorthings.query import QueryOptions, parse_query
@@ -57,6 +58,8 @@ CONFORMANCE = [
     CONFORMANCE_BASE + "create-update-delete",
 ]
 JSON_PATCH = "application/json-patch+json"
+OBSERVATION = ENTITIES["Observation"]
+DATASTREAM = OBSERVATION.relation("Datastream").name
 WRITE_ATTEMPTS = 10  # each new month a request touches, and each deadlock it loses, costs one attempt
 RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock: the transaction is safe to run again
 T = TypeVar("T")
@@ -200,6 +203,13 @@ class CompileCache:
 _SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
 
 
+def _creates_datastream(body: Any) -> bool:
+    """True for an Observation whose Datastream is given inline (a deep insert): the REST writer's
+    transaction creates those; the ingest path only links existing Datastreams."""
+    datastream = body.get(DATASTREAM) if isinstance(body, dict) else None
+    return isinstance(datastream, dict) and "@iot.id" not in datastream
+
+
 def referenced_id(body: Any, target: Entity) -> int:
     """The id in a `$ref` body: {"@iot.id": n} or {"@iot.selfLink": ".../Things(n)"}."""
     if isinstance(body, dict) and "@iot.selfLink" in body:
@@ -217,9 +227,12 @@ def referenced_id(body: Any, target: Entity) -> int:
 class StaApi:
     """Routes for `/v1.1`. Holds the connection pool and the limits; no entity knowledge."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig,
+                 observations: ObservationSink | None = None, listener: ChangeListener | None = None) -> None:
         self.pool = pool
         self.config = config
+        self.observations = observations
+        self.listener = listener
         self.compiled = CompileCache()
         self.router = APIRouter()
         self.router.add_api_route(f"/{VERSION}", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
@@ -318,7 +331,9 @@ class StaApi:
                     writer = Writer(conn, datetime.now(UTC))
                     result = await work(conn, writer)
                     await writer.finish()
-                    return result
+                if self.listener is not None and writer.changes:
+                    self.listener.changed(writer.changes)
+                return result
             except PartitionMissing as missing:
                 try:
                     async with self.pool.connection() as conn:
@@ -344,6 +359,8 @@ class StaApi:
             raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
                              "use PATCH or PUT to change an entity")
         entity, relation = path.entity, path.last.relation
+        if entity is OBSERVATION and self.observations is not None and not _creates_datastream(body):
+            return await self._post_observation(path, body, base)
 
         async def create(conn: AsyncConnection[Any], writer: Writer) -> tuple[int, str]:
             if relation is None:
@@ -356,6 +373,20 @@ class StaApi:
 
         new_id, created = await self._write(create)
         return json_response(created, 201, {"Location": f"{base}/{entity.set_name}({new_id})"})
+
+    async def _post_observation(self, path: ResourcePath, body: Any, base: str) -> Response:
+        """POST Observations goes through the batched ingest path (DESIGN.md: one write path)."""
+        assert self.observations is not None
+        parents: dict[str, int] = {}
+        relation = path.last.relation
+        if relation is not None:
+            async with self.pool.connection() as conn:
+                parents[relation.inverse_name] = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+        new_id = await self.observations.create_observation(
+            body, datastream_id=parents.get("Datastream"), feature_id=parents.get("FeatureOfInterest"))
+        async with self.pool.connection() as conn:
+            created = await self._entity_json(conn, OBSERVATION, new_id, base)
+        return json_response(created, 201, {"Location": f"{base}/{OBSERVATION.set_name}({new_id})"})
 
     async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
         """POST …/Collection/$ref adds a link; PUT …/SingleNavigation/$ref sets one."""

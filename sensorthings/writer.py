@@ -20,6 +20,7 @@ from sensorthings import observation_ids
 from sensorthings.compiler import SqlBuilder, id_predicate
 from sensorthings.errors import BadRequest, NotFound, PartitionMissing
 from sensorthings.fields import GEOJSON_ENCODINGS, Field, GeoJson, is_ascii_digits
+from sensorthings.interfaces import Change
 from sensorthings.model import ENTITIES, Entity, Relation, Storage
 
 IGNORED_SUFFIXES = ("@iot.selfLink", "@iot.navigationLink")
@@ -28,6 +29,7 @@ LOCATION_THINGS = THING_LOCATIONS.inverse
 OBSERVATION = ENTITIES["Observation"]
 LOCATION = ENTITIES["Location"]
 FEATURE_OF_INTEREST = ENTITIES["FeatureOfInterest"]
+HISTORICAL_LOCATION = ENTITIES["HistoricalLocation"]
 
 
 def _copied_columns(target: Entity, source: Entity) -> tuple[list[str], list[str]]:
@@ -74,6 +76,132 @@ class ObservationTouch:
     feature_ids: set[int] = field(default_factory=set)
 
 
+def check_keys(entity: Entity, body: dict[str, Any], where: str) -> None:
+    """Reject keys that are neither a property nor a relation of `entity`, saying which ones exist."""
+    allowed = set(entity.property_names) | set(entity.relations)
+    for key in body:
+        if key in allowed or _is_ignored(key):
+            continue
+        if key == "@iot.id":
+            raise BadRequest(f"{where}: @iot.id is assigned by the server; leave it out "
+                             f"(to link an existing entity, send only {{\"@iot.id\": n}})", field=where)
+        raise BadRequest(
+            f"{where}: {entity.name} has no property {key!r}; properties: "
+            f"{', '.join(entity.property_names)}; relations: {', '.join(entity.relations)}",
+            field=f"{where}.{key}")
+
+
+def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: bool, now: datetime
+                 ) -> dict[str, Any]:
+    """Column values for the fields in `body`; with `complete`, every field (create, PUT)."""
+    columns: dict[str, Any] = {}
+    for f in entity.fields:
+        if f.name in body:
+            if body[f.name] is None and (f.required or f.defaults_to_now) and not f.null_is_a_value:
+                raise BadRequest(f"{where}.{f.name} cannot be null; a {entity.name} requires it",
+                                 field=f"{where}.{f.name}")
+            columns.update(f.parse(body[f.name], f"{where}.{f.name}"))
+        elif complete and not f.server_maintained:
+            columns.update(_absent(entity, f, where, now))
+    _check_geojson_encoding(entity, body, columns, where)
+    return columns
+
+
+def _absent(entity: Entity, f: Field, where: str, now: datetime) -> dict[str, Any]:
+    if f.defaults_to_now:
+        return f.parse(now.isoformat(), f.name)
+    if f.required:
+        raise BadRequest(f"{where}: {entity.name} requires {f.name!r}", field=f"{where}.{f.name}")
+    return f.null_columns()
+
+
+def _check_geojson_encoding(entity: Entity, body: dict[str, Any], columns: dict[str, Any], where: str) -> None:
+    encoding = entity.field("encodingType")
+    if encoding is None or encoding.column not in columns or not any(isinstance(f, GeoJson) for f in entity.fields):
+        return
+    if columns[encoding.column] not in GEOJSON_ENCODINGS:
+        raise BadRequest(f"{where}.encodingType must be one of {', '.join(GEOJSON_ENCODINGS)} "
+                         f"(the only encoding this server stores)", field=f"{where}.encodingType")
+
+
+def column_value(entity: Entity, column: str, placeholder: sql.Composable) -> sql.Composable:
+    """How a bound value becomes the stored value of `column` (its field kind decides)."""
+    for f in entity.fields:
+        if column in f.columns:
+            return f.column_sql(column, placeholder)
+    return placeholder
+
+
+async def current_locations(conn: AsyncConnection[Any], datastream_ids: Iterable[int]) -> dict[int, int]:
+    """Location id per Datastream id: the current Location of the Datastream's Thing (the newest link)."""
+    cursor = await conn.execute(
+        "SELECT DISTINCT ON (d.id) d.id, tl.location_id FROM datastreams d "
+        "JOIN thing_locations tl ON tl.thing_id = d.thing_id WHERE d.id = ANY(%s) "
+        "ORDER BY d.id, tl.location_id DESC", (sorted(set(datastream_ids)),))
+    return {int(d): int(loc) for d, loc in await cursor.fetchall()}
+
+
+async def generated_features(conn: AsyncConnection[Any], location_ids: Iterable[int]) -> dict[int, int]:
+    """FeatureOfInterest id per Location id: the one generated from that Location while it stands
+    unchanged, created now where there is none yet (concurrent creators agree through the unique key)."""
+    wanted = sorted(set(location_ids))
+    if not wanted:
+        return {}
+    targets, sources = _copied_columns(FEATURE_OF_INTEREST, LOCATION)
+    await conn.execute(sql.SQL(
+        "INSERT INTO {feature} ({targets}, generated_from_location_id) SELECT {sources}, id FROM {location} "
+        "WHERE id = ANY(%(l)s) ORDER BY id ON CONFLICT (generated_from_location_id) DO NOTHING").format(
+        feature=sql.Identifier(FEATURE_OF_INTEREST.table), location=sql.Identifier(LOCATION.table),
+        targets=sql.SQL(", ").join(map(sql.Identifier, targets)),
+        sources=sql.SQL(", ").join(map(sql.Identifier, sources))), {"l": wanted})
+    cursor = await conn.execute(
+        "SELECT generated_from_location_id, id FROM features_of_interest WHERE generated_from_location_id = ANY(%s)",
+        (wanted,))
+    return {int(location): int(feature) for location, feature in await cursor.fetchall()}
+
+
+async def update_datastream_summaries(conn: AsyncConnection[Any], touched: dict[int, ObservationTouch]) -> None:
+    """Widen the phenomenon/result time extents and the observed area of each touched Datastream: one
+    statement for all of them, rows locked in id order so that concurrent batches cannot deadlock here."""
+    if not touched:
+        return
+    rows = [(d, t.start, t.end, t.result_start, t.result_end, f)
+            for d, t in sorted(touched.items()) for f in (list[int | None](sorted(t.feature_ids)) or [None])]
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(
+        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],"
+        "                                 %s::timestamptz[], %s::bigint[]) AS v(id, ps, pe, rs, re, fid)),"
+        " u AS (SELECT v.id, min(ps) ps, max(pe) pe, min(rs) rs, max(re) re, ST_Collect(f.feature_geom) area"
+        "       FROM v LEFT JOIN features_of_interest f ON f.id = v.fid GROUP BY v.id),"
+        " locked AS (SELECT d.id FROM datastreams d WHERE d.id IN (SELECT id FROM u) ORDER BY d.id"
+        "            FOR NO KEY UPDATE)"
+        " UPDATE datastreams d SET"
+        "  phenomenon_time_start = LEAST(d.phenomenon_time_start, u.ps),"
+        "  phenomenon_time_end = GREATEST(d.phenomenon_time_end, u.pe),"
+        "  result_time_start = LEAST(d.result_time_start, u.rs),"
+        "  result_time_end = GREATEST(d.result_time_end, u.re),"
+        "  observed_area = CASE WHEN u.area IS NULL THEN d.observed_area"
+        "                  ELSE ST_ConvexHull(ST_Collect(d.observed_area, u.area)) END"
+        " FROM u JOIN locked USING (id) WHERE d.id = u.id",
+        [list(c) for c in columns])
+
+
+def add_touch(touched: dict[int, ObservationTouch], columns: dict[str, Any]) -> None:
+    """Widen the summary of the Datastream of one new or changed Observation (given by its columns)."""
+    start = columns["phenomenon_time_start"]
+    end = columns["phenomenon_time_end"] or start
+    result_time = columns.get("result_time")
+    touch = touched.get(columns["datastream_id"])
+    if touch is None:
+        touch = touched[columns["datastream_id"]] = ObservationTouch(start, end)
+    touch.start, touch.end = min(touch.start, start), max(touch.end, end)
+    if result_time is not None:
+        touch.result_start = min(filter(None, (touch.result_start, result_time)))
+        touch.result_end = max(filter(None, (touch.result_end, result_time)))
+    if columns.get("feature_id") is not None:
+        touch.feature_ids.add(columns["feature_id"])
+
+
 async def create_partition(conn: AsyncConnection[Any], time: datetime) -> None:
     """Create the month partition for `time`. Call outside any transaction that touches observations."""
     await conn.execute("SELECT sta_ensure_observation_partition(%s)", (time,))
@@ -87,6 +215,8 @@ class Writer:
         self._located: dict[int, set[int]] = {}  # thing id -> Locations newly linked in this request
         self._touched: dict[int, ObservationTouch] = {}
         self._partitions: set[tuple[int, int]] = set()
+        self.changes: list[Change] = []
+        """What this request created or updated, for notifications after commit."""
 
     # ---------------------------------------------------------------- helpers
 
@@ -107,51 +237,6 @@ class Writer:
             raise BadRequest(f"{where}: there is no {entity.name} with @iot.id {entity_id}", field=where)
         return entity_id
 
-    def _check_keys(self, entity: Entity, body: dict[str, Any], where: str) -> None:
-        allowed = set(entity.property_names) | set(entity.relations)
-        for key in body:
-            if key in allowed or _is_ignored(key):
-                continue
-            if key == "@iot.id":
-                raise BadRequest(f"{where}: @iot.id is assigned by the server; leave it out "
-                                 f"(to link an existing entity, send only {{\"@iot.id\": n}})", field=where)
-            raise BadRequest(
-                f"{where}: {entity.name} has no property {key!r}; properties: "
-                f"{', '.join(entity.property_names)}; relations: {', '.join(entity.relations)}",
-                field=f"{where}.{key}")
-
-    def _parse_fields(self, entity: Entity, body: dict[str, Any], where: str, *, complete: bool
-                      ) -> dict[str, Any]:
-        """Column values for the fields in `body`; with `complete`, every field (create, PUT)."""
-        columns: dict[str, Any] = {}
-        for f in entity.fields:
-            if f.name in body:
-                if body[f.name] is None and (f.required or f.defaults_to_now) and not f.null_is_a_value:
-                    raise BadRequest(f"{where}.{f.name} cannot be null; a {entity.name} requires it",
-                                     field=f"{where}.{f.name}")
-                columns.update(f.parse(body[f.name], f"{where}.{f.name}"))
-            elif complete and not f.server_maintained:
-                columns.update(self._absent(entity, f, where))
-        self._check_geojson_encoding(entity, body, columns, where)
-        return columns
-
-    def _absent(self, entity: Entity, f: Field, where: str) -> dict[str, Any]:
-        if f.defaults_to_now:
-            return f.parse(self.now.isoformat(), f.name)
-        if f.required:
-            raise BadRequest(f"{where}: {entity.name} requires {f.name!r}", field=f"{where}.{f.name}")
-        return f.null_columns()
-
-    @staticmethod
-    def _check_geojson_encoding(entity: Entity, body: dict[str, Any], columns: dict[str, Any], where: str
-                                ) -> None:
-        encoding = entity.field("encodingType")
-        if encoding is None or encoding.column not in columns or not any(isinstance(f, GeoJson) for f in entity.fields):
-            return
-        if columns[encoding.column] not in GEOJSON_ENCODINGS:
-            raise BadRequest(f"{where}.encodingType must be one of {', '.join(GEOJSON_ENCODINGS)} "
-                             f"(the only encoding this server stores)", field=f"{where}.encodingType")
-
     # ---------------------------------------------------------------- create
 
     async def create(self, entity: Entity, body: Any, where: str,
@@ -160,8 +245,8 @@ class Writer:
         `via_id` (the parent in the URL path or in a deep insert)."""
         if not isinstance(body, dict):
             raise BadRequest(f"{where} must be a JSON object with the properties of a {entity.name}")
-        self._check_keys(entity, body, where)
-        columns = self._parse_fields(entity, body, where, complete=True)
+        check_keys(entity, body, where)
+        columns = parse_fields(entity, body, where, complete=True, now=self.now)
         if via is not None and via.name in body:
             raise BadRequest(f"{where}: {via.name} is given by the URL or the enclosing entity; leave it out",
                              field=f"{where}.{via.name}")
@@ -187,7 +272,7 @@ class Writer:
                 raise BadRequest(f"{where}: a {entity.name} needs at least one of its {relation.name}; "
                                  f"give [{{\"@iot.id\": n}}] or new ones inline", field=f"{where}.{relation.name}")
 
-        new_id = await self._insert(entity, columns)
+        new_id = await self.insert(entity, columns)
 
         if via is not None and via.storage is Storage.LINK_TABLE:
             await self.link(via, new_id, via_id or 0)
@@ -196,6 +281,9 @@ class Writer:
         for relation in entity.relations.values():
             if relation.to_many and relation.name in body:
                 await self._create_children(relation, new_id, body[relation.name], f"{where}.{relation.name}")
+        links = {r.name: columns[r.column] for r in entity.relations.values()
+                 if r.storage is Storage.FK_ON_SOURCE and columns.get(r.column) is not None}
+        self.changes.append(Change(entity, new_id, created=True, links=links))
         if entity is ENTITIES["Thing"]:
             self._new_things.add(new_id)
         if entity is OBSERVATION:
@@ -221,23 +309,17 @@ class Writer:
             await self.require(relation.target_entity, existing, item_where)
             await self.link(relation, parent_id, existing)
 
-    async def _insert(self, entity: Entity, columns: dict[str, Any]) -> int:
+    async def insert(self, entity: Entity, columns: dict[str, Any]) -> int:
+        """INSERT one row of already validated column values; returns its id."""
         b = SqlBuilder("")
         if entity.id_sequence:
             columns = {"id": await self._allocate_id(entity, columns), **columns}
         names = list(columns)
-        values = [self._column_value(entity, name, b.param(columns[name])) for name in names]
+        values = [column_value(entity, name, b.param(columns[name])) for name in names]
         statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
             sql.Identifier(entity.table), sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(", ").join(values))
         row = await self._fetch_one(statement, b.params)
         return int(row[0])
-
-    @staticmethod
-    def _column_value(entity: Entity, column: str, placeholder: sql.Composable) -> sql.Composable:
-        for f in entity.fields:
-            if column in f.columns:
-                return f.column_sql(column, placeholder)
-        return placeholder
 
     async def _allocate_id(self, entity: Entity, columns: dict[str, Any]) -> int:
         start: datetime = columns[entity.partition_column]
@@ -259,41 +341,16 @@ class Writer:
 
     async def _generated_feature(self, datastream_id: int, where: str) -> int:
         """The FeatureOfInterest generated from the current Location of the Datastream's Thing."""
-        row = await self._fetch_one(sql.SQL(
-            "SELECT tl.location_id FROM datastreams d JOIN thing_locations tl ON tl.thing_id = d.thing_id "
-            "WHERE d.id = %(d)s ORDER BY tl.location_id DESC LIMIT 1"), {"d": datastream_id})
-        if row is None:
+        location_id = (await current_locations(self.conn, [datastream_id])).get(datastream_id)
+        if location_id is None:
             raise BadRequest(
                 f"{where}: the Observation has no FeatureOfInterest and the Thing of Datastream "
                 f"{datastream_id} has no Location to generate one from; give a FeatureOfInterest or "
                 f"link the Thing to a Location", field=f"{where}.FeatureOfInterest")
-        location_id = int(row[0])
-        params = {"l": location_id}
-        targets, sources = _copied_columns(FEATURE_OF_INTEREST, LOCATION)
-        row = await self._fetch_one(sql.SQL(
-            "INSERT INTO {feature} ({targets}, generated_from_location_id) SELECT {sources}, id FROM {location} "
-            "WHERE id = %(l)s ON CONFLICT (generated_from_location_id) DO NOTHING RETURNING id").format(
-            feature=sql.Identifier(FEATURE_OF_INTEREST.table), location=sql.Identifier(LOCATION.table),
-            targets=sql.SQL(", ").join(map(sql.Identifier, targets)),
-            sources=sql.SQL(", ").join(map(sql.Identifier, sources))),
-            params)
-        if row is None:
-            row = await self._fetch_one(sql.SQL(
-                "SELECT id FROM features_of_interest WHERE generated_from_location_id = %(l)s"), params)
-        return int(row[0])
+        return (await generated_features(self.conn, [location_id]))[location_id]
 
     def _touch(self, columns: dict[str, Any]) -> None:
-        start = columns["phenomenon_time_start"]
-        end = columns["phenomenon_time_end"] or start
-        result_time = columns.get("result_time")
-        touch = self._touched.get(columns["datastream_id"])
-        if touch is None:
-            touch = self._touched[columns["datastream_id"]] = ObservationTouch(start, end)
-        touch.start, touch.end = min(touch.start, start), max(touch.end, end)
-        if result_time is not None:
-            touch.result_start = min(filter(None, (touch.result_start, result_time)))
-            touch.result_end = max(filter(None, (touch.result_end, result_time)))
-        touch.feature_ids.add(columns["feature_id"])
+        add_touch(self._touched, columns)
 
     # ---------------------------------------------------------------- links
 
@@ -345,8 +402,8 @@ class Writer:
         if "@iot.id" in body:
             if str(body.pop("@iot.id")) != str(entity_id):
                 raise BadRequest(f"{where}.@iot.id differs from the id in the URL; ids cannot change")
-        self._check_keys(entity, body, where)
-        columns = self._parse_fields(entity, body, where, complete=replace)
+        check_keys(entity, body, where)
+        columns = parse_fields(entity, body, where, complete=replace, now=self.now)
         relinks: list[tuple[Relation, list[int]]] = []
         for name, relation in entity.relations.items():
             if name not in body:
@@ -388,10 +445,12 @@ class Writer:
                 await self.link(relation, entity_id, target_id)
         if entity is OBSERVATION and columns:
             await self._touch_existing(entity_id)
+        sent = tuple(name for name in entity.property_names if name in body)
+        self.changes.append(Change(entity, entity_id, created=False, properties=sent))
 
     async def _update_columns(self, entity: Entity, entity_id: int, columns: dict[str, Any]) -> None:
         b = SqlBuilder("")
-        assignments = [sql.SQL("{} = {}").format(sql.Identifier(name), self._column_value(entity, name, b.param(v)))
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(name), column_value(entity, name, b.param(v)))
                        for name, v in columns.items()]
         cursor = await self.conn.execute(sql.SQL("UPDATE {} e SET {} WHERE {}").format(
             sql.Identifier(entity.table), sql.SQL(", ").join(assignments),
@@ -407,7 +466,7 @@ class Writer:
         b = SqlBuilder("")
         all_columns = ["id", *(c for f in entity.fields for c in f.columns),
                        *(r.column for r in entity.relations.values() if r.storage is Storage.FK_ON_SOURCE)]
-        select_list = [self._column_value(entity, c, b.param(columns[c])) if c in columns else sql.Identifier(c)
+        select_list = [column_value(entity, c, b.param(columns[c])) if c in columns else sql.Identifier(c)
                        for c in all_columns]
         statement = sql.SQL(
             "WITH moved AS (DELETE FROM {table} e WHERE {pred} RETURNING e.*) "
@@ -478,25 +537,14 @@ class Writer:
             row = await self._fetch_one(sql.SQL(
                 "INSERT INTO historical_locations (time, thing_id) VALUES (%(t)s, %(thing)s) RETURNING id"),
                 {"t": self.now, "thing": thing_id})
+            self.changes.append(Change(HISTORICAL_LOCATION, int(row[0]), created=True, links={"Thing": thing_id}))
             await self.conn.execute(
                 "INSERT INTO location_historical_locations (location_id, historical_location_id) "
                 "SELECT unnest(%s::bigint[]), %s", (sorted(location_ids), row[0]))
         self._located.clear()
 
     async def _update_datastream_summaries(self) -> None:
-        for datastream_id, touch in self._touched.items():
-            await self.conn.execute(
-                "UPDATE datastreams d SET "
-                " phenomenon_time_start = LEAST(d.phenomenon_time_start, %(ps)s),"
-                " phenomenon_time_end = GREATEST(d.phenomenon_time_end, %(pe)s),"
-                " result_time_start = LEAST(d.result_time_start, %(rs)s),"
-                " result_time_end = GREATEST(d.result_time_end, %(re)s),"
-                " observed_area = (SELECT ST_ConvexHull(ST_Collect(g)) FROM"
-                "   (SELECT d.observed_area AS g UNION ALL"
-                "    SELECT feature_geom FROM features_of_interest WHERE id = ANY(%(f)s)) AS geoms)"
-                " WHERE d.id = %(d)s",
-                {"ps": touch.start, "pe": touch.end, "rs": touch.result_start, "re": touch.result_end,
-                 "f": sorted(touch.feature_ids), "d": datastream_id})
+        await update_datastream_summaries(self.conn, self._touched)
         self._touched.clear()
 
 

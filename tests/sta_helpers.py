@@ -72,7 +72,7 @@ def feature_body(name: str = "feature", lon: float = 10.0, lat: float = 53.6, **
 def datastream_body(name: str = "datastream", **extra: Any) -> dict[str, Any]:
     """A Datastream without its relations; pass Thing/Sensor/ObservedProperty as needed."""
     return {"name": name, "description": f"{name} description",
-            "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+            "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Observation",
             "unitOfMeasurement": {"name": "degree Celsius", "symbol": "°C",
                                   "definition": "http://unitsofmeasure.org/ucum.html#para-30"},
             **extra}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import frost_sta_client as fsc
 import pytest
-from sta_helpers import count, read
+from tests.sta_helpers import count, read
 
 UNIT = {"name": "degree Celsius", "symbol": "°C", "definition": "http://unitsofmeasure.org/ucum.html#para-30"}
 TIMES = ["2024-05-01T10:00:00Z", "2024-05-01T10:05:00Z", "2024-05-01T10:10:00Z"]

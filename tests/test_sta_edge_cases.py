@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from sta_helpers import (
+from tests.sta_helpers import (
     assert_error,
     counts,
     create,

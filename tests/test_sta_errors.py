@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sta_helpers import (
+from tests.sta_helpers import (
     HTTP,
     assert_error,
     counts,

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from sta_helpers import assert_error, create_datastream, create_observation
+from tests.sta_helpers import assert_error, create_datastream, create_observation
 
 from citystream.app import create_app
 from citystream.embedded import find_free_port

@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from sta_helpers import assert_error, create, create_datastream, create_observation, read, sensor_body, thing_body
+from tests.sta_helpers import assert_error, create, create_datastream, create_observation, read, sensor_body, thing_body
 
 
 def _filter(sta: str, resource: str, expression: str) -> httpx.Response:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from sta_helpers import (
+from tests.sta_helpers import (
     ENTITY_SETS,
     HTTP,
     NAVIGATION,

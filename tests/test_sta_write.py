@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sta_helpers import (
+from tests.sta_helpers import (
     HTTP,
     assert_error,
     count,

@@ -1,0 +1,188 @@
+"""The one write path for Observations: validate -> bounded queue -> batch -> COPY -> commit -> acknowledge
+-> notify.
+
+Submitters (the MQTT bridge, `POST Observations`) put validated items into a bounded queue and wait for
+their item's outcome; waiting is the backpressure (a full queue makes `submit` wait, memory stays bounded).
+Writer tasks (one database connection each) take what is queued, up to `batch_rows`: group commit, so a
+batch is written as soon as a writer is free and grows by itself under load. `batch_wait_ms` > 0 lets a
+writer wait that long for a partial batch to fill (fewer, larger commits at the price of latency).
+A batch that fails for a reason of the database (deadlock, lost connection) is retried whole; a failure no
+check foresaw is narrowed down by halving the batch, so only the offending row is rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from ingest import metrics
+from ingest.rows import OBSERVATION, parse_observation
+from ingest.store import Item, PartitionCache, write_batch
+from sensorthings.errors import BadRequest
+from sensorthings.interfaces import Change
+
+log = logging.getLogger("citystream.ingest")
+RETRYABLE_STATES = ("40001", "40P01")  # serialization failure, deadlock
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    batch_rows: int = 5000
+    batch_wait_ms: int = 0
+    queue_rows: int = 50_000
+    writers: int = 2
+
+
+@dataclass
+class _Queued:
+    item: Item
+    done: asyncio.Future[Item]
+    source: str
+
+
+def _retryable(exc: psycopg.Error) -> bool:
+    """Failures of the database rather than of the data: the same batch may succeed when sent again."""
+    state = exc.sqlstate or ""
+    return (state in RETRYABLE_STATES or state.startswith(("08", "53", "57")) or exc.sqlstate is None
+            or isinstance(exc, psycopg.OperationalError))
+
+
+class IngestPipeline:
+    def __init__(self, pool: AsyncConnectionPool[Any], config: IngestConfig,
+                 on_committed: Callable[[Sequence[Change]], None] | None = None) -> None:
+        self.pool = pool
+        self.config = config
+        self.on_committed = on_committed
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=config.queue_rows)
+        self._partitions = PartitionCache()
+        self._writers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._writers = [asyncio.create_task(self._run_writer(), name=f"ingest-writer-{n}")
+                         for n in range(self.config.writers)]
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop the writers."""
+        await self._queue.join()
+        for task in self._writers:
+            task.cancel()
+        await asyncio.gather(*self._writers, return_exceptions=True)
+
+    async def submit(self, item: Item, source: str) -> Item:
+        """Queue `item` and return it once its batch is committed, with `id` or `reason` set."""
+        done: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Queued(item, done, source))
+        return await done
+
+    # ObservationSink (sensorthings.interfaces) for POST Observations
+    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None) -> int:
+        row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=datetime.now(UTC))
+        item = await self.submit(Item(row), "http")
+        if item.reason is not None or item.id is None:
+            raise BadRequest(f"body: {item.reason}")
+        return item.id
+
+    async def _run_writer(self) -> None:
+        while True:
+            batch = await self._take()
+            try:
+                await self._write(batch)
+            except Exception as exc:  # never lose the waiters: a bug fails their items, not the writer
+                log.exception("ingest batch failed")
+                for queued in batch:
+                    queued.item.reason = queued.item.reason or f"internal error while storing: {exc}"
+            finally:
+                for queued in batch:
+                    if not queued.done.done():
+                        queued.done.set_result(queued.item)
+                    self._queue.task_done()
+                metrics.QUEUED.set(self._queue.qsize())
+
+    async def _take(self) -> list[_Queued]:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.batch_wait_ms / 1000
+        while len(batch) < self.config.batch_rows:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _write(self, batch: list[_Queued]) -> None:
+        items = [q.item for q in batch]
+        started = perf_counter()
+        await self._write_items(items)
+        metrics.COMMIT_SECONDS.observe(perf_counter() - started)
+        metrics.BATCH_ROWS.observe(len(batch))
+        counts: dict[tuple[str, bool], int] = {}
+        for queued in batch:
+            key = (queued.source, queued.item.id is not None)
+            counts[key] = counts.get(key, 0) + 1
+        for (source, stored), count in counts.items():
+            metrics.RECEIVED.labels(source).inc(count)
+            (metrics.STORED if stored else metrics.REJECTED).labels(source).inc(count)
+        for queued in batch:
+            queued.done.set_result(queued.item)
+        if self.on_committed is not None:
+            changes = [Change(OBSERVATION, i.id, created=True, links=i.row.links)
+                       for i in items if i.id is not None and i.row is not None]
+            if changes:
+                self.on_committed(changes)
+
+    async def _write_items(self, items: list[Item]) -> None:
+        """Write with retries; narrow an unforeseen data error down to the rows that cause it."""
+        attempt = 0
+        while True:
+            saved = [(i.reason, i.row.feature_id if i.row else None, i.row.new_feature if i.row else None)
+                     for i in items]
+            try:
+                async with self.pool.connection() as conn:
+                    await self._partitions.ensure(conn, items)
+                    await write_batch(conn, items, datetime.now(UTC))
+                return
+            except psycopg.Error as exc:
+                for item, (reason, feature_id, new_feature) in zip(items, saved, strict=True):
+                    item.reason, item.id = reason, None
+                    if item.row is not None:
+                        item.row.feature_id, item.row.new_feature = feature_id, new_feature
+                if _retryable(exc):
+                    attempt += 1
+                    metrics.RETRIES.inc()
+                    delay = min(MAX_BACKOFF_S, 0.01 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+                    log.warning("ingest batch of %d will be retried in %.2f s: %s", len(items), delay, exc)
+                    await asyncio.sleep(delay)
+                    continue
+                pending = [i for i in items if i.reason is None]
+                if not pending:
+                    log.error("dead letters could not be written (%s): %s", exc,
+                              [(i.origin, i.reason) for i in items])
+                    return
+                if len(pending) == 1:
+                    for item in pending:
+                        item.reason = f"could not be stored: {exc.diag.message_primary or exc}"
+                    if all(i.reason is None or i.origin is None for i in items):
+                        return  # nothing to record
+                    continue  # write the dead letters
+                half = len(items) // 2
+                await self._write_items(items[:half])
+                await self._write_items(items[half:])
+                return

@@ -1,0 +1,228 @@
+"""Write one batch of Observations in one transaction: checks -> binary COPY -> summaries -> dead letters.
+
+Every check that could make the COPY fail is made first, for the whole batch at once, so that a bad row is
+set aside with its reason and never fails the COPY of the good rows around it:
+- the Datastreams are read (and KEY SHARE locked, so that a concurrent DELETE waits for this commit
+  instead of breaking the foreign key in the middle of the COPY), with their observationType and the
+  current Location of their Thing;
+- referenced FeaturesOfInterest are read and locked the same way; generated ones are created;
+- ids are allocated in one round trip; the rows go in with one binary COPY;
+- the Datastream summaries are widened once per Datastream (one statement for the batch);
+- dead letters of rejected MQTT payloads are written in the same transaction, so that acknowledging the
+  batch also means its evidence is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from ingest.rows import FEATURE_OF_INTEREST, OBSERVATION, ObservationRow, Origin, result_type_error
+from sensorthings import observation_ids
+from sensorthings.model import Storage
+from sensorthings.writer import (
+    ObservationTouch,
+    Writer,
+    add_touch,
+    create_partition,
+    current_locations,
+    generated_features,
+    update_datastream_summaries,
+)
+
+# Columns of the observations table in COPY order, with their PostgreSQL types for the binary format.
+COPY_COLUMNS: list[tuple[str, str]] = [
+    ("id", "int8"),
+    ("phenomenon_time_start", "timestamptz"),
+    ("phenomenon_time_end", "timestamptz"),
+    ("result_time", "timestamptz"),
+    ("result_type", "int2"),
+    ("result_number", "float8"),
+    ("result_string", "text"),
+    ("result_boolean", "bool"),
+    ("result_json", "jsonb"),
+    ("result_quality", "jsonb"),
+    ("valid_time_start", "timestamptz"),
+    ("valid_time_end", "timestamptz"),
+    ("parameters", "jsonb"),
+    ("datastream_id", "int8"),
+    ("feature_id", "int8"),
+]
+_JSONB_COLUMNS = frozenset(name for name, kind in COPY_COLUMNS if kind == "jsonb")
+_COPY_SQL = "COPY observations ({}) FROM STDIN (FORMAT BINARY)".format(", ".join(c for c, _ in COPY_COLUMNS))
+PAYLOAD_KEPT_BYTES = 2048  # of a rejected payload, in its dead letter
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+@dataclass
+class Item:
+    """One submission: a row to store, or a payload already rejected (`reason`) whose dead letter must be
+    written. `origin` is set for MQTT payloads (their rejections become dead letters)."""
+
+    row: ObservationRow | None
+    origin: Origin | None = None
+    reason: str | None = None
+    id: int | None = None
+
+
+def check_columns_match_model() -> None:
+    """The COPY column list must be exactly the model's Observation columns (fails at import otherwise)."""
+    model = {"id"} | {c for f in OBSERVATION.fields for c in f.columns} | {
+        r.column for r in OBSERVATION.relations.values() if r.storage is Storage.FK_ON_SOURCE}
+    listed = {c for c, _ in COPY_COLUMNS}
+    if model != listed:
+        raise RuntimeError(f"ingest COPY columns differ from the Observation model: {sorted(model ^ listed)}")
+
+
+check_columns_match_model()
+
+
+class PartitionCache:
+    """Months whose observation partition is known to exist; new months are created outside the batch's
+    transaction (see migrations/0001_core.sql for why)."""
+
+    def __init__(self) -> None:
+        self._months: set[tuple[int, int]] = set()
+
+    async def ensure(self, conn: AsyncConnection[Any], items: Sequence[Item]) -> None:
+        for item in items:
+            if item.row is None or item.reason is not None:
+                continue
+            start: datetime = item.row.columns["phenomenon_time_start"]
+            utc = start.astimezone(UTC)
+            key = (utc.year, utc.month)
+            if key not in self._months:
+                await create_partition(conn, start)
+                self._months.add(key)
+
+
+async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: datetime) -> None:
+    """Store the acceptable rows of `items` in one transaction; set `id` or `reason` on every item.
+    Raises psycopg errors only for failures of the database itself (the caller retries or bisects)."""
+    async with conn.transaction():
+        rows = [i for i in items if i.reason is None and i.row is not None]
+        await _check_datastreams(conn, rows)
+        rows = [i for i in rows if i.reason is None]
+        await _check_features(conn, rows)
+        rows = [i for i in rows if i.reason is None]
+        await _assign_features(conn, rows, now)
+        rows = [i for i in rows if i.reason is None]
+        if rows:
+            await _copy(conn, rows)
+            await update_datastream_summaries(conn, _touches(rows))
+        await _record_dead_letters(conn, [i for i in items if i.reason is not None and i.origin is not None], now)
+
+
+async def _check_datastreams(conn: AsyncConnection[Any], items: list[Item]) -> None:
+    wanted = sorted({i.row.datastream_id for i in items if i.row})
+    if not wanted:
+        return
+    cursor = await conn.execute(
+        "SELECT id, observation_type FROM datastreams WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", (wanted,))
+    types = {int(d): t for d, t in await cursor.fetchall()}
+    for item in items:
+        assert item.row is not None
+        observation_type = types.get(item.row.datastream_id)
+        if observation_type is None:
+            item.reason = f"there is no Datastream with @iot.id {item.row.datastream_id}"
+        else:
+            item.reason = result_type_error(observation_type, item.row.columns)
+
+
+async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None:
+    wanted = sorted({i.row.feature_id for i in items if i.row and i.row.feature_id is not None})
+    if not wanted:
+        return
+    cursor = await conn.execute(
+        "SELECT id FROM features_of_interest WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", (wanted,))
+    found = {int(f) for (f,) in await cursor.fetchall()}
+    for item in items:
+        assert item.row is not None
+        if item.row.feature_id is not None and item.row.feature_id not in found:
+            item.reason = f"there is no FeatureOfInterest with @iot.id {item.row.feature_id}"
+
+
+async def _assign_features(conn: AsyncConnection[Any], items: list[Item], now: datetime) -> None:
+    """Create inline FeaturesOfInterest; give rows without one the FeatureOfInterest generated from the
+    current Location of their Datastream's Thing (as a REST create does)."""
+    writer = Writer(conn, now)
+    for item in items:
+        assert item.row is not None
+        if item.row.new_feature is not None:
+            item.row.feature_id = await writer.insert(FEATURE_OF_INTEREST, item.row.new_feature)
+            item.row.new_feature = None
+    needing = [i for i in items if i.row and i.row.feature_id is None]
+    if not needing:
+        return
+    locations = await current_locations(conn, {i.row.datastream_id for i in needing if i.row})
+    features = await generated_features(conn, locations.values())
+    for item in needing:
+        assert item.row is not None
+        location = locations.get(item.row.datastream_id)
+        if location is None:
+            item.reason = (f"the Observation has no FeatureOfInterest and the Thing of Datastream "
+                           f"{item.row.datastream_id} has no Location to generate one from; give a "
+                           f"FeatureOfInterest or link the Thing to a Location")
+        else:
+            item.row.feature_id = features[location]
+
+
+async def _copy(conn: AsyncConnection[Any], items: list[Item]) -> None:
+    cursor = await conn.execute(
+        "SELECT nextval(%s) FROM generate_series(1, %s)", (OBSERVATION.id_sequence, len(items)))
+    sequence_values = [int(v) for (v,) in await cursor.fetchall()]
+    async with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
+        copy.set_types([kind for _, kind in COPY_COLUMNS])
+        for item, sequence_value in zip(items, sequence_values, strict=True):
+            row = item.row
+            assert row is not None
+            columns = row.columns
+            item.id = observation_ids.observation_id(sequence_value, columns["phenomenon_time_start"])
+            values: list[Any] = []
+            for name, _ in COPY_COLUMNS:
+                if name == "id":
+                    value: Any = item.id
+                elif name == "datastream_id":
+                    value = row.datastream_id
+                elif name == "feature_id":
+                    value = row.feature_id
+                else:
+                    value = columns[name]
+                    if value is not None and name in _JSONB_COLUMNS:
+                        value = Jsonb(value, _as_is)
+                values.append(value)
+            await copy.write_row(values)
+            row.links = {"Datastream": row.datastream_id, "FeatureOfInterest": row.feature_id or 0}
+
+
+def _touches(items: list[Item]) -> dict[int, ObservationTouch]:
+    touched: dict[int, ObservationTouch] = {}
+    for item in items:
+        assert item.row is not None
+        add_touch(touched, {**item.row.columns, "datastream_id": item.row.datastream_id,
+                            "feature_id": item.row.feature_id})
+    return touched
+
+
+async def _record_dead_letters(conn: AsyncConnection[Any], items: list[Item], now: datetime) -> None:
+    if not items:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO dead_letters (received_at, topic, client_id, payload, payload_bytes, reason) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(now, i.origin.topic, i.origin.client_id, dead_letter_text(i.origin.payload),
+              len(i.origin.payload), i.reason) for i in items if i.origin is not None])
+
+
+def dead_letter_text(payload: bytes) -> str:
+    """The first PAYLOAD_KEPT_BYTES of a payload as text (invalid UTF-8 and NUL made visible)."""
+    return payload[:PAYLOAD_KEPT_BYTES].decode("utf-8", "replace").replace("\x00", "\\u0000")

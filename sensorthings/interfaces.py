@@ -1,0 +1,39 @@
+"""What the STA layer needs from the layers above it, declared here so that `sensorthings` never imports them.
+
+DESIGN.md: imports point `citystream -> {geo, mqtt_bridge} -> ingest -> sensorthings`. The REST handler
+must still write Observations through `ingest/` and tell `mqtt_bridge/` what changed; the composition root
+(`citystream/app.py`) hands it implementations of these two protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sensorthings.model import Entity
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entity created or updated by a committed write (deletes are not notified, STA §14.1)."""
+
+    entity: Entity
+    id: int
+    created: bool
+    properties: tuple[str, ...] = ()
+    """For an update: the properties that were sent (each gets its property-topic notification)."""
+    links: dict[str, int] = field(default_factory=dict)
+    """Ids of to-one related entities, by relation name, where the writer knows them (saves a query)."""
+
+
+class ChangeListener(Protocol):
+    def changed(self, changes: Sequence[Change]) -> None:
+        """Called after commit; must not block (queue the work)."""
+
+
+class ObservationSink(Protocol):
+    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None) -> int:
+        """Validate and store one Observation (JSON body as parsed), returning its id once committed.
+        `datastream_id` / `feature_id` come from the URL (`Datastreams(1)/Observations`). Raises StaError."""
+        ...
