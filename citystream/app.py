@@ -16,8 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citystream.settings import Settings
 from ingest.pipeline import IngestConfig, IngestPipeline
+from mqtt_bridge.bridge import Bridge, BridgeConfig, BrokerAddress
+from mqtt_bridge.notifier import Notifier
+from mqtt_bridge.subscriptions import SubscriptionRegistry
 from sensorthings.errors import StaError
-from sensorthings.rest import StaApi, StaConfig, error_response, service_url
+from sensorthings.rest import VERSION, StaApi, StaConfig, error_response, service_url
 
 log = logging.getLogger("citystream")
 
@@ -31,6 +34,23 @@ def ingest_config(settings: Settings) -> IngestConfig:
                         queue_rows=settings.ingest_queue_rows, writers=settings.ingest_writers)
 
 
+def notification_base(settings: Settings) -> str:
+    """Service root for selfLinks in MQTT notifications (no request to take it from)."""
+    if settings.public_url:
+        return f"{settings.public_url.rstrip('/')}/{VERSION}"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.http_port}/{VERSION}"
+
+
+def make_bridge(settings: Settings, ingest: IngestPipeline, notifier: Notifier, client_id: str | None = None
+                ) -> Bridge | None:
+    if not settings.mqtt_url:
+        return None
+    return Bridge(BrokerAddress.from_url(settings.mqtt_url), ingest, notifier, BridgeConfig(
+        client_id=client_id or settings.mqtt_client_id, ingest=settings.mqtt_ingest,
+        max_payload_bytes=settings.mqtt_max_payload_bytes, receive_maximum=settings.mqtt_receive_maximum))
+
+
 def create_app(settings: Settings, database_url: str) -> FastAPI:
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         database_url,
@@ -40,16 +60,23 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         open=False,
     )
 
-    ingest = IngestPipeline(pool, ingest_config(settings))
+    notifier = Notifier(pool, SubscriptionRegistry(), notification_base(settings))
+    ingest = IngestPipeline(pool, ingest_config(settings), on_committed=notifier.changed)
+    bridge = make_bridge(settings, ingest, notifier)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True, timeout=30)
         await ingest.start()
+        if bridge is not None:
+            await bridge.start()
         try:
             yield
         finally:
-            await ingest.stop()
+            if bridge is not None:
+                await bridge.stop()
+            else:
+                await ingest.stop()
             await pool.close()
 
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -62,7 +89,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         public_url=settings.public_url,
         max_expand_depth=settings.max_expand_depth,
         exact_count_limit=settings.exact_count_limit,
-    ), observations=ingest)
+    ), observations=ingest, listener=notifier)
     app.include_router(sta.router)
 
     @app.get("/", include_in_schema=False)

@@ -424,3 +424,29 @@ def compile_ids(path: ResourcePath) -> Compiled:
     statement = sql.SQL("SELECT {}.id FROM {} {} WHERE {}").format(
         e, sql.Identifier(path.entity.table), e, step_conditions(path.steps, e, b))
     return Compiled(statement, b.params)
+
+
+def notified_relations(entity: Entity) -> list[Relation]:
+    """Relations whose other end lists this entity in a collection (`Datastreams(1)/Observations`): a
+    change of the entity is also notified on that collection's topic (STA §14.1)."""
+    return [r for r in entity.relations.values()
+            if r.inverse.to_many and r.storage in (Storage.FK_ON_SOURCE, Storage.LINK_TABLE)]
+
+
+def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple[str, ...] = ()) -> Compiled:
+    """For each of `ids`: the id, the ids of related entities per `notified_relations` (one array each) and
+    the entity's JSON exactly as GET renders it (with `select` as `$select`), for MQTT notifications."""
+    b = SqlBuilder(base_url)
+    e = b.alias()
+    related: list[sql.Composable] = []
+    for relation in notified_relations(entity):
+        if relation.storage is Storage.FK_ON_SOURCE:
+            related.append(sql.SQL("ARRAY[{}]").format(qualified(e, relation.column)))
+        else:
+            related.append(sql.SQL("ARRAY(SELECT l.{} FROM {} l WHERE l.{} = {})").format(
+                sql.Identifier(relation.link_target_column), sql.Identifier(relation.link_table),
+                sql.Identifier(relation.link_source_column), qualified(e, "id")))
+    statement = sql.SQL("SELECT {id}, {related} {json}::text FROM {table} {e} WHERE {id} = ANY({ids})").format(
+        id=qualified(e, "id"), related=sql.SQL("").join(sql.SQL("{}, ").format(r) for r in related),
+        json=entity_json(entity, e, b, select), table=sql.Identifier(entity.table), e=e, ids=b.param(ids))
+    return Compiled(statement, b.params)

@@ -1,0 +1,120 @@
+"""STA MQTT notifications (§14.1): after commit, publish created and updated entities on the topics that
+have subscribers, with the payload exactly as GET renders it (the same SQL, `compile_changed`).
+
+Changes arrive from the REST writer and from ingest batches through `changed()` (never blocking the
+caller); a task turns them into at most one query per entity type (plus one per `$select` asked for) and
+publishes. Every notification carries the MQTT 5 user property NOTIFICATION_PROPERTY, so the bridge never
+takes it for a create (notification and create share `v1.1/Observations`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+from psycopg_pool import AsyncConnectionPool
+
+from mqtt_bridge.subscriptions import SubscriptionRegistry
+from mqtt_bridge.topics import entity_topics, property_topic, split_select
+from sensorthings.compiler import compile_changed, notified_relations
+from sensorthings.interfaces import Change
+from sensorthings.model import Entity, Relation, Storage
+
+log = logging.getLogger("citystream.notify")
+NOTIFICATION_PROPERTY = ("citystream", "notification")
+PUBLISHED = Counter("citystream_mqtt_notifications", "STA notifications published")
+DROPPED = Counter("citystream_mqtt_notifications_dropped", "Change sets dropped because the notifier lagged")
+QUEUE_LIMIT = 1000  # change sets; beyond that notifications are dropped (and counted), never writes delayed
+
+Publish = Callable[[str, bytes], None]
+
+
+class Notifier:
+    def __init__(self, pool: AsyncConnectionPool[Any], registry: SubscriptionRegistry, base_url: str) -> None:
+        self.pool = pool
+        self.registry = registry
+        self.base_url = base_url
+        self.publish: Publish | None = None
+        self._queue: asyncio.Queue[Sequence[Change]] = asyncio.Queue(QUEUE_LIMIT)
+
+    def changed(self, changes: Sequence[Change]) -> None:
+        """ChangeListener: called after commit."""
+        if self.registry.empty or self.publish is None:
+            return
+        try:
+            self._queue.put_nowait(changes)
+        except asyncio.QueueFull:
+            DROPPED.inc()
+
+    async def run(self) -> None:
+        while True:
+            changes = list(await self._queue.get())
+            while not self._queue.empty():
+                changes.extend(self._queue.get_nowait())
+            by_entity: dict[Entity, list[Change]] = {}
+            for change in changes:
+                by_entity.setdefault(change.entity, []).append(change)
+            for entity, group in by_entity.items():
+                try:
+                    await self._notify(entity, group)
+                except Exception:  # a failed notification must not stop the next ones
+                    log.exception("notifications for %s failed", entity.set_name)
+
+    async def _notify(self, entity: Entity, changes: list[Change]) -> None:
+        relations = notified_relations(entity)
+        known = all(r.storage is Storage.FK_ON_SOURCE and r.name in c.links for c in changes for r in relations)
+        if known:  # skip the query for entities nobody listens to (the common case for Observations)
+            changes = [c for c in changes if any(self.registry.selects(t) for t in self._topics(entity, c))]
+        if not changes:
+            return
+        by_id = {c.id: c for c in changes}
+        rows = await self._rows(entity, sorted(by_id))
+        wanted_selects: dict[str, list[tuple[int, str]]] = {}
+        for row in rows:
+            entity_id, json_text = int(row[0]), row[-1]
+            related = {r: [int(i) for i in ids if i is not None] for r, ids in zip(relations, row[1:-1], strict=True)}
+            payload = json_text.encode()
+            for topic in entity_topics(entity, entity_id, related):
+                for select in self.registry.selects(topic):
+                    if select is None:
+                        self._publish(topic, payload)
+                    else:
+                        wanted_selects.setdefault(select, []).append((entity_id, topic))
+            change = by_id[entity_id]
+            if change.properties:
+                self._publish_properties(entity, entity_id, change.properties, json_text)
+        for select_text, targets in wanted_selects.items():
+            _, parsed = split_select("?$select=" + select_text)
+            ids = sorted({i for i, _ in targets})
+            selected = {int(r[0]): r[-1].encode() for r in await self._rows(entity, ids, parsed or ())}
+            for entity_id, topic in targets:
+                if entity_id in selected:
+                    self._publish(f"{topic}?$select={select_text}", selected[entity_id])
+
+    def _topics(self, entity: Entity, change: Change) -> list[str]:
+        related: dict[Relation, list[int]] = {r: [change.links[r.name]] for r in notified_relations(entity)}
+        return list(entity_topics(entity, change.id, related))
+
+    def _publish_properties(self, entity: Entity, entity_id: int, names: tuple[str, ...], json_text: str) -> None:
+        document: dict[str, Any] | None = None
+        for name in names:
+            topic = property_topic(entity, entity_id, name)
+            if None not in self.registry.selects(topic):
+                continue
+            document = document or orjson.loads(json_text)
+            self._publish(topic, orjson.dumps({name: document.get(name)}))
+
+    async def _rows(self, entity: Entity, ids: list[int], select: tuple[str, ...] = ()) -> list[Any]:
+        compiled = compile_changed(entity, ids, self.base_url, select)
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(compiled.query, compiled.params)
+            return await cursor.fetchall()
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        assert self.publish is not None
+        self.publish(topic, payload)
+        PUBLISHED.inc()

@@ -1,0 +1,83 @@
+"""The STA MQTT topic grammar (STA §14), read off the entity model and the REST path grammar.
+
+Create topics (§14.2): `v1.1/Observations`, `v1.1/Datastreams(1)/Observations`,
+`v1.1/FeaturesOfInterest(1)/Observations`. Subscription topics (§14.1): an entity set
+(`v1.1/Observations`, `v1.1/Datastreams(1)/Observations`), an entity (`v1.1/Things(1)`), a property
+(`v1.1/Things(1)/name`) and an entity set with `$select` (`v1.1/Observations?$select=result,phenomenonTime`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+from sensorthings import odata
+from sensorthings.errors import BadRequest, StaError
+from sensorthings.model import ENTITIES, Entity, Relation
+from sensorthings.path import parse_path
+
+VERSION = "v1.1"
+PREFIX = VERSION + "/"
+OBSERVATION = ENTITIES["Observation"]
+SELECT_MARK = "?$select="
+ERROR_PREFIX = "citystream/errors/"
+CREATE_FILTERS = (f"{PREFIX}{OBSERVATION.set_name}", f"{PREFIX}+/{OBSERVATION.set_name}")
+"""What the bridge subscribes to; the second also matches entity sets that cannot create, which are
+rejected with a reason (and a dead letter) rather than ignored."""
+
+
+def create_target(topic: str) -> tuple[int | None, int | None]:
+    """(Datastream id, FeatureOfInterest id) a create topic names; BadRequest for any other topic."""
+    hint = (f"publish Observations to {PREFIX}Observations, {PREFIX}Datastreams(id)/Observations "
+            f"or {PREFIX}FeaturesOfInterest(id)/Observations")
+    if not topic.startswith(PREFIX):
+        raise BadRequest(f"topic {topic!r} is not a create topic; {hint}")
+    try:
+        path = parse_path(topic[len(PREFIX):])
+    except StaError:
+        raise BadRequest(f"topic {topic!r} is not a create topic; {hint}") from None
+    if path.entity is not OBSERVATION or not path.is_collection or path.ref or len(path.steps) > 2:
+        raise BadRequest(f"topic {topic!r} is not a create topic; {hint}")
+    if len(path.steps) == 1:
+        return None, None
+    parent = path.steps[0]
+    relation = path.last.relation
+    assert relation is not None and parent.id is not None
+    inverse = relation.inverse_name
+    return (parent.id if inverse == "Datastream" else None, parent.id if inverse == "FeatureOfInterest" else None)
+
+
+def entity_topics(entity: Entity, entity_id: int, related: Mapping[Relation, Iterable[int]]) -> Iterator[str]:
+    """Topics on which a created or updated entity is published: its entity set, itself, and every
+    collection it belongs to (`related` holds the ids of the entities at the other end)."""
+    yield f"{PREFIX}{entity.set_name}"
+    yield f"{PREFIX}{entity.set_name}({entity_id})"
+    for relation, ids in related.items():
+        target = relation.target_entity.set_name
+        for other in ids:
+            yield f"{PREFIX}{target}({other})/{relation.inverse_name}"
+
+
+def property_topic(entity: Entity, entity_id: int, name: str) -> str:
+    return f"{PREFIX}{entity.set_name}({entity_id})/{name}"
+
+
+def collection_topic(topic: str) -> bool:
+    """True for an entity-set topic (`…/Observations`), the only kind that takes `$select`."""
+    last = topic.rsplit("/", 1)[-1]
+    return "(" not in last and last in {e.set_name for e in ENTITIES.values()} | {
+        r.name for e in ENTITIES.values() for r in e.relations.values() if r.to_many}
+
+
+def split_select(topic_filter: str) -> tuple[str, tuple[str, ...] | None]:
+    """`v1.1/Observations?$select=result,phenomenonTime` -> ('v1.1/Observations', ('result', 'phenomenonTime')).
+    Raises BadRequest for a `$select` that the query grammar rejects."""
+    base, mark, select = topic_filter.partition(SELECT_MARK)
+    if not mark:
+        return topic_filter, None
+    items: tuple[str, ...] = odata.parse("select", select)
+    return base, items
+
+
+def error_topic(topic: str) -> str:
+    """Where the bridge reports a payload sent to `topic` that could not be stored."""
+    return ERROR_PREFIX + topic
