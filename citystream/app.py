@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from citystream.admin import admin_router
 from citystream.settings import Settings
 from ingest.pipeline import IngestConfig, IngestPipeline
 from mqtt_bridge.bridge import Bridge, BridgeConfig, BrokerAddress
@@ -51,8 +52,8 @@ def make_bridge(settings: Settings, ingest: IngestPipeline, notifier: Notifier, 
         max_payload_bytes=settings.mqtt_max_payload_bytes, receive_maximum=settings.mqtt_receive_maximum))
 
 
-def create_app(settings: Settings, database_url: str) -> FastAPI:
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+def make_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(
         database_url,
         min_size=1,
         max_size=settings.db_pool_size,
@@ -60,7 +61,12 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         open=False,
     )
 
-    notifier = Notifier(pool, SubscriptionRegistry(), notification_base(settings))
+
+def create_app(settings: Settings, database_url: str) -> FastAPI:
+    pool = make_pool(settings, database_url)
+
+    registry = SubscriptionRegistry()
+    notifier = Notifier(pool, registry, notification_base(settings))
     ingest = IngestPipeline(pool, ingest_config(settings), on_committed=notifier.changed)
     bridge = make_bridge(settings, ingest, notifier)
 
@@ -91,6 +97,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         exact_count_limit=settings.exact_count_limit,
     ), observations=ingest, listener=notifier)
     app.include_router(sta.router)
+    app.include_router(admin_router(pool, settings.admin_token, registry))
 
     @app.get("/", include_in_schema=False)
     async def landing(request: Request) -> Response:

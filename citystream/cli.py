@@ -15,10 +15,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from citystream.embedded import (
     EmbeddedMosquitto,
@@ -33,15 +34,22 @@ if TYPE_CHECKING:
 
 HTTP_PORT_HINT = "choose another with --http-port (or CITYSTREAM_HTTP_PORT)"
 MQTT_PORT_HINT = "choose another with --mqtt-port (or CITYSTREAM_MQTT_PORT)"
+MQTT_WS_PORT_HINT = "choose another with --mqtt-ws-port (or CITYSTREAM_MQTT_WS_PORT)"
 
 ENV_HELP = """\
 environment (flags override these):
   CITYSTREAM_DATABASE_URL   external PostgreSQL with PostGIS, e.g. postgresql://user:pw@db:5432/citystream;
                             unset: `up` and `migrate` use a private cluster under --data-dir
-  CITYSTREAM_MQTT_URL       external MQTT broker, e.g. mqtt://broker:1883; unset: `up` starts Mosquitto
-  CITYSTREAM_MQTT_HOST      address the embedded Mosquitto listens on (default 127.0.0.1, whatever --host is;
-                            it accepts anonymous clients)
-  CITYSTREAM_HOST, CITYSTREAM_HTTP_PORT, CITYSTREAM_MQTT_PORT, CITYSTREAM_DATA_DIR, CITYSTREAM_PUBLIC_URL,
+  CITYSTREAM_MQTT_URL       external MQTT broker, e.g. mqtt://user:password@broker:1883; unset: `up` starts
+                            Mosquitto with accounts `citystream` (the platform) and a sensor account
+  CITYSTREAM_MQTT_HOST      address the embedded Mosquitto listens on (default 127.0.0.1, whatever --host is)
+  CITYSTREAM_MQTT_SENSOR_USER, CITYSTREAM_MQTT_SENSOR_PASSWORD
+                            the embedded broker's sensor account (default `sensor`, password generated once
+                            and kept in DATA_DIR/mosquitto/sensor-password)
+  CITYSTREAM_MQTT_ANONYMOUS_READ
+                            topic filter anonymous MQTT clients may read (default v1.1/#; empty: refused)
+  CITYSTREAM_HOST, CITYSTREAM_HTTP_PORT, CITYSTREAM_MQTT_PORT, CITYSTREAM_MQTT_WS_PORT, CITYSTREAM_DATA_DIR,
+  CITYSTREAM_PUBLIC_URL,
   CITYSTREAM_DEFAULT_TOP, CITYSTREAM_MAX_TOP, CITYSTREAM_MAX_BODY_BYTES, CITYSTREAM_STATEMENT_TIMEOUT_MS,
   CITYSTREAM_DB_POOL_SIZE
 """
@@ -113,12 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_http(up)
     up.add_argument("--mqtt-port", type=int, help="port of the embedded Mosquitto (default 1883)")
     up.add_argument(
+        "--mqtt-ws-port", type=int, help="MQTT over WebSocket port of the embedded Mosquitto (default 9001)"
+    )
+    up.add_argument(
         "--mqtt-host",
         help=(
-            "address the embedded Mosquitto listens on (default 127.0.0.1, independent of --host). It accepts "
-            "anonymous clients: expose it only on a trusted network"
+            "address the embedded Mosquitto listens on (default 127.0.0.1, independent of --host). Anonymous "
+            "clients may read v1.1/# there (CITYSTREAM_MQTT_ANONYMOUS_READ) and MQTT is not encrypted: expose "
+            "it only on a trusted network"
         ),
     )
+    up.add_argument("--demo", action="store_true",
+                    help="also run the demo city: create it (once) and publish its observations over MQTT")
+    add_demo_options(up)
     add_data_dir(up)
 
     serve = sub.add_parser(
@@ -145,7 +160,49 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_dir(migrate)
+
+    bridge = sub.add_parser(
+        "bridge",
+        help="run MQTT bridge processes (create over MQTT, notifications) without the HTTP API",
+        description=(
+            "Connect to CITYSTREAM_MQTT_URL (the platform account) and CITYSTREAM_DATABASE_URL (both required) "
+            "and store the Observations published on the STA create topics; publish STA notifications. "
+            "Bridges share the stream through an MQTT 5 shared subscription, also with the bridge inside "
+            "`citystream up`/`serve`. Each worker keeps a persistent session (client id "
+            "CITYSTREAM_MQTT_CLIENT_ID-wN): run the same number of workers again after a stop, since a "
+            "session without its worker holds its share of the stream until the worker returns."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bridge.add_argument("--workers", type=int, default=1, help="bridge processes to run (default 1)")
+    bridge.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+
+    demo = sub.add_parser(
+        "demo",
+        help="create the demo city and publish its observations over MQTT to a running platform",
+        description=(
+            "Create a small Hamburg-like city (bike counters, e-charging and bike-share stations, air quality, "
+            "noise, traffic counts) through the STA API at --url and publish its observations over MQTT, with "
+            "an accelerated clock. The MQTT account is taken from --mqtt-url, else from the embedded broker "
+            "in DATA_DIR (the sensor account of `citystream up`)."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--url", help="STA service root (default http://127.0.0.1:HTTP_PORT/v1.1)")
+    demo.add_argument("--mqtt-url", help="mqtt://user:password@host:port of a sensor account")
+    demo.add_argument("--http-port", type=int, help="port of the running platform (default 8080)")
+    demo.add_argument("--mqtt-port", type=int, help="port of the embedded Mosquitto (default 1883)")
+    add_demo_options(demo)
+    add_data_dir(demo)
     return parser
+
+
+def add_demo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--demo-speed", type=float, default=60.0,
+                   help="how much faster than real time the demo clock runs (default 60; 1 = real time)")
+    p.add_argument("--demo-seed", type=int, default=1, help="seed of the demo city's values (default 1)")
 
 
 def _version() -> str:
@@ -161,7 +218,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     """Environment first, then every flag that was given."""
     settings = Settings.from_env()
     overrides: dict[str, Any] = {}
-    for name in ("host", "http_port", "mqtt_host", "mqtt_port", "data_dir"):
+    for name in ("host", "http_port", "mqtt_host", "mqtt_port", "mqtt_ws_port", "data_dir"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -208,19 +265,61 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _masked_url(url: str) -> str:
+    """`url` with the password of its userinfo (if any) replaced by `***`."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
 @contextlib.contextmanager
-def _broker(settings: Settings) -> Iterator[str]:
+def _broker(settings: Settings) -> Iterator[tuple[str, list[str], MqttAccount]]:
+    """The configured broker, or the embedded Mosquitto for the lifetime of the block.
+
+    Yields (URL the platform connects with, banner lines, the account a sensor - the demo - publishes
+    with): the URL carries the platform account's password, which must never be printed.
+    """
     if settings.mqtt_url:
-        yield settings.mqtt_url
+        yield (settings.mqtt_url, [f"  MQTT broker       {_masked_url(settings.mqtt_url)}"],
+               MqttAccount.from_url(settings.mqtt_url))
         return
-    # Anonymous broker: loopback unless explicitly asked otherwise, even when the API is exposed (--host).
-    broker = EmbeddedMosquitto(settings.data_dir / "mosquitto", settings.mqtt_port, host=settings.mqtt_host)
+    # Loopback unless explicitly asked otherwise, even when the API is exposed (--host).
+    broker = EmbeddedMosquitto(
+        settings.data_dir / "mosquitto",
+        settings.mqtt_port,
+        host=settings.mqtt_host,
+        websocket_port=settings.mqtt_ws_port,
+        sensor_username=settings.mqtt_sensor_user,
+        sensor_password=settings.mqtt_sensor_password,
+        anonymous_read=settings.mqtt_anonymous_read,
+    )
     _say(f"starting Mosquitto (data in {broker.data_dir})")
     if not _is_loopback(settings.mqtt_host):
-        _say(f"warning: the embedded Mosquitto accepts anonymous clients and listens on {settings.mqtt_host}")
+        _say(
+            f"warning: the embedded Mosquitto listens on {settings.mqtt_host} without TLS"
+            + (f"; anonymous clients may read {settings.mqtt_anonymous_read}" if settings.mqtt_anonymous_read else "")
+        )
     with broker:
+        where = (
+            f"password in {broker.sensor_password_file}"
+            if broker.sensor_password_generated
+            else "password from CITYSTREAM_MQTT_SENSOR_PASSWORD"
+        )
+        anonymous = (
+            f"may read {settings.mqtt_anonymous_read}" if settings.mqtt_anonymous_read else "refused"
+        )
+        lines = [
+            f"  MQTT broker       {broker.url}",
+            f"  MQTT WebSocket    {broker.websocket_url}",
+            f"  MQTT sensors      user {broker.sensor_username!r}, {where}",
+            f"  MQTT anonymous    {anonymous}",
+        ]
+        _say(f"Mosquitto ready at {broker.url} (platform account {broker.platform_username!r}, password in "
+             f"{broker.platform_password_file})")
         try:
-            yield broker.url
+            yield broker.platform_url, lines, MqttAccount(broker.url, broker.sensor_username, broker.sensor_password)
         finally:
             _say("stopping Mosquitto")
 
@@ -264,12 +363,70 @@ def _http_base(settings: Settings) -> str:
     return f"http://{host}:{settings.http_port}"
 
 
-def cmd_up(settings: Settings) -> int:
+@dataclasses.dataclass(frozen=True)
+class MqttAccount:
+    """A broker URL without credentials, and the credentials (kept apart so the URL can be printed)."""
+
+    url: str
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttAccount:
+        parts = urlsplit(url)
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        return cls(f"{parts.scheme}://{host}:{parts.port or 1883}",
+                   unquote(parts.username) if parts.username else None,
+                   unquote(parts.password) if parts.password else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    speed: float
+    seed: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoOptions:
+        return cls(args.demo_speed, args.demo_seed)
+
+
+@contextlib.contextmanager
+def _demo_running(sta_url: str, account: MqttAccount, options: DemoOptions | None) -> Iterator[None]:
+    """The demo publisher in a thread of its own (the HTTP server owns the main thread's loop)."""
+    if options is None:
+        yield
+        return
+    import asyncio
+
+    from citystream.demo import run_demo
+
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def run() -> None:
+        try:
+            loop.run_until_complete(run_demo(sta_url, account.url, username=account.username,
+                                             password=account.password, speed=options.speed, seed=options.seed,
+                                             stop=stop))
+        except Exception as exc:  # the demo must never take the platform down
+            _say(f"demo stopped: {exc}")
+
+    thread = threading.Thread(target=run, name="demo", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+
+
+def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
     # Check every port we will need before starting anything, so a clash costs nothing.
     ensure_port_free(settings.host, settings.http_port, "HTTP", HTTP_PORT_HINT)
     if not settings.mqtt_url:
         ensure_port_free(settings.mqtt_host, settings.mqtt_port, "MQTT", MQTT_PORT_HINT)
-    with _database(settings) as (database_url, shown_db), _broker(settings) as mqtt_url:
+        ensure_port_free(settings.mqtt_host, settings.mqtt_ws_port, "MQTT websocket", MQTT_WS_PORT_HINT)
+    with _database(settings) as (database_url, shown_db), _broker(settings) as (mqtt_url, shown_mqtt, sensor):
         _migrate(database_url)
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
         server = _server(settings, database_url)
@@ -279,13 +436,14 @@ def cmd_up(settings: Settings) -> int:
             [
                 f"  SensorThings API  {base}/v1.1",
                 f"  health            {base}/health",
-                f"  MQTT broker       {mqtt_url}",
+                *shown_mqtt,
                 f"  PostgreSQL        {shown_db}",
                 f"  data directory    {settings.data_dir.absolute()}",
             ],
         )
         try:
-            return _serve(server)
+            with _demo_running(f"{base}/v1.1", sensor, demo):
+                return _serve(server)
         finally:
             _say("HTTP server stopped")
 
@@ -304,6 +462,57 @@ def cmd_serve(settings: Settings) -> int:
     return _serve(server)
 
 
+def cmd_bridge(settings: Settings, workers: int, worker: int | None) -> int:
+    if not settings.database_url or not settings.mqtt_url:
+        print("citystream: error: `bridge` needs CITYSTREAM_DATABASE_URL and CITYSTREAM_MQTT_URL "
+              "(the platform account, mqtt://citystream:PASSWORD@host:1883)", file=sys.stderr)
+        return 2
+    if workers < 1:
+        print("citystream: error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    from citystream import bridge_process
+
+    if worker is None and workers > 1:
+        return bridge_process.run_workers(workers)
+    import asyncio
+
+    asyncio.run(bridge_process.run_bridge(settings, settings.database_url,
+                                          bridge_process.worker_client_id(settings, worker or 1)))
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """The demo against a running platform; credentials from --mqtt-url or the embedded broker's files."""
+    import asyncio
+
+    from citystream.demo import run_demo
+
+    sta_url = args.url or f"{_http_base(settings)}/v1.1"
+    if args.mqtt_url:
+        account = MqttAccount.from_url(args.mqtt_url)
+    else:
+        password_file = settings.data_dir / "mosquitto" / "sensor-password"
+        password = settings.mqtt_sensor_password or (
+            password_file.read_text().strip() if password_file.exists() else None)
+        if password is None:
+            print(f"citystream: error: no sensor password: give --mqtt-url mqtt://user:password@host:port or run "
+                  f"`citystream up` with this --data-dir first ({password_file} is missing)", file=sys.stderr)
+            return 2
+        host = f"[{settings.mqtt_host}]" if ":" in settings.mqtt_host else settings.mqtt_host
+        account = MqttAccount(f"mqtt://{host}:{settings.mqtt_port}", settings.mqtt_sensor_user, password)
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_demo(sta_url, account.url, username=account.username, password=account.password,
+                       speed=args.demo_speed, seed=args.demo_seed, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_migrate(settings: Settings) -> int:
     with _database(settings) as (database_url, _shown):
         _migrate(database_url)
@@ -314,8 +523,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     _install_stop_handlers()
-    commands = {"up": cmd_up, "serve": cmd_serve, "migrate": cmd_migrate}
+    commands: dict[str, Callable[[Settings], int]] = {"up": cmd_up, "serve": cmd_serve, "migrate": cmd_migrate}
     try:
+        if args.command == "up":
+            return cmd_up(settings, DemoOptions.from_args(args) if args.demo else None)
+        if args.command == "bridge":
+            return cmd_bridge(settings, args.workers, args.worker)
+        if args.command == "demo":
+            return cmd_demo(settings, args)
         return commands[args.command](settings)
     except _Shutdown:
         _say("stopped")

@@ -26,22 +26,32 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 from urllib.parse import quote
 
 __all__ = [
+    "DEFAULT_ANONYMOUS_READ",
+    "DEFAULT_SENSOR_USER",
+    "PLATFORM_MQTT_USER",
     "EmbeddedMosquitto",
     "EmbeddedPostgres",
     "EmbeddedServiceError",
     "PortInUseError",
     "ensure_port_free",
     "find_free_port",
+    "find_mosquitto",
+    "find_mosquitto_passwd",
     "find_pg_bindir",
     "port_is_free",
+    "render_deploy_mosquitto_files",
+    "render_mosquitto_acl",
+    "render_mosquitto_conf",
+    "write_deploy_mosquitto_files",
 ]
 
 MIN_PG_MAJOR = 15
@@ -160,13 +170,17 @@ class _Account:
         for path in paths:
             os.chown(path, self.uid, self.gid)
 
-    def chown_tree(self, root: Path) -> None:
+    def chown_tree(self, root: Path, keep: Collection[Path] = ()) -> None:
+        """Hand `root` and everything below it to the account, except the files in `keep` (our secrets)."""
         if self.uid is None:
             return
         self.chown(root)
+        kept = {os.path.abspath(path) for path in keep}
         for dirpath, dirnames, filenames in os.walk(root):
             for name in dirnames + filenames:
-                os.chown(os.path.join(dirpath, name), self.uid, self.gid or 0, follow_symlinks=False)
+                path = os.path.join(dirpath, name)
+                if os.path.abspath(path) not in kept:
+                    os.chown(path, self.uid, self.gid or 0, follow_symlinks=False)
 
     def check_reachable(self, path: Path) -> None:
         """Fail early, with the fix, when the account cannot traverse to `path` (e.g. under /root)."""
@@ -243,6 +257,48 @@ def _stop_child(proc: subprocess.Popen[bytes], signals: list[tuple[signal.Signal
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _private_file(path: Path, content: bytes, owner: _Account | None = None) -> None:
+    """Write `content` to `path` atomically, mode 0600, owned by us (or by `owner`'s account)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        if owner is not None and owner.uid is not None:
+            os.fchown(fd, owner.uid, owner.gid if owner.gid is not None else -1)
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_secret(path: Path, secret: str, owner: _Account | None = None) -> None:
+    """Keep `secret` in `path`: one line, mode 0600, owned by us (or by `owner`'s account)."""
+    _private_file(path, f"{secret}\n".encode(), owner)
+
+
+def _read_or_create_secret(path: Path, what: str) -> str:
+    """The secret kept in `path`; on first use a random one is generated and kept there (0600, ours).
+
+    Reused on every later start, so URLs and client configurations that carry it keep working.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # the directory may belong to a service account
+        with os.fdopen(fd, "rb") as file:
+            secret = file.read().decode().strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(32)
+        _write_secret(path, secret)
+        return secret
+    except OSError as exc:
+        raise EmbeddedServiceError(f"cannot read the {what} file {path}: {exc}") from exc
+    if not secret:
+        raise EmbeddedServiceError(f"the {what} file {path} is empty; delete it to have a new password generated")
+    return secret
 
 
 def _log_tail(path: Path, lines: int = 25) -> str:
@@ -542,22 +598,6 @@ class EmbeddedPostgres(_Service):
             raise EmbeddedServiceError(f"the PostgreSQL password file {self.password_file} is empty")
         return password
 
-    def _write_secret(self, path: Path, secret: str, owner: _Account | None = None) -> None:
-        """Write `secret` to `path` atomically, mode 0600, owned by us (or by `owner`'s account)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            if owner is not None and owner.uid is not None:
-                os.fchown(fd, owner.uid, owner.gid if owner.gid is not None else -1)
-            os.write(fd, f"{secret}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-
     def _initdb(self, bin_dir: Path) -> None:
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
             raise EmbeddedServiceError(
@@ -570,9 +610,9 @@ class EmbeddedPostgres(_Service):
         # initdb is simply repeated on the next start with a new password. initdb (running as the service
         # account) reads its own short-lived copy, removed right after.
         password = secrets.token_urlsafe(32)
-        self._write_secret(self.password_file, password)
+        _write_secret(self.password_file, password)
         pwfile = self.data_dir / "initdb-pwfile"
-        self._write_secret(pwfile, password, owner=self._account)
+        _write_secret(pwfile, password, owner=self._account)
         try:
             self._run_as_owner(
                 [
@@ -719,67 +759,408 @@ class EmbeddedPostgres(_Service):
 
 # -------------------------------------------------------------------------------------------- Mosquitto
 
+PLATFORM_MQTT_USER = "citystream"
+"""The platform's own Mosquitto account (MQTT bridge, notifications, $SYS log reader)."""
+DEFAULT_SENSOR_USER = "sensor"
+DEFAULT_ANONYMOUS_READ = "v1.1/#"
 
-def find_mosquitto() -> Path:
-    """The mosquitto broker binary (it lives in /usr/sbin on Debian, often not on a user's PATH)."""
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+DEPLOY_MOSQUITTO_DIR = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
+"""deploy/mosquitto in a source checkout: the docker-compose copies of the generated config and ACL."""
+
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+
+
+def _find_binary(name: str) -> Path:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin")
     if not found:
         raise EmbeddedServiceError(
-            "mosquitto not found; install it (Debian/Ubuntu: `apt-get install mosquitto`) or point "
+            f"{name} not found; install Mosquitto (Debian/Ubuntu: `apt-get install mosquitto`) or point "
             "CITYSTREAM_MQTT_URL at an existing MQTT broker"
         )
     return Path(found)
 
 
-class EmbeddedMosquitto(_Service):
-    """A private Mosquitto broker in `data_dir`, listening on `host:port` (plus websockets if asked).
+def find_mosquitto() -> Path:
+    """The mosquitto broker binary (it lives in /usr/sbin on Debian, often not on a user's PATH)."""
+    return _find_binary("mosquitto")
 
-    Anonymous clients are allowed on this listener because it is bound to loopback by default and
-    authentication/ACLs are not part of CityStream yet. Do not bind it to a public address
-    (`citystream up` binds it to loopback unless --mqtt-host says otherwise, whatever --host is).
-    Layout: `mosquitto.conf` (generated on every start), `mosquitto.log`, `mosquitto.db` (persistence),
-    `mosquitto.pid`, `lock`.
+
+def find_mosquitto_passwd() -> Path:
+    """mosquitto_passwd, which hashes the password file (Debian: /usr/bin, package `mosquitto`)."""
+    return _find_binary("mosquitto_passwd")
+
+
+def _check_topic_filter(topic_filter: str, what: str) -> None:
+    """A valid MQTT topic filter that fits on one ACL line ("" is allowed: nothing)."""
+    if topic_filter == "":
+        return
+    levels = topic_filter.split("/")
+    bad = (
+        topic_filter != topic_filter.strip()
+        or any(ch in topic_filter for ch in "\0\r\n")
+        or any(("#" in level and (level != "#" or i != len(levels) - 1)) for i, level in enumerate(levels))
+        or any(("+" in level and level != "+") for level in levels)
+    )
+    if bad:
+        raise EmbeddedServiceError(f"{what} {topic_filter!r} is not a valid MQTT topic filter")
+
+
+def _check_password(password: str, what: str) -> None:
+    if not password or any(ch in password for ch in "\0\r\n"):
+        raise EmbeddedServiceError(f"{what} must be non-empty and on one line")
+
+
+def render_mosquitto_acl(
+    sensor_username: str = DEFAULT_SENSOR_USER, anonymous_read: str = DEFAULT_ANONYMOUS_READ
+) -> str:
+    """The ACL file: the one definition of who may read and write which topics.
+
+    Used for the embedded broker and, rendered with the defaults, kept in deploy/mosquitto/acl for
+    docker-compose (a test compares the two). `anonymous_read` "" leaves anonymous clients no access;
+    the config then refuses them altogether (`allow_anonymous false`).
+    """
+    if not _USERNAME.fullmatch(sensor_username) or sensor_username == PLATFORM_MQTT_USER:
+        raise EmbeddedServiceError(
+            f"MQTT sensor user name {sensor_username!r} must be letters, digits, . _ @ - and not "
+            f"{PLATFORM_MQTT_USER!r} (CITYSTREAM_MQTT_SENSOR_USER)"
+        )
+    _check_topic_filter(anonymous_read, "CITYSTREAM_MQTT_ANONYMOUS_READ")
+    lines = [
+        "# Mosquitto ACL of CityStream, rendered by citystream.embedded.render_mosquitto_acl: change it there",
+        "# (tests/test_broker_config.py checks that deploy/mosquitto/acl is up to date).",
+        "# Nothing is allowed that no line below grants. Read rules apply on delivery: a subscription to a",
+        "# topic filter is always granted, but only messages the subscriber may read reach it.",
+        "",
+    ]
+    if anonymous_read:
+        lines += [
+            "# Anonymous clients (no user name): read only.",
+            f"topic read {anonymous_read}",
+        ]
+    else:
+        lines += ["# Anonymous clients are refused (allow_anonymous false), so there is no rule for them."]
+    lines += [
+        "",
+        "# The platform (MQTT bridge, STA notifications): everything, and the broker's $SYS tree, where",
+        "# $SYS/broker/log/M/subscribe and .../unsubscribe tell it which topics clients subscribe to.",
+        f"user {PLATFORM_MQTT_USER}",
+        "topic readwrite #",
+        "topic read $SYS/#",
+        "",
+        "# Sensors: create Observations (v1.1/+/Observations covers Datastreams(id)/Observations and",
+        "# FeaturesOfInterest(id)/Observations), read the STA topics and the bridge's error reports, which it",
+        "# publishes under citystream/errors/<the topic the bad message was sent to>.",
+        f"user {sensor_username}",
+        "topic write v1.1/Observations",
+        "topic write v1.1/+/Observations",
+        "topic read v1.1/#",
+        "topic read citystream/errors/#",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _websocket_bind(host: str) -> tuple[str, str]:
+    """(IP address, socket_domain) for a websockets listener.
+
+    Mosquitto hands websockets listeners to libwebsockets, which takes only an IP address and, unless
+    `socket_domain` names the family, listens on every interface (`::`) whatever address was given
+    (observed with Mosquitto 2.0.11): so the domain is always set.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
+        except (OSError, IndexError, ValueError) as exc:
+            raise EmbeddedServiceError(f"cannot resolve the MQTT host {host!r} for the websocket listener") from exc
+    return str(ip), "ipv6" if ip.version == 6 else "ipv4"
+
+
+def render_mosquitto_conf(
+    *,
+    host: str,
+    port: int,
+    websocket_port: int | None,
+    persistence_location: str,
+    password_file: str,
+    acl_file: str,
+    log_file: str | None,
+    run_as: str,
+    anonymous: bool,
+    header: str,
+) -> str:
+    """mosquitto.conf for CityStream's broker (embedded, and deploy/mosquitto/mosquitto.conf for compose).
+
+    `log_file` None logs to stdout (containers). `anonymous`: allow clients without a user name (the ACL
+    then lets them read only).
+    """
+    lines = [
+        *(f"# {line}" if line else "#" for line in header.splitlines()),
+        f"user {run_as}",
+        "# Accounts, ACL and the anonymous switch apply to every listener alike.",
+        "per_listener_settings false",
+        "",
+        "# -- authentication and access control",
+        "# Accounts (the platform and the sensors), hashed with mosquitto_passwd.",
+        f"password_file {password_file}",
+        "# Who may read/write which topic (rendered by citystream.embedded.render_mosquitto_acl).",
+        f"acl_file {acl_file}",
+        "# Clients without a user name: " + ("read only, as the ACL says." if anonymous else "refused."),
+        f"allow_anonymous {'true' if anonymous else 'false'}",
+        "",
+        "# -- persistence: sessions, subscriptions and queued QoS 1/2 messages survive a broker restart",
+        "persistence true",
+        f"persistence_location {persistence_location}",
+        "# Write the in-memory state to disk every 60 s and on a clean stop. A broker crash loses what arrived",
+        "# since the last save and was not yet delivered; what the bridge has acknowledged is already",
+        "# committed in PostgreSQL (it acknowledges a message only after its batch is committed).",
+        "autosave_interval 60",
+        "# Forget persistent sessions whose client has not come back for 7 days (default: never), so",
+        "# abandoned client ids do not pile up queued messages for ever.",
+        "persistent_client_expiration 7d",
+        "",
+        "# -- limits, sized for the MQTT bridge",
+        "# Per-client queue of QoS 1/2 messages beyond those in flight (default 1000). The bridge's persistent",
+        "# session must hold everything published while it is away: 40 s offline at 25,000 msg/s = 1,000,000.",
+        "# Past this limit Mosquitto silently drops messages for that client. (QoS 0 is not queued for",
+        "# offline clients: the bridge subscribes with QoS 1.)",
+        "max_queued_messages 1000000",
+        "# Outgoing QoS 1/2 messages unacknowledged at once per client (default 20). The bridge acknowledges",
+        "# only after the batch is committed, so its window must hold whole batches. MQTT 5 clients override",
+        "# this with the Receive Maximum they send in CONNECT (the bridge should send one); 65535 is the most",
+        "# MQTT 5 allows and is also what the broker then advertises for messages clients send it (the",
+        "# default, so Mosquitto sends no Receive Maximum in CONNACK). 0 would mean unlimited, which lets a",
+        "# stalled MQTT 3.1.1 subscriber grow the broker's memory without bound, bypassing max_queued_messages.",
+        "max_inflight_messages 65535",
+        "# Largest MQTT packet accepted (default: no limit). Larger ones disconnect the client ('disconnected",
+        "# due to oversize packet'). The bridge's own payload limit is lower, so a payload between the two",
+        "# reaches the bridge and is dead-lettered with a reason instead of vanishing. MQTT 5 clients learn",
+        "# the limit from CONNACK (Maximum Packet Size). A client's own Maximum Packet Size must not be",
+        "# lower, or Mosquitto silently skips larger messages for it.",
+        "max_packet_size 1048576",
+        "# Send small packets (PUBACKs, notifications) at once instead of waiting for Nagle's algorithm.",
+        "set_tcp_nodelay true",
+        "",
+        "# -- logging: to the log and to $SYS/broker/log/<E|W|N|I|M>/..., where the platform (the only",
+        "# account allowed to read $SYS) follows connects, disconnects, subscribes and unsubscribes.",
+        f"log_dest file {log_file}" if log_file else "log_dest stdout",
+        "log_dest topic",
+        "log_type error",
+        "log_type warning",
+        "# notice: connect and disconnect lines (with connection_messages true)",
+        "log_type notice",
+        "log_type information",
+        "# subscribe/unsubscribe: $SYS/broker/log/M/subscribe and $SYS/broker/log/M/unsubscribe",
+        "log_type subscribe",
+        "log_type unsubscribe",
+        "connection_messages true",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S%z",
+        "",
+        "# -- listeners",
+        f"listener {port} {host}",
+        "protocol mqtt",
+    ]
+    if websocket_port is not None:
+        address, domain = _websocket_bind(host)
+        lines += [
+            f"listener {websocket_port} {address}",
+            "protocol websockets",
+            "# without it libwebsockets listens on every interface, whatever the address above says",
+            f"socket_domain {domain}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_deploy_mosquitto_files() -> dict[str, str]:
+    """deploy/mosquitto/{mosquitto.conf,acl} for docker-compose (eclipse-mosquitto:2), from the same code.
+
+    The password file is created when the container starts (deploy/mosquitto/entrypoint.sh) from
+    CITYSTREAM_MQTT_PLATFORM_PASSWORD and CITYSTREAM_MQTT_SENSOR_PASSWORD.
+    """
+    conf = render_mosquitto_conf(
+        host="0.0.0.0",
+        port=1883,
+        websocket_port=9001,
+        persistence_location="/mosquitto/data/",
+        password_file="/mosquitto/auth/passwd",
+        acl_file="/mosquitto/config/acl",
+        log_file=None,
+        run_as="mosquitto",
+        anonymous=True,
+        header=(
+            "Mosquitto for docker-compose.yml (eclipse-mosquitto:2), rendered by\n"
+            "citystream.embedded.render_deploy_mosquitto_files(); tests/test_broker_config.py checks that this\n"
+            "file is up to date. The password file is created at container start by entrypoint.sh.\n"
+            "The ports are published on 127.0.0.1 only (see docker-compose.yml)."
+        ),
+    )
+    return {"mosquitto.conf": conf, "acl": render_mosquitto_acl()}
+
+
+def write_deploy_mosquitto_files(directory: Path = DEPLOY_MOSQUITTO_DIR) -> None:
+    """Regenerate deploy/mosquitto/{mosquitto.conf,acl} after changing the rendering code."""
+    for name, text in render_deploy_mosquitto_files().items():
+        (directory / name).write_text(text)
+
+
+class EmbeddedMosquitto(_Service):
+    """A private Mosquitto broker in `data_dir`, with accounts and an ACL, on `host:port` (+ websockets).
+
+    Listeners: MQTT on `host:port`, MQTT over WebSocket on `host:websocket_port` (when given); `citystream
+    up` binds both to loopback unless --mqtt-host says otherwise, whatever --host is.
+
+    Accounts (the ACL is `render_mosquitto_acl`, the same text as deploy/mosquitto/acl):
+      - `citystream` (PLATFORM_MQTT_USER), the platform: readwrite `#`, read `$SYS/#`. Its password is
+        generated once and kept in `platform-password`; connect with `platform_url`.
+      - the sensor account (`sensor_username`, default `sensor`): write `v1.1/Observations` and
+        `v1.1/+/Observations`, read `v1.1/#` and `citystream/errors/#`. Its password is the one given, or
+        generated once and kept in `sensor-password`.
+      - anonymous clients: read `anonymous_read` (default `v1.1/#`) and nothing else; "" refuses them.
+    Secrets are 0600 files owned by whoever runs citystream (the broker account cannot read them);
+    `mosquitto.conf`, `mosquitto.passwd` (hashes) and `mosquitto.acl` are rewritten on every start, 0600,
+    owned by the broker account. Changing a password: edit or delete its file (or the variable), restart.
+
+    Layout of `data_dir`: `mosquitto.conf` (generated on every start), `mosquitto.passwd`, `mosquitto.acl`,
+    `platform-password`, `sensor-password`, `mosquitto.log`, `mosquitto.db` (persistence), `mosquitto.pid`,
+    `lock`.
+
+    The broker's log on topics (`log_dest topic`), readable by the platform account only. Observed with
+    Mosquitto 2.0.11 (Debian 12). Each log line is one message, QoS 0, not retained; payload
+    "<ts>: <text>", <ts> formatted by log_timestamp_format `%Y-%m-%dT%H:%M:%S%z` (broker local time, e.g.
+    `2026-11-22T08:30:14+0000`); <client id> is the MQTT client id (`auto-XXXXXXXX-...` when the broker
+    assigned one), which may itself contain spaces; <filter> is the rest of the line, verbatim (it may
+    contain spaces, `$share/<group>/...`, `?$select=...`):
+
+      $SYS/broker/log/M/subscribe    "<ts>: <client id> <qos> <filter>"
+          one message per filter of a SUBSCRIBE; <qos> is the requested maximum QoS 0|1|2 only (MQTT 5
+          options such as no-local are not shown). Logged for every filter, also those the ACL will never
+          deliver anything on (read rules apply on delivery; the SUBACK grants the QoS).
+      $SYS/broker/log/M/unsubscribe  "<ts>: <client id> <filter>"   one message per filter
+      $SYS/broker/log/N   connect, TCP listener, two lines:
+          "<ts>: New connection from <ip>:<port> on port <listener port>."
+          "<ts>: New client connected from <ip>:<port> as <client id> (p<v>, c<0|1>, k<keepalive>[, u'<user>'])."
+          websocket listener: only the second line. p2 = MQTT 3.1.1, p5 = MQTT 5; c1 = clean start / clean
+          session, c0 = resume the persistent session; `, u'<user>'` only when a user name was given.
+      $SYS/broker/log/N   disconnect, one of:
+          "<ts>: Client <client id> disconnected."                        (client sent DISCONNECT)
+          "<ts>: Client <client id> closed its connection."               (socket closed without DISCONNECT)
+          "<ts>: Client <client id> has exceeded timeout, disconnecting." (keepalive expired)
+          "<ts>: Client <client id> disconnected due to oversize packet." (> max_packet_size)
+          "<ts>: Client <unknown> disconnected, not authorised."          (bad user name/password; no id)
+      $SYS/broker/log/E   "<ts>: Client <client id> already connected, closing old connection."
+          (session take-over: no disconnect line for the old connection; a "New client connected" follows)
     """
 
     name = "mosquitto"
 
-    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", websocket_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        websocket_port: int | None = None,
+        *,
+        sensor_username: str = DEFAULT_SENSOR_USER,
+        sensor_password: str | None = None,
+        anonymous_read: str = DEFAULT_ANONYMOUS_READ,
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.host = host
         self.websocket_port = websocket_port
+        self.sensor_username = sensor_username
+        self.anonymous_read = anonymous_read
+        if sensor_password is not None:
+            _check_password(sensor_password, "CITYSTREAM_MQTT_SENSOR_PASSWORD")
+        self._given_sensor_password = sensor_password
+        render_mosquitto_acl(sensor_username, anonymous_read)  # validate now, before anything starts
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.data_dir / "mosquitto.log"
+        self.password_file = self.data_dir / "mosquitto.passwd"
+        """Mosquitto's password file (hashes); rewritten on every start."""
+        self.acl_path = self.data_dir / "mosquitto.acl"
+        self.platform_password_file = self.data_dir / "platform-password"
+        self.sensor_password_file = self.data_dir / "sensor-password"
+        """Where a generated sensor password is kept (unused when a sensor_password is given)."""
         self._pid_file = self.data_dir / "mosquitto.pid"
         self._lock = _DirLock(self.data_dir / "lock")
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._account = _Account.for_service("mosquitto")
+        self._platform_password: str | None = None
+        self._sensor_password: str | None = sensor_password
+
+    # -- addresses and credentials
 
     @property
     def url(self) -> str:
+        """mqtt://host:port, without credentials (what anonymous clients connect to)."""
         return f"mqtt://{_url_host(self.host)}:{self.port}"
 
     @property
     def websocket_url(self) -> str | None:
         return None if self.websocket_port is None else f"ws://{_url_host(self.host)}:{self.websocket_port}"
 
+    @property
+    def platform_username(self) -> str:
+        return PLATFORM_MQTT_USER
+
+    @property
+    def platform_password(self) -> str:
+        """A secret: never print it."""
+        if self._platform_password is None:
+            raise EmbeddedServiceError("EmbeddedMosquitto has no platform password before start()")
+        return self._platform_password
+
+    @property
+    def platform_url(self) -> str:
+        """mqtt://citystream:<password>@host:port, for the platform's own connections (a secret)."""
+        password = quote(self.platform_password, safe="")
+        return f"mqtt://{PLATFORM_MQTT_USER}:{password}@{_url_host(self.host)}:{self.port}"
+
+    @property
+    def sensor_password(self) -> str:
+        if self._sensor_password is None:
+            raise EmbeddedServiceError("EmbeddedMosquitto has no generated sensor password before start()")
+        return self._sensor_password
+
+    @property
+    def sensor_password_generated(self) -> bool:
+        """True when the sensor password is the generated one in `sensor_password_file`."""
+        return self._given_sensor_password is None
+
+    # -- start
+
     def start(self) -> None:
         if self.running:
             return
         binary = find_mosquitto()
+        passwd_binary = find_mosquitto_passwd()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._account.check_reachable(self.data_dir)
         self._lock.acquire("Mosquitto")
         try:
             self._stop_orphan()
-            ensure_port_free(self.host, self.port, "MQTT", "choose another with --mqtt-port")
+            ensure_port_free(self.host, self.port, "MQTT", "choose another with --mqtt-port (or CITYSTREAM_MQTT_PORT)")
             if self.websocket_port is not None:
-                ensure_port_free(self.host, self.websocket_port, "MQTT websocket", "choose another websocket port")
+                ensure_port_free(
+                    self.host,
+                    self.websocket_port,
+                    "MQTT websocket",
+                    "choose another with --mqtt-ws-port (or CITYSTREAM_MQTT_WS_PORT)",
+                )
+            self._platform_password = _read_or_create_secret(self.platform_password_file, "MQTT platform password")
+            if self._given_sensor_password is None:
+                self._sensor_password = _read_or_create_secret(self.sensor_password_file, "MQTT sensor password")
+            self._write_password_file(passwd_binary)
+            _private_file(
+                self.acl_path, render_mosquitto_acl(self.sensor_username, self.anonymous_read).encode(), self._account
+            )
             self._write_config()
-            self.log_path.touch()
-            self._account.chown_tree(self.data_dir)
-            self._log = open(self.log_path, "ab")  # kept open for the child's lifetime
+            # O_NOFOLLOW: as root, do not append to whatever a link planted by the broker account points to
+            log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            self._log = os.fdopen(log_fd, "ab")  # kept open for the child's lifetime
+            self._account.chown_tree(self.data_dir, keep=[self.platform_password_file, self.sensor_password_file])
             self._proc = subprocess.Popen(
                 [str(binary), "-c", str(self.conf_path)],
                 stdin=subprocess.DEVNULL,
@@ -790,7 +1171,7 @@ class EmbeddedMosquitto(_Service):
                 preexec_fn=_parent_death_signal(signal.SIGTERM),
                 **self._account.popen_kwargs(),
             )
-            self._pid_file.write_text(f"{self._proc.pid}\n")
+            _private_file(self._pid_file, f"{self._proc.pid}\n".encode())
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -807,40 +1188,64 @@ class EmbeddedMosquitto(_Service):
         with contextlib.suppress(FileNotFoundError):
             self._pid_file.unlink()
 
+    def _write_password_file(self, passwd_binary: Path) -> None:
+        """Hash both accounts into `password_file` with mosquitto_passwd.
+
+        Each password reaches mosquitto_passwd on stdin (it reads the prompt's answer from there when stdin
+        is no terminal), never in argv, where other local users could see it; `-U` on a plain file is no
+        option either, as it cuts a password at its first ':'. mosquitto_passwd works in a private temporary
+        directory, not in the data directory, which the broker account owns (as root we must not follow
+        links it could plant there); the result replaces the old file atomically.
+        """
+        accounts = [(PLATFORM_MQTT_USER, self.platform_password), (self.sensor_username, self.sensor_password)]
+        with tempfile.TemporaryDirectory(prefix="citystream-passwd-") as private:
+            tmp = Path(private) / "passwd"
+            for index, (user, password) in enumerate(accounts):
+                argv = [str(passwd_binary), *(["-c"] if index == 0 else []), str(tmp), user]
+                try:
+                    result = subprocess.run(
+                        argv, input=f"{password}\n{password}\n".encode(), capture_output=True, timeout=60, check=False
+                    )
+                except (OSError, subprocess.SubprocessError) as exc:
+                    raise EmbeddedServiceError(f"could not run {passwd_binary}: {exc}") from exc
+                if result.returncode != 0:
+                    detail = (result.stderr or result.stdout).decode(errors="replace").strip()
+                    raise EmbeddedServiceError(
+                        f"mosquitto_passwd failed for account {user!r} (exit {result.returncode}): {detail}"
+                    )
+            hashed = tmp.read_bytes()
+        _private_file(self.password_file, hashed, self._account)
+
     def _write_config(self) -> None:
         run_as = self._account.name or pwd.getpwuid(os.geteuid()).pw_name
-        lines = [
-            "# generated by citystream on every start; edits are overwritten",
-            f"user {run_as}",
-            "per_listener_settings false",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {self.data_dir}/",
-            "autosave_interval 60",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
-            "max_inflight_messages 1000",
-            "max_queued_messages 100000",
-            f"listener {self.port} {self.host}",
-            "protocol mqtt",
-        ]
-        if self.websocket_port is not None:
-            lines += [f"listener {self.websocket_port} {self.host}", "protocol websockets"]
-        self.conf_path.write_text("\n".join(lines) + "\n")
+        text = render_mosquitto_conf(
+            host=self.host,
+            port=self.port,
+            websocket_port=self.websocket_port,
+            persistence_location=f"{self.data_dir}/",
+            password_file=str(self.password_file),
+            acl_file=str(self.acl_path),
+            log_file=str(self.log_path),
+            run_as=run_as,
+            anonymous=bool(self.anonymous_read),
+            header="generated by citystream on every start; edits are overwritten",
+        )
+        _private_file(self.conf_path, text.encode(), self._account)
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
-        def listens() -> bool:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1):
-                    return True
-            except OSError:
-                return False
+        ports = [self.port] if self.websocket_port is None else [self.port, self.websocket_port]
 
-        self._wait_until(listens, f"listen on {self.host}:{self.port}", timeout, 0.05)
+        def listens() -> bool:
+            for port in ports:
+                try:
+                    with socket.create_connection((self.host, port), timeout=1):
+                        pass
+                except OSError:
+                    return False
+            return True
+
+        where = " and ".join(f"{self.host}:{port}" for port in ports)
+        self._wait_until(listens, f"listen on {where}", timeout, 0.05)
 
     def stop(self) -> None:
         """SIGTERM makes Mosquitto save its persistence file and exit."""

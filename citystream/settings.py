@@ -63,6 +63,15 @@ class Settings:
     """Observations that may wait for a writer before submitters are held back (bounded memory)."""
     ingest_writers: int = 2
     """Concurrent COPY connections."""
+    mqtt_client_id: str = "citystream-bridge"
+    """MQTT client id of the bridge (its persistent session); `citystream bridge --workers N` appends -wN."""
+    mqtt_ingest: bool = True
+    """Create Observations from MQTT in this process (False: only publish notifications)."""
+    mqtt_max_payload_bytes: int = 64 * 1024
+    admin_token: str | None = field(default=None, repr=False)
+    """Bearer token for /admin; None: /admin answers loopback clients only."""
+    mqtt_receive_maximum: int = 20_000
+    """QoS 1 messages the broker may have in flight to one bridge; size it for the batch (REFERENCE.md)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -94,4 +103,9 @@ class Settings:
             ingest_batch_wait_ms=_int_env("CITYSTREAM_INGEST_BATCH_WAIT_MS", base.ingest_batch_wait_ms),
             ingest_queue_rows=_int_env("CITYSTREAM_INGEST_QUEUE_ROWS", base.ingest_queue_rows),
             ingest_writers=_int_env("CITYSTREAM_INGEST_WRITERS", base.ingest_writers),
+            admin_token=env.get("CITYSTREAM_ADMIN_TOKEN") or None,
+            mqtt_client_id=env.get("CITYSTREAM_MQTT_CLIENT_ID") or base.mqtt_client_id,
+            mqtt_ingest=env.get("CITYSTREAM_MQTT_INGEST", "true").lower() not in ("0", "false", "no"),
+            mqtt_max_payload_bytes=_int_env("CITYSTREAM_MQTT_MAX_PAYLOAD_BYTES", base.mqtt_max_payload_bytes),
+            mqtt_receive_maximum=_int_env("CITYSTREAM_MQTT_RECEIVE_MAXIMUM", base.mqtt_receive_maximum),
         )

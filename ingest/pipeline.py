@@ -66,6 +66,8 @@ class IngestPipeline:
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=config.queue_rows)
         self._partitions = PartitionCache()
         self._writers: list[asyncio.Task[None]] = []
+        self.stored = 0
+        """Observations this pipeline committed (for the log of a stopping bridge)."""
 
     async def start(self) -> None:
         self._writers = [asyncio.create_task(self._run_writer(), name=f"ingest-writer-{n}")
@@ -137,6 +139,7 @@ class IngestPipeline:
         for queued in batch:
             key = (queued.source, queued.item.id is not None)
             counts[key] = counts.get(key, 0) + 1
+        self.stored += sum(count for (_, stored), count in counts.items() if stored)
         for (source, stored), count in counts.items():
             metrics.RECEIVED.labels(source).inc(count)
             (metrics.STORED if stored else metrics.REJECTED).labels(source).inc(count)

@@ -22,6 +22,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from ingest.dead_letters import record_dead_letters
 from ingest.rows import FEATURE_OF_INTEREST, OBSERVATION, ObservationRow, Origin, result_type_error
 from sensorthings import observation_ids
 from sensorthings.model import Storage
@@ -55,7 +56,6 @@ COPY_COLUMNS: list[tuple[str, str]] = [
 ]
 _JSONB_COLUMNS = frozenset(name for name, kind in COPY_COLUMNS if kind == "jsonb")
 _COPY_SQL = "COPY observations ({}) FROM STDIN (FORMAT BINARY)".format(", ".join(c for c, _ in COPY_COLUMNS))
-PAYLOAD_KEPT_BYTES = 2048  # of a rejected payload, in its dead letter
 
 
 def _as_is(text: str) -> str:
@@ -118,7 +118,7 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
         if rows:
             await _copy(conn, rows)
             await update_datastream_summaries(conn, _touches(rows))
-        await _record_dead_letters(conn, [i for i in items if i.reason is not None and i.origin is not None], now)
+        await record_dead_letters(conn, [(i.origin, i.reason) for i in items if i.reason and i.origin], now)
 
 
 async def _check_datastreams(conn: AsyncConnection[Any], items: list[Item]) -> None:
@@ -210,19 +210,3 @@ def _touches(items: list[Item]) -> dict[int, ObservationTouch]:
         add_touch(touched, {**item.row.columns, "datastream_id": item.row.datastream_id,
                             "feature_id": item.row.feature_id})
     return touched
-
-
-async def _record_dead_letters(conn: AsyncConnection[Any], items: list[Item], now: datetime) -> None:
-    if not items:
-        return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO dead_letters (received_at, topic, client_id, payload, payload_bytes, reason) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            [(now, i.origin.topic, i.origin.client_id, dead_letter_text(i.origin.payload),
-              len(i.origin.payload), i.reason) for i in items if i.origin is not None])
-
-
-def dead_letter_text(payload: bytes) -> str:
-    """The first PAYLOAD_KEPT_BYTES of a payload as text (invalid UTF-8 and NUL made visible)."""
-    return payload[:PAYLOAD_KEPT_BYTES].decode("utf-8", "replace").replace("\x00", "\\u0000")

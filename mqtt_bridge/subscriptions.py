@@ -84,6 +84,9 @@ class SubscriptionRegistry:
         if self._by_client.pop(client, None):
             self._rebuild()
 
+    def filters(self) -> list[str]:
+        return sorted({f for filters in self._by_client.values() for f in filters})
+
     def selects(self, topic: str) -> set[str | None]:
         """For a concrete topic: the `$select` texts wanted on it (None = the full entity)."""
         wanted = set(self._exact.get(topic, ()))

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -19,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port
+from citystream.settings import Settings
 
 MIGRATIONS_TABLE = "citystream_migrations"
 
@@ -52,8 +54,10 @@ def database_url(postgres_server: EmbeddedPostgres) -> str:
 
 @pytest.fixture(scope="session")
 def mosquitto_server() -> Iterator[EmbeddedMosquitto]:
+    """The generated, secured broker: connect as the platform with `platform_url`, as a sensor with
+    `sensor_username`/`sensor_password`; anonymous clients (`url`) may only read v1.1/#."""
     root = make_service_dir("cs-mqtt-")
-    broker = EmbeddedMosquitto(root / "mosquitto", find_free_port())
+    broker = EmbeddedMosquitto(root / "mosquitto", find_free_port(), websocket_port=find_free_port())
     broker.start()
     try:
         yield broker
@@ -93,17 +97,15 @@ def clean_db(database_url: str) -> str:
     return database_url
 
 
-@pytest.fixture(scope="session")
-def server_url(database_url: str) -> Iterator[str]:
-    """The real ASGI app under uvicorn in a background thread, on a random loopback port."""
+@contextmanager
+def running_app(settings: Settings, database_url: str) -> Iterator[str]:
+    """The real ASGI app under uvicorn in a background thread; yields its base URL."""
     import uvicorn
 
     from citystream.app import create_app
-    from citystream.settings import Settings
 
-    port = find_free_port()
-    settings = Settings(database_url=database_url, host="127.0.0.1", http_port=port)
-    config = uvicorn.Config(create_app(settings, database_url), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(settings, database_url), host=settings.host, port=settings.http_port,
+                            log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
@@ -113,10 +115,19 @@ def server_url(database_url: str) -> Iterator[str]:
             raise RuntimeError("test HTTP server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{settings.host}:{settings.http_port}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def server_url(database_url: str, mosquitto_server: EmbeddedMosquitto) -> Iterator[str]:
+    """The real app on a random loopback port, with its MQTT bridge connected to the test broker."""
+    settings = Settings(database_url=database_url, mqtt_url=mosquitto_server.platform_url, host="127.0.0.1",
+                        http_port=find_free_port())
+    with running_app(settings, database_url) as url:
+        yield url
 
 
 @pytest.fixture

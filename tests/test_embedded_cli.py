@@ -94,6 +94,8 @@ def _start_up(data_dir: Path, http_port: int, mqtt_port: int, log: Path) -> subp
                 str(http_port),
                 "--mqtt-port",
                 str(mqtt_port),
+                "--mqtt-ws-port",
+                str(find_free_port()),
                 "--data-dir",
                 str(data_dir),
             ],
@@ -196,7 +198,8 @@ def test_taken_http_port_is_reported_with_its_flag(data_dir: Path) -> None:
         blocker.listen(1)
         port = blocker.getsockname()[1]
         out = subprocess.run(
-            [*CLI, "up", "--http-port", str(port), "--mqtt-port", str(find_free_port()), "--data-dir", str(data_dir)],
+            [*CLI, "up", "--http-port", str(port), "--mqtt-port", str(find_free_port()), "--mqtt-ws-port",
+             str(find_free_port()), "--data-dir", str(data_dir)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -241,15 +244,19 @@ def test_up_uses_external_database_and_broker_and_starts_neither(
 ) -> None:
     http_port = find_free_port()
     log = tmp_path / "up-external.log"
-    broker_url = mosquitto_server.url
+    broker_url = mosquitto_server.platform_url
+    # Notifications only: a second ingesting bridge would join the test app's shared subscription.
     proc = _run_with_external_services(
         ["up", "--http-port", str(http_port), "--data-dir", str(data_dir)],
-        {"CITYSTREAM_DATABASE_URL": database_url, "CITYSTREAM_MQTT_URL": broker_url}, log)
+        {"CITYSTREAM_DATABASE_URL": database_url, "CITYSTREAM_MQTT_URL": broker_url,
+         "CITYSTREAM_MQTT_CLIENT_ID": "cli-test", "CITYSTREAM_MQTT_INGEST": "false"}, log)
     _wait_ready(f"http://127.0.0.1:{http_port}/v1.1", proc, log)
     assert _service_pids(data_dir, exclude=proc.pid) == set()
     assert not (data_dir / "postgres").exists() and not (data_dir / "mosquitto").exists()
     assert _sigterm(proc, log) == 0, log.read_text()
-    assert broker_url in log.read_text()
+    shown = log.read_text()
+    assert mosquitto_server.platform_password not in shown  # the URL is printed with its password masked
+    assert f"citystream:***@127.0.0.1:{mosquitto_server.port}" in shown
 
 
 def test_serve_runs_the_http_api_only(tmp_path: Path, database_url: str) -> None:
@@ -314,7 +321,7 @@ def test_exposed_http_keeps_the_anonymous_broker_on_loopback(
     log = tmp_path / "up-exposed.log"
     proc = _run_with_external_services(
         ["up", "--host", "0.0.0.0", "--http-port", str(http_port), "--mqtt-port", str(mqtt_port),
-         "--data-dir", str(data_dir)],
+         "--mqtt-ws-port", str(find_free_port()), "--data-dir", str(data_dir)],
         {"CITYSTREAM_DATABASE_URL": database_url}, log)
     try:
         _wait_ready(f"http://127.0.0.1:{http_port}/v1.1", proc, log)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import frost_sta_client as fsc
 import pytest
+
 from tests.sta_helpers import count, read
 
 UNIT = {"name": "degree Celsius", "symbol": "°C", "definition": "http://unitsofmeasure.org/ucum.html#para-30"}

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from citystream.settings import Settings
 from tests.sta_helpers import (
     HTTP,
     assert_error,
@@ -35,8 +37,6 @@ from tests.sta_helpers import (
     thing_body,
     url,
 )
-
-from citystream.settings import Settings
 
 
 def rejected(sta: str, send: Callable[[], httpx.Response], status: int | tuple[int, ...], *mentions: str

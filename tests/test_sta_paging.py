@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from tests.sta_helpers import assert_error, create_datastream, create_observation
 
 from citystream.app import create_app
 from citystream.embedded import find_free_port
 from citystream.settings import Settings
+from tests.sta_helpers import assert_error, create_datastream, create_observation
 
 
 def _walk(first_url: str, params: dict[str, str]) -> tuple[list[int], list[str]]:

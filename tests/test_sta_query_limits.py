@@ -7,6 +7,7 @@ import json
 
 import httpx
 import pytest
+
 from tests.sta_helpers import assert_error, create, create_datastream, create_observation, read, sensor_body, thing_body
 
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+
+from sensorthings.rest import CONFORMANCE
 from tests.sta_helpers import (
     ENTITY_SETS,
     HTTP,
@@ -32,8 +34,6 @@ from tests.sta_helpers import (
     thing_body,
     values,
 )
-
-from sensorthings.rest import CONFORMANCE
 
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+
 from tests.sta_helpers import (
     HTTP,
     assert_error,

@@ -1,0 +1,394 @@
+"""Ingest benchmark: how close MQTT and HTTP creates get to raw COPY into the same table, on this machine.
+
+One run measures, against a private PostgreSQL and Mosquitto (fresh, in benchmarks/.data/ingest):
+  (a) the ceiling: binary COPY (psycopg, 5,000-row batches, one connection) of the same rows straight
+      into the observations table;
+  (b) MQTT end to end — publishers (`mosquitto_pub -l`, C, in their own processes) -> Mosquitto ->
+      `citystream bridge` -> committed rows — at QoS 0 and QoS 1, publishing as fast as the system takes
+      for --seconds; the sustained rate is the slope of the stored-row count after a warm-up. Then QoS 1
+      paced at half that rate: latency from publish (the phenomenonTime each message carries) to the
+      notification a subscriber receives for it, which is sent after commit (so it bounds
+      publish-to-commit from above);
+  (c) `POST /v1.1/Observations` with 1 and 32 concurrent clients against `citystream serve`.
+Each figure is also given as a ratio to (a), because these machines are shared and noisy.
+
+    .venv/bin/python benchmarks/ingest.py                 # the full run (about 6 minutes)
+    .venv/bin/python benchmarks/ingest.py --seconds 20    # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import BENCHMARKS, machine_info, percentile, write_report  # noqa: E402
+from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port  # noqa: E402
+from ingest.store import COPY_COLUMNS  # noqa: E402
+from sensorthings.migrate import apply_migrations  # noqa: E402
+
+DATA = BENCHMARKS / ".data" / "ingest"
+CITYSTREAM = Path(sys.executable).parent / "citystream"
+BATCH = 5000
+SAMPLED_DATASTREAMS = 4  # the latency subscriber listens to this many Datastreams' topics
+
+
+# ------------------------------------------------------------------ platform processes
+
+
+@contextmanager
+def platform_process(args: list[str], env: dict[str, str], log_path: Path, ready_url: str | None = None
+                     ) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([str(CITYSTREAM), *args], env={**os.environ, **env}, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while ready_url is not None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"citystream {args[0]} exited with {proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"citystream {args[0]} did not start; see {log_path}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stored(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM observations").fetchone()
+        return int(row[0]) if row else 0
+
+
+def truncate(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE observations, dead_letters")
+        conn.execute("UPDATE datastreams SET phenomenon_time_start = NULL, phenomenon_time_end = NULL, "
+                     "result_time_start = NULL, result_time_end = NULL, observed_area = NULL")
+        conn.execute("VACUUM ANALYZE observations")
+
+
+# ------------------------------------------------------------------ the city
+
+
+def create_datastreams(sta: str, count: int) -> list[int]:
+    """`count` Datastreams on Things that have a Location (so FeaturesOfInterest are generated)."""
+    with httpx.Client(timeout=30) as client:
+        sensor = client.post(f"{sta}/Sensors", json={
+            "name": "bench", "description": "bench", "encodingType": "text/html", "metadata": "https://x"})
+        prop = client.post(f"{sta}/ObservedProperties", json={
+            "name": "bench", "description": "bench", "definition": "https://x"})
+        sensor_id = int(sensor.headers["location"].rsplit("(", 1)[1].rstrip(")"))
+        prop_id = int(prop.headers["location"].rsplit("(", 1)[1].rstrip(")"))
+        ids = []
+        for n in range(count):
+            thing = client.post(f"{sta}/Things", json={
+                "name": f"station {n}", "description": "benchmark station",
+                "Locations": [{"name": f"spot {n}", "description": "x", "encodingType": "application/geo+json",
+                               "location": {"type": "Point", "coordinates": [9.9 + n / 1000, 53.55]}}],
+                "Datastreams": [{
+                    "name": f"ds {n}", "description": "x", "unitOfMeasurement": {"name": "C", "symbol": "C",
+                                                                                 "definition": "x"},
+                    "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
+                    "Sensor": {"@iot.id": sensor_id}, "ObservedProperty": {"@iot.id": prop_id}}]})
+            thing.raise_for_status()
+            thing_id = thing.headers["location"].rsplit("(", 1)[1].rstrip(")")
+            ds = client.get(f"{sta}/Things({thing_id})/Datastreams").json()["value"][0]["@iot.id"]
+            ids.append(int(ds))
+        # one observation each, so that every Datastream has its generated FeatureOfInterest
+        for ds in ids:
+            client.post(f"{sta}/Datastreams({ds})/Observations", json={"result": 0}).raise_for_status()
+    return ids
+
+
+def payload(datastream: int, seq: int, at: datetime) -> bytes:
+    return orjson.dumps({"phenomenonTime": at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+                         "result": round(20 + (seq % 1000) / 100, 2), "Datastream": {"@iot.id": datastream}})
+
+
+# ------------------------------------------------------------------ (a) the COPY ceiling
+
+
+def copy_ceiling(dsn: str, datastreams: list[int], rows: int) -> dict[str, Any]:
+    from psycopg.types.json import Jsonb  # noqa: F401  (same types as ingest/store.py)
+
+    with psycopg.connect(dsn) as conn:
+        features = dict(conn.execute("SELECT datastream_id, min(feature_id) FROM observations GROUP BY 1").fetchall())
+        start_seq = int(conn.execute("SELECT nextval('observation_id_seq')").fetchone()[0])  # type: ignore[index]
+        conn.execute("SELECT setval('observation_id_seq', %s)", (start_seq + rows + 10,))
+        conn.commit()
+        base = datetime.now(UTC)
+        columns = ", ".join(name for name, _ in COPY_COLUMNS)
+        started = time.perf_counter()
+        written = 0
+        while written < rows:
+            n = min(BATCH, rows - written)
+            with conn.cursor() as cur, cur.copy(f"COPY observations ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([kind for _, kind in COPY_COLUMNS])
+                for i in range(written, written + n):
+                    ds = datastreams[i % len(datastreams)]
+                    at = base + timedelta(microseconds=i)
+                    value = round(20 + (i % 1000) / 100, 2)
+                    copy.write_row([(start_seq + i) * 65536 + (at - datetime(1900, 1, 1, tzinfo=UTC)).days, at,
+                                    None, None, 1, value, str(value), None, None, None, None, None, None, ds,
+                                    features[ds]])
+            conn.commit()
+            written += n
+        elapsed = time.perf_counter() - started
+    return {"rows": rows, "seconds": round(elapsed, 2), "rows_per_s": round(rows / elapsed)}
+
+
+# ------------------------------------------------------------------ (b) MQTT end to end
+
+
+def _publisher(port: int, user: str, password: str, qos: int, datastreams: list[int], seconds: float,
+               rate: float | None, counter: Any) -> None:
+    """One `mosquitto_pub -l` fed with lines; `rate` None = as fast as it takes them."""
+    proc = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password,
+                             "-V", "mqttv5", "-q", str(qos), "-M", "5000", "-t", "v1.1/Observations", "-l"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    sent = 0
+    started = time.monotonic()
+    chunk = 200
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            if rate is not None and sent > elapsed * rate:
+                time.sleep(min(0.005, sent / rate - elapsed))
+                continue
+            now = datetime.now(UTC)
+            lines = b"".join(payload(datastreams[(sent + i) % len(datastreams)], sent + i, now) + b"\n"
+                             for i in range(chunk))
+            proc.stdin.write(lines)
+            sent += chunk
+    finally:
+        proc.stdin.close()
+        proc.wait(120)
+        counter.value = sent
+
+
+def mqtt_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], qos: int, seconds: float,
+             publishers: int, rate: float | None) -> dict[str, Any]:
+    """Publish for `seconds`; return the sustained stored rate (after a warm-up) and what was lost."""
+    before = stored(dsn)
+    counters = [multiprocessing.Value("q", 0) for _ in range(publishers)]
+    per_publisher = None if rate is None else rate / publishers
+    procs = [multiprocessing.Process(target=_publisher, args=(
+        broker.port, broker.sensor_username, broker.sensor_password, qos, datastreams, seconds, per_publisher, c))
+        for c in counters]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    samples: list[tuple[float, int]] = []
+    while any(p.is_alive() for p in procs):
+        samples.append((time.monotonic() - started, stored(dsn) - before))
+        time.sleep(1.0)
+    for p in procs:
+        p.join()
+    published = sum(c.value for c in counters)
+    last, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < 5:  # drain: wait until nothing new arrives for 5 s
+        now_stored = stored(dsn) - before
+        if now_stored != last:
+            last, quiet_since = now_stored, time.monotonic()
+            samples.append((time.monotonic() - started, now_stored))
+        if now_stored >= published:
+            break
+        time.sleep(0.5)
+    warm = [s for s in samples if seconds * 0.2 <= s[0] <= seconds]
+    rate_sustained = ((warm[-1][1] - warm[0][1]) / (warm[-1][0] - warm[0][0])) if len(warm) >= 2 else 0.0
+    return {"qos": qos, "published": published, "stored": last, "lost": published - last,
+            "seconds": seconds, "obs_per_s": round(rate_sustained)}
+
+
+def latency_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], rate: float, seconds: float,
+                publishers: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received = datetime.now(UTC)
+        body = orjson.loads(message.payload)
+        if "@iot.id" not in body:
+            return  # a device's own publish echoed by the broker, not our notification
+        sent = datetime.fromisoformat(body["phenomenonTime"].replace("Z", "+00:00"))
+        with lock:
+            latencies.append((received - sent).total_seconds() * 1000)
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    for ds in datastreams[:SAMPLED_DATASTREAMS]:
+        client.subscribe(f"v1.1/Datastreams({ds})/Observations", qos=0)
+    time.sleep(2)  # the platform learns the subscriptions from the broker's log
+    result = mqtt_run(dsn, broker, datastreams, 1, seconds, publishers, rate)
+    time.sleep(1)
+    client.loop_stop()
+    client.disconnect()
+    samples = latencies[len(latencies) // 10:]  # skip the first tenth (warm-up)
+    result.update(paced_rate=round(rate), samples=len(samples),
+                  p50_ms=round(percentile(samples, 50), 1) if samples else None,
+                  p99_ms=round(percentile(samples, 99), 1) if samples else None)
+    return result
+
+
+# ------------------------------------------------------------------ (c) HTTP POST
+
+
+def _http_clients(sta: str, datastreams: list[int], clients: int, seconds: float, counter: Any) -> None:
+    async def one(n: int, client: httpx.AsyncClient, deadline: float) -> int:
+        done = 0
+        while time.monotonic() < deadline:
+            ds = datastreams[(n + done) % len(datastreams)]
+            response = await client.post(f"{sta}/Observations", content=payload(ds, done, datetime.now(UTC)),
+                                         headers={"content-type": "application/json"})
+            if response.status_code == 201:
+                done += 1
+        return done
+
+    async def run() -> int:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            deadline = time.monotonic() + seconds
+            return sum(await asyncio.gather(*(one(n, client, deadline) for n in range(clients))))
+
+    counter.value = asyncio.run(run())
+
+
+def http_run(sta: str, datastreams: list[int], clients: int, seconds: float) -> dict[str, Any]:
+    processes = 1 if clients == 1 else 2  # the load generator must not be the bottleneck
+    counters = [multiprocessing.Value("q", 0) for _ in range(processes)]
+    procs = [multiprocessing.Process(target=_http_clients, args=(sta, datastreams, clients // processes, seconds, c))
+             for c in counters]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    total = sum(c.value for c in counters)
+    return {"clients": clients, "created": total, "seconds": seconds, "obs_per_s": round(total / seconds)}
+
+
+# ------------------------------------------------------------------ main
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("measurement", "obs/s", "ratio to COPY", "notes")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60, help="duration of each MQTT run (default 60)")
+    parser.add_argument("--http-seconds", type=float, default=20)
+    parser.add_argument("--datastreams", type=int, default=100)
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--bridge-workers", type=int, default=1, help="`citystream bridge --workers`")
+    parser.add_argument("--copy-rows", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+
+    shutil.rmtree(DATA, ignore_errors=True)
+    DATA.mkdir(parents=True)
+    DATA.chmod(0o755)
+    log_path = DATA / "platform.log"
+    report: dict[str, Any] = {"benchmark": "ingest", "started": datetime.now(UTC).isoformat(),
+                              "settings": vars(args)}
+    with EmbeddedPostgres(DATA / "postgres") as postgres:
+        dsn = postgres.dsn
+        apply_migrations(dsn)
+        with psycopg.connect(dsn) as conn:
+            report["machine"] = machine_info(conn)
+        broker = EmbeddedMosquitto(DATA / "mosquitto", find_free_port())
+        broker.start()
+        try:
+            http_port = find_free_port()
+            env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_HOST": "127.0.0.1",
+                   "CITYSTREAM_HTTP_PORT": str(http_port)}
+            with platform_process(["serve"], env, log_path, f"http://127.0.0.1:{http_port}/health"):
+                sta = f"http://127.0.0.1:{http_port}/v1.1"
+                datastreams = create_datastreams(sta, args.datastreams)
+                print(f"{len(datastreams)} Datastreams ready; (a) COPY ceiling ...", flush=True)
+                ceiling = copy_ceiling(dsn, datastreams, args.copy_rows)
+                report["copy"] = ceiling
+                truncate(dsn)
+                create_datastreams_features = [
+                    httpx.post(f"{sta}/Datastreams({d})/Observations", json={"result": 0}) for d in datastreams]
+                assert all(r.status_code == 201 for r in create_datastreams_features)
+                print("(c) HTTP POST ...", flush=True)
+                report["http"] = [http_run(sta, datastreams, clients, args.http_seconds) for clients in (1, 32)]
+            truncate(dsn)
+            bridge_env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_MQTT_URL": broker.platform_url,
+                          "CITYSTREAM_HTTP_PORT": str(http_port)}
+            with platform_process(["bridge", "--workers", str(args.bridge_workers)], bridge_env, log_path):
+                time.sleep(3)  # connected and subscribed
+                report["mqtt"] = []
+                for qos in (0, 1):
+                    print(f"(b) MQTT QoS {qos}, {args.seconds:.0f} s ...", flush=True)
+                    report["mqtt"].append(mqtt_run(dsn, broker, datastreams, qos, args.seconds, args.publishers,
+                                                   None))
+                    truncate(dsn)
+                half = max(1000.0, report["mqtt"][1]["obs_per_s"] / 2)
+                print(f"(b) QoS 1 latency at {half:.0f} obs/s ...", flush=True)
+                report["latency"] = latency_run(dsn, broker, datastreams, half, min(args.seconds, 30),
+                                                args.publishers)
+        finally:
+            broker.stop()
+
+    ceiling_rate = report["copy"]["rows_per_s"]
+
+    def ratio(value: float) -> str:
+        return f"{value / ceiling_rate:.2f}"
+
+    rows = [("(a) binary COPY, 1 connection, 5,000-row batches", f"{ceiling_rate:,}", "1.00",
+             f"{report['copy']['rows']:,} rows")]
+    for run in report["mqtt"]:
+        rows.append((f"(b) MQTT QoS {run['qos']} end to end, {args.publishers} publishers", f"{run['obs_per_s']:,}",
+                     ratio(run["obs_per_s"]), f"{run['published']:,} published, {run['lost']:,} not stored"))
+    lat = report["latency"]
+    rows.append((f"(b) MQTT QoS 1 paced at {lat['paced_rate']:,}/s: publish -> notification",
+                 f"{lat['obs_per_s']:,}", ratio(lat["obs_per_s"]),
+                 f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms ({lat['samples']:,} samples)"))
+    for run in report["http"]:
+        rows.append((f"(c) POST /v1.1/Observations, {run['clients']} client(s)", f"{run['obs_per_s']:,}",
+                     ratio(run["obs_per_s"]), f"{run['created']:,} created in {run['seconds']:.0f} s"))
+    report["table"] = rows
+    print()
+    print_table(rows)
+    print(f"\nreport: {write_report('ingest', report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

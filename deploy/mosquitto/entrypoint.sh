@@ -1,0 +1,37 @@
+#!/bin/sh
+# Entrypoint of the `mqtt` service in docker-compose.yml (image eclipse-mosquitto:2): creates Mosquitto's
+# password file from the environment, then starts Mosquitto through the image's own entrypoint.
+#
+#   CITYSTREAM_MQTT_PLATFORM_PASSWORD  password of `citystream`, the platform's account (the app connects with it)
+#   CITYSTREAM_MQTT_SENSOR_PASSWORD    password of `sensor`, the account sensors publish Observations with
+#
+# Who may do what is in acl (beside this file; rendered by citystream.embedded.render_mosquitto_acl).
+# The password file is rewritten on every start: to change a password, change the variable and restart
+# the service. Passwords go to mosquitto_passwd on stdin, never on a command line; each must be one line.
+# Arguments, if any, replace the default command (`mosquitto -c /mosquitto/config/mosquitto.conf`).
+set -eu
+
+auth_dir="${CITYSTREAM_MQTT_AUTH_DIR:-/mosquitto/auth}"
+: "${CITYSTREAM_MQTT_PLATFORM_PASSWORD:?set CITYSTREAM_MQTT_PLATFORM_PASSWORD (environment or .env file)}"
+: "${CITYSTREAM_MQTT_SENSOR_PASSWORD:?set CITYSTREAM_MQTT_SENSOR_PASSWORD (environment or .env file)}"
+
+umask 077
+mkdir -p "$auth_dir"
+new="$auth_dir/passwd.new"
+rm -f "$new"
+: >"$new"
+printf '%s\n%s\n' "$CITYSTREAM_MQTT_PLATFORM_PASSWORD" "$CITYSTREAM_MQTT_PLATFORM_PASSWORD" |
+    mosquitto_passwd -c "$new" citystream >/dev/null
+printf '%s\n%s\n' "$CITYSTREAM_MQTT_SENSOR_PASSWORD" "$CITYSTREAM_MQTT_SENSOR_PASSWORD" |
+    mosquitto_passwd "$new" sensor >/dev/null
+if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
+    chown -R mosquitto:mosquitto "$auth_dir"
+fi
+mv -f "$new" "$auth_dir/passwd"
+unset CITYSTREAM_MQTT_PLATFORM_PASSWORD CITYSTREAM_MQTT_SENSOR_PASSWORD
+
+[ "$#" -gt 0 ] || set -- /usr/sbin/mosquitto -c /mosquitto/config/mosquitto.conf
+if [ -x /docker-entrypoint.sh ]; then
+    exec /docker-entrypoint.sh "$@"
+fi
+exec "$@"

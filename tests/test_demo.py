@@ -1,0 +1,417 @@
+"""The demo city (citystream/demo.py): created through the real STA REST API, published over a real Mosquitto.
+
+The MQTT -> database bridge is not needed here: the tests subscribe to the broker themselves (paho, and the
+external `mosquitto_sub`) and check what the demo publishes, not what ends up in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from citystream.demo import (
+    CHARGING_STATES,
+    HAMBURG,
+    OM_CATEGORY,
+    OM_COUNT,
+    OM_MEASUREMENT,
+    AvailabilityGenerator,
+    ChargingStatusGenerator,
+    CountGenerator,
+    DemoCity,
+    MeasurementGenerator,
+    SimulatedClock,
+    awake,
+    create_city,
+    floor_time,
+    parse_mqtt_url,
+    publish_forever,
+    run_demo,
+    traffic_activity,
+)
+
+DEMO_FILTER = "properties/demo eq 'citystream'"
+EXPECTED_DATASTREAMS = {"bike-counter": 24, "e-charging": 8, "bike-share": 6, "air-quality": 9, "noise": 3,
+                        "traffic": 4}
+OBSERVATION_TYPES = {"bike-counter": OM_COUNT, "e-charging": OM_CATEGORY, "bike-share": OM_COUNT,
+                     "air-quality": OM_MEASUREMENT, "noise": OM_MEASUREMENT, "traffic": OM_COUNT}
+UNIT_SYMBOLS = {"bike-counter": "bicycles", "e-charging": None, "bike-share": "bicycles", "air-quality": "µg/m³",
+                "noise": "dB(A)", "traffic": "vehicles"}
+TOPIC = re.compile(r"^v1\.1/Datastreams\((\d+)\)/Observations$")
+HTTP = httpx.Client(timeout=30)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def build_city(sta: str, seed: int = 1) -> DemoCity:
+    async def go() -> DemoCity:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await create_city(client, sta, seed=seed)
+
+    return asyncio.run(go())
+
+
+def get_all(url: str, **params: str) -> list[dict[str, Any]]:
+    entities: list[dict[str, Any]] = []
+    next_url: str | None = url
+    query: dict[str, str] | None = params
+    while next_url:
+        response = HTTP.get(next_url, params=query)
+        assert response.status_code == 200, response.text
+        entities += response.json()["value"]
+        next_url, query = response.json().get("@iot.nextLink"), None
+    return entities
+
+
+def count(sta: str, set_name: str) -> int:
+    return len(get_all(f"{sta}/{set_name}", **{"$select": "id"}))
+
+
+def counts(sta: str) -> dict[str, int]:
+    return {name: count(sta, name) for name in ("Things", "Locations", "Datastreams", "Sensors",
+                                                 "ObservedProperties")}
+
+
+def credentials(broker: Any) -> tuple[str | None, str | None]:
+    """The sensor account of the test broker, once the broker has one (anonymous otherwise)."""
+    return getattr(broker, "sensor_username", None), getattr(broker, "sensor_password", None)
+
+
+class Subscriber:
+    """A paho MQTT 5 client subscribed to `v1.1/#`, collecting the (topic, payload) pairs devices publish."""
+
+    def __init__(self, broker_url: str) -> None:
+        target = parse_mqtt_url(broker_url)
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("v1.1/#", qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(target.host, target.port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "test subscriber could not subscribe"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if ("citystream", "notification") in (getattr(message.properties, "UserProperty", None) or []):
+            return  # the platform's notification of a stored observation, not a demo publish
+        with self._lock:
+            self.messages.append((message.topic, message.payload))
+
+    def wait_for(self, n: int, timeout: float = 10) -> list[tuple[str, bytes]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.messages) >= n:
+                    break
+            time.sleep(0.02)
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publish_for(city: DemoCity, broker: Any, seconds: float, *, speed: float, backlog: timedelta,
+                on_published: Callable[[int], None] | None = None) -> float:
+    """Run publish_forever for `seconds`, then stop it; returns how long it took to stop."""
+    username, password = credentials(broker)
+
+    async def go() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(publish_forever(city, broker.url, username=username, password=password,
+                                                   speed=speed, stop=stop, on_published=on_published,
+                                                   backlog=backlog))
+        await asyncio.sleep(seconds)
+        assert not task.done(), task.exception() if task.done() else None
+        stopped_at = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, timeout=15)
+        return time.monotonic() - stopped_at
+
+    return asyncio.run(go())
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def phenomenon_bounds(value: str) -> tuple[datetime, datetime]:
+    start, _, end = value.partition("/")
+    return parse_time(start), parse_time(end or start)
+
+
+# ------------------------------------------------------------------------------------------ create_city
+
+
+def test_create_city_creates_a_hamburg_like_city(sta: str) -> None:
+    city = build_city(sta)
+    assert len(city.thing_ids) == 30
+    assert city.created_things == 30 and city.created_datastreams == 54
+    assert Counter(d.kind for d in city.datastreams) == EXPECTED_DATASTREAMS
+    assert counts(sta) == {"Things": 30, "Locations": 30, "Datastreams": 54, "Sensors": 7, "ObservedProperties": 8}
+
+    things = get_all(f"{sta}/Things", **{"$filter": DEMO_FILTER,
+                                         "$expand": "Locations,Datastreams($expand=Sensor,ObservedProperty)"})
+    assert {t["@iot.id"] for t in things} == set(city.thing_ids)
+    published = {d.id: d for d in city.datastreams}
+    sensors_by_kind: dict[str, set[int]] = defaultdict(set)
+    for thing in things:
+        kind = thing["properties"]["kind"]
+        assert thing["properties"]["demo"] == "citystream"
+        assert thing["properties"]["district"] and thing["description"]
+        [location] = thing["Locations"]
+        assert location["encodingType"] == "application/geo+json"
+        lon, lat = location["location"]["coordinates"]
+        assert location["location"]["type"] == "Point"
+        assert 9.85 <= lon <= 10.15 and 53.50 <= lat <= 53.63, thing["name"]
+        for datastream in thing["Datastreams"]:
+            demo = published[datastream["@iot.id"]]
+            assert demo.kind == kind and demo.thing_id == thing["@iot.id"]
+            assert datastream["observationType"] == OBSERVATION_TYPES[kind]
+            assert datastream["unitOfMeasurement"]["symbol"] == UNIT_SYMBOLS[kind]
+            sensor = datastream["Sensor"]
+            assert sensor["encodingType"] in ("application/pdf", "text/html")
+            assert sensor["metadata"].startswith("https://")
+            assert datastream["ObservedProperty"]["definition"].startswith("http")
+            sensors_by_kind[kind].add(sensor["@iot.id"])
+    assert all(len(ids) == 1 for kind, ids in sensors_by_kind.items() if kind != "air-quality")
+    assert len(sensors_by_kind["air-quality"]) == 2  # NO2 analyser + PM monitor
+
+    no2 = get_all(f"{sta}/Datastreams", **{"$filter": "ObservedProperty/name eq 'Nitrogen dioxide (NO2)'"})
+    assert len(no2) == 3
+    assert {json.dumps(d["unitOfMeasurement"], sort_keys=True) for d in no2} == {
+        json.dumps({"name": "microgram per cubic metre", "symbol": "µg/m³", "definition": "ug/m3"}, sort_keys=True)}
+    bike_counters = [d for d in city.datastreams if d.kind == "bike-counter"]
+    assert sorted({d.period for d in bike_counters}) == [900, 3600, 86400, 604800]
+
+
+def test_create_city_twice_reuses_everything_and_repairs_what_was_deleted(sta: str) -> None:
+    unrelated = HTTP.post(f"{sta}/Things", json={"name": "not demo", "description": "someone else's thing"})
+    assert unrelated.status_code == 201
+    first = build_city(sta)
+    before = counts(sta)
+    second = build_city(sta)
+    assert second.created_things == 0 and second.created_datastreams == 0
+    assert second.thing_ids == first.thing_ids
+    assert [d.id for d in second.datastreams] == [d.id for d in first.datastreams]
+    assert counts(sta) == before
+
+    # Delete one whole Thing (its Datastreams go with it) and one Datastream of another Thing.
+    counter = next(d for d in first.datastreams if d.key == "bike-counter-01/15min")
+    no2 = next(d for d in first.datastreams if d.key == "air-quality-01/no2")
+    assert HTTP.delete(f"{sta}/Things({counter.thing_id})").status_code == 200
+    assert HTTP.delete(f"{sta}/Datastreams({no2.id})").status_code == 200
+    third = build_city(sta)
+    assert third.created_things == 1 and third.created_datastreams == 5
+    after = counts(sta)
+    assert (after["Things"], after["Datastreams"]) == (before["Things"], before["Datastreams"])
+    assert (after["Sensors"], after["ObservedProperties"]) == (7, 8)  # shared ones were reused
+    assert len(third.datastreams) == 54 and len(set(third.thing_ids)) == 30
+    kept = {d.key: d.id for d in first.datastreams if d.thing_id != counter.thing_id and d.key != no2.key}
+    assert {d.key: d.id for d in third.datastreams if d.key in kept} == kept
+
+
+# ------------------------------------------------------------------------------------------ publishing
+
+
+def test_publish_forever_publishes_valid_observations_to_the_datastream_topics(
+    sta: str, mosquitto_server: Any
+) -> None:
+    city = build_city(sta)
+    subscriber = Subscriber(mosquitto_server.url)
+    totals: list[int] = []
+    started = datetime.now(UTC)
+    try:
+        # Two simulated hours of backlog at 7,200x take one real second, then the clock runs in real time.
+        stop_delay = publish_for(city, mosquitto_server, 2.0, speed=7200, backlog=timedelta(hours=2),
+                                 on_published=totals.append)
+        assert totals and totals == sorted(totals) and len(set(totals)) == len(totals)
+        messages = subscriber.wait_for(totals[-1])
+    finally:
+        subscriber.close()
+    assert stop_delay < 6
+    assert len(messages) >= totals[-1] > 100
+
+    by_id = {d.id: d for d in city.datastreams}
+    received: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for topic, payload in messages:
+        match = TOPIC.match(topic)
+        assert match, topic
+        body = json.loads(payload)
+        assert set(body) == {"phenomenonTime", "result"}
+        received[int(match.group(1))].append(body)
+    assert set(received) == set(by_id), "every Datastream publishes at least its immediate observation"
+
+    now = datetime.now(UTC)
+    for ident, observations in received.items():
+        ds = by_id[ident]
+        for body in observations:
+            start, end = phenomenon_bounds(body["phenomenonTime"])
+            assert end <= now, f"{ds.key}: phenomenonTime in the future"
+            assert end >= started - timedelta(hours=2) - timedelta(seconds=ds.period) or ds.period >= 86400
+            assert ("/" in body["phenomenonTime"]) == ds.interval
+            result = body["result"]
+            if ds.kind == "e-charging":
+                assert result in CHARGING_STATES
+            elif ds.kind in ("bike-counter", "bike-share", "traffic"):
+                assert isinstance(result, int) and result >= 0
+            elif ds.kind == "noise":
+                assert 30 <= result <= 100
+            else:
+                assert isinstance(result, float) and 0 < result < 200
+    # A 15-minute counter catches up two hours: consecutive 15-minute intervals without gaps.
+    quarter = next(d for d in city.datastreams if d.key == "bike-counter-01/15min")
+    intervals = sorted(phenomenon_bounds(b["phenomenonTime"]) for b in received[quarter.id])
+    assert len(intervals) >= 8
+    assert all(end - start == timedelta(minutes=15) for start, end in intervals)
+    assert all(a[1] == b[0] for a, b in zip(intervals, intervals[1:], strict=False))
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub (mosquitto-clients) not installed")
+def test_an_external_mosquitto_sub_receives_the_demo_observations(sta: str, mosquitto_server: Any) -> None:
+    city = build_city(sta)
+    target = parse_mqtt_url(mosquitto_server.url)
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-V", "mqttv5", "-h", target.host, "-p", str(target.port), "-t", "v1.1/#", "-v",
+         "-q", "1", "-C", "40", "-W", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # let it connect and subscribe; the demo keeps publishing for longer anyway
+        publish_for(city, mosquitto_server, 2.5, speed=3600, backlog=timedelta(hours=1))
+        out, err = sub.communicate(timeout=20)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    lines = out.splitlines()
+    assert len(lines) == 40, err
+    ids = {d.id for d in city.datastreams}
+    for line in lines:
+        topic, _, payload = line.partition(" ")
+        match = TOPIC.match(topic)
+        assert match and int(match.group(1)) in ids, line
+        assert set(json.loads(payload)) == {"phenomenonTime", "result"}
+
+
+def test_run_demo_reports_the_city_and_stops_on_request(sta: str, mosquitto_server: Any) -> None:
+    lines: list[str] = []
+    username, password = credentials(mosquitto_server)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(1.5, stop.set)
+        await asyncio.wait_for(run_demo(sta, mosquitto_server.url, username=username, password=password,
+                                        speed=60, seed=3, stop=stop, report=lines.append), timeout=20)
+
+    asyncio.run(go())
+    assert lines and "30 Things (30 created, 0 reused) and 54 Datastreams" in lines[0]
+
+
+# ------------------------------------------------------------------------------------------ no services
+
+
+def test_simulated_clock_catches_up_then_runs_in_real_time() -> None:
+    real = datetime(2024, 5, 6, 12, 0, tzinfo=UTC)
+    elapsed = [0.0]
+    clock = SimulatedClock(60, timedelta(days=1), now=real, monotonic=lambda: elapsed[0])
+    assert clock.now() == real - timedelta(days=1) and not clock.caught_up
+    assert clock.seconds_until(real - timedelta(days=1) + timedelta(minutes=15)) == pytest.approx(15)
+    elapsed[0] = 600  # 10 real minutes = 10 simulated hours
+    assert clock.now() == real - timedelta(days=1) + timedelta(hours=10)
+    catch_up = 86400 / 59  # when start + 60 t == real + t
+    elapsed[0] = catch_up + 100
+    assert clock.caught_up
+    assert clock.now() == real + timedelta(seconds=catch_up + 100)  # never ahead of the real clock
+    assert clock.seconds_until(clock.now() + timedelta(minutes=15)) == pytest.approx(900)
+
+    realtime = SimulatedClock(1, now=real, monotonic=lambda: 0.0)
+    assert realtime.now() == real and realtime.caught_up
+    with pytest.raises(ValueError):
+        SimulatedClock(0)
+
+
+def test_parse_mqtt_url() -> None:
+    target = parse_mqtt_url("mqtt://sensor:p%40ss@broker.example:1884")
+    assert (target.host, target.port, target.username, target.password, target.tls) == (
+        "broker.example", 1884, "sensor", "p@ss", False)
+    assert parse_mqtt_url("mqtt://127.0.0.1").port == 1883
+    assert parse_mqtt_url("mqtts://broker").port == 8883
+    assert parse_mqtt_url("mqtt://[::1]:1883").host == "::1"
+    with pytest.raises(ValueError):
+        parse_mqtt_url("http://broker:1883")
+
+
+def local(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=HAMBURG).astimezone(UTC)
+
+
+def test_counts_follow_rush_hours_add_up_and_are_deterministic() -> None:
+    bikes = CountGenerator(seed=1, station="s", peak=200)
+    tuesday_8, tuesday_3 = local(2024, 5, 7, 8), local(2024, 5, 7, 3)
+    q = timedelta(minutes=15)
+    assert bikes(tuesday_8, tuesday_8 + q) > 5 * max(1, bikes(tuesday_3, tuesday_3 + q))
+    assert bikes(tuesday_8, tuesday_8 + q) == CountGenerator(seed=1, station="s", peak=200)(tuesday_8, tuesday_8 + q)
+    hour = bikes(tuesday_8, tuesday_8 + 4 * q)
+    assert hour == sum(bikes(tuesday_8 + i * q, tuesday_8 + (i + 1) * q) for i in range(4))
+    day_start = local(2024, 5, 7, 0)
+    day = bikes(day_start, local(2024, 5, 8, 0))
+    assert day == sum(bikes(day_start + i * q, day_start + (i + 1) * q) for i in range(96))
+    assert day != CountGenerator(seed=2, station="s", peak=200)(day_start, local(2024, 5, 8, 0))
+    cars = CountGenerator(seed=1, station="t", peak=500, profile="vehicles")
+    assert cars(local(2024, 5, 7, 17), local(2024, 5, 7, 17) + q) > 3 * cars(tuesday_3, tuesday_3 + q)
+
+
+def test_measurements_follow_the_daily_cycle() -> None:
+    no2 = MeasurementGenerator(1, "no2", lambda t: 20 + 34 * traffic_activity(t), noise=3.0, minimum=1.0)
+    noise = MeasurementGenerator(1, "noise", lambda t: 54 + 16 * awake(t), noise=1.2, minimum=30.0)
+    h = timedelta(hours=1)
+    rush = [local(2024, 5, d, 8) for d in range(6, 11)]  # Monday to Friday
+    night = [local(2024, 5, d, 3) for d in range(6, 11)]
+    assert sum(no2(t - h, t) for t in rush) > sum(no2(t - h, t) for t in night) + 5 * 15
+    assert all(noise(t - h, t) < noise(r - h, r) for t, r in zip(night, rush, strict=True))
+    central, residential = AvailabilityGenerator(1, "c", 30, 1), AvailabilityGenerator(1, "r", 30, -1)
+    eleven = local(2024, 5, 7, 11)
+    assert central(eleven - h, eleven) > 20 > 10 > residential(eleven - h, eleven)
+
+
+def test_charging_status_changes_occasionally_and_only_on_change() -> None:
+    status = ChargingStatusGenerator(seed=1, key="e", period=300)
+    t = local(2024, 5, 7, 0)
+    step = timedelta(minutes=5)
+    results = []
+    for _ in range(288 * 2):  # two days of 5-minute checks
+        results.append(status(t - step, t))
+        t += step
+    assert results[0] in CHARGING_STATES
+    changes = [r for r in results[1:] if r is not None]
+    assert 4 <= len(changes) <= 100
+    assert all(r in CHARGING_STATES for r in changes)
+    assert all(a != b for a, b in zip([results[0], *changes], changes, strict=False))
+
+
+def test_day_and_week_boundaries_are_hamburg_midnights() -> None:
+    wednesday_noon = local(2024, 3, 27, 12)
+    assert floor_time(wednesday_noon, 86400, "day") == local(2024, 3, 27, 0)
+    assert floor_time(wednesday_noon, 604800, "week") == local(2024, 3, 25, 0)
+    assert floor_time(local(2024, 5, 7, 8, 20), 900, "fixed") == local(2024, 5, 7, 8, 15)
+    # The DST week (31 March 2024) is 167 hours long.
+    after = floor_time(local(2024, 3, 25, 0) + timedelta(seconds=1.5 * 604800), 604800, "week")
+    assert after == local(2024, 4, 1, 0)
