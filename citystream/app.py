@@ -43,6 +43,17 @@ def notification_base(settings: Settings) -> str:
     return f"http://{host}:{settings.http_port}/{VERSION}"
 
 
+def mqtt_endpoints(settings: Settings) -> tuple[str, ...]:
+    """The MQTT endpoints clients are told about: configured, or the broker's address without credentials."""
+    if not settings.mqtt_url:
+        return ()
+    if settings.mqtt_public_urls:
+        return settings.mqtt_public_urls
+    broker = BrokerAddress.from_url(settings.mqtt_url)
+    host = f"[{broker.host}]" if ":" in broker.host else broker.host
+    return (f"mqtt://{host}:{broker.port}",)
+
+
 def make_bridge(settings: Settings, ingest: IngestPipeline, notifier: Notifier, client_id: str | None = None
                 ) -> Bridge | None:
     if not settings.mqtt_url:
@@ -95,6 +106,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         public_url=settings.public_url,
         max_expand_depth=settings.max_expand_depth,
         exact_count_limit=settings.exact_count_limit,
+        mqtt_endpoints=mqtt_endpoints(settings),
     ), observations=ingest, listener=notifier)
     app.include_router(sta.router)
     app.include_router(admin_router(pool, settings.admin_token, registry))

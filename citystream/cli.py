@@ -428,6 +428,10 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
         ensure_port_free(settings.mqtt_host, settings.mqtt_ws_port, "MQTT websocket", MQTT_WS_PORT_HINT)
     with _database(settings) as (database_url, shown_db), _broker(settings) as (mqtt_url, shown_mqtt, sensor):
         _migrate(database_url)
+        if not settings.mqtt_url and not settings.mqtt_public_urls:  # the embedded broker: announce both listeners
+            ws_host = sensor.url.split("://", 1)[1].rsplit(":", 1)[0]
+            settings = dataclasses.replace(
+                settings, mqtt_public_urls=(sensor.url, f"ws://{ws_host}:{settings.mqtt_ws_port}"))
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
         server = _server(settings, database_url)
         base = _http_base(settings)

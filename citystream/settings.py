@@ -63,6 +63,8 @@ class Settings:
     """Observations that may wait for a writer before submitters are held back (bounded memory)."""
     ingest_writers: int = 2
     """Concurrent COPY connections."""
+    mqtt_public_urls: tuple[str, ...] = ()
+    """MQTT endpoints announced in the STA service root; empty: the broker address without credentials."""
     mqtt_client_id: str = "citystream-bridge"
     """MQTT client id of the bridge (its persistent session); `citystream bridge --workers N` appends -wN."""
     mqtt_ingest: bool = True
@@ -104,6 +106,8 @@ class Settings:
             ingest_queue_rows=_int_env("CITYSTREAM_INGEST_QUEUE_ROWS", base.ingest_queue_rows),
             ingest_writers=_int_env("CITYSTREAM_INGEST_WRITERS", base.ingest_writers),
             admin_token=env.get("CITYSTREAM_ADMIN_TOKEN") or None,
+            mqtt_public_urls=tuple(u.strip() for u in env.get("CITYSTREAM_MQTT_PUBLIC_URLS", "").split(",")
+                                   if u.strip()),
             mqtt_client_id=env.get("CITYSTREAM_MQTT_CLIENT_ID") or base.mqtt_client_id,
             mqtt_ingest=env.get("CITYSTREAM_MQTT_INGEST", "true").lower() not in ("0", "false", "no"),
             mqtt_max_payload_bytes=_int_env("CITYSTREAM_MQTT_MAX_PAYLOAD_BYTES", base.mqtt_max_payload_bytes),

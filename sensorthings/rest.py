@@ -57,6 +57,11 @@ CONFORMANCE = [
     CONFORMANCE_BASE + "request-data",
     CONFORMANCE_BASE + "create-update-delete",
 ]
+# Declared when the platform runs an MQTT bridge; serverSettings then lists the broker's endpoints under each.
+MQTT_CONFORMANCE = [
+    CONFORMANCE_BASE + "create-observations-via-mqtt/observations-creation",
+    CONFORMANCE_BASE + "receive-updates-via-mqtt/receive-updates",
+]
 JSON_PATCH = "application/json-patch+json"
 OBSERVATION = ENTITIES["Observation"]
 DATASTREAM = OBSERVATION.relation("Datastream").name
@@ -74,6 +79,8 @@ class StaConfig:
     public_url: str | None = None
     max_expand_depth: int = 5
     exact_count_limit: int = 100_000
+    mqtt_endpoints: tuple[str, ...] = ()
+    """Where clients reach the MQTT broker (mqtt://…, ws://…); empty when there is no MQTT."""
 
     @property
     def limits(self) -> Limits:
@@ -244,9 +251,17 @@ class StaApi:
         base = service_url(request, self.config.public_url)
         body = {
             "value": [{"name": e.set_name, "url": f"{base}/{e.set_name}"} for e in ENTITIES.values()],
-            "serverSettings": {"conformance": CONFORMANCE},
+            "serverSettings": self.server_settings(),
         }
         return json_response(orjson.dumps(body))
+
+    def server_settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"conformance": list(CONFORMANCE)}
+        if self.config.mqtt_endpoints:
+            settings["conformance"] += MQTT_CONFORMANCE
+            for uri in MQTT_CONFORMANCE:
+                settings[uri] = {"endpoints": list(self.config.mqtt_endpoints)}
+        return settings
 
     async def handle(self, request: Request, resource: str) -> Response:
         handlers: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
@@ -474,4 +489,4 @@ class StaApi:
         return Response(status_code=200)
 
 
-__all__ = ["CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig", "error_response"]
+__all__ = ["CONFORMANCE", "MQTT_CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig", "error_response"]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sensorthings.rest import CONFORMANCE
+from sensorthings.rest import CONFORMANCE, MQTT_CONFORMANCE
 from tests.sta_helpers import (
     ENTITY_SETS,
     HTTP,
@@ -81,8 +81,11 @@ def test_service_root_url_with_trailing_slash_is_the_same_document(sta: str) -> 
 
 
 def test_service_root_declares_exactly_the_implemented_conformance_classes(sta: str) -> None:
-    conformance = read(sta, "")["serverSettings"]["conformance"]
-    assert conformance == CONFORMANCE
+    settings = read(sta, "")["serverSettings"]
+    conformance = settings["conformance"]
+    assert conformance == CONFORMANCE + MQTT_CONFORMANCE  # the test app runs with its MQTT bridge
+    for uri in MQTT_CONFORMANCE:
+        assert all(e.startswith("mqtt://") and "@" not in e for e in settings[uri]["endpoints"])
     assert len(set(conformance)) == len(conformance)
     assert all(uri.startswith(CONFORMANCE_BASE) for uri in conformance)
     for core in ("datamodel", "resource-path/resource-path-to-entities", "create-update-delete"):
