@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citystream.admin import admin_router
+from citystream.runtime import tune_garbage_collector
 from citystream.settings import Settings
 from ingest.pipeline import IngestConfig, IngestPipeline
 from mqtt_bridge.bridge import Bridge, BridgeConfig, BrokerAddress
@@ -78,12 +79,13 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
 
     registry = SubscriptionRegistry()
     notifier = Notifier(pool, registry, notification_base(settings))
-    ingest = IngestPipeline(pool, ingest_config(settings), on_committed=notifier.changed)
+    ingest = IngestPipeline(pool, ingest_config(settings), listener=notifier)
     bridge = make_bridge(settings, ingest, notifier)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True, timeout=30)
+        tune_garbage_collector()
         await ingest.start()
         if bridge is not None:
             await bridge.start()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from citystream.app import ingest_config, make_bridge, make_pool, notification_base
+from citystream.runtime import tune_garbage_collector
 from citystream.settings import Settings
 from ingest.pipeline import IngestPipeline
 from mqtt_bridge.notifier import Notifier
@@ -29,13 +30,14 @@ async def run_bridge(settings: Settings, database_url: str, client_id: str) -> N
     pool = make_pool(settings, database_url)
     await pool.open(wait=True, timeout=30)
     notifier = Notifier(pool, SubscriptionRegistry(), notification_base(settings))
-    ingest = IngestPipeline(pool, ingest_config(settings), on_committed=notifier.changed)
+    ingest = IngestPipeline(pool, ingest_config(settings), listener=notifier)
     bridge = make_bridge(settings, ingest, notifier, client_id)
     assert bridge is not None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    tune_garbage_collector()
     await ingest.start()
     await bridge.start()
     print(f"citystream: bridge {client_id} connected", flush=True)

@@ -478,6 +478,9 @@ def cmd_bridge(settings: Settings, workers: int, worker: int | None) -> int:
 
     if worker is None and workers > 1:
         return bridge_process.run_workers(workers)
+    import uvloop  # the bridge's socket and event-loop overhead, as for the API under uvicorn
+
+    uvloop.install()
     import asyncio
 
     asyncio.run(bridge_process.run_bridge(settings, settings.database_url,

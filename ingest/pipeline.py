@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import perf_counter
@@ -28,7 +28,7 @@ from ingest import metrics
 from ingest.rows import OBSERVATION, parse_observation
 from ingest.store import Item, PartitionCache, write_batch
 from sensorthings.errors import BadRequest
-from sensorthings.interfaces import Change
+from sensorthings.interfaces import Change, ChangeListener
 
 log = logging.getLogger("citystream.ingest")
 RETRYABLE_STATES = ("40001", "40P01")  # serialization failure, deadlock
@@ -43,10 +43,11 @@ class IngestConfig:
     writers: int = 2
 
 
-@dataclass
+@dataclass(slots=True)
 class _Queued:
     item: Item
-    done: asyncio.Future[Item]
+    done: Callable[[Item], None]
+    """Called once, after the batch holding the item is committed (or has failed for good)."""
     source: str
 
 
@@ -59,10 +60,10 @@ def _retryable(exc: psycopg.Error) -> bool:
 
 class IngestPipeline:
     def __init__(self, pool: AsyncConnectionPool[Any], config: IngestConfig,
-                 on_committed: Callable[[Sequence[Change]], None] | None = None) -> None:
+                 listener: ChangeListener | None = None) -> None:
         self.pool = pool
         self.config = config
-        self.on_committed = on_committed
+        self.listener = listener
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=config.queue_rows)
         self._partitions = PartitionCache()
         self._writers: list[asyncio.Task[None]] = []
@@ -83,8 +84,26 @@ class IngestPipeline:
     async def submit(self, item: Item, source: str) -> Item:
         """Queue `item` and return it once its batch is committed, with `id` or `reason` set."""
         done: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Queued(item, done, source))
+
+        def complete(result: Item) -> None:
+            if not done.done():  # the waiting request may have been cancelled
+                done.set_result(result)
+
+        await self._queue.put(_Queued(item, complete, source))
         return await done
+
+    def offer(self, item: Item, source: str, done: Callable[[Item], None]) -> bool:
+        """Queue `item` if there is room (False when the queue is full); `done(item)` follows its commit.
+        For submitters that handle thousands of items per second without a task each (the MQTT bridge)."""
+        try:
+            self._queue.put_nowait(_Queued(item, done, source))
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def put(self, item: Item, source: str, done: Callable[[Item], None]) -> None:
+        """Like `offer`, waiting for room."""
+        await self._queue.put(_Queued(item, done, source))
 
     # ObservationSink (sensorthings.interfaces) for POST Observations
     async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None) -> int:
@@ -105,8 +124,10 @@ class IngestPipeline:
                     queued.item.reason = queued.item.reason or f"internal error while storing: {exc}"
             finally:
                 for queued in batch:
-                    if not queued.done.done():
-                        queued.done.set_result(queued.item)
+                    try:
+                        queued.done(queued.item)
+                    except Exception:  # e.g. an HTTP request that went away; the others still get theirs
+                        log.exception("completion callback failed")
                     self._queue.task_done()
                 metrics.QUEUED.set(self._queue.qsize())
 
@@ -143,13 +164,11 @@ class IngestPipeline:
         for (source, stored), count in counts.items():
             metrics.RECEIVED.labels(source).inc(count)
             (metrics.STORED if stored else metrics.REJECTED).labels(source).inc(count)
-        for queued in batch:
-            queued.done.set_result(queued.item)
-        if self.on_committed is not None:
+        if self.listener is not None and self.listener.listening:
             changes = [Change(OBSERVATION, i.id, created=True, links=i.row.links)
                        for i in items if i.id is not None and i.row is not None]
             if changes:
-                self.on_committed(changes)
+                self.listener.changed(changes)
 
     async def _write_items(self, items: list[Item]) -> None:
         """Write with retries; narrow an unforeseen data error down to the rows that cause it."""

@@ -8,12 +8,23 @@ the result fit its observationType) is checked per batch in `store.py`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from sensorthings.errors import BadRequest
-from sensorthings.fields import RESULT_BOOLEAN, RESULT_JSON, RESULT_NULL, RESULT_NUMBER, RESULT_STRING
+from sensorthings.fields import (
+    RESULT_BOOLEAN,
+    RESULT_JSON,
+    RESULT_NULL,
+    RESULT_NUMBER,
+    RESULT_STRING,
+    JsonNumber,
+    parse_request_json,
+)
 from sensorthings.model import ENTITIES
 from sensorthings.writer import check_keys, link_id, parse_fields
 
@@ -53,6 +64,35 @@ class ObservationRow:
     new_feature: dict[str, Any] | None = None
     """Columns of a FeatureOfInterest given inline, created in the same transaction."""
     links: dict[str, int] = field(default_factory=dict)
+
+
+_RESULT_NUMBER = re.compile(rb'"result"\s*:\s*(-?[0-9][0-9.eE+-]*)')
+
+
+def parse_payload(raw: bytes) -> Any:
+    """An Observation payload as `parse_request_json` would parse it, in half the time: orjson, with
+    the exact text of a top-level numeric result recovered from the payload (so that `21.50` stays
+    `21.50`). Anything unusual (escapes, which may hide NUL or lone surrogates; a result number that cannot
+    be matched unambiguously; any orjson error) takes the general parser and its error messages."""
+    if b"\\u" in raw:
+        return parse_request_json(raw)
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return parse_request_json(raw)
+    if isinstance(document, dict) and isinstance(document.get("result"), float):
+        numbers = _RESULT_NUMBER.findall(raw)
+        if len(numbers) != 1:
+            return parse_request_json(raw)
+        text = numbers[0].decode()
+        try:
+            exact = JsonNumber(text)
+        except ArithmeticError:
+            return parse_request_json(raw)
+        if float(exact) != document["result"]:
+            return parse_request_json(raw)
+        document["result"] = exact
+    return document
 
 
 def result_type_error(observation_type: str, columns: dict[str, Any]) -> str | None:

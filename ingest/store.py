@@ -62,7 +62,7 @@ def _as_is(text: str) -> str:
     return text
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One submission: a row to store, or a payload already rejected (`reason`) whose dead letter must be
     written. `origin` is set for MQTT payloads (their rejections become dead letters)."""
@@ -71,6 +71,8 @@ class Item:
     origin: Origin | None = None
     reason: str | None = None
     id: int | None = None
+    ticket: Any = None
+    """Opaque to ingest: what the submitter needs to answer for the item (the MQTT packet to acknowledge)."""
 
 
 def check_columns_match_model() -> None:

@@ -1,39 +1,37 @@
 """MQTT in and out for one platform process: creates over MQTT (STA §14.2) into the ingest pipeline, STA
 notifications (§14.1) out, and the broker log that says which notification topics have subscribers.
 
-Delivery guarantee (README "MQTT"): at-least-once for QoS 1. The bridge holds a persistent session (clean
-start off, session expiry set) and acknowledges a message (PUBACK) only after the batch holding it is
-committed — dead letter included for a payload that cannot be stored. If the bridge dies, the broker keeps
-every unacknowledged message in the session and redelivers it; messages committed but not yet acknowledged
-at the moment of the crash are stored again. Duplicates are therefore bounded by the in-flight window
-(`receive_maximum`) per crash. QoS 0 is at-most-once, as MQTT defines it.
+Delivery guarantee (README "Real-time MQTT"): at-least-once for QoS 1. The bridge holds a persistent
+session (clean start off, session expiry set) and acknowledges a message (PUBACK) only after the batch
+holding it is committed — dead letter included for a payload that cannot be stored. If the bridge dies, the
+broker keeps every unacknowledged message in the session and redelivers it; messages committed but not yet
+acknowledged at the moment of the crash are stored again. Duplicates are therefore bounded by the in-flight
+window (`receive_maximum`) per crash. QoS 0 is at-most-once, as MQTT defines it.
 
-The MQTT client is gmqtt: `benchmarks/mqtt_clients.py` measured it receiving 2-3x faster than paho-mqtt on
-this class of machine, and its `optimistic_acknowledgement=False` mode sends PUBACK only when our
-handler returns, which is exactly acknowledge-after-commit.
+Messages are handled without a task or future each (see wire.py for why): `_on_message` validates and
+offers the item to the pipeline; `_completed` runs after commit and collects PUBACKs, which go out in one
+write per batch, and only on the connection that delivered them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
-from gmqtt import Client, Subscription
-from gmqtt.mqtt.constants import MQTTv50
 
 from ingest.pipeline import IngestPipeline
-from ingest.rows import Origin, parse_observation
+from ingest.rows import Origin, parse_observation, parse_payload
 from ingest.store import Item
 from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
 from mqtt_bridge.topics import CREATE_FILTERS, create_target, error_topic
+from mqtt_bridge.wire import Message, MqttClient
 from sensorthings.errors import StaError
-from sensorthings.fields import parse_request_json
 
 log = logging.getLogger("citystream.bridge")
 ERROR_EXCERPT_CHARS = 256
@@ -70,10 +68,10 @@ class BridgeConfig:
     session_expiry_s: int = 7 * 24 * 3600
 
 
-def _user_property(properties: dict[str, Any], name: str) -> str | None:
-    for key, value in properties.get("user_property") or ():
+def _user_property(message: Message, name: str) -> str | None:
+    for key, value in message.user_properties:
         if key == name:
-            return str(value)
+            return value
     return None
 
 
@@ -86,82 +84,118 @@ class Bridge:
         self.registry: SubscriptionRegistry = notifier.registry
         self.registry.ignored_clients.add(config.client_id)
         self.config = config
+        subscriptions = [(f, 0) for f in LOG_FILTERS]
+        if config.ingest:
+            shared = f"$share/{config.shared_group}/" if config.shared_group else ""
+            subscriptions += [(shared + f, 1) for f in CREATE_FILTERS]
+        self.client = MqttClient(
+            broker.host, broker.port, config.client_id, username=broker.username, password=broker.password,
+            clean_start=not config.ingest, session_expiry=config.session_expiry_s if config.ingest else 0,
+            receive_maximum=config.receive_maximum, subscriptions=subscriptions, on_message=self._on_message)
         self._closing = False
+        self._overflow: deque[Item] = deque()
+        self._draining: asyncio.Task[None] | None = None
+        self._acks: dict[int, list[int]] = {}
         self._notify_task: asyncio.Task[None] | None = None
-        self.client = Client(
-            config.client_id,
-            clean_session=not config.ingest,
-            optimistic_acknowledgement=False,
-            session_expiry_interval=config.session_expiry_s if config.ingest else 0,
-            receive_maximum=config.receive_maximum,
-        )
-        if broker.username:
-            self.client.set_auth_credentials(broker.username, broker.password)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
 
     async def start(self) -> None:
-        await self.client.connect(self.broker.host, self.broker.port, version=MQTTv50, keepalive=30)
+        await self.client.start()
         self.notifier.publish = self._publish_notification
         self._notify_task = asyncio.create_task(self.notifier.run(), name="mqtt-notifier")
 
     async def stop(self) -> None:
-        """Stop taking new messages (they stay with the broker), let the pipeline commit and acknowledge
-        what it holds, then disconnect; the persistent session keeps whatever arrives meanwhile."""
+        """Stop taking new messages (unacknowledged, they stay with the broker), let the pipeline commit and
+        acknowledge what it holds, then disconnect; the persistent session keeps whatever arrives meanwhile."""
         self._closing = True
+        if self._draining is not None:
+            self._draining.cancel()
         await self.pipeline.stop()
+        self._flush_acks()
         await asyncio.sleep(0.05)  # let the last PUBACKs leave
         if self._notify_task is not None:
             self._notify_task.cancel()
-        await self.client.disconnect()
+        await self.client.stop()
 
-    def _on_connect(self, client: Client, flags: int, rc: int, properties: dict[str, Any]) -> None:
-        subscriptions = [Subscription(f, qos=0) for f in LOG_FILTERS]
-        if self.config.ingest:
-            shared = f"$share/{self.config.shared_group}/" if self.config.shared_group else ""
-            subscriptions += [Subscription(shared + f, qos=1) for f in CREATE_FILTERS]
-        client.subscribe(subscriptions)
+    # ---------------------------------------------------------------- in
 
-    async def _on_message(self, client: Client, topic: str, payload: bytes, qos: int,
-                          properties: dict[str, Any]) -> int:
-        """Returns the PUBACK reason code (0), after commit. Raising leaves the message unacknowledged, so
-        the broker redelivers it after the next connect."""
+    def _on_message(self, message: Message) -> None:
+        """Every PUBLISH the broker sends us, straight from the socket."""
+        topic = message.topic
         if topic.startswith("$SYS/"):
-            self.registry.handle_log(topic, payload)
-            return 0
-        if tuple(NOTIFICATION_PROPERTY) in {tuple(p) for p in properties.get("user_property") or ()}:
-            return 0
+            self.registry.handle_log(topic, message.payload)
+            self._ack_now(message)
+            return
+        if NOTIFICATION_PROPERTY in message.user_properties:
+            self._ack_now(message)
+            return
         if self._closing:
-            raise RuntimeError("bridge is stopping; the broker will redeliver this message")
-        item = await self.pipeline.submit(self._item(topic, payload, properties), "mqtt")
-        if item.reason is not None:
-            self._report(topic, payload, item.reason, properties)
-        return 0
+            return  # not acknowledged: the broker redelivers it to the session
+        item = self._item(message)
+        if self._overflow or not self.pipeline.offer(item, "mqtt", self._completed):
+            # The queue is full: stop reading the socket (for QoS 0 the only flow control there is) and
+            # hand the rest over as room appears.
+            self._overflow.append(item)
+            if self._draining is None or self._draining.done():
+                self.client.pause_reading(True)
+                self._draining = asyncio.create_task(self._drain())
 
-    def _item(self, topic: str, payload: bytes, properties: dict[str, Any]) -> Item:
-        origin = Origin(topic, payload, _user_property(properties, "client_id"))
+    async def _drain(self) -> None:
+        while self._overflow:
+            await self.pipeline.put(self._overflow[0], "mqtt", self._completed)
+            self._overflow.popleft()
+        self.client.pause_reading(False)
+
+    def _item(self, message: Message) -> Item:
+        payload = message.payload
+        origin = Origin(message.topic, payload, _user_property(message, "client_id"))
+        ticket = (self.client.generation, message.packet_id, message)
         if len(payload) > self.config.max_payload_bytes:
             return Item(None, origin, f"the payload of {len(payload)} bytes exceeds the limit of "
-                                      f"{self.config.max_payload_bytes} bytes")
+                                      f"{self.config.max_payload_bytes} bytes", ticket=ticket)
         try:
-            datastream_id, feature_id = create_target(topic)
-            body = parse_request_json(payload)
+            datastream_id, feature_id = create_target(message.topic)
+            body = parse_payload(payload)
             row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id,
                                     now=datetime.now(UTC), where="payload")
         except StaError as exc:
-            return Item(None, origin, exc.message)
-        return Item(row, origin)
+            return Item(None, origin, exc.message, ticket=ticket)
+        return Item(row, origin, ticket=ticket)
 
-    def _report(self, topic: str, payload: bytes, reason: str, properties: dict[str, Any]) -> None:
+    def _completed(self, item: Item) -> None:
+        """After commit: report a rejection to the device, acknowledge the message."""
+        generation, packet_id, message = item.ticket
+        if item.reason is not None:
+            self._report(message, item.reason)
+        if packet_id:
+            pending = self._acks.get(generation)
+            if pending is None:
+                pending = self._acks[generation] = []
+                if len(self._acks) == 1:
+                    asyncio.get_running_loop().call_soon(self._flush_acks)
+            pending.append(packet_id)
+
+    def _flush_acks(self) -> None:
+        """One write for the PUBACKs of a batch; those of an earlier connection are dropped (the broker has
+        already sent those messages again on the current one)."""
+        acks, self._acks = self._acks, {}
+        for generation, packet_ids in acks.items():
+            self.client.acknowledge(packet_ids, generation)
+
+    def _ack_now(self, message: Message) -> None:
+        if message.packet_id:
+            self.client.acknowledge([message.packet_id], self.client.generation)
+
+    # ---------------------------------------------------------------- out
+
+    def _report(self, message: Message, reason: str) -> None:
         """Tell the device: on citystream/errors/<topic>, and on its MQTT 5 response topic if it gave one."""
-        excerpt = payload[:ERROR_EXCERPT_CHARS].decode("utf-8", "replace")
-        body = orjson.dumps({"code": 400, "type": "error", "message": reason, "topic": topic, "payload": excerpt})
-        self.client.publish(error_topic(topic), body, qos=1)
-        response_topics = properties.get("response_topic") or ()
-        correlation = properties.get("correlation_data") or ()
-        for response_topic in response_topics:
-            extra = {"correlation_data": correlation[0]} if correlation else {}
-            self.client.publish(response_topic, body, qos=1, **extra)
+        excerpt = message.payload[:ERROR_EXCERPT_CHARS].decode("utf-8", "replace")
+        body = orjson.dumps({"code": 400, "type": "error", "message": reason, "topic": message.topic,
+                             "payload": excerpt})
+        self.client.publish(error_topic(message.topic), body)
+        response_topic = message.properties.get("response_topic")
+        if response_topic:
+            self.client.publish(response_topic, body, correlation_data=message.properties.get("correlation_data"))
 
     def _publish_notification(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=0, user_property=[NOTIFICATION_PROPERTY])
+        self.client.publish(topic, payload, user_properties=[NOTIFICATION_PROPERTY])

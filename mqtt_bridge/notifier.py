@@ -41,9 +41,13 @@ class Notifier:
         self.publish: Publish | None = None
         self._queue: asyncio.Queue[Sequence[Change]] = asyncio.Queue(QUEUE_LIMIT)
 
+    @property
+    def listening(self) -> bool:
+        return self.publish is not None and not self.registry.empty
+
     def changed(self, changes: Sequence[Change]) -> None:
         """ChangeListener: called after commit."""
-        if self.registry.empty or self.publish is None:
+        if not self.listening:
             return
         try:
             self._queue.put_nowait(changes)

@@ -8,6 +8,7 @@ Create topics (§14.2): `v1.1/Observations`, `v1.1/Datastreams(1)/Observations`,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 
 from sensorthings import odata
@@ -25,6 +26,7 @@ CREATE_FILTERS = (f"{PREFIX}{OBSERVATION.set_name}", f"{PREFIX}+/{OBSERVATION.se
 rejected with a reason (and a dead letter) rather than ignored."""
 
 
+@functools.lru_cache(maxsize=4096)
 def create_target(topic: str) -> tuple[int | None, int | None]:
     """(Datastream id, FeatureOfInterest id) a create topic names; BadRequest for any other topic."""
     hint = (f"publish Observations to {PREFIX}Observations, {PREFIX}Datastreams(id)/Observations "

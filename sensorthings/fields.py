@@ -7,6 +7,7 @@ is one line in the model and a new kind of value is one class here.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,7 +166,7 @@ class Field:
         return placeholder
 
     def null_columns(self) -> dict[str, Any]:
-        return {c: None for c in self.columns}
+        return dict.fromkeys(self.columns)
 
     expression_kind = "string"
 
@@ -238,7 +239,7 @@ class Interval(Field):
 
     instant_allowed: bool = False
 
-    @property
+    @functools.cached_property
     def columns(self) -> tuple[str, ...]:
         return (f"{self.column}_start", f"{self.column}_end")
 
@@ -285,7 +286,7 @@ class GeoJson(Field):
 
     geometry_column: str = ""
 
-    @property
+    @functools.cached_property
     def columns(self) -> tuple[str, ...]:
         return (self.column, self.geometry_column)
 
@@ -346,7 +347,7 @@ class Result(Field):
 
     null_is_a_value = True
 
-    @property
+    @functools.cached_property
     def columns(self) -> tuple[str, ...]:
         return ("result_type", "result_number", "result_string", "result_boolean", "result_json")
 

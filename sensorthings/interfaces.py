@@ -28,6 +28,11 @@ class Change:
 
 
 class ChangeListener(Protocol):
+    @property
+    def listening(self) -> bool:
+        """False while nobody could be told: callers may then skip building their changes."""
+        ...
+
     def changed(self, changes: Sequence[Change]) -> None:
         """Called after commit; must not block (queue the work)."""
 

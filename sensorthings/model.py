@@ -10,8 +10,10 @@ derived from that declaration, so the two ends can never disagree.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from sensorthings.fields import (
     Field,
@@ -82,6 +84,22 @@ class Entity:
 
     def relation(self, name: str) -> Relation:
         return self.relations[name]
+
+    @functools.cached_property
+    def absent_optional_columns(self) -> dict[str, Any]:
+        """Columns of the optional fields, all None: what a create stores for those it was not given."""
+        return {c: None for f in self.fields if not (f.required or f.defaults_to_now or f.server_maintained)
+                for c in f.columns}
+
+    @functools.cached_property
+    def has_geojson_encoding(self) -> bool:
+        """An entity with GeoJSON geometry and an encodingType, which must then name GeoJSON."""
+        return self.field("encodingType") is not None and any(isinstance(f, GeoJson) for f in self.fields)
+
+    @functools.cached_property
+    def json_keys(self) -> frozenset[str]:
+        """Property and relation names a request body may use (read after the model is complete)."""
+        return frozenset(self.property_names) | frozenset(self.relations)
 
     @property
     def property_names(self) -> list[str]:

@@ -346,7 +346,7 @@ class StaApi:
                     writer = Writer(conn, datetime.now(UTC))
                     result = await work(conn, writer)
                     await writer.finish()
-                if self.listener is not None and writer.changes:
+                if self.listener is not None and self.listener.listening and writer.changes:
                     self.listener.changed(writer.changes)
                 return result
             except PartitionMissing as missing:
