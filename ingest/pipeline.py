@@ -107,7 +107,7 @@ class IngestPipeline:
 
     # ObservationSink (sensorthings.interfaces) for POST Observations
     async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None) -> int:
-        row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=datetime.now(UTC))
+        row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=None)
         item = await self.submit(Item(row), "http")
         if item.reason is not None or item.id is None:
             raise BadRequest(f"body: {item.reason}")
@@ -165,7 +165,8 @@ class IngestPipeline:
             metrics.RECEIVED.labels(source).inc(count)
             (metrics.STORED if stored else metrics.REJECTED).labels(source).inc(count)
         if self.listener is not None and self.listener.listening:
-            changes = [Change(OBSERVATION, i.id, created=True, links=i.row.links)
+            changes = [Change(OBSERVATION, i.id, created=True, links={
+                           "Datastream": i.row.datastream_id, "FeatureOfInterest": i.row.feature_id or 0})
                        for i in items if i.id is not None and i.row is not None]
             if changes:
                 self.listener.changed(changes)

@@ -9,9 +9,9 @@ the result fit its observationType) is checked per batch in `store.py`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -45,8 +45,7 @@ RESULT_TYPES: dict[str, tuple[frozenset[int], str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
     """Where an MQTT payload came from: kept with its dead letter if it cannot be stored."""
 
     topic: str
@@ -54,7 +53,7 @@ class Origin:
     client_id: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ObservationRow:
     """A validated Observation waiting for its batch. `columns` holds the Observation's own field columns."""
 
@@ -63,7 +62,6 @@ class ObservationRow:
     feature_id: int | None = None
     new_feature: dict[str, Any] | None = None
     """Columns of a FeatureOfInterest given inline, created in the same transaction."""
-    links: dict[str, int] = field(default_factory=dict)
 
 
 _RESULT_NUMBER = re.compile(rb'"result"\s*:\s*(-?[0-9][0-9.eE+-]*)')
@@ -113,7 +111,7 @@ def _is_integer_text(text: str) -> bool:
     return text.lstrip("-").isdigit()
 
 
-def parse_observation(body: Any, *, datastream_id: int | None, feature_id: int | None, now: datetime,
+def parse_observation(body: Any, *, datastream_id: int | None, feature_id: int | None, now: datetime | None,
                       where: str = "body") -> ObservationRow:
     """Validate an Observation create payload. `datastream_id` / `feature_id` come from the URL or topic
     (`Datastreams(1)/Observations`); the Datastream must be linked, not created inline."""
@@ -148,7 +146,7 @@ def _linked(name: str, body: dict[str, Any], from_path: int | None, where: str) 
     return linked
 
 
-def _inline_feature(body: Any, where: str, now: datetime) -> dict[str, Any]:
+def _inline_feature(body: Any, where: str, now: datetime | None) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest(f"{where} must be a JSON object", field=where)
     check_keys(FEATURE_OF_INTEREST, body, where)

@@ -14,6 +14,7 @@ set aside with its reason and never fails the COPY of the good rows around it:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +55,9 @@ COPY_COLUMNS: list[tuple[str, str]] = [
     ("datastream_id", "int8"),
     ("feature_id", "int8"),
 ]
-_JSONB_COLUMNS = frozenset(name for name, kind in COPY_COLUMNS if kind == "jsonb")
+# id, then the Observation's field columns, then its two foreign keys (the order of every COPY row).
+_FIELD_COLUMNS = [name for name, _ in COPY_COLUMNS[1:-2]]
+_JSONB_POSITIONS = [i for i, (_, kind) in enumerate(COPY_COLUMNS) if kind == "jsonb"]
 _COPY_SQL = "COPY observations ({}) FROM STDIN (FORMAT BINARY)".format(", ".join(c for c, _ in COPY_COLUMNS))
 
 
@@ -80,7 +83,8 @@ def check_columns_match_model() -> None:
     model = {"id"} | {c for f in OBSERVATION.fields for c in f.columns} | {
         r.column for r in OBSERVATION.relations.values() if r.storage is Storage.FK_ON_SOURCE}
     listed = {c for c, _ in COPY_COLUMNS}
-    if model != listed:
+    layout = [COPY_COLUMNS[0][0], *(c for c, _ in COPY_COLUMNS[-2:])]
+    if model != listed or layout != ["id", "datastream_id", "feature_id"]:
         raise RuntimeError(f"ingest COPY columns differ from the Observation model: {sorted(model ^ listed)}")
 
 
@@ -181,6 +185,7 @@ async def _copy(conn: AsyncConnection[Any], items: list[Item]) -> None:
     cursor = await conn.execute(
         "SELECT nextval(%s) FROM generate_series(1, %s)", (OBSERVATION.id_sequence, len(items)))
     sequence_values = [int(v) for (v,) in await cursor.fetchall()]
+    field_values = operator.itemgetter(*_FIELD_COLUMNS)
     async with conn.cursor() as cur, cur.copy(_COPY_SQL) as copy:
         copy.set_types([kind for _, kind in COPY_COLUMNS])
         for item, sequence_value in zip(items, sequence_values, strict=True):
@@ -188,27 +193,19 @@ async def _copy(conn: AsyncConnection[Any], items: list[Item]) -> None:
             assert row is not None
             columns = row.columns
             item.id = observation_ids.observation_id(sequence_value, columns["phenomenon_time_start"])
-            values: list[Any] = []
-            for name, _ in COPY_COLUMNS:
-                if name == "id":
-                    value: Any = item.id
-                elif name == "datastream_id":
-                    value = row.datastream_id
-                elif name == "feature_id":
-                    value = row.feature_id
-                else:
-                    value = columns[name]
-                    if value is not None and name in _JSONB_COLUMNS:
-                        value = Jsonb(value, _as_is)
-                values.append(value)
+            values = [item.id, *field_values(columns), row.datastream_id, row.feature_id]
+            for position in _JSONB_POSITIONS:
+                if values[position] is not None:
+                    values[position] = Jsonb(values[position], _as_is)
             await copy.write_row(values)
-            row.links = {"Datastream": row.datastream_id, "FeatureOfInterest": row.feature_id or 0}
 
 
 def _touches(items: list[Item]) -> dict[int, ObservationTouch]:
     touched: dict[int, ObservationTouch] = {}
     for item in items:
-        assert item.row is not None
-        add_touch(touched, {**item.row.columns, "datastream_id": item.row.datastream_id,
-                            "feature_id": item.row.feature_id})
+        row = item.row
+        assert row is not None
+        columns = row.columns
+        add_touch(touched, row.datastream_id, columns["phenomenon_time_start"], columns["phenomenon_time_end"],
+                  columns["result_time"], row.feature_id)
     return touched

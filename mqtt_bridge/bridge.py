@@ -19,7 +19,6 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -147,7 +146,7 @@ class Bridge:
 
     def _item(self, message: Message) -> Item:
         payload = message.payload
-        origin = Origin(message.topic, payload, _user_property(message, "client_id"))
+        origin = Origin(message.topic, payload, _user_property(message, "client_id") if message.properties else None)
         ticket = (self.client.generation, message.packet_id, message)
         if len(payload) > self.config.max_payload_bytes:
             return Item(None, origin, f"the payload of {len(payload)} bytes exceeds the limit of "
@@ -155,8 +154,8 @@ class Bridge:
         try:
             datastream_id, feature_id = create_target(message.topic)
             body = parse_payload(payload)
-            row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id,
-                                    now=datetime.now(UTC), where="payload")
+            row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=None,
+                                    where="payload")
         except StaError as exc:
             return Item(None, origin, exc.message, ticket=ticket)
         return Item(row, origin, ticket=ticket)

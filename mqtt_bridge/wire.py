@@ -311,8 +311,13 @@ class MqttClient:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Connect (raising if the broker refuses us for good) and keep the connection up in the background."""
-        await self._connect_once()
+        """Connect and keep the connection up in the background. A broker that refuses our credentials is an
+        error now; one that is not reachable yet is retried in the background (the API still starts)."""
+        try:
+            await self._connect_once()
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            log.warning("MQTT broker at %s:%s not reachable yet (%s); retrying in the background",
+                        self.host, self.port, exc)
         self._task = asyncio.create_task(self._keep_connected(), name=f"mqtt-{self.client_id}")
 
     async def _connect_once(self) -> None:
@@ -351,7 +356,7 @@ class MqttClient:
                 await self._connect_once()
                 delay = 1.0
                 log.info("reconnected to the MQTT broker at %s:%s", self.host, self.port)
-            except (OSError, ConnectionError, TimeoutError) as exc:
+            except (OSError, ConnectionError, TimeoutError, BrokerRefused) as exc:
                 log.warning("MQTT broker at %s:%s unreachable (%s); retrying in %.0f s", self.host, self.port,
                             exc, delay)
                 await asyncio.sleep(delay)

@@ -30,6 +30,7 @@ from sensorthings.compiler import (
     compile_collection,
     compile_count_estimate,
     compile_entity,
+    compile_entity_by_id,
     compile_ids,
 )
 from sensorthings.errors import (
@@ -44,7 +45,7 @@ from sensorthings.errors import (
 from sensorthings.fields import parse_request_json
 from sensorthings.interfaces import ChangeListener, ObservationSink
 from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
-from sensorthings.path import ResourcePath, Step, parse_path
+from sensorthings.path import ResourcePath, parse_path
 from sensorthings.query import QueryOptions, parse_query
 from sensorthings.writer import Writer, changed_fields, create_partition, link_id
 
@@ -333,7 +334,7 @@ class StaApi:
         return int(row[0])
 
     async def _entity_json(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, base: str) -> str:
-        row = await self._fetch(conn, compile_entity(ResourcePath((Step(entity, None, entity_id),)), base))
+        row = await self._fetch(conn, compile_entity_by_id(entity, entity_id, base))
         return str(row[0])
 
     async def _write(self, work: Callable[[AsyncConnection[Any], Writer], Awaitable[T]]) -> T:

@@ -91,7 +91,7 @@ def check_keys(entity: Entity, body: dict[str, Any], where: str) -> None:
             field=f"{where}.{key}")
 
 
-def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: bool, now: datetime
+def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: bool, now: datetime | None
                  ) -> dict[str, Any]:
     """Column values for the fields in `body`; with `complete`, every field (create, PUT).
     (On the ingest hot path: optional fields that are absent come from one precomputed dict.)"""
@@ -109,9 +109,9 @@ def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: 
     return columns
 
 
-def _absent(entity: Entity, f: Field, where: str, now: datetime) -> dict[str, Any]:
+def _absent(entity: Entity, f: Field, where: str, now: datetime | None) -> dict[str, Any]:
     if f.defaults_to_now:
-        return f.parse(now.isoformat(), f.name)
+        return f.parse((now or datetime.now(UTC)).isoformat(), f.name)
     if f.required:
         raise BadRequest(f"{where}: {entity.name} requires {f.name!r}", field=f"{where}.{f.name}")
     return f.null_columns()
@@ -192,20 +192,20 @@ async def update_datastream_summaries(conn: AsyncConnection[Any], touched: dict[
         [list(c) for c in columns])
 
 
-def add_touch(touched: dict[int, ObservationTouch], columns: dict[str, Any]) -> None:
-    """Widen the summary of the Datastream of one new or changed Observation (given by its columns)."""
-    start = columns["phenomenon_time_start"]
-    end = columns["phenomenon_time_end"] or start
-    result_time = columns.get("result_time")
-    touch = touched.get(columns["datastream_id"])
+def add_touch(touched: dict[int, ObservationTouch], datastream_id: int, start: datetime, end: datetime | None,
+              result_time: datetime | None, feature_id: int | None) -> None:
+    """Widen the summary of the Datastream of one new or changed Observation."""
+    end = end or start
+    touch = touched.get(datastream_id)
     if touch is None:
-        touch = touched[columns["datastream_id"]] = ObservationTouch(start, end)
-    touch.start, touch.end = min(touch.start, start), max(touch.end, end)
+        touch = touched[datastream_id] = ObservationTouch(start, end)
+    else:
+        touch.start, touch.end = min(touch.start, start), max(touch.end, end)
     if result_time is not None:
         touch.result_start = min(filter(None, (touch.result_start, result_time)))
         touch.result_end = max(filter(None, (touch.result_end, result_time)))
-    if columns.get("feature_id") is not None:
-        touch.feature_ids.add(columns["feature_id"])
+    if feature_id is not None:
+        touch.feature_ids.add(feature_id)
 
 
 async def create_partition(conn: AsyncConnection[Any], time: datetime) -> None:
@@ -356,7 +356,8 @@ class Writer:
         return (await generated_features(self.conn, [location_id]))[location_id]
 
     def _touch(self, columns: dict[str, Any]) -> None:
-        add_touch(self._touched, columns)
+        add_touch(self._touched, columns["datastream_id"], columns["phenomenon_time_start"],
+                  columns["phenomenon_time_end"], columns.get("result_time"), columns.get("feature_id"))
 
     # ---------------------------------------------------------------- links
 

@@ -82,7 +82,7 @@ def _listen_addresses(port: int) -> set[str]:
     return found
 
 
-def _start_up(data_dir: Path, http_port: int, mqtt_port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start_up(data_dir: Path, http_port: int, mqtt_port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [
@@ -98,6 +98,7 @@ def _start_up(data_dir: Path, http_port: int, mqtt_port: int, log: Path) -> subp
                 str(find_free_port()),
                 "--data-dir",
                 str(data_dir),
+                *extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -237,6 +238,30 @@ def _run_with_external_services(command: list[str], env: dict[str, str], log: Pa
     with open(log, "ab") as out:
         return subprocess.Popen([*CLI, *command], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env={**_env(), **env})
+
+
+def test_up_demo_shows_data_flowing_within_seconds(data_dir: Path, tmp_path: Path) -> None:
+    """The quickstart's promise: `up --demo` creates the city and its observations arrive over MQTT."""
+    http_port = find_free_port()
+    log = tmp_path / "up-demo.log"
+    proc = _start_up(data_dir, http_port, find_free_port(), log, "--demo", "--demo-speed", "3600")
+    sta = f"http://127.0.0.1:{http_port}/v1.1"
+    try:
+        _wait_ready(sta, proc, log)
+        root = httpx.get(sta, timeout=10).json()
+        assert any("create-observations-via-mqtt" in c for c in root["serverSettings"]["conformance"])
+        deadline = time.monotonic() + 60
+        stored = 0
+        while time.monotonic() < deadline and stored < 100:
+            stored = httpx.get(f"{sta}/Observations", params={"$count": "true", "$top": "0"},
+                               timeout=10).json()["@iot.count"]
+            time.sleep(0.5)
+        assert stored >= 100, log.read_text()[-4000:]
+        things = httpx.get(f"{sta}/Things", params={"$count": "true", "$top": "0"}, timeout=10).json()
+        assert things["@iot.count"] == 30
+        assert "citystream demo:" in log.read_text()
+    finally:
+        assert _sigterm(proc, log) == 0, log.read_text()[-4000:]
 
 
 def test_up_uses_external_database_and_broker_and_starts_neither(
