@@ -32,36 +32,44 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 
 @contextmanager
-def api_server(dsn: str, log_path: Path) -> Iterator[str]:
-    """`citystream serve` in its own process (so the client's GIL does not slow it); yields the service URL."""
-    port = find_free_port()
+def platform_process(args: list[str], env: dict[str, str], log_path: Path, ready_url: str | None = None
+                     ) -> Iterator[subprocess.Popen[bytes]]:
+    """`citystream ARGS` in its own process (so the client's GIL does not slow it), stopped with SIGTERM at
+    the end; with `ready_url`, only once that URL answers 200."""
     citystream = Path(sys.executable).parent / "citystream"
-    env = {**os.environ, "CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_HOST": "127.0.0.1"}
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(citystream), "serve", "--http-port", str(port)], env=env, stdout=log,
+        proc = subprocess.Popen([str(citystream), *args], env={**os.environ, **env}, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    root = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while True:
+        while ready_url is not None:
             if proc.poll() is not None:
-                raise RuntimeError(f"citystream serve exited with {proc.returncode}; see {log_path}")
+                raise RuntimeError(f"citystream {args[0]} exited with {proc.returncode}; see {log_path}")
             try:
-                if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"citystream serve did not become healthy within 60 s; see {log_path}")
+                raise RuntimeError(f"citystream {args[0]} did not become ready within 60 s; see {log_path}")
             time.sleep(0.2)
-        yield f"{root}/v1.1"
+        yield proc
     finally:
         proc.terminate()
         try:
-            proc.wait(20)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def api_server(dsn: str, log_path: Path) -> Iterator[str]:
+    """`citystream serve` against `dsn`; yields the service URL."""
+    port = find_free_port()
+    env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_HOST": "127.0.0.1"}
+    with platform_process(["serve", "--http-port", str(port)], env, log_path, f"http://127.0.0.1:{port}/health"):
+        yield f"http://127.0.0.1:{port}/v1.1"
 
 
 def machine_info(conn: psycopg.Connection[Any]) -> dict[str, Any]:

@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,47 +38,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import BENCHMARKS, machine_info, percentile, write_report  # noqa: E402
+from benchmarks.harness import BENCHMARKS, machine_info, percentile, platform_process, write_report  # noqa: E402
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port  # noqa: E402
 from ingest.store import COPY_COLUMNS  # noqa: E402
 from sensorthings.migrate import apply_migrations  # noqa: E402
 
 DATA = BENCHMARKS / ".data" / "ingest"
-CITYSTREAM = Path(sys.executable).parent / "citystream"
 BATCH = 5000
 SAMPLED_DATASTREAMS = 4  # the latency subscriber listens to this many Datastreams' topics
 
 
 # ------------------------------------------------------------------ platform processes
-
-
-@contextmanager
-def platform_process(args: list[str], env: dict[str, str], log_path: Path, ready_url: str | None = None
-                     ) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(CITYSTREAM), *args], env={**os.environ, **env}, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while ready_url is not None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"citystream {args[0]} exited with {proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"citystream {args[0]} did not start; see {log_path}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def stored(dsn: str) -> int:

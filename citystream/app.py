@@ -18,7 +18,8 @@ from citystream.admin import admin_router
 from citystream.runtime import tune_garbage_collector
 from citystream.settings import Settings
 from ingest.pipeline import IngestConfig, IngestPipeline
-from mqtt_bridge.bridge import Bridge, BridgeConfig, BrokerAddress
+from mqtt_bridge.address import BrokerAddress
+from mqtt_bridge.bridge import Bridge, BridgeConfig
 from mqtt_bridge.notifier import Notifier
 from mqtt_bridge.subscriptions import SubscriptionRegistry
 from sensorthings.errors import StaError
@@ -50,9 +51,7 @@ def mqtt_endpoints(settings: Settings) -> tuple[str, ...]:
         return ()
     if settings.mqtt_public_urls:
         return settings.mqtt_public_urls
-    broker = BrokerAddress.from_url(settings.mqtt_url)
-    host = f"[{broker.host}]" if ":" in broker.host else broker.host
-    return (f"mqtt://{host}:{broker.port}",)
+    return (BrokerAddress.from_url(settings.mqtt_url).url,)
 
 
 def make_bridge(settings: Settings, ingest: IngestPipeline, notifier: Notifier, client_id: str | None = None

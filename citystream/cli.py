@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from citystream.embedded import (
     EmbeddedMosquitto,
@@ -28,6 +27,7 @@ from citystream.embedded import (
     ensure_port_free,
 )
 from citystream.settings import Settings
+from mqtt_bridge.address import BrokerAddress
 
 if TYPE_CHECKING:
     import uvicorn
@@ -275,7 +275,7 @@ def _masked_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _broker(settings: Settings) -> Iterator[tuple[str, list[str], MqttAccount]]:
+def _broker(settings: Settings) -> Iterator[tuple[str, list[str], BrokerAddress]]:
     """The configured broker, or the embedded Mosquitto for the lifetime of the block.
 
     Yields (URL the platform connects with, banner lines, the account a sensor - the demo - publishes
@@ -283,7 +283,7 @@ def _broker(settings: Settings) -> Iterator[tuple[str, list[str], MqttAccount]]:
     """
     if settings.mqtt_url:
         yield (settings.mqtt_url, [f"  MQTT broker       {_masked_url(settings.mqtt_url)}"],
-               MqttAccount.from_url(settings.mqtt_url))
+               BrokerAddress.from_url(settings.mqtt_url))
         return
     # Loopback unless explicitly asked otherwise, even when the API is exposed (--host).
     broker = EmbeddedMosquitto(
@@ -319,7 +319,8 @@ def _broker(settings: Settings) -> Iterator[tuple[str, list[str], MqttAccount]]:
         _say(f"Mosquitto ready at {broker.url} (platform account {broker.platform_username!r}, password in "
              f"{broker.platform_password_file})")
         try:
-            yield broker.platform_url, lines, MqttAccount(broker.url, broker.sensor_username, broker.sensor_password)
+            sensor = BrokerAddress(broker.host, broker.port, broker.sensor_username, broker.sensor_password)
+            yield broker.platform_url, lines, sensor
         finally:
             _say("stopping Mosquitto")
 
@@ -364,23 +365,6 @@ def _http_base(settings: Settings) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class MqttAccount:
-    """A broker URL without credentials, and the credentials (kept apart so the URL can be printed)."""
-
-    url: str
-    username: str | None
-    password: str | None
-
-    @classmethod
-    def from_url(cls, url: str) -> MqttAccount:
-        parts = urlsplit(url)
-        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
-        return cls(f"{parts.scheme}://{host}:{parts.port or 1883}",
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None)
-
-
-@dataclasses.dataclass(frozen=True)
 class DemoOptions:
     speed: float
     seed: int
@@ -391,7 +375,7 @@ class DemoOptions:
 
 
 @contextlib.contextmanager
-def _demo_running(sta_url: str, account: MqttAccount, options: DemoOptions | None) -> Iterator[None]:
+def _demo_running(sta_url: str, account: BrokerAddress, options: DemoOptions | None) -> Iterator[None]:
     """The demo publisher in a thread of its own (the HTTP server owns the main thread's loop)."""
     if options is None:
         yield
@@ -429,9 +413,8 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
     with _database(settings) as (database_url, shown_db), _broker(settings) as (mqtt_url, shown_mqtt, sensor):
         _migrate(database_url)
         if not settings.mqtt_url and not settings.mqtt_public_urls:  # the embedded broker: announce both listeners
-            ws_host = sensor.url.split("://", 1)[1].rsplit(":", 1)[0]
-            settings = dataclasses.replace(
-                settings, mqtt_public_urls=(sensor.url, f"ws://{ws_host}:{settings.mqtt_ws_port}"))
+            ws = dataclasses.replace(sensor, port=settings.mqtt_ws_port).url.replace("mqtt://", "ws://", 1)
+            settings = dataclasses.replace(settings, mqtt_public_urls=(sensor.url, ws))
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
         server = _server(settings, database_url)
         base = _http_base(settings)
@@ -496,7 +479,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     sta_url = args.url or f"{_http_base(settings)}/v1.1"
     if args.mqtt_url:
-        account = MqttAccount.from_url(args.mqtt_url)
+        account = BrokerAddress.from_url(args.mqtt_url)
     else:
         password_file = settings.data_dir / "mosquitto" / "sensor-password"
         password = settings.mqtt_sensor_password or (
@@ -505,8 +488,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             print(f"citystream: error: no sensor password: give --mqtt-url mqtt://user:password@host:port or run "
                   f"`citystream up` with this --data-dir first ({password_file} is missing)", file=sys.stderr)
             return 2
-        host = f"[{settings.mqtt_host}]" if ":" in settings.mqtt_host else settings.mqtt_host
-        account = MqttAccount(f"mqtt://{host}:{settings.mqtt_port}", settings.mqtt_sensor_user, password)
+        account = BrokerAddress(settings.mqtt_host, settings.mqtt_port, settings.mqtt_sensor_user, password)
     stop = asyncio.Event()
 
     async def main() -> None:

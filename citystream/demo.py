@@ -38,13 +38,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from mqtt_bridge.address import BrokerAddress
 
 log = logging.getLogger("citystream.demo")
 
@@ -768,37 +769,6 @@ async def create_city(client: httpx.AsyncClient, base_url: str, *, seed: int = 1
 # ============================================================================================ MQTT
 
 
-@dataclass(frozen=True)
-class MqttTarget:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-
-def parse_mqtt_url(url: str) -> MqttTarget:
-    """`mqtt://[user[:password]@]host[:port]` (also `tcp://`; `mqtts://`/`ssl://` for TLS, default port 8883)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
-        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} in {url!r}: use mqtt://host:port")
-    if not parts.hostname:
-        raise ValueError(f"MQTT URL {url!r} has no host")
-    tls = scheme in ("mqtts", "ssl")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ValueError(f"MQTT URL {url!r} has an invalid port") from exc
-    return MqttTarget(
-        host=parts.hostname,
-        port=port,
-        username=unquote(parts.username) if parts.username is not None else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        tls=tls,
-    )
-
-
 class SimulatedClock:
     """The demo's time: `min(start + elapsed × speed, real now)`.
 
@@ -840,7 +810,7 @@ class SimulatedClock:
 class _Publisher:
     """A paho MQTT 5 client running its network loop in paho's thread; counts broker acknowledgements."""
 
-    def __init__(self, target: MqttTarget, username: str | None, password: str | None,
+    def __init__(self, target: BrokerAddress, username: str | None, password: str | None,
                  max_queued: int = 50_000) -> None:
         self.target = target
         self._lock = threading.Lock()
@@ -936,7 +906,7 @@ async def publish_forever(
     acknowledged (PUBACK) grows, with the running total. On stop, in-flight observations get up to 5 s to
     be acknowledged before the client disconnects.
     """
-    target = parse_mqtt_url(mqtt_url)
+    target = BrokerAddress.from_url(mqtt_url)
     user = username if username is not None else target.username
     secret = password if password is not None else target.password
     stop = stop or asyncio.Event()

@@ -19,13 +19,13 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from ingest.pipeline import IngestPipeline
 from ingest.rows import Origin, parse_observation, parse_payload
 from ingest.store import Item
+from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
 from mqtt_bridge.topics import CREATE_FILTERS, create_target, error_topic
@@ -34,24 +34,6 @@ from sensorthings.errors import StaError
 
 log = logging.getLogger("citystream.bridge")
 ERROR_EXCERPT_CHARS = 256
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def from_url(cls, url: str) -> BrokerAddress:
-        """mqtt://[user[:password]@]host[:port]"""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"MQTT URL {url!r} must look like mqtt://user:password@host:1883")
-        return cls(parts.hostname, parts.port or 1883,
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None)
 
 
 @dataclass(frozen=True)
@@ -77,6 +59,8 @@ def _user_property(message: Message, name: str) -> str | None:
 class Bridge:
     def __init__(self, broker: BrokerAddress, pipeline: IngestPipeline, notifier: Notifier,
                  config: BridgeConfig) -> None:
+        if broker.tls:
+            raise ValueError(f"the bridge connects without TLS; give it a plain listener, not {broker.url}")
         self.broker = broker
         self.pipeline = pipeline
         self.notifier = notifier

@@ -38,11 +38,11 @@ from citystream.demo import (
     awake,
     create_city,
     floor_time,
-    parse_mqtt_url,
     publish_forever,
     run_demo,
     traffic_activity,
 )
+from mqtt_bridge.address import BrokerAddress
 
 DEMO_FILTER = "properties/demo eq 'citystream'"
 EXPECTED_DATASTREAMS = {"bike-counter": 24, "e-charging": 8, "bike-share": 6, "air-quality": 9, "noise": 3,
@@ -96,7 +96,7 @@ class Subscriber:
     """A paho MQTT 5 client subscribed to `v1.1/#`, collecting the (topic, payload) pairs devices publish."""
 
     def __init__(self, broker_url: str) -> None:
-        target = parse_mqtt_url(broker_url)
+        target = BrokerAddress.from_url(broker_url)
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -288,7 +288,7 @@ def test_publish_forever_publishes_valid_observations_to_the_datastream_topics(
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub (mosquitto-clients) not installed")
 def test_an_external_mosquitto_sub_receives_the_demo_observations(sta: str, mosquitto_server: Any) -> None:
     city = build_city(sta)
-    target = parse_mqtt_url(mosquitto_server.url)
+    target = BrokerAddress.from_url(mosquitto_server.url)
     sub = subprocess.Popen(
         ["mosquitto_sub", "-V", "mqttv5", "-h", target.host, "-p", str(target.port), "-t", "v1.1/#", "-v",
          "-q", "1", "-C", "40", "-W", "20"],
@@ -348,15 +348,15 @@ def test_simulated_clock_catches_up_then_runs_in_real_time() -> None:
         SimulatedClock(0)
 
 
-def test_parse_mqtt_url() -> None:
-    target = parse_mqtt_url("mqtt://sensor:p%40ss@broker.example:1884")
+def test_broker_address_from_url() -> None:
+    target = BrokerAddress.from_url("mqtt://sensor:p%40ss@broker.example:1884")
     assert (target.host, target.port, target.username, target.password, target.tls) == (
         "broker.example", 1884, "sensor", "p@ss", False)
-    assert parse_mqtt_url("mqtt://127.0.0.1").port == 1883
-    assert parse_mqtt_url("mqtts://broker").port == 8883
-    assert parse_mqtt_url("mqtt://[::1]:1883").host == "::1"
+    assert BrokerAddress.from_url("mqtt://127.0.0.1").port == 1883
+    assert BrokerAddress.from_url("mqtts://broker").port == 8883
+    assert BrokerAddress.from_url("mqtt://[::1]:1883").host == "::1"
     with pytest.raises(ValueError):
-        parse_mqtt_url("http://broker:1883")
+        BrokerAddress.from_url("http://broker:1883")
 
 
 def local(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:
