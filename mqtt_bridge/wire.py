@@ -308,6 +308,7 @@ class MqttClient:
         self.connected = asyncio.Event()
         self._protocol: MqttProtocol | None = None
         self._stopping = False
+        self._paused = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -340,6 +341,8 @@ class MqttClient:
         refused = [f for (f, _), code in zip(self.subscriptions, granted, strict=False) if code >= 0x80]
         if refused:
             log.warning("the MQTT broker refused the subscriptions %s", refused)
+        if self._paused and protocol.transport is not None:
+            protocol.transport.pause_reading()  # the consumer is still catching up
         self.connected.set()
 
     async def _keep_connected(self) -> None:
@@ -370,7 +373,9 @@ class MqttClient:
                 await asyncio.wait_for(asyncio.shield(protocol.closed), self.keepalive / 2)
             except TimeoutError:
                 protocol.write(PINGREQ_PACKET)
-                if loop.time() - protocol.last_received > self.keepalive * 1.5 and protocol.transport:
+                if self._paused:  # we are not reading: silence says nothing about the broker
+                    protocol.last_received = loop.time()
+                elif loop.time() - protocol.last_received > self.keepalive * 1.5 and protocol.transport:
                     log.warning("the MQTT broker stopped answering; reconnecting")
                     protocol.transport.close()
 
@@ -391,6 +396,7 @@ class MqttClient:
         self.write(puback_packets(packet_ids), generation)
 
     def pause_reading(self, pause: bool) -> None:
+        self._paused = pause
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
             (protocol.transport.pause_reading if pause else protocol.transport.resume_reading)()
