@@ -27,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from ingest import metrics
 from ingest.rows import OBSERVATION, parse_observation
 from ingest.store import Item, PartitionCache, write_batch
-from sensorthings.errors import BadRequest
+from sensorthings.errors import BadRequest, ServiceUnavailable
 from sensorthings.interfaces import Change, ChangeListener
 
 log = logging.getLogger("citystream.ingest")
@@ -109,8 +109,10 @@ class IngestPipeline:
     async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None) -> int:
         row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=None)
         item = await self.submit(Item(row), "http")
-        if item.reason is not None or item.id is None:
+        if item.reason is not None:
             raise BadRequest(f"body: {item.reason}")
+        if item.id is None:
+            raise ServiceUnavailable("the Observation could not be stored (see the server log); send it again")
         return item.id
 
     async def _run_writer(self) -> None:
@@ -118,10 +120,8 @@ class IngestPipeline:
             batch = await self._take()
             try:
                 await self._write(batch)
-            except Exception as exc:  # never lose the waiters: a bug fails their items, not the writer
-                log.exception("ingest batch failed")
-                for queued in batch:
-                    queued.item.reason = queued.item.reason or f"internal error while storing: {exc}"
+            except Exception:  # a bug: the waiters still get their items back, with neither id nor reason
+                log.exception("ingest batch failed")  # (not stored; MQTT leaves them unacknowledged)
             finally:
                 for queued in batch:
                     try:

@@ -147,6 +147,8 @@ class Bridge:
     def _completed(self, item: Item) -> None:
         """After commit: report a rejection to the device, acknowledge the message."""
         generation, packet_id, message = item.ticket
+        if item.id is None and item.reason is None:
+            return  # not stored because of a fault of ours: unacknowledged, the broker redelivers it
         if item.reason is not None:
             self._report(message, item.reason)
         if packet_id:
