@@ -11,19 +11,13 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citystream.admin import admin_router
-from citystream.runtime import tune_garbage_collector
+from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
-from ingest.pipeline import IngestConfig, IngestPipeline
-from mqtt_bridge.address import BrokerAddress
-from mqtt_bridge.bridge import Bridge, BridgeConfig
-from mqtt_bridge.notifier import Notifier
-from mqtt_bridge.subscriptions import SubscriptionRegistry
 from sensorthings.errors import StaError
-from sensorthings.rest import VERSION, StaApi, StaConfig, error_response, service_url
+from sensorthings.rest import StaApi, StaConfig, error_response, service_url
 
 log = logging.getLogger("citystream")
 
@@ -32,70 +26,17 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def ingest_config(settings: Settings) -> IngestConfig:
-    return IngestConfig(batch_rows=settings.ingest_batch_rows, batch_wait_ms=settings.ingest_batch_wait_ms,
-                        queue_rows=settings.ingest_queue_rows, writers=settings.ingest_writers)
-
-
-def notification_base(settings: Settings) -> str:
-    """Service root for selfLinks in MQTT notifications (no request to take it from)."""
-    if settings.public_url:
-        return f"{settings.public_url.rstrip('/')}/{VERSION}"
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    return f"http://{host}:{settings.http_port}/{VERSION}"
-
-
-def mqtt_endpoints(settings: Settings) -> tuple[str, ...]:
-    """The MQTT endpoints clients are told about: configured, or the broker's address without credentials."""
-    if not settings.mqtt_url:
-        return ()
-    if settings.mqtt_public_urls:
-        return settings.mqtt_public_urls
-    return (BrokerAddress.from_url(settings.mqtt_url).url,)
-
-
-def make_bridge(settings: Settings, ingest: IngestPipeline, notifier: Notifier, client_id: str | None = None
-                ) -> Bridge | None:
-    if not settings.mqtt_url:
-        return None
-    return Bridge(BrokerAddress.from_url(settings.mqtt_url), ingest, notifier, BridgeConfig(
-        client_id=client_id or settings.mqtt_client_id, ingest=settings.mqtt_ingest,
-        max_payload_bytes=settings.mqtt_max_payload_bytes, receive_maximum=settings.mqtt_receive_maximum))
-
-
-def make_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[Any]:
-    return AsyncConnectionPool(
-        database_url,
-        min_size=1,
-        max_size=settings.db_pool_size,
-        kwargs={"autocommit": True, "options": f"-c statement_timeout={settings.statement_timeout_ms}"},
-        open=False,
-    )
-
-
 def create_app(settings: Settings, database_url: str) -> FastAPI:
-    pool = make_pool(settings, database_url)
-
-    registry = SubscriptionRegistry()
-    notifier = Notifier(pool, registry, notification_base(settings))
-    ingest = IngestPipeline(pool, ingest_config(settings), listener=notifier)
-    bridge = make_bridge(settings, ingest, notifier)
+    services = WritePath.build(settings, database_url)
+    pool, ingest, notifier = services.pool, services.ingest, services.notifier
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await pool.open(wait=True, timeout=30)
-        tune_garbage_collector()
-        await ingest.start()
-        if bridge is not None:
-            await bridge.start()
+        await services.start()
         try:
             yield
         finally:
-            if bridge is not None:
-                await bridge.stop()
-            else:
-                await ingest.stop()
-            await pool.close()
+            await services.stop()
 
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -110,7 +51,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         mqtt_endpoints=mqtt_endpoints(settings),
     ), observations=ingest, listener=notifier)
     app.include_router(sta.router)
-    app.include_router(admin_router(pool, settings.admin_token, registry))
+    app.include_router(admin_router(pool, settings.admin_token, notifier.registry))
 
     @app.get("/", include_in_schema=False)
     async def landing(request: Request) -> Response:

@@ -13,12 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from citystream.app import ingest_config, make_bridge, make_pool, notification_base
-from citystream.runtime import tune_garbage_collector
+from citystream.services import WritePath
 from citystream.settings import Settings
-from ingest.pipeline import IngestPipeline
-from mqtt_bridge.notifier import Notifier
-from mqtt_bridge.subscriptions import SubscriptionRegistry
 
 
 def worker_client_id(settings: Settings, worker: int) -> str:
@@ -27,26 +23,20 @@ def worker_client_id(settings: Settings, worker: int) -> str:
 
 async def run_bridge(settings: Settings, database_url: str, client_id: str) -> None:
     """Run until SIGINT/SIGTERM, then commit and acknowledge what is in flight and disconnect."""
-    pool = make_pool(settings, database_url)
-    await pool.open(wait=True, timeout=30)
-    notifier = Notifier(pool, SubscriptionRegistry(), notification_base(settings))
-    ingest = IngestPipeline(pool, ingest_config(settings), listener=notifier)
-    bridge = make_bridge(settings, ingest, notifier, client_id)
-    assert bridge is not None
+    services = WritePath.build(settings, database_url, client_id)
+    assert services.bridge is not None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    tune_garbage_collector()
-    await ingest.start()
-    await bridge.start()
+    await services.start()
     print(f"citystream: bridge {client_id} connected", flush=True)
     try:
         await stop.wait()
     finally:
-        await bridge.stop()
-        await pool.close()
-        print(f"citystream: bridge {client_id} stopped after storing {ingest.stored} observations", flush=True)
+        await services.stop()
+        print(f"citystream: bridge {client_id} stopped after storing {services.ingest.stored} observations",
+              flush=True)
 
 
 def run_workers(workers: int) -> int:

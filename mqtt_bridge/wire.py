@@ -305,7 +305,6 @@ class MqttClient:
         self.subscriptions = subscriptions
         self.on_message = on_message
         self.generation = 0
-        self.connected = asyncio.Event()
         self._protocol: MqttProtocol | None = None
         self._stopping = False
         self._paused = False
@@ -343,7 +342,6 @@ class MqttClient:
             log.warning("the MQTT broker refused the subscriptions %s", refused)
         if self._paused and protocol.transport is not None:
             protocol.transport.pause_reading()  # the consumer is still catching up
-        self.connected.set()
 
     async def _keep_connected(self) -> None:
         delay = 1.0
@@ -351,7 +349,6 @@ class MqttClient:
             protocol = self._protocol
             if protocol is not None:
                 await self._watch(protocol)
-                self.connected.clear()
                 self._protocol = None
             if self._stopping:
                 return
