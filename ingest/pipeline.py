@@ -106,14 +106,15 @@ class IngestPipeline:
         await self._queue.put(_Queued(item, done, source))
 
     # ObservationSink (sensorthings.interfaces) for POST Observations
-    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None) -> int:
+    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None,
+                                 base_url: str) -> tuple[int, str]:
         row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=None)
-        item = await self.submit(Item(row), "http")
+        item = await self.submit(Item(row, render_base=base_url), "http")
         if item.reason is not None:
             raise BadRequest(f"body: {item.reason}")
-        if item.id is None:
+        if item.id is None or item.rendered is None:
             raise ServiceUnavailable("the Observation could not be stored (see the server log); send it again")
-        return item.id
+        return item.id, item.rendered
 
     async def _run_writer(self) -> None:
         while True:
@@ -184,7 +185,7 @@ class IngestPipeline:
                 return
             except psycopg.Error as exc:
                 for item, (reason, feature_id, new_feature) in zip(items, saved, strict=True):
-                    item.reason, item.id = reason, None
+                    item.reason, item.id, item.rendered = reason, None, None
                     if item.row is not None:
                         item.row.feature_id, item.row.new_feature = feature_id, new_feature
                 if _retryable(exc):

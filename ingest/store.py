@@ -18,21 +18,22 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from ingest.dead_letters import record_dead_letters
 from ingest.rows import FEATURE_OF_INTEREST, OBSERVATION, ObservationRow, Origin, result_type_error
 from sensorthings import observation_ids
+from sensorthings.compiler import compile_created
 from sensorthings.model import Storage
 from sensorthings.writer import (
+    CURRENT_LOCATION,
     ObservationTouch,
     Writer,
     add_touch,
     create_partition,
-    current_locations,
     generated_features,
     update_datastream_summaries,
 )
@@ -76,6 +77,11 @@ class Item:
     id: int | None = None
     ticket: Any = None
     """Opaque to ingest: what the submitter needs to answer for the item (the MQTT packet to acknowledge)."""
+    render_base: str | None = None
+    """Set by a submitter that answers with the created entity (HTTP 201): the service URL for its links."""
+    rendered: str | None = None
+    """The stored Observation's JSON as GET renders it (when `render_base` was set), read in the batch's
+    transaction: one statement per batch instead of a query per request."""
 
 
 def check_columns_match_model() -> None:
@@ -115,32 +121,47 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
     Raises psycopg errors only for failures of the database itself (the caller retries or bisects)."""
     async with conn.transaction():
         rows = [i for i in items if i.reason is None and i.row is not None]
-        await _check_datastreams(conn, rows)
+        datastreams = await _read_datastreams(conn, rows)
         rows = [i for i in rows if i.reason is None]
         await _check_features(conn, rows)
         rows = [i for i in rows if i.reason is None]
-        await _assign_features(conn, rows, now)
+        await _assign_features(conn, rows, datastreams, now)
         rows = [i for i in rows if i.reason is None]
         if rows:
             await _copy(conn, rows)
             await update_datastream_summaries(conn, _touches(rows))
+            await _render(conn, rows)
         await record_dead_letters(conn, [(i.origin, i.reason) for i in items if i.reason and i.origin], now)
 
 
-async def _check_datastreams(conn: AsyncConnection[Any], items: list[Item]) -> None:
+class _Datastream(NamedTuple):
+    observation_type: str
+    location_id: int | None
+    """The current Location of its Thing, from which FeaturesOfInterest are generated."""
+    generated_feature_id: int | None
+    """The FeatureOfInterest already generated from that Location, if there is one yet."""
+
+
+async def _read_datastreams(conn: AsyncConnection[Any], items: list[Item]) -> dict[int, _Datastream]:
+    """One statement for what the batch needs of its Datastreams; rejects rows whose Datastream is missing
+    or whose result does not fit its observationType."""
     wanted = sorted({i.row.datastream_id for i in items if i.row})
     if not wanted:
-        return
-    cursor = await conn.execute(
-        "SELECT id, observation_type FROM datastreams WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", (wanted,))
-    types = {int(d): t for d, t in await cursor.fetchall()}
+        return {}
+    cursor = await conn.execute(sql.SQL(
+        "SELECT d.id, d.observation_type, loc.location_id, f.id FROM datastreams d"
+        " LEFT JOIN LATERAL ({}) loc ON true"
+        " LEFT JOIN features_of_interest f ON f.generated_from_location_id = loc.location_id"
+        " WHERE d.id = ANY(%s) ORDER BY d.id FOR KEY SHARE OF d").format(CURRENT_LOCATION), (wanted,))
+    datastreams = {int(d): _Datastream(t, loc, f) for d, t, loc, f in await cursor.fetchall()}
     for item in items:
         assert item.row is not None
-        observation_type = types.get(item.row.datastream_id)
-        if observation_type is None:
+        datastream = datastreams.get(item.row.datastream_id)
+        if datastream is None:
             item.reason = f"there is no Datastream with @iot.id {item.row.datastream_id}"
         else:
-            item.reason = result_type_error(observation_type, item.row.columns)
+            item.reason = result_type_error(datastream.observation_type, item.row.columns)
+    return datastreams
 
 
 async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None:
@@ -156,9 +177,10 @@ async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None
             item.reason = f"there is no FeatureOfInterest with @iot.id {item.row.feature_id}"
 
 
-async def _assign_features(conn: AsyncConnection[Any], items: list[Item], now: datetime) -> None:
+async def _assign_features(conn: AsyncConnection[Any], items: list[Item], datastreams: dict[int, _Datastream],
+                           now: datetime) -> None:
     """Create inline FeaturesOfInterest; give rows without one the FeatureOfInterest generated from the
-    current Location of their Datastream's Thing (as a REST create does)."""
+    current Location of their Datastream's Thing (as a REST create does), generating it if need be."""
     writer = Writer(conn, now)
     for item in items:
         assert item.row is not None
@@ -166,19 +188,18 @@ async def _assign_features(conn: AsyncConnection[Any], items: list[Item], now: d
             item.row.feature_id = await writer.insert(FEATURE_OF_INTEREST, item.row.new_feature)
             item.row.new_feature = None
     needing = [i for i in items if i.row and i.row.feature_id is None]
-    if not needing:
-        return
-    locations = await current_locations(conn, {i.row.datastream_id for i in needing if i.row})
-    features = await generated_features(conn, locations.values())
+    ungenerated = {d.location_id for i in needing if i.row
+                   for d in (datastreams[i.row.datastream_id],) if d.generated_feature_id is None}
+    generated = await generated_features(conn, [loc for loc in ungenerated if loc is not None])
     for item in needing:
         assert item.row is not None
-        location = locations.get(item.row.datastream_id)
-        if location is None:
+        datastream = datastreams[item.row.datastream_id]
+        if datastream.location_id is None:
             item.reason = (f"the Observation has no FeatureOfInterest and the Thing of Datastream "
                            f"{item.row.datastream_id} has no Location to generate one from; give a "
                            f"FeatureOfInterest or link the Thing to a Location")
         else:
-            item.row.feature_id = features[location]
+            item.row.feature_id = datastream.generated_feature_id or generated[datastream.location_id]
 
 
 async def _copy(conn: AsyncConnection[Any], items: list[Item]) -> None:
@@ -198,6 +219,21 @@ async def _copy(conn: AsyncConnection[Any], items: list[Item]) -> None:
                 if values[position] is not None:
                     values[position] = Jsonb(values[position], _as_is)
             await copy.write_row(values)
+
+
+async def _render(conn: AsyncConnection[Any], items: list[Item]) -> None:
+    by_base: dict[str, list[Item]] = {}
+    for item in items:
+        if item.render_base is not None:
+            by_base.setdefault(item.render_base, []).append(item)
+    for base, wanted in by_base.items():
+        starts = [i.row.columns["phenomenon_time_start"] for i in wanted if i.row is not None]
+        ids = [i.id for i in wanted if i.id is not None]
+        compiled = compile_created(OBSERVATION, ids, base, min(starts), max(starts))
+        cursor = await conn.execute(compiled.query, compiled.params)
+        rendered: dict[int, str] = {int(i): text for i, text in await cursor.fetchall()}
+        for item in wanted:
+            item.rendered = rendered[item.id] if item.id is not None else None
 
 
 def _touches(items: list[Item]) -> dict[int, ObservationTouch]:

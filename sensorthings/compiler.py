@@ -450,6 +450,32 @@ def compile_entity_by_id(entity: Entity, entity_id: int, base_url: str) -> Compi
     return Compiled(template.statement, params, rendered=template.query)
 
 
+@functools.lru_cache(maxsize=64)
+def _created_template(entity: Entity, base_url: str) -> tuple[Compiled, tuple[str, str, str]]:
+    b = SqlBuilder(base_url)
+    e = b.alias()
+    names = tuple(f"p{len(b.params) + n}" for n in range(3))  # the names b.param gives the next three
+    ids, earliest, latest = b.param(None), b.param(None), b.param(None)
+    assert all(name in b.params for name in names)
+    condition = sql.SQL("{} = ANY({})").format(qualified(e, "id"), ids)
+    if entity.partition_column:
+        time_col = qualified(e, entity.partition_column)
+        condition = sql.SQL("{} AND {} >= {} AND {} <= {}").format(condition, time_col, earliest, time_col, latest)
+    statement = sql.SQL("SELECT {}, {}::text FROM {} {} WHERE {}").format(
+        qualified(e, "id"), entity_json(entity, e, b, ()), sql.Identifier(entity.table), e, condition)
+    return Compiled(statement, b.params, rendered=statement.as_bytes(None)), (names[0], names[1], names[2])
+
+
+def compile_created(entity: Entity, ids: list[int], base_url: str, earliest: datetime, latest: datetime
+                    ) -> Compiled:
+    """(id, JSON as GET renders it) of entities just created in this transaction: the 201 bodies of an ingest
+    batch in one statement. `earliest`/`latest` bound the partition column (the batch's phenomenon times), so
+    that a time-partitioned table is searched only in the partitions the batch wrote to."""
+    template, (ids_name, earliest_name, latest_name) = _created_template(entity, base_url)
+    params = {**template.params, ids_name: ids, earliest_name: earliest, latest_name: latest}
+    return Compiled(template.statement, params, rendered=template.rendered)
+
+
 def compile_ids(path: ResourcePath) -> Compiled:
     """Ids of the entities a path addresses (used by writes to resolve `Things(1)/Locations(2)`)."""
     b = SqlBuilder("")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -387,8 +388,21 @@ class Result(Field):
         return True
 
 
+_NUMBER_TYPES = (int, float, Decimal)  # a tuple: `int | float | Decimal` would build a Union on every call
+
+
 def result_columns(value: Any) -> dict[str, Any]:
-    """Split a JSON result into the typed result columns."""
+    """Split a JSON result into the typed result columns (numbers first: the common sensor reading)."""
+    if isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
+        if not math.isfinite(number):
+            raise BadRequest("result must be a finite number", field="result")
+        text = value.text if isinstance(value, JsonNumber) else str(value)
+        return {"result_type": RESULT_NUMBER, "result_number": number, "result_string": text,
+                "result_boolean": None, "result_json": None}
     row: dict[str, Any] = {
         "result_type": RESULT_NULL,
         "result_number": None,
@@ -400,15 +414,6 @@ def result_columns(value: Any) -> dict[str, Any]:
         return row
     if isinstance(value, bool):
         row.update(result_type=RESULT_BOOLEAN, result_boolean=value)
-    elif isinstance(value, int | float | Decimal):
-        try:
-            number = float(value)
-        except OverflowError:
-            number = float("inf")
-        if number != number or number in (float("inf"), float("-inf")):
-            raise BadRequest("result must be a finite number", field="result")
-        text = value.text if isinstance(value, JsonNumber) else str(value)
-        row.update(result_type=RESULT_NUMBER, result_number=number, result_string=text)
     elif isinstance(value, str):
         row.update(result_type=RESULT_STRING, result_string=value)
     else:

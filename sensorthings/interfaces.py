@@ -38,7 +38,9 @@ class ChangeListener(Protocol):
 
 
 class ObservationSink(Protocol):
-    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None) -> int:
-        """Validate and store one Observation (JSON body as parsed), returning its id once committed.
-        `datastream_id` / `feature_id` come from the URL (`Datastreams(1)/Observations`). Raises StaError."""
+    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None,
+                                 base_url: str) -> tuple[int, str]:
+        """Validate and store one Observation (JSON body as parsed); once committed, return its id and its
+        JSON as GET renders it with links under `base_url` (the 201 body). `datastream_id` / `feature_id`
+        come from the URL (`Datastreams(1)/Observations`). Raises StaError."""
         ...

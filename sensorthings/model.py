@@ -92,6 +92,15 @@ class Entity:
                 for c in f.columns}
 
     @functools.cached_property
+    def fields_by_name(self) -> dict[str, Field]:
+        return {f.name: f for f in self.fields}
+
+    @functools.cached_property
+    def needed_on_create(self) -> tuple[Field, ...]:
+        """Fields a create must give, or whose absence the server fills in (phenomenonTime: now)."""
+        return tuple(f for f in self.fields if (f.required or f.defaults_to_now) and not f.server_maintained)
+
+    @functools.cached_property
     def has_geojson_encoding(self) -> bool:
         """An entity with GeoJSON geometry and an encodingType, which must then name GeoJSON."""
         return self.field("encodingType") is not None and any(isinstance(f, GeoJson) for f in self.fields)

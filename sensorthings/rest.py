@@ -398,10 +398,9 @@ class StaApi:
         if relation is not None:
             async with self.pool.connection() as conn:
                 parents[relation.inverse_name] = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-        new_id = await self.observations.create_observation(
-            body, datastream_id=parents.get("Datastream"), feature_id=parents.get("FeatureOfInterest"))
-        async with self.pool.connection() as conn:
-            created = await self._entity_json(conn, OBSERVATION, new_id, base)
+        new_id, created = await self.observations.create_observation(
+            body, datastream_id=parents.get("Datastream"), feature_id=parents.get("FeatureOfInterest"),
+            base_url=base)
         return json_response(created, 201, {"Location": f"{base}/{OBSERVATION.set_name}({new_id})"})
 
     async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
