@@ -3,14 +3,22 @@
 One run measures, against a private PostgreSQL and Mosquitto (fresh, in benchmarks/.data/ingest):
   (a) the ceiling: binary COPY (psycopg, 5,000-row batches, one connection) of the same rows straight
       into the observations table;
-  (b) MQTT end to end — publishers (`mosquitto_pub -l`, C, in their own processes) -> Mosquitto ->
-      `citystream bridge` -> committed rows — at QoS 0 and QoS 1, publishing as fast as the system takes
-      for --seconds; the sustained rate is the slope of the stored-row count after a warm-up. Then QoS 1
-      paced at half that rate: latency from publish (the phenomenonTime each message carries) to the
-      notification a subscriber receives for it, which is sent after commit (so it bounds
-      publish-to-commit from above);
+  (b) MQTT end to end — publishers (--publishers processes, default 2) -> Mosquitto -> `citystream bridge`
+      -> committed rows — at QoS 0 and QoS 1, offering --offered-rate messages/s for --seconds; the
+      sustained rate is the slope of the stored-row count after a warm-up. Then QoS 1 paced at half that
+      rate: latency from publish (the phenomenonTime each message carries) to the notification a subscriber
+      receives for it, which is sent after commit (so it bounds publish-to-commit from above);
   (c) `POST /v1.1/Observations` with 1 and 32 concurrent clients against `citystream serve`.
 Each figure is also given as a ratio to (a), because these machines are shared and noisy.
+
+The load generators are benchmarks/loadgen.py (raw asyncio: MQTT 5 over TCP, HTTP/1.1 keep-alive), because
+the generic clients ate the 2-core machine: per message, `mosquitto_pub -l` (QoS 1) cost ~16 µs of CPU plus
+~5.5 µs for the Python generating its lines, against ~26 µs for the bridge; the httpx AsyncClient cost
+~2.8 ms per POST (58% of the machine) against ~1.3 ms for the server. Each generator measures its own CPU,
+and the table shows it per message and as a share of the machine. `--publisher mosquitto_pub` still runs
+the C client (a real external one) for comparison. "published" at QoS 1 with the lean publisher counts the
+messages the broker acknowledged (PUBACK), not the ones written; "not stored" = published but missing
+once the backlog is committed.
 
     .venv/bin/python benchmarks/ingest.py                 # the full run (about 6 minutes)
     .venv/bin/python benchmarks/ingest.py --seconds 20    # a quicker look
@@ -19,13 +27,14 @@ Each figure is also given as a ratio to (a), because these machines are shared a
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing
+import os
+import resource
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import loadgen  # noqa: E402
 from benchmarks.harness import BENCHMARKS, machine_info, percentile, platform_process, write_report  # noqa: E402
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port  # noqa: E402
 from ingest.store import COPY_COLUMNS  # noqa: E402
@@ -149,9 +159,11 @@ def _mosquitto_pub(port: int, user: str, password: str, qos: int) -> subprocess.
 
 
 def _publisher(port: int, user: str, password: str, qos: int, datastreams: list[int], seconds: float,
-               rate: float | None, counter: Any) -> None:
+               rate: float | None) -> dict[str, float]:
     """Feed lines to `mosquitto_pub -l` (a fresh one every LINES_PER_PROCESS lines); `rate` None = as fast
-    as it takes them."""
+    as it takes them. Returns the lines written and the CPU time of this process and its mosquitto_pubs."""
+    cpu_started = time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     sent = 0
     started = time.monotonic()
     chunk = 200
@@ -180,7 +192,10 @@ def _publisher(port: int, user: str, password: str, qos: int, datastreams: list[
         proc.stdin.close()
         for p in [*finished, proc]:
             p.wait(120)
-        counter.value = sent
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (time.process_time() - cpu_started + after.ru_utime + after.ru_stime - children.ru_utime
+           - children.ru_stime)
+    return {"sent": sent, "cpu_seconds": cpu}
 
 
 class RowCounter:
@@ -202,48 +217,84 @@ class RowCounter:
         self.conn.close()
 
 
+def _loadgen_summary(kind: str, processes: int, cpu_seconds: float, messages: int, wall: float) -> dict[str, Any]:
+    """The load generator's own CPU: per message, and as a share of the whole machine over the run."""
+    return {"kind": kind, "processes": processes, "cpu_seconds": round(cpu_seconds, 2),
+            "cpu_us_per_msg": round(cpu_seconds / messages * 1e6, 1) if messages else None,
+            "machine_share": round(cpu_seconds / (wall * (os.cpu_count() or 1)), 3) if wall else None}
+
+
 def mqtt_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], qos: int, seconds: float,
-             publishers: int, rate: float) -> dict[str, Any]:
+             publishers: int, rate: float, publisher: str = "lean") -> dict[str, Any]:
     """Offer `rate` messages/s for `seconds`; the sustained rate is the slope of the committed rows over the
     last three quarters of that window (the bridge is saturated whenever the offered rate exceeds what it
-    takes: the broker queues the difference). Then wait until the backlog is stored, so runs never overlap."""
+    takes: the broker queues the difference). Then wait until the backlog is stored, so runs never overlap.
+
+    "published" is what the broker took: with the lean publisher at QoS 1 the messages it acknowledged
+    (PUBACK), otherwise the messages written; "lost" = published but not stored once the backlog is in."""
     before = stored(dsn)
     counter = RowCounter(dsn)
-    counters = [multiprocessing.Value("q", 0) for _ in range(publishers)]
-    procs = [multiprocessing.Process(target=_publisher, args=(
-        broker.port, broker.sensor_username, broker.sensor_password, qos, datastreams, seconds, rate / publishers, c))
-        for c in counters]
     started = time.monotonic()
-    for p in procs:
-        p.start()
-    samples: list[tuple[float, int]] = []
-    while any(p.is_alive() for p in procs):
-        samples.append((time.monotonic() - started, counter()))
-        time.sleep(1.0)
-    for p in procs:
-        p.join()
-    published = sum(c.value for c in counters)
+    with ProcessPoolExecutor(max_workers=publishers) as pool:
+        futures: list[Future[Any]]
+        if publisher == "lean":
+            futures = [pool.submit(loadgen.publish, "127.0.0.1", broker.port, username=broker.sensor_username,
+                                   password=broker.sensor_password, qos=qos, datastreams=datastreams,
+                                   seconds=seconds, rate=rate / publishers, client_id=f"bench-q{qos}-{n}")
+                       for n in range(publishers)]
+        else:
+            futures = [pool.submit(_publisher, broker.port, broker.sensor_username, broker.sensor_password, qos,
+                                   datastreams, seconds, rate / publishers) for _ in range(publishers)]
+        samples: list[tuple[float, int]] = []
+        while not all(f.done() for f in futures):
+            samples.append((time.monotonic() - started, counter()))
+            time.sleep(1.0)
+        results = [f.result() for f in futures]
+    wall = time.monotonic() - started
+    extra: dict[str, Any] = {}
+    if publisher == "lean":
+        sent = sum(r.sent for r in results)
+        published = sum(r.published for r in results)
+        refused: dict[int, int] = {}
+        for r in results:
+            for reason, n in r.refused.items():
+                refused[reason] = refused.get(reason, 0) + n
+        if qos:
+            extra = {"acknowledged": published, "refused": {hex(k): v for k, v in refused.items()},
+                     "unacknowledged": sum(r.unacknowledged for r in results)}
+        cpu = sum(r.cpu_seconds for r in results)
+    else:
+        sent = published = sum(int(r["sent"]) for r in results)
+        cpu = sum(r["cpu_seconds"] for r in results)
     last, progress_at = -1, time.monotonic()
-    while time.monotonic() - progress_at < 10:  # drain: until all are in, or nothing moves for 10 s
+    while time.monotonic() - progress_at < 30:  # drain: until all are in, or nothing moves for 30 s
         now_stored = counter()
         if now_stored != last:
             last, progress_at = now_stored, time.monotonic()
         if now_stored >= published:
             break
         time.sleep(0.5)
+    # The sequence is allocated before a batch's COPY commits: wait for the exact count too (bounded), until it
+    # reaches `published`, catches up with the sequence (nothing uncommitted left), or stops moving for 5 s.
+    total, deadline, progress_at = stored(dsn) - before, time.monotonic() + 30, time.monotonic()
+    while total < published and total < counter() and time.monotonic() < deadline \
+            and time.monotonic() - progress_at < 5:
+        time.sleep(0.2)
+        if (now_total := stored(dsn) - before) != total:
+            total, progress_at = now_total, time.monotonic()
     drained = time.monotonic() - started - seconds
     counter.close()
-    total = stored(dsn) - before
     window = [s for s in samples if seconds * 0.25 <= s[0] <= seconds]
     slope = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) >= 2 else 0.0
-    return {"qos": qos, "offered_per_s": round(rate), "published": published, "stored": total,
-            "lost": published - total, "seconds": seconds, "drain_seconds": round(drained, 1),
-            "obs_per_s": round(slope), "kept_up": slope >= 0.97 * rate,
+    return {"qos": qos, "publisher": publisher, "offered_per_s": round(rate), "sent": sent, "published": published,
+            **extra, "stored": total, "lost": published - total, "seconds": seconds,
+            "drain_seconds": round(drained, 1), "obs_per_s": round(slope), "kept_up": slope >= 0.97 * rate,
+            "loadgen": _loadgen_summary(publisher, publishers, cpu, sent, wall),
             "samples": [(round(t, 1), n) for t, n in samples]}
 
 
 def latency_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], rate: float, seconds: float,
-                publishers: int) -> dict[str, Any]:
+                publishers: int, publisher: str = "lean") -> dict[str, Any]:
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -263,7 +314,7 @@ def latency_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], rat
     for ds in datastreams[:SAMPLED_DATASTREAMS]:
         client.subscribe(f"v1.1/Datastreams({ds})/Observations", qos=0)
     time.sleep(2)  # the platform learns the subscriptions from the broker's log
-    result = mqtt_run(dsn, broker, datastreams, 1, seconds, publishers, rate)
+    result = mqtt_run(dsn, broker, datastreams, 1, seconds, publishers, rate, publisher)
     time.sleep(1)
     client.loop_stop()
     client.disconnect()
@@ -277,37 +328,15 @@ def latency_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], rat
 # ------------------------------------------------------------------ (c) HTTP POST
 
 
-def _http_clients(sta: str, datastreams: list[int], clients: int, seconds: float, counter: Any) -> None:
-    async def one(n: int, client: httpx.AsyncClient, deadline: float) -> int:
-        done = 0
-        while time.monotonic() < deadline:
-            ds = datastreams[(n + done) % len(datastreams)]
-            response = await client.post(f"{sta}/Observations", content=payload(ds, done, datetime.now(UTC)),
-                                         headers={"content-type": "application/json"})
-            if response.status_code == 201:
-                done += 1
-        return done
-
-    async def run() -> int:
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            deadline = time.monotonic() + seconds
-            return sum(await asyncio.gather(*(one(n, client, deadline) for n in range(clients))))
-
-    counter.value = asyncio.run(run())
-
-
 def http_run(sta: str, datastreams: list[int], clients: int, seconds: float) -> dict[str, Any]:
-    processes = 1 if clients == 1 else 2  # the load generator must not be the bottleneck
-    counters = [multiprocessing.Value("q", 0) for _ in range(processes)]
-    procs = [multiprocessing.Process(target=_http_clients, args=(sta, datastreams, clients // processes, seconds, c))
-             for c in counters]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    total = sum(c.value for c in counters)
-    return {"clients": clients, "created": total, "seconds": seconds, "obs_per_s": round(total / seconds)}
+    """`clients` sequential clients (one keep-alive connection each, one request in flight) POST for
+    `seconds`, all in one load process: at ~tens of µs of CPU per request it needs no second one."""
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        result = pool.submit(loadgen.post_observations, sta, datastreams, clients=clients, seconds=seconds).result()
+    others = {str(status): n for status, n in sorted(result.statuses.items()) if status != 201}
+    return {"clients": clients, "created": result.created, "requests": result.requests, "other_statuses": others,
+            "seconds": seconds, "obs_per_s": round(result.created / seconds),
+            "loadgen": _loadgen_summary("lean", 1, result.cpu_seconds, result.requests, result.seconds)}
 
 
 # ------------------------------------------------------------------ main
@@ -325,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60, help="duration of each MQTT run (default 60)")
     parser.add_argument("--http-seconds", type=float, default=20)
     parser.add_argument("--datastreams", type=int, default=100)
-    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes (default 2)")
+    parser.add_argument("--publisher", choices=["lean", "mosquitto_pub"], default="lean",
+                        help="MQTT load generator: benchmarks/loadgen.py (default) or C `mosquitto_pub -l`")
     parser.add_argument("--bridge-workers", type=int, default=1, help="`citystream bridge --workers`")
     parser.add_argument("--copy-rows", type=int, default=1_000_000)
     parser.add_argument("--offered-rate", type=float, default=35_000,
@@ -375,13 +406,13 @@ def main(argv: list[str] | None = None) -> int:
                 for qos in args.qos:
                     print(f"(b) MQTT QoS {qos}, {args.seconds:.0f} s ...", flush=True)
                     report["mqtt"].append(mqtt_run(dsn, broker, datastreams, qos, args.seconds, args.publishers,
-                                                   args.offered_rate))
+                                                   args.offered_rate, args.publisher))
                     truncate(dsn)
                 qos1 = [r for r in report["mqtt"] if r["qos"] == 1] or report["mqtt"]
                 half = max(1000.0, qos1[-1]["obs_per_s"] / 2)
                 print(f"(b) QoS 1 latency at {half:.0f} obs/s ...", flush=True)
                 report["latency"] = latency_run(dsn, broker, datastreams, half, min(args.seconds, 30),
-                                                args.publishers)
+                                                args.publishers, args.publisher)
         finally:
             broker.stop()
 
@@ -390,21 +421,30 @@ def main(argv: list[str] | None = None) -> int:
     def ratio(value: float) -> str:
         return f"{value / ceiling_rate:.2f}"
 
+    def load(run: dict[str, Any], unit: str) -> str:
+        gen = run["loadgen"]
+        return (f"load gen {gen['kind']} x{gen['processes']}: {gen['cpu_us_per_msg']} µs CPU/{unit}, "
+                f"{gen['machine_share']:.0%} of the machine")
+
     rows = [("(a) binary COPY, 1 connection, 5,000-row batches", f"{ceiling_rate:,}", "1.00",
              f"{report['copy']['rows']:,} rows")]
     for run in report["mqtt"]:
         kept_up = " (kept up: a lower bound)" if run["kept_up"] else ""
+        acked = " (broker-acknowledged)" if "acknowledged" in run else ""
+        refused = f", {sum(run['refused'].values()):,} refused" if run.get("refused") else ""
         rows.append((f"(b) MQTT QoS {run['qos']} end to end, sustained {args.seconds:.0f} s", f"{run['obs_per_s']:,}",
                      ratio(run["obs_per_s"]),
-                     f"offered {run['offered_per_s']:,}/s{kept_up}; {run['published']:,} published, "
-                     f"{run['lost']:,} not stored"))
+                     f"offered {run['offered_per_s']:,}/s{kept_up}; {run['published']:,} published{acked}"
+                     f"{refused}, {run['lost']:,} not stored; {load(run, 'msg')}"))
     lat = report["latency"]
     rows.append((f"(b) MQTT QoS 1 paced at {lat['paced_rate']:,}/s: publish -> notification",
                  f"{lat['obs_per_s']:,}", ratio(lat["obs_per_s"]),
-                 f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms ({lat['samples']:,} samples)"))
+                 f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms ({lat['samples']:,} samples); {load(lat, 'msg')}"))
     for run in report["http"]:
+        others = "".join(f", {n:,} x {status}" for status, n in run["other_statuses"].items())
         rows.append((f"(c) POST /v1.1/Observations, {run['clients']} client(s)", f"{run['obs_per_s']:,}",
-                     ratio(run["obs_per_s"]), f"{run['created']:,} created in {run['seconds']:.0f} s"))
+                     ratio(run["obs_per_s"]),
+                     f"{run['created']:,} created in {run['seconds']:.0f} s{others}; {load(run, 'request')}"))
     report["table"] = rows
     print()
     print_table(rows)

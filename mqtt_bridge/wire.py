@@ -112,12 +112,15 @@ def subscribe_packet(packet_id: int, filters: Iterable[tuple[str, int]]) -> byte
 
 
 def publish_packet(topic: str, payload: bytes, *, user_properties: Iterable[tuple[str, str]] = (),
-                   correlation_data: bytes | None = None) -> bytes:
-    """A QoS 0 PUBLISH."""
+                   correlation_data: bytes | None = None, qos: int = 0, packet_id: int = 0) -> bytes:
+    """A PUBLISH: QoS 0 (what the bridge sends), or QoS 1 with `packet_id` (benchmarks/loadgen.py)."""
     props = [(0x26, _string(k) + _string(v)) for k, v in user_properties]
     if correlation_data is not None:
         props.append((0x09, _binary(correlation_data)))
-    return _packet(PUBLISH, 0, _string(topic) + _properties(props) + payload)
+    if qos and not 0 < packet_id < 65536:
+        raise ValueError(f"a QoS {qos} PUBLISH needs a packet id in 1..65535, not {packet_id}")
+    variable = _string(topic) + (struct.pack("!H", packet_id) if qos else b"")
+    return _packet(PUBLISH, qos << 1, variable + _properties(props) + payload)
 
 
 def puback_packets(packet_ids: Iterable[int]) -> bytes:

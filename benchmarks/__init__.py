@@ -1,0 +1,1 @@
+"""One-command benchmarks (see README.md); a package so that mypy names benchmarks.loadgen one way only."""
