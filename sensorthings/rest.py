@@ -23,6 +23,7 @@ import psycopg
 from fastapi import APIRouter, Request, Response
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
+from starlette.routing import Route
 
 from sensorthings.compiler import (
     Compiled,
@@ -245,8 +246,11 @@ class StaApi:
         self.router = APIRouter()
         self.router.add_api_route(f"/{VERSION}", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
         self.router.add_api_route(f"/{VERSION}/", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
-        self.router.add_api_route(f"/{VERSION}/{{resource:path}}", self.handle,
-                                  methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"], include_in_schema=False)
+        # A plain Starlette route: the handler reads the request itself, so FastAPI's parameter solving and
+        # route wrappers (~15% of a POST Observations' CPU) would buy nothing here.
+        self.router.routes.append(Route(f"/{VERSION}/{{resource:path}}", self._endpoint,
+                                        methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"],
+                                        include_in_schema=False))
 
     async def service_root(self, request: Request) -> Response:
         base = service_url(request, self.config.public_url)
@@ -263,6 +267,9 @@ class StaApi:
             for uri in MQTT_CONFORMANCE:
                 settings[uri] = {"endpoints": list(self.config.mqtt_endpoints)}
         return settings
+
+    async def _endpoint(self, request: Request) -> Response:
+        return await self.handle(request, request.path_params["resource"])
 
     async def handle(self, request: Request, resource: str) -> Response:
         handlers: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
