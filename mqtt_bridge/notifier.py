@@ -115,7 +115,8 @@ class Notifier:
     async def _rows(self, entity: Entity, ids: list[int], select: tuple[str, ...] = ()) -> list[Any]:
         compiled = compile_changed(entity, ids, self.base_url, select)
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(compiled.query, compiled.params)
+            # Not prepared: a cached plan from when a partition was small would keep scanning it.
+            cursor = await conn.execute(compiled.query, compiled.params, prepare=False)
             return await cursor.fetchall()
 
     def _publish(self, topic: str, payload: bytes) -> None:
