@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import orjson
 
 from ingest.pipeline import IngestPipeline
-from ingest.rows import Origin, parse_observation, parse_payload
+from ingest.rows import Origin, parse_observation
 from ingest.store import Item
 from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
@@ -31,6 +31,7 @@ from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
 from mqtt_bridge.topics import CREATE_FILTERS, create_target, error_topic
 from mqtt_bridge.wire import Message, MqttClient
 from sensorthings.errors import StaError
+from sensorthings.fields import parse_observation_json
 
 log = logging.getLogger("citystream.bridge")
 ERROR_EXCERPT_CHARS = 256
@@ -137,7 +138,7 @@ class Bridge:
                                       f"{self.config.max_payload_bytes} bytes", ticket=ticket)
         try:
             datastream_id, feature_id = create_target(message.topic)
-            body = parse_payload(payload)
+            body = parse_observation_json(payload)
             row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=None,
                                     where="payload")
         except StaError as exc:

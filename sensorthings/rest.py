@@ -7,10 +7,11 @@ This module only translates between HTTP and the pipeline: `path.parse_path` + `
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -43,7 +44,7 @@ from sensorthings.errors import (
     ServiceUnavailable,
     StaError,
 )
-from sensorthings.fields import parse_request_json
+from sensorthings.fields import parse_observation_json, parse_request_json
 from sensorthings.interfaces import ChangeListener, ObservationSink
 from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.path import ResourcePath, parse_path
@@ -93,11 +94,33 @@ def service_url(request: Request, public_url: str | None) -> str:
     """Absolute URL of the service root, honouring a configured public URL or X-Forwarded-* headers."""
     if public_url:
         return f"{public_url.rstrip('/')}/{VERSION}"
-    proto = _forwarded(request, "x-forwarded-proto", _PROTO) or request.url.scheme
-    host = _forwarded(request, "x-forwarded-host", _HOST) or request.headers.get("host") or request.url.netloc
+    headers = request.headers
+    return _service_url(request.scope["scheme"], headers.get("host"), _server_netloc(request.scope),
+                        headers.get("x-forwarded-proto"), headers.get("x-forwarded-host"),
+                        headers.get("x-forwarded-prefix"))
+
+
+def _server_netloc(scope: MutableMapping[str, Any]) -> str:
+    """host[:port] of the listening socket, as Starlette's request.url gives it when there is no Host header."""
+    server = scope.get("server")
+    if not server:
+        return ""
+    host, port = server
+    return host if port in (None, _DEFAULT_PORTS.get(scope["scheme"])) else f"{host}:{port}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@functools.lru_cache(maxsize=1024)
+def _service_url(scheme: str, host_header: str | None, server: str, forwarded_proto: str | None,
+                 forwarded_host: str | None, forwarded_prefix: str | None) -> str:
+    """Cached: every request computes it, and a service sees few distinct header combinations."""
+    proto = _forwarded(forwarded_proto, _PROTO) or scheme
+    host = _forwarded(forwarded_host, _HOST) or host_header or server
     if not _HOST.fullmatch(host):
-        host = request.url.netloc
-    prefix = _forwarded(request, "x-forwarded-prefix", _PREFIX) or ""
+        host = server
+    prefix = _forwarded(forwarded_prefix, _PREFIX) or ""
     return f"{proto}://{host}{prefix.rstrip('/')}/{VERSION}"
 
 
@@ -106,19 +129,19 @@ _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5
 _PREFIX = re.compile(r"(/[A-Za-z0-9._~\-]+)*/?")
 
 
-def _forwarded(request: Request, header: str, valid: re.Pattern[str]) -> str | None:
+def _forwarded(raw: str | None, valid: re.Pattern[str]) -> str | None:
     """The first value of a forwarding header, ignored unless it is well-formed (it ends up in every link)."""
-    raw = request.headers.get(header)
     if raw is None:
         return None
     value = raw.split(",")[0].strip()
     return value if valid.fullmatch(value) else None
 
 
-def parse_json(raw: bytes) -> Any:
+def parse_json(raw: bytes, *, observation: bool = False) -> Any:
+    """The request body; an Observation's through the fast reader the MQTT bridge uses too."""
     if not raw.strip():
         raise BadRequest("the request body is empty; send a JSON document")
-    return parse_request_json(raw)
+    return parse_observation_json(raw) if observation else parse_request_json(raw)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -374,7 +397,8 @@ class StaApi:
 
     async def post(self, request: Request, resource: str) -> Response:
         path = parse_path(resource)
-        body = parse_json(await read_body(request, self.config.max_body_bytes))
+        body = parse_json(await read_body(request, self.config.max_body_bytes),
+                          observation=path.entity is OBSERVATION and not path.ref)
         base = service_url(request, self.config.public_url)
         if path.ref:
             return await self._link_reference(path, body, to_many=True)
@@ -434,7 +458,8 @@ class StaApi:
 
     async def _update(self, request: Request, resource: str, *, replace: bool) -> Response:
         path = parse_path(resource)
-        body = parse_json(await read_body(request, self.config.max_body_bytes))
+        body = parse_json(await read_body(request, self.config.max_body_bytes),
+                          observation=path.entity is OBSERVATION and not path.ref)
         base = service_url(request, self.config.public_url)
         if path.ref:
             if not replace:

@@ -1,4 +1,5 @@
-"""The ingest fast path reads an Observation payload exactly as the general request parser does."""
+"""The fast reader of Observation bodies (MQTT payloads, POST Observations) reads exactly as the general
+request parser does."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.rows import parse_observation, parse_payload
+from ingest.rows import parse_observation
 from sensorthings.errors import StaError
-from sensorthings.fields import parse_request_json
+from sensorthings.fields import parse_observation_json, parse_request_json
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 NUMBER_TEXTS = st.one_of(
@@ -35,7 +36,7 @@ def test_fast_path_equals_the_general_parser(result: str, parameter: str | None,
     parameters = "" if parameter is None else f', "parameters": {{"q": {parameter}, "list": [{parameter}]}}'
     raw = (f'{{"phenomenonTime": "{time}", "result": {result}{parameters}, '
            f'"Datastream": {{"@iot.id": 3}}}}').encode()
-    assert columns(raw, parse_payload) == columns(raw, parse_request_json)
+    assert columns(raw, parse_observation_json) == columns(raw, parse_request_json)
 
 
 @pytest.mark.parametrize("raw", [
@@ -48,4 +49,4 @@ def test_fast_path_equals_the_general_parser(result: str, parameter: str | None,
     b'{"result": 1,}',
 ])
 def test_unusual_payloads_read_as_the_general_parser_reads_them(raw: bytes) -> None:
-    assert columns(raw, parse_payload) == columns(raw, parse_request_json)
+    assert columns(raw, parse_observation_json) == columns(raw, parse_request_json)
