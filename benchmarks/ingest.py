@@ -68,11 +68,14 @@ def stored(dsn: str) -> int:
 
 
 def truncate(dsn: str) -> None:
+    """An empty table between runs, and a CHECKPOINT: otherwise the next run pays for writing out the
+    previous run's dirty pages (after the 1,000,000-row COPY, POST throughput measured a third lower)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE observations, dead_letters")
         conn.execute("UPDATE datastreams SET phenomenon_time_start = NULL, phenomenon_time_end = NULL, "
                      "result_time_start = NULL, result_time_end = NULL, observed_area = NULL")
         conn.execute("VACUUM ANALYZE observations")
+        conn.execute("CHECKPOINT")
 
 
 # ------------------------------------------------------------------ the city
