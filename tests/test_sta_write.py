@@ -244,6 +244,25 @@ def test_create_response_of_an_observation_is_complete(sta: str) -> None:
     assert body == read(sta, f"Observations({id_from_location(response)})")
 
 
+def test_concurrent_observation_creates_each_answer_with_links_under_their_own_host(sta: str) -> None:
+    """The 201 bodies of one ingest batch are rendered together; each keeps the service URL of its request."""
+    datastream = create_datastream(sta)
+    hosts = [f"host{n}.example.org" for n in range(4)] * 6
+
+    def create_via(host: str) -> tuple[str, httpx.Response]:
+        return host, post(sta, f"Datastreams({datastream})/Observations", {"result": 1},
+                          headers={"X-Forwarded-Host": host})
+
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        responses = list(pool.map(create_via, hosts))
+    for host, response in responses:
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["@iot.selfLink"] == f"http://{host}/v1.1/Observations({body['@iot.id']})"
+        assert response.headers["location"] == body["@iot.selfLink"]
+        assert body["Datastream@iot.navigationLink"].startswith(f"http://{host}/v1.1/")
+
+
 # ------------------------------------------------------------------ generated FeatureOfInterest
 
 
