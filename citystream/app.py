@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from citystream.admin import admin_router
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
+from geo.api import OgcConfig, create_ogc_app
 from sensorthings.errors import StaError
 from sensorthings.rest import StaApi, StaConfig, error_response, service_url
 
@@ -52,17 +53,23 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     ), observations=ingest, listener=notifier)
     app.include_router(sta.router)
     app.include_router(admin_router(pool, settings.admin_token, notifier.registry))
+    ogc = create_ogc_app(pool, OgcConfig(public_url=settings.public_url,
+                                         statement_timeout_ms=settings.statement_timeout_ms))
+    app.add_route("/ogcapi", ogc.state.landing, include_in_schema=False)
+    app.mount("/ogcapi", ogc)
 
     @app.get("/", include_in_schema=False)
     async def landing(request: Request) -> Response:
         sta_root = service_url(request, settings.public_url)
         return _json({
             "title": "CityStream",
-            "description": "Real-time urban IoT data: OGC SensorThings API 1.1",
+            "description": "Real-time urban IoT data: OGC SensorThings API 1.1 and OGC API – Features",
             "links": [
                 {"rel": "self", "href": sta_root.rsplit("/", 1)[0] + "/", "type": "application/json"},
                 {"rel": "service", "href": sta_root, "type": "application/json",
                  "title": "OGC SensorThings API 1.1"},
+                {"rel": "data", "href": sta_root.rsplit("/", 1)[0] + "/ogcapi", "type": "application/json",
+                 "title": "OGC API – Features"},
                 {"rel": "status", "href": sta_root.rsplit("/", 1)[0] + "/health", "type": "application/json"},
             ],
         })

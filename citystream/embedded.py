@@ -661,6 +661,7 @@ class EmbeddedPostgres(_Service):
             "max_connections = 100",
             "fsync = on",
             "synchronous_commit = on",
+            "track_commit_timestamp = on",  # Last-Modified of OGC API responses (pg_last_committed_xact)
             "full_page_writes = on",
             "wal_compression = on",
             "max_wal_size = 1GB",

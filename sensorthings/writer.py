@@ -142,9 +142,14 @@ def column_value(entity: Entity, column: str, placeholder: sql.Composable) -> sq
     return placeholder
 
 
-CURRENT_LOCATION = sql.SQL("SELECT tl.location_id FROM thing_locations tl WHERE tl.thing_id = d.thing_id "
-                           "ORDER BY tl.location_id DESC LIMIT 1")
-"""The current Location of the Thing of Datastream `d` (the newest link), for a LATERAL join."""
+def current_location_sql(thing_id: sql.Composable) -> sql.Composable:
+    """The id of the current Location of the Thing `thing_id` - its newest link - for a LATERAL join."""
+    return sql.SQL("SELECT tl.location_id FROM thing_locations tl WHERE tl.thing_id = {} "
+                   "ORDER BY tl.location_id DESC LIMIT 1").format(thing_id)
+
+
+CURRENT_LOCATION = current_location_sql(sql.SQL("d.thing_id"))
+"""The current Location of the Thing of Datastream `d`."""
 
 
 async def current_locations(conn: AsyncConnection[Any], datastream_ids: Iterable[int]) -> dict[int, int]:

@@ -82,6 +82,12 @@ WHERE n.nspname = 'public' AND c.relkind = 'S'
 
 @pytest.fixture
 def clean_db(database_url: str) -> str:
+    """An empty database (see empty_database)."""
+    empty_database(database_url)
+    return database_url
+
+
+def empty_database(database_url: str) -> None:
     """Empty every table (except the migrations record and extension tables) and restart every sequence."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SET lock_timeout = '10s'")
@@ -94,7 +100,6 @@ def clean_db(database_url: str) -> str:
             )
         for (seq,) in conn.execute(_SEQUENCES).fetchall():
             conn.execute(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier("public", seq)))
-    return database_url
 
 
 @contextmanager

@@ -1,0 +1,432 @@
+"""OGC API – Features (Part 1 core, Part 2 CRS, Part 3 filtering) over the SensorThings store, at /ogcapi.
+
+A Starlette application of its own, mounted by the composition root, so that its gzip middleware and its
+OGC-style errors do not touch the SensorThings routes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from geo import html, openapi
+from geo.collections import COLLECTIONS, Collection
+from geo.crs import CRS84, STORAGE_CRS, URIS, parse_crs
+from geo.filtering import compile_filter
+from geo.params import (
+    COMMON,
+    FORMATS_ITEMS,
+    FORMATS_METADATA,
+    ITEM_PARAMETERS,
+    ItemsRequest,
+    check_parameters,
+    encode_next,
+    parse_format,
+    parse_items,
+    parse_properties,
+    query_string,
+)
+from geo.query import count_sql, csv_header, extent_sql, feature_sql, items_sql
+from sensorthings.compiler import SqlBuilder
+from sensorthings.errors import NotFound, StaError
+from sensorthings.rest import database_error, service_url
+
+log = logging.getLogger("citystream.geo")
+
+JSON = "application/json"
+GEOJSON = "application/geo+json"
+HTML = "text/html"
+CSV = "text/csv"
+OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
+SCHEMA = "application/schema+json"
+QUERYABLES_REL = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
+SORTABLES_REL = "http://www.opengis.net/def/rel/ogc/1.0/sortables"
+CONFORMANCE = (
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/html",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+    "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/temporal-functions",
+)
+ERROR_CODES = {400: "InvalidParameterValue", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge",
+               503: "ServiceUnavailable"}
+
+
+@dataclass(frozen=True)
+class OgcConfig:
+    public_url: str | None = None
+    statement_timeout_ms: int = 30_000
+    max_age_seconds: int = 10  # live data: caches may reuse a response this long, then revalidate by ETag
+
+
+def _link(href: str, rel: str, media_type: str, title: str = "") -> dict[str, str]:
+    link = {"href": href, "rel": rel, "type": media_type}
+    if title:
+        link["title"] = title
+    return link
+
+
+def _self_and_alternates(url: str, query: dict[str, str], current: str,
+                         formats: dict[str, str]) -> list[dict[str, str]]:
+    """A `self` link for the encoding served, `alternate` links for the others (each with its `f`)."""
+    links = []
+    for fmt, media_type in formats.items():
+        q = query_string(query, f=fmt)
+        links.append(_link(f"{url}?{q}", "self" if fmt == current else "alternate", media_type,
+                           f"this document as {fmt.upper()}"))
+    return links
+
+
+class OgcApi:
+    def __init__(self, pool: AsyncConnectionPool[Any], config: OgcConfig) -> None:
+        self.pool = pool
+        self.config = config
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+
+    def root(self, request: Request) -> str:
+        return service_url(request, self.config.public_url).rsplit("/", 1)[0] + "/ogcapi"
+
+    async def _rows(self, query: sql.Composable, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        try:
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(query, params)
+                return await cursor.fetchall()
+        except psycopg.Error as exc:
+            raise database_error(exc, self.config.statement_timeout_ms) from exc
+
+    async def _last_modified(self) -> datetime | None:
+        """When anything was last committed (needs track_commit_timestamp): a safe Last-Modified."""
+        try:
+            rows = await self._rows(sql.SQL("SELECT (pg_last_committed_xact()).timestamp"), {})
+        except StaError:
+            return None
+        return rows[0][0] if rows else None
+
+    async def _respond(self, request: Request, body: bytes, media_type: str, headers: dict[str, str] | None = None,
+                       *, cacheable: bool = True) -> Response:
+        """ETag (of the body), Last-Modified, Cache-Control; 304 for a matching conditional request."""
+        headers = dict(headers or {})
+        if cacheable:
+            etag = 'W/"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+            headers["ETag"] = etag
+            headers["Cache-Control"] = f"public, max-age={self.config.max_age_seconds}"
+            modified = await self._last_modified()
+            if modified is not None:
+                headers["Last-Modified"] = format_datetime(modified.astimezone(UTC), usegmt=True)
+            if _not_modified(request, etag, modified):
+                return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media_type, headers=headers)
+
+    def _collection(self, collection_id: str) -> Collection:
+        found = COLLECTIONS.get(collection_id)
+        if found is None:
+            raise NotFound(f"no collection {collection_id!r}; collections are {', '.join(COLLECTIONS)}")
+        return found
+
+    async def _document(self, request: Request, document: dict[str, Any], fmt: str, title: str) -> Response:
+        if fmt == "html":
+            return await self._respond(request, html.page(title, document).encode(), HTML)
+        return await self._respond(request, orjson.dumps(document), JSON)
+
+    # ------------------------------------------------------------------------------------------------ metadata
+
+    async def landing(self, request: Request) -> Response:
+        check_parameters(request.query_params, COMMON, "the landing page")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        root = self.root(request)
+        document = {
+            "title": "CityStream OGC API – Features",
+            "description": "Live features from the city's SensorThings data: Things, Datastreams, latest values, "
+                           "Observations, FeaturesOfInterest and Locations.",
+            "links": [
+                *_self_and_alternates(root, {}, fmt, {"json": JSON, "html": HTML}),
+                _link(f"{root}/api", "service-desc", OPENAPI, "the API definition (OpenAPI 3.0)"),
+                _link(f"{root}/api?f=html", "service-doc", HTML, "the API documentation"),
+                _link(f"{root}/conformance", "conformance", JSON, "conformance classes implemented"),
+                _link(f"{root}/collections", "data", JSON, "the feature collections"),
+                _link(f"{root}/collections", "http://www.opengis.net/def/rel/ogc/1.0/data", JSON,
+                      "the feature collections"),
+                _link(service_url(request, self.config.public_url), "related", JSON,
+                      "the same data through the OGC SensorThings API 1.1"),
+            ],
+        }
+        return await self._document(request, document, fmt, "CityStream OGC API – Features")
+
+    async def conformance(self, request: Request) -> Response:
+        check_parameters(request.query_params, COMMON, "/conformance")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        return await self._document(request, {"conformsTo": list(CONFORMANCE)}, fmt, "Conformance")
+
+    async def api_definition(self, request: Request) -> Response:
+        check_parameters(request.query_params, COMMON, "/api")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        document = openapi.document(self.root(request))
+        if fmt == "html":
+            return await self._respond(request, html.api_page(document).encode(), HTML)
+        return await self._respond(request, orjson.dumps(document), OPENAPI)
+
+    async def _collection_document(self, request: Request, collection: Collection, fmt: str) -> dict[str, Any]:
+        root = self.root(request)
+        url = f"{root}/collections/{collection.id}"
+        rows = await self._rows(extent_sql(collection), {})
+        xmin, ymin, xmax, ymax, t0, t1 = rows[0]
+        extent: dict[str, Any] = {}
+        if xmin is not None:
+            extent["spatial"] = {"bbox": [[xmin, ymin, xmax, ymax]], "crs": CRS84.uri}
+        if collection.time_start is not None:
+            extent["temporal"] = {"interval": [[_time(t0), _time(t1)]],
+                                  "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"}
+        return {
+            "id": collection.id,
+            "title": collection.title,
+            "description": collection.description,
+            "itemType": "feature",
+            "links": [
+                *_self_and_alternates(url, {}, fmt, {"json": JSON, "html": HTML}),
+                _link(f"{url}/items", "items", GEOJSON, "the features as GeoJSON"),
+                _link(f"{url}/items?f=html", "items", HTML, "the features as HTML"),
+                _link(f"{url}/items?f=csv", "items", CSV, "the features as CSV"),
+                _link(f"{url}/queryables", QUERYABLES_REL, SCHEMA, "properties to filter by"),
+                _link(f"{url}/sortables", SORTABLES_REL, SCHEMA, "properties to sort by"),
+                _link(f"{root}/collections", "collection", JSON, "all collections"),
+            ],
+            "extent": extent,
+            "crs": list(URIS),
+            "storageCrs": STORAGE_CRS.uri,
+        }
+
+    async def collections(self, request: Request) -> Response:
+        check_parameters(request.query_params, COMMON, "/collections")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        url = f"{self.root(request)}/collections"
+        document = {
+            "links": _self_and_alternates(url, {}, fmt, {"json": JSON, "html": HTML}),
+            "collections": [await self._collection_document(request, c, fmt) for c in COLLECTIONS.values()],
+            "crs": list(URIS),
+        }
+        return await self._document(request, document, fmt, "Collections")
+
+    async def collection(self, request: Request) -> Response:
+        collection = self._collection(request.path_params["collection"])
+        check_parameters(request.query_params, COMMON, f"/collections/{collection.id}")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        document = await self._collection_document(request, collection, fmt)
+        return await self._document(request, document, fmt, collection.title)
+
+    async def queryables(self, request: Request) -> Response:
+        return await self._schema(request, "queryables")
+
+    async def sortables(self, request: Request) -> Response:
+        return await self._schema(request, "sortables")
+
+    async def _schema(self, request: Request, which: str) -> Response:
+        """JSON Schema 2020-12 of what a collection can be filtered or sorted by (OGC API – Features Part 3)."""
+        collection = self._collection(request.path_params["collection"])
+        check_parameters(request.query_params, COMMON, f"/collections/{collection.id}/{which}")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        url = f"{self.root(request)}/collections/{collection.id}/{which}"
+        entries = collection.queryables if which == "queryables" else collection.sortables
+        title = f"{collection.title}: {which}"
+        document = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": url,
+            "type": "object",
+            "title": title,
+            "properties": {name: openapi.schema_of(q) for name, q in entries.items()},
+            "additionalProperties": False,
+        }
+        if fmt == "html":
+            return await self._respond(request, html.page(title, document).encode(), HTML)
+        return await self._respond(request, orjson.dumps(document), SCHEMA)
+
+    # ------------------------------------------------------------------------------------------------ features
+
+    async def items(self, request: Request) -> Response:
+        collection = self._collection(request.path_params["collection"])
+        query = dict(request.query_params)
+        parsed = parse_items(request.query_params, collection)
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_ITEMS)
+        b = SqlBuilder(service_url(request, self.config.public_url))
+        rows = await self._rows(items_sql(collection, parsed, b, compile_filter, csv=fmt == "csv"), b.params)
+        more = len(rows) > parsed.limit
+        rows = rows[:parsed.limit]
+        url = f"{self.root(request)}/collections/{collection.id}/items"
+        next_query = _next_query(query, parsed, rows, more)
+        if fmt == "csv":
+            return await self._respond(request, _csv(csv_header(collection, parsed), rows), CSV + "; charset=utf-8",
+                                       _next_header(url, next_query))
+        matched = await self._number_matched(collection, parsed, len(rows), more)
+        links = _self_and_alternates(url, query, fmt, {"json": GEOJSON, "html": HTML, "csv": CSV})
+        if next_query is not None:
+            links.append(_link(f"{url}?{query_string(next_query)}", "next", GEOJSON, "the next page"))
+        links.append(_link(f"{self.root(request)}/collections/{collection.id}", "collection", JSON, collection.title))
+        head = {"type": "FeatureCollection", "links": links, "timeStamp": _time(datetime.now(UTC)),
+                "numberReturned": len(rows)}
+        if matched is not None:
+            head["numberMatched"] = matched
+        if fmt == "html":
+            document = {**head, "features": [orjson.loads(r[0]) for r in rows]}
+            return await self._respond(request, html.page(f"{collection.title}: features", document).encode(), HTML)
+        body = orjson.dumps(head)[:-1] + b',"features":[' + ",".join(r[0] for r in rows).encode() + b"]}"
+        return await self._respond(request, body, GEOJSON, {"Content-Crs": f"<{parsed.crs.uri}>"})
+
+    async def _number_matched(self, collection: Collection, parsed: ItemsRequest, returned: int,
+                              more: bool) -> int | None:
+        """Exact or absent: known for free on the last page reached by offset, counted only on small tables."""
+        if parsed.after is None and not more and (returned or not parsed.offset):
+            return parsed.offset + returned
+        if not collection.countable or parsed.after is not None:
+            return None
+        b = SqlBuilder("")
+        rows = await self._rows(count_sql(collection, parsed, b, compile_filter), b.params)
+        return int(rows[0][0])
+
+    async def item(self, request: Request) -> Response:
+        collection = self._collection(request.path_params["collection"])
+        check_parameters(request.query_params, ITEM_PARAMETERS, f"/collections/{collection.id}/items/{{featureId}}")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA + ("geojson",))
+        raw_id = request.path_params["feature"]
+        if not raw_id.isdigit() or len(raw_id) > 19:
+            raise NotFound(f"no feature {raw_id!r} in {collection.id}: feature ids are the SensorThings @iot.id")
+        crs = parse_crs(request.query_params["crs"], "crs") if "crs" in request.query_params else CRS84
+        names = parse_properties(request.query_params["properties"], collection) \
+            if "properties" in request.query_params else None
+        b = SqlBuilder(service_url(request, self.config.public_url))
+        rows = await self._rows(feature_sql(collection, int(raw_id), crs, names, b), b.params)
+        if not rows:
+            raise NotFound(f"no feature {raw_id} in {collection.id}")
+        root = self.root(request)
+        url = f"{root}/collections/{collection.id}/items/{raw_id}"
+        feature = orjson.loads(rows[0][0])
+        feature["links"] = [
+            *_self_and_alternates(url, dict(request.query_params), fmt, {"json": GEOJSON, "html": HTML}),
+            _link(f"{root}/collections/{collection.id}", "collection", JSON, collection.title),
+            _link(f"{service_url(request, self.config.public_url)}/{collection.entity.set_name}({raw_id})",
+                  "related", JSON, f"the SensorThings {collection.entity.name}"),
+        ]
+        if fmt == "html":
+            return await self._respond(request, html.page(f"{collection.title} {raw_id}", feature).encode(), HTML)
+        return await self._respond(request, orjson.dumps(feature), GEOJSON, {"Content-Crs": f"<{crs.uri}>"})
+
+
+def _time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _not_modified(request: Request, etag: str, modified: datetime | None) -> bool:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        return any(tag.strip() in (etag, etag[2:], "*") for tag in if_none_match.split(","))
+    since = request.headers.get("if-modified-since")
+    if since and modified is not None:
+        try:
+            return modified.replace(microsecond=0) <= parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def _next_query(query: dict[str, str], parsed: ItemsRequest, rows: list[tuple[Any, ...]],
+                more: bool) -> dict[str, str] | None:
+    """The next page's parameters: offset + limit when the client pages by offset, else a keyset token."""
+    if not more:
+        return None
+    if parsed.offset:
+        return {**query, "offset": str(parsed.offset + parsed.limit)}
+    last = rows[-1]
+    keys = list(last[len(last) - len(parsed.sortby) - 1:])
+    return {**{k: v for k, v in query.items() if k != "offset"}, "next": encode_next(keys, parsed.sort_signature)}
+
+
+def _next_header(url: str, next_query: dict[str, str] | None) -> dict[str, str]:
+    return {} if next_query is None else {"Link": f'<{url}?{query_string(next_query)}>; rel="next"'}
+
+
+def _csv(header: list[str], rows: list[tuple[Any, ...]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    width = len(header)
+    writer.writerows(row[:width] for row in rows)
+    return out.getvalue().encode()
+
+
+def _error(error: StaError) -> Response:
+    body = {"code": ERROR_CODES.get(error.status, "Error"), "description": error.message, "status": error.status}
+    return Response(orjson.dumps(body), status_code=error.status, media_type=JSON)
+
+
+def _handler(method: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        try:
+            return await method(request)
+        except StaError as exc:
+            return _error(exc)
+    return handle
+
+
+def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig) -> Starlette:
+    api = OgcApi(pool, config)
+    routes = [
+        Route("/", _handler(api.landing)),
+        Route("/conformance", _handler(api.conformance)),
+        Route("/api", _handler(api.api_definition)),
+        Route("/collections", _handler(api.collections)),
+        Route("/collections/{collection}", _handler(api.collection)),
+        Route("/collections/{collection}/items", _handler(api.items)),
+        Route("/collections/{collection}/items/{feature}", _handler(api.item)),
+        Route("/collections/{collection}/queryables", _handler(api.queryables)),
+        Route("/collections/{collection}/sortables", _handler(api.sortables)),
+    ]
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {404: "no such resource; the OGC API – Features landing page is /ogcapi",
+                   405: "only GET (and HEAD) are supported here"}.get(status, "request failed")
+        return _error(StaError(message, status=status))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error for %s %s", request.method, request.url.path)
+        return _error(StaError("internal server error; see the server log", status=500))
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.state.landing = _handler(api.landing)  # for the mount point itself, /ogcapi without a slash
+    return app
+
