@@ -134,11 +134,13 @@ class OgcApi:
         return rows[0][0] if rows else None
 
     async def _respond(self, request: Request, body: bytes, media_type: str, headers: dict[str, str] | None = None,
-                       *, cacheable: bool = True) -> Response:
-        """ETag (of the body), Last-Modified, Cache-Control; 304 for a matching conditional request."""
+                       *, cacheable: bool = True, etag_of: bytes | None = None) -> Response:
+        """ETag (of the body, or of `etag_of`: the body without its timeStamp), Last-Modified, Cache-Control;
+        304 for a matching conditional request."""
         headers = dict(headers or {})
         if cacheable:
-            etag = 'W/"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+            basis = (etag_of if etag_of is not None else body) + media_type.encode()
+            etag = 'W/"' + hashlib.blake2b(basis, digest_size=16).hexdigest() + '"'
             headers["ETag"] = etag
             headers["Cache-Control"] = f"public, max-age={self.config.max_age_seconds}"
             modified = await self._last_modified()
@@ -291,15 +293,19 @@ class OgcApi:
         if next_query is not None:
             links.append(_link(f"{url}?{query_string(next_query)}", "next", GEOJSON, "the next page"))
         links.append(_link(f"{self.root(request)}/collections/{collection.id}", "collection", JSON, collection.title))
-        head = {"type": "FeatureCollection", "links": links, "timeStamp": _time(datetime.now(UTC)),
-                "numberReturned": len(rows)}
+        head: dict[str, Any] = {"type": "FeatureCollection", "links": links, "numberReturned": len(rows)}
         if matched is not None:
             head["numberMatched"] = matched
+        features = ",".join(r[0] for r in rows).encode()
+        unstamped = orjson.dumps(head) + features  # what the ETag covers: all but the timeStamp
+        head["timeStamp"] = _time(datetime.now(UTC))
         if fmt == "html":
             document = {**head, "features": [orjson.loads(r[0]) for r in rows]}
-            return await self._respond(request, html.page(f"{collection.title}: features", document).encode(), HTML)
-        body = orjson.dumps(head)[:-1] + b',"features":[' + ",".join(r[0] for r in rows).encode() + b"]}"
-        return await self._respond(request, body, GEOJSON, {"Content-Crs": f"<{parsed.crs.uri}>"})
+            return await self._respond(request, html.page(f"{collection.title}: features", document).encode(), HTML,
+                                       etag_of=unstamped)
+        body = orjson.dumps(head)[:-1] + b',"features":[' + features + b"]}"
+        return await self._respond(request, body, GEOJSON, {"Content-Crs": f"<{parsed.crs.uri}>"},
+                                   etag_of=unstamped)
 
     async def _number_matched(self, collection: Collection, parsed: ItemsRequest, returned: int,
                               more: bool) -> int | None:

@@ -221,6 +221,13 @@ def decode_next(token: str, request: ItemsRequest) -> list[Any]:
     try:
         payload = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         values, signature = payload["k"], payload["s"]
+    except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise BadRequest("next: not a token this server gave out; follow the `next` link as it is",
+                         field="next") from None
+    if signature != request.sort_signature:
+        raise BadRequest("next: the token belongs to another sortby; keep the other parameters of the next link",
+                         field="next")
+    try:
         if not isinstance(values, list) or len(values) != len(request.sortby) + 1:
             raise ValueError
         keys = [k.queryable for k in request.sortby]
@@ -230,9 +237,6 @@ def decode_next(token: str, request: ItemsRequest) -> list[Any]:
     except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError, BadRequest):
         raise BadRequest("next: not a token this server gave out; follow the `next` link as it is",
                          field="next") from None
-    if signature != request.sort_signature:
-        raise BadRequest("next: the token belongs to another sortby; keep the other parameters of the next link",
-                         field="next")
     return decoded
 
 
