@@ -21,6 +21,7 @@ from psycopg import sql
 
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port
 from citystream.settings import Settings
+from tests.ogc_city import City, build_city
 
 MIGRATIONS_TABLE = "citystream_migrations"
 
@@ -133,6 +134,13 @@ def server_url(database_url: str, mosquitto_server: EmbeddedMosquitto) -> Iterat
                         http_port=find_free_port())
     with running_app(settings, database_url) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def city(server_url: str, database_url: str) -> Iterator[City]:
+    """tests/ogc_city.py's small city, built once per test module on an emptied database."""
+    empty_database(database_url)
+    yield build_city(f"{server_url}/v1.1")
 
 
 @pytest.fixture

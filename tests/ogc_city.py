@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import empty_database
 from tests.sta_helpers import HTTP, create, datastream_body, location_body, sensor_body, thing_body
 
 THINGS = 10
@@ -79,5 +78,7 @@ def build_city(sta: str) -> City:
 @pytest.fixture(scope="module")
 def city(server_url: str, database_url: str) -> Iterator[City]:
     """The city, built once per test module on an emptied database."""
+    from tests.conftest import empty_database  # conftest imports this module
+
     empty_database(database_url)
     yield build_city(f"{server_url}/v1.1")

@@ -16,7 +16,6 @@ from tests.ogc_city import (
     OBSERVATIONS_PER_DATASTREAM,
     THINGS,
     City,
-    city,  # noqa: F401 - the module's fixture
     coordinates,
     phenomenon_time,
 )
