@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -430,7 +431,10 @@ def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig) -> Starlet
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
+        # Read-only open data: web maps on any origin may read it (no credentials are involved).
+        middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
+                               expose_headers=["Content-Crs", "ETag", "Last-Modified", "Link"]),
+                    Middleware(GZipMiddleware, minimum_size=1024)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.landing = _handler(api.landing)  # for the mount point itself, /ogcapi without a slash

@@ -231,15 +231,17 @@ def _things() -> Collection:
 
 def _datastreams() -> Collection:
     phenomenon_start, phenomenon_end = interval_bounds(DATASTREAM, "phenomenonTime", "e", "Datastream's phenomenonTime")
+    located = sql.SQL("{} JOIN {} ON t.id = e.thing_id {}").format(
+        _table(DATASTREAM, "e"), _table(THING, "t"), _current_location("t", "loc"))
+    geometry = sql.SQL("coalesce({}, {})").format(_field(DATASTREAM, "observedArea").col(sql.Identifier("e")),
+                                                  _geometry(LOCATION, "location", "loc"))
     return Collection(
         "datastreams", "Datastreams",
         "Time series (SensorThings Datastreams): the area they observe, what, in which unit, and the latest value.",
         DATASTREAM,
-        sql.SQL("{} JOIN {} ON t.id = e.thing_id {} {} {}").format(
-            _table(DATASTREAM, "e"), _table(THING, "t"), _current_location("t", "loc"),
-            _join_observed_property_and_unit("e"), _latest_observation("e", "lo", required=False)),
-        sql.SQL("coalesce({}, {})").format(_field(DATASTREAM, "observedArea").col(sql.Identifier("e")),
-                                           _geometry(LOCATION, "location", "loc")),
+        sql.SQL("{} {} {}").format(located, _join_observed_property_and_unit("e"),
+                                   _latest_observation("e", "lo", required=False)),
+        geometry,
         (
             from_model(DATASTREAM, "name", "e", description="name of the Datastream"),
             from_model(DATASTREAM, "description", "e", description="description of the Datastream"),
@@ -257,6 +259,9 @@ def _datastreams() -> Collection:
         time_start=phenomenon_start.select,
         time_end=phenomenon_end.select,
         time_description="the Datastream's phenomenonTime extent",
+        extent_from=sql.SQL(  # without the latest Observation's lookup, one per Datastream
+            "(SELECT ST_Extent({}) AS geom, min({}) AS t0, max({}) AS t1 FROM {}) AS x").format(
+            geometry, phenomenon_start.select, phenomenon_end.select, located),
     )
 
 

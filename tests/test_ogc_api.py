@@ -470,6 +470,15 @@ def test_large_responses_are_gzipped(city: City) -> None:
     assert len(gzip.compress(raw.content)) < len(raw.content) / 3
 
 
+def test_web_maps_on_other_origins_may_read(city: City) -> None:
+    response = get(city, "/collections/latest/items", headers={"Origin": "https://map.example.org"})
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "Content-Crs" in response.headers["access-control-expose-headers"]
+    preflight = HTTP.options(f"{city.ogc}/collections/latest/items", headers={
+        "Origin": "https://map.example.org", "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 200
+
+
 def test_only_get(city: City) -> None:
     response = HTTP.post(f"{city.ogc}/collections/things/items", json={})
     assert response.status_code == 405
