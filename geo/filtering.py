@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import cql2
@@ -23,6 +23,7 @@ import orjson
 from psycopg import sql
 
 from geo.queryables import SQL_TYPES, Kind, Queryable
+from geo.times import parse_instant
 from sensorthings.errors import BadRequest
 
 Param = Callable[[Any], sql.Composable]
@@ -200,14 +201,9 @@ class _Compiler:
         if not isinstance(text, str):
             raise _fail(f"expected a date or timestamp string, not {text!r}")
         try:
-            if "T" not in text.upper():
-                day = date.fromisoformat(text)
-                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-                return start + timedelta(days=1, microseconds=-1) if end_of_day else start
-            parsed = datetime.fromisoformat(text.upper())
+            return parse_instant(text, end_of_day=end_of_day)
         except ValueError:
             raise _fail(f"{text!r} is not an RFC 3339 date or timestamp") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
     def _time(self, node: dict[str, Any], *, end_of_day: bool = False) -> sql.Composable:
         text = node.get("timestamp", node.get("date"))

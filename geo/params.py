@@ -10,7 +10,7 @@ import binascii
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,6 +20,7 @@ from starlette.datastructures import QueryParams
 from geo.collections import Collection
 from geo.crs import CRS84, Crs, parse_crs
 from geo.queryables import Queryable
+from geo.times import parse_instant
 from sensorthings.errors import BadRequest
 
 DEFAULT_LIMIT = 100
@@ -142,15 +143,10 @@ def parse_bbox(value: str, crs: Crs) -> Bbox:
 def _instant(text: str, *, end: bool) -> datetime:
     """An RFC 3339 date-time (UTC when no offset is given) or a date (its start, or its end for `end`)."""
     try:
-        if "T" not in text.upper():
-            day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1, microseconds=-1) if end else start
-        parsed = datetime.fromisoformat(text.upper())
+        return parse_instant(text, end_of_day=end)
     except ValueError:
         raise BadRequest(f"datetime: {text!r} is not an RFC 3339 date-time (e.g. 2025-01-20T10:00:00Z) or date",
                          field="datetime") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def parse_datetime(value: str) -> tuple[datetime | None, datetime | None]:
