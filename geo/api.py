@@ -135,20 +135,19 @@ class OgcApi:
         return rows[0][0] if rows else None
 
     async def _respond(self, request: Request, body: bytes, media_type: str, headers: dict[str, str] | None = None,
-                       *, cacheable: bool = True, etag_of: bytes | None = None) -> Response:
+                       *, etag_of: bytes | None = None) -> Response:
         """ETag (of the body, or of `etag_of`: the body without its timeStamp), Last-Modified, Cache-Control;
         304 for a matching conditional request."""
         headers = dict(headers or {})
-        if cacheable:
-            basis = (etag_of if etag_of is not None else body) + media_type.encode()
-            etag = 'W/"' + hashlib.blake2b(basis, digest_size=16).hexdigest() + '"'
-            headers["ETag"] = etag
-            headers["Cache-Control"] = f"public, max-age={self.config.max_age_seconds}"
-            modified = await self._last_modified()
-            if modified is not None:
-                headers["Last-Modified"] = format_datetime(modified.astimezone(UTC), usegmt=True)
-            if _not_modified(request, etag, modified):
-                return Response(status_code=304, headers=headers)
+        basis = (etag_of if etag_of is not None else body) + media_type.encode()
+        etag = 'W/"' + hashlib.blake2b(basis, digest_size=16).hexdigest() + '"'
+        headers["ETag"] = etag
+        headers["Cache-Control"] = f"public, max-age={self.config.max_age_seconds}"
+        modified = await self._last_modified()
+        if modified is not None:
+            headers["Last-Modified"] = format_datetime(modified.astimezone(UTC), usegmt=True)
+        if _not_modified(request, etag, modified):
+            return Response(status_code=304, headers=headers)
         return Response(body, media_type=media_type, headers=headers)
 
     def _collection(self, collection_id: str) -> Collection:
@@ -324,26 +323,27 @@ class OgcApi:
         check_parameters(request.query_params, ITEM_PARAMETERS, f"/collections/{collection.id}/items/{{featureId}}")
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA + ("geojson",))
         raw_id = request.path_params["feature"]
-        if not raw_id.isdigit() or len(raw_id) > 19:
+        if not (raw_id.isascii() and raw_id.isdigit()) or len(raw_id) > 19:
             raise NotFound(f"no feature {raw_id!r} in {collection.id}: feature ids are the SensorThings @iot.id")
         crs = parse_crs(request.query_params["crs"], "crs") if "crs" in request.query_params else CRS84
         names = parse_properties(request.query_params["properties"], collection) \
             if "properties" in request.query_params else None
         b = SqlBuilder(service_url(request, self.config.public_url))
-        rows = await self._rows(feature_sql(collection, int(raw_id), crs, names, b), b.params)
+        feature_id = int(raw_id)
+        rows = await self._rows(feature_sql(collection, feature_id, crs, names, b), b.params)
         if not rows:
-            raise NotFound(f"no feature {raw_id} in {collection.id}")
+            raise NotFound(f"no feature {feature_id} in {collection.id}")
         root = self.root(request)
-        url = f"{root}/collections/{collection.id}/items/{raw_id}"
+        url = f"{root}/collections/{collection.id}/items/{feature_id}"
         feature = orjson.loads(rows[0][0])
         feature["links"] = [
             *_self_and_alternates(url, dict(request.query_params), fmt, {"json": GEOJSON, "html": HTML}),
             _link(f"{root}/collections/{collection.id}", "collection", JSON, collection.title),
-            _link(f"{service_url(request, self.config.public_url)}/{collection.entity.set_name}({raw_id})",
+            _link(f"{service_url(request, self.config.public_url)}/{collection.entity.set_name}({feature_id})",
                   "related", JSON, f"the SensorThings {collection.entity.name}"),
         ]
         if fmt == "html":
-            return await self._respond(request, html.page(f"{collection.title} {raw_id}", feature).encode(), HTML)
+            return await self._respond(request, html.page(f"{collection.title} {feature_id}", feature).encode(), HTML)
         return await self._respond(request, orjson.dumps(feature), GEOJSON, {"Content-Crs": f"<{crs.uri}>"})
 
 

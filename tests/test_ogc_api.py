@@ -369,7 +369,7 @@ def test_single_feature_with_links_and_404s(city: City) -> None:
     assert {"self", "alternate", "collection", "related"} <= rels
     sta = next(li for li in feature["links"] if li["rel"] == "related")
     assert sta["href"].endswith(f"/v1.1/Things({city.things[1]})")
-    for missing in ("999999", "abc", "-1"):
+    for missing in ("999999", "abc", "-1", "%C2%B2", "99999999999999999999"):
         response = get(city, f"/collections/things/items/{missing}")
         assert response.status_code == 404, missing
         assert response.json()["code"] == "NotFound"
