@@ -74,6 +74,7 @@ class Collection:
     time_description: str = ""
     flat_properties: sql.Composable | None = None  # a jsonb object flattened into the properties
     countable: bool = True  # an exact count is cheap (a small table); Observations are not
+    lean_from: sql.Composable | None = None  # FROM without the lookups that only add properties (same rows)
     extent_from: sql.Composable | None = None  # a cheaper source of the extent (columns geom, t0, t1), if any
 
     @functools.cached_property
@@ -114,11 +115,21 @@ class Collection:
         return {name: q for name, q in self.queryables.items() if q.sortable}
 
     @functools.cached_property
+    def lean_source(self) -> sql.Composable:
+        """The source's rows with only id, geometry and time: enough to count by bbox and datetime, or to
+        compute the extent, without the per-feature lookups (e.g. a Datastream's latest Observation)."""
+        if self.lean_from is None:
+            return self.source
+        return sql.SQL("(SELECT e.id AS id, {} AS _geom, {} AS _t0, {} AS _t1 FROM {}) AS {}").format(
+            self.geometry, self.time_start or sql.SQL("NULL::timestamptz"),
+            self.time_end or sql.SQL("NULL::timestamptz"), self.lean_from, SOURCE)
+
+    @functools.cached_property
     def extent_source(self) -> sql.Composable:
         """A one-row subquery `x` with the spatial extent (box2d `geom`) and the time extent (`t0`, `t1`)."""
         return self.extent_from or sql.SQL(
             "(SELECT ST_Extent(c._geom) AS geom, min(c._t0) AS t0, max(coalesce(c._t1, c._t0)) AS t1 FROM {}) AS x"
-        ).format(self.source)
+        ).format(self.lean_source)
 
     def property(self, name: str) -> Property | None:
         return next((p for p in self.properties if p.name == name), None)
@@ -259,9 +270,7 @@ def _datastreams() -> Collection:
         time_start=phenomenon_start.select,
         time_end=phenomenon_end.select,
         time_description="the Datastream's phenomenonTime extent",
-        extent_from=sql.SQL(  # without the latest Observation's lookup, one per Datastream
-            "(SELECT ST_Extent({}) AS geom, min({}) AS t0, max({}) AS t1 FROM {}) AS x").format(
-            geometry, phenomenon_start.select, phenomenon_end.select, located),
+        lean_from=located,  # counts and extents skip the latest Observation's lookup, one per Datastream
     )
 
 

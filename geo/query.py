@@ -148,8 +148,10 @@ def csv_header(collection: Collection, request: ItemsRequest) -> list[str]:
 
 def count_sql(collection: Collection, request: ItemsRequest, b: SqlBuilder,
               compile_filter: FilterCompiler) -> sql.Composable:
-    return sql.SQL("SELECT count(*) FROM {} {}").format(
-        collection.source, _where(conditions(collection, request, b, compile_filter)))
+    """numberMatched; without a filter on properties, over the collection's lean source (same rows)."""
+    source = collection.source if request.filter is not None or request.equals else collection.lean_source
+    return sql.SQL("SELECT count(*) FROM {} {}").format(source, _where(conditions(collection, request, b,
+                                                                                     compile_filter)))
 
 
 def feature_sql(collection: Collection, feature_id: int, request_crs: Crs, names: list[str] | None,

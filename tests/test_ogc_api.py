@@ -319,6 +319,12 @@ def test_offset_paging_like_owslib_and_arcgis(city: City) -> None:
 def test_number_matched_is_exact_or_absent(city: City) -> None:
     assert items(city, "things", limit=2)["numberMatched"] == THINGS + 1
     assert items(city, "latest", limit=2)["numberMatched"] == THINGS * 2
+    lon, lat = coordinates(1)
+    in_box = items(city, "datastreams", limit=1, bbox=f"{lon - 0.001},{lat - 0.001},{lon + 0.001},{lat + 0.001}")
+    assert in_box["numberMatched"] == 2  # counted without the latest-Observation lookups
+    latest_time = phenomenon_time(OBSERVATIONS_PER_DATASTREAM - 1)
+    filtered = items(city, "datastreams", limit=1, filter=f"latestTime = TIMESTAMP('{latest_time}')")
+    assert filtered["numberMatched"] == len(city.datastreams)  # counted with them: the filter needs them
     first_page = items(city, "observations", limit=10)
     assert "numberMatched" not in first_page  # counting Observations is not cheap: left out, never guessed
     whole = items(city, "observations", limit=10_000, datastream=city.datastreams[0])
