@@ -11,7 +11,7 @@ from typing import Any
 
 from geo.collections import COLLECTIONS, Collection
 from geo.crs import URIS
-from geo.params import DEFAULT_LIMIT, FILTER_LANGS, MAX_LIMIT
+from geo.params import DEFAULT_LIMIT, FILTER_LANGS, ITEMS_PARAMETERS, MAX_LIMIT
 from geo.queryables import Queryable
 
 GEOJSON = "application/geo+json"
@@ -85,7 +85,7 @@ def _collection_paths(collection: Collection) -> dict[str, Any]:
     names = [p.name for p in collection.properties]
     sortables = list(collection.sortables)
     equality = [_query(name, f"Only features whose {name} equals this value.", schema_of(q))
-                for name, q in collection.queryables.items() if q.kind != "geometry"]
+                for name, q in collection.queryables.items() if q.kind != "geometry" and name not in ITEMS_PARAMETERS]
     items_parameters = [
         _ref("limit"), _ref("offset"), _ref("next"), _ref("bbox"), _ref("bbox-crs"), _ref("datetime"), _ref("crs"),
         _ref("filter"), _ref("filter-lang"), _ref("filter-crs"), _ref("f-items"),

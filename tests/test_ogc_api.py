@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openapi_spec_validator import validate as validate_openapi
 from pyproj import Transformer
 
 from tests.ogc_city import (
@@ -520,6 +521,7 @@ def test_openapi_declares_limit_and_bbox_as_the_ogc_suite_and_qgis_read_them(cit
     assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100}
     bbox = document["components"]["parameters"]["bbox"]["schema"]
     assert (bbox["type"], bbox["minItems"], bbox["maxItems"], bbox["items"]) == ("array", 4, 6, {"type": "number"})
+    validate_openapi(document)  # e.g. no parameter twice (a `datetime` equality filter once was)
     for collection in COLLECTIONS:
         operation = document["paths"][f"/collections/{collection}/items"]["get"]
         refs = {p.get("$ref", "").rsplit("/", 1)[-1] for p in operation["parameters"]}
