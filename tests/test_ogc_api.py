@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 from pyproj import Transformer
 
@@ -503,6 +504,7 @@ def test_queryables_and_sortables_are_json_schema(city: City) -> None:
     assert response.headers["content-type"].startswith("application/schema+json")
     schema = response.json()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
     assert schema["type"] == "object"
     assert schema["properties"]["phenomenonTime"]["format"] == "date-time"
     assert schema["properties"]["geometry"]["format"] == "geometry-any"
