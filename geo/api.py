@@ -79,6 +79,8 @@ CONFORMANCE = (
     "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
     "http://www.opengis.net/spec/cql2/1.0/conf/temporal-functions",
 )
+LAST_COMMIT = sql.SQL("SELECT CASE WHEN current_setting('track_commit_timestamp')::boolean "
+                      "THEN (pg_last_committed_xact()).timestamp END")
 ERROR_CODES = {400: "InvalidParameterValue", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge",
                503: "ServiceUnavailable"}
 
@@ -127,12 +129,15 @@ class OgcApi:
             raise database_error(exc, self.config.statement_timeout_ms) from exc
 
     async def _last_modified(self) -> datetime | None:
-        """When anything was last committed (needs track_commit_timestamp): a safe Last-Modified."""
+        """When anything was last committed: a safe Last-Modified. None (no header) when the server does not
+        track commit timestamps, where pg_last_committed_xact() would raise."""
         try:
-            rows = await self._rows(sql.SQL("SELECT (pg_last_committed_xact()).timestamp"), {})
-        except StaError:
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(LAST_COMMIT)
+                row = await cursor.fetchone()
+        except psycopg.Error:
             return None
-        return rows[0][0] if rows else None
+        return row[0] if row else None
 
     async def _respond(self, request: Request, body: bytes, media_type: str, headers: dict[str, str] | None = None,
                        *, etag_of: bytes | None = None) -> Response:
