@@ -8,11 +8,8 @@ generated from the Thing's Location. Thing 0 has nested properties; one extra Th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import pytest
 
 from tests.sta_helpers import HTTP, create, datastream_body, location_body, sensor_body, thing_body
 
@@ -73,12 +70,3 @@ def build_city(sta: str) -> City:
         city.datastreams += [d["@iot.id"] for d in listed.json()["value"]]
     city.things.append(create(sta, "Things", thing_body("thing without location")))
     return city
-
-
-@pytest.fixture(scope="module")
-def city(server_url: str, database_url: str) -> Iterator[City]:
-    """The city, built once per test module on an emptied database."""
-    from tests.conftest import empty_database  # conftest imports this module
-
-    empty_database(database_url)
-    yield build_city(f"{server_url}/v1.1")
