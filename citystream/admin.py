@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -43,8 +44,9 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     return int(raw)
 
 
-def admin_router(pool: AsyncConnectionPool[Any], token: str | None, registry: SubscriptionRegistry) -> APIRouter:
-    router = APIRouter()
+def admin_guard(token: str | None) -> Callable[[Request], None]:
+    """The check for operator-only requests (these endpoints, and bulk deletes in the STA API): the bearer
+    token when CITYSTREAM_ADMIN_TOKEN is set, else a loopback client. Raises Forbidden (403)."""
 
     def authorise(request: Request) -> None:
         if token:
@@ -52,7 +54,14 @@ def admin_router(pool: AsyncConnectionPool[Any], token: str | None, registry: Su
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 raise Forbidden("send Authorization: Bearer <CITYSTREAM_ADMIN_TOKEN>")
         elif not _is_loopback(request.client.host if request.client else None):
-            raise Forbidden("admin endpoints answer only loopback clients unless CITYSTREAM_ADMIN_TOKEN is set")
+            raise Forbidden("this answers only loopback clients unless CITYSTREAM_ADMIN_TOKEN is set")
+
+    return authorise
+
+
+def admin_router(pool: AsyncConnectionPool[Any], token: str | None, registry: SubscriptionRegistry) -> APIRouter:
+    router = APIRouter()
+    authorise = admin_guard(token)
 
     @router.get("/admin/dead-letters", include_in_schema=False)
     async def dead_letters(request: Request) -> Response:

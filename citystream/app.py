@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from citystream.admin import admin_router
+from citystream.admin import admin_guard, admin_router
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
@@ -50,7 +50,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         max_expand_depth=settings.max_expand_depth,
         exact_count_limit=settings.exact_count_limit,
         mqtt_endpoints=mqtt_endpoints(settings),
-    ), observations=ingest, listener=notifier)
+    ), observations=ingest, listener=notifier, bulk_guard=admin_guard(settings.admin_token))
     app.include_router(sta.router)
     app.include_router(admin_router(pool, settings.admin_token, notifier.registry))
     ogc = create_ogc_app(pool, OgcConfig(public_url=settings.public_url,

@@ -386,6 +386,31 @@ def _matching(path: ResourcePath, options: QueryOptions, alias: sql.Identifier, 
         conditions, ExpressionCompiler(b, path.entity, alias, relation_join).predicate(options.filter))
 
 
+def compile_filtered_delete(path: ResourcePath, options: QueryOptions) -> Compiled:
+    """DELETE of every entity of a collection path that passes `$filter`, in one statement that returns how
+    many went, or NULL when an entity the path names before its last step does not exist. Link-table
+    cascades the model declares (a Location's HistoricalLocations) go first, as for a single delete."""
+    b = SqlBuilder("")
+    entity, e = path.entity, b.alias()
+    matching = sql.SQL("SELECT {e}.id FROM {table} {e} WHERE {cond}").format(
+        e=e, table=sql.Identifier(entity.table), cond=_matching(path, options, e, b))
+    steps: list[sql.Composable] = []
+    for n, relation in enumerate(r for r in entity.relations.values() if r.delete_targets):
+        steps.append(sql.SQL("cascade{n} AS (DELETE FROM {target} WHERE id IN (SELECT {tcol} FROM {link} "
+                             "WHERE {scol} IN ({matching})))").format(
+            n=sql.SQL(str(n)), target=sql.Identifier(relation.target_entity.table),
+            tcol=sql.Identifier(relation.link_target_column), link=sql.Identifier(relation.link_table),
+            scol=sql.Identifier(relation.link_source_column), matching=matching))
+    gone = b.alias()
+    steps.append(sql.SQL("gone AS (DELETE FROM {table} {g} WHERE {g}.id IN ({matching}) RETURNING {g}.id)").format(
+        table=sql.Identifier(entity.table), g=gone, matching=matching))
+    if entity.partition_column:
+        steps.append(sql.SQL("relocated AS (DELETE FROM observation_relocations WHERE id IN (SELECT id FROM gone))"))
+    statement = sql.SQL("WITH {} SELECT CASE WHEN {} THEN (SELECT count(*) FROM gone) END").format(
+        sql.SQL(", ").join(steps), parent_exists(path, b))
+    return Compiled(statement, b.params)
+
+
 def parent_exists(path: ResourcePath, b: SqlBuilder) -> sql.Composable:
     """TRUE when every entity the path names before its last step exists (else the request is a 404)."""
     if len(path.steps) == 1:

@@ -33,6 +33,7 @@ from sensorthings.compiler import (
     compile_count_estimate,
     compile_entity,
     compile_entity_by_id,
+    compile_filtered_delete,
     compile_ids,
 )
 from sensorthings.errors import (
@@ -260,8 +261,10 @@ class StaApi:
     """Routes for `/v1.1`. Holds the connection pool and the limits; no entity knowledge."""
 
     def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig,
-                 observations: ObservationSink | None = None, listener: ChangeListener | None = None) -> None:
+                 observations: ObservationSink | None = None, listener: ChangeListener | None = None,
+                 bulk_guard: Callable[[Request], None] | None = None) -> None:
         self.pool = pool
+        self.bulk_guard = bulk_guard  # raises for a client that may not delete by $filter
         self.config = config
         self.observations = observations
         self.listener = listener
@@ -511,14 +514,44 @@ class StaApi:
 
             await self._write(unlink)
             return Response(status_code=204)
-        if path.is_collection or path.prop is not None:
-            raise BadRequest("DELETE removes one entity, e.g. DELETE /v1.1/Things(1)")
+        if path.is_collection and path.prop is None:
+            return await self._delete_filtered(request, path)
+        if path.prop is not None:
+            raise BadRequest("DELETE removes one entity, e.g. DELETE /v1.1/Things(1), or the entities of a "
+                             "collection that pass a $filter, e.g. DELETE /v1.1/Observations?$filter=…")
 
         async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
             await writer.delete(path.entity, await self._resolve(conn, path))
 
         await self._write(delete)
         return Response(status_code=200)
+
+
+    async def _delete_filtered(self, request: Request, path: ResourcePath) -> Response:
+        """DELETE /v1.1/Observations?$filter=…: every entity of the collection that passes the filter, in one
+        transaction (all or nothing). Operators only (the guard the composition root gives); without a
+        $filter it is refused, so that a forgotten option never empties a collection."""
+        if self.bulk_guard is not None:
+            self.bulk_guard(request)
+        params = parse_qsl(request.url.query, keep_blank_values=True)
+        given = {name for name, _ in params}
+        if "$filter" not in given:
+            raise BadRequest(f"DELETE on a collection needs $filter, e.g. DELETE /v1.1/{path.entity.set_name}"
+                             "?$filter=phenomenonTime lt 2020-01-01T00:00:00Z (use $filter=true to delete all)")
+        if given - {"$filter"}:
+            raise BadRequest(f"DELETE on a collection takes only $filter, not {', '.join(sorted(given - {'$filter'}))}")
+        options = parse_query(params, default_top=self.config.default_top, max_top=self.config.max_top)
+        compiled = compile_filtered_delete(path, options)
+        deleted: list[int] = []
+
+        async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
+            row = await (await conn.execute(compiled.statement, compiled.params)).fetchone()
+            if row is None or row[0] is None:
+                raise NotFound(f"nothing found at {path.entity.set_name}: an entity named in the path does not exist")
+            deleted.append(int(row[0]))
+
+        await self._write(delete)
+        return json_response(orjson.dumps({"deleted": deleted[0]}))
 
 
 __all__ = ["CONFORMANCE", "MQTT_CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig", "error_response"]
