@@ -340,8 +340,16 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         return matching
 
     keys = order_keys(entity, e, options.orderby, b)
-    item = (ref_json(entity, p, b) if path.ref
-            else entity_json(entity, p, b, options.select, options.expand, limits))
+    if options.result_format == "dataArray":
+        if path.ref:
+            raise BadRequest("$resultFormat=dataArray cannot be combined with $ref")
+        value = data_array_value(entity, options, p, b.param(options.skip + options.top), b)
+    else:
+        item = (ref_json(entity, p, b) if path.ref
+                else entity_json(entity, p, b, options.select, options.expand, limits))
+        value = sql.SQL("(SELECT coalesce(json_agg({item} ORDER BY {p}.sta_n) FILTER (WHERE {p}.sta_n <= {last}),"
+                        " '[]'::json) FROM page {p})").format(item=item, p=p,
+                                                             last=b.param(options.skip + options.top))
     count = (
         sql.SQL("(SELECT count(*) FROM (SELECT 1 FROM {} {} WHERE {} LIMIT {}) AS counted)").format(
             sql.Identifier(entity.table), e, where(with_keyset=False), b.param(limits.exact_count_limit + 1))
@@ -354,17 +362,49 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         " SELECT {e}.*, row_number() OVER (ORDER BY {keys}) AS sta_n, {last_key} AS sta_key"
         " FROM {table} {e} WHERE {cond}"
         " ORDER BY {keys} LIMIT {limit} OFFSET {skip})"
-        " SELECT (SELECT coalesce(json_agg({item} ORDER BY {p}.sta_n) FILTER (WHERE {p}.sta_n <= {last}),"
-        " '[]'::json) FROM page {p})::text,"
+        " SELECT {value}::text,"
         " (SELECT count(*) FROM page) > {top}, {count}, {parent},"
         " (SELECT sta_key FROM page WHERE sta_n = {last})::text"
     ).format(
-        e=e, p=p, keys=sql.SQL(", ").join(keys), table=sql.Identifier(entity.table), cond=where(),
-        last_key=last_key, limit=b.param(options.top + 1), skip=b.param(options.skip), item=item,
+        e=e, keys=sql.SQL(", ").join(keys), table=sql.Identifier(entity.table), cond=where(),
+        last_key=last_key, limit=b.param(options.top + 1), skip=b.param(options.skip), value=value,
         last=b.param(options.skip + options.top), top=b.param(options.top), count=count,
         parent=parent_exists(path, b),
     )
     return Compiled(statement, b.params)
+
+
+DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "resultTime", "result")
+"""The components of a Data Array without $select: those of STA 1.1's example (§14.3)."""
+
+
+def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, last: sql.Composable,
+                     b: SqlBuilder) -> sql.Composable:
+    """The page (CTE `page`, rows numbered `sta_n`) as STA 1.1 Data Array objects: one per Datastream, in
+    the order of its first row, with `components` ($select, or DATA_ARRAY_COMPONENTS) and one array of
+    values per Observation, in page order."""
+    group = entity.relations.get("Datastream")
+    if group is None or group.storage is not Storage.FK_ON_SOURCE or entity.field("result") is None:
+        raise BadRequest(f"$resultFormat=dataArray applies to Observations, not {entity.set_name}")
+    if options.expand:
+        raise BadRequest("$resultFormat=dataArray cannot be combined with $expand")
+    components = options.select or DATA_ARRAY_COMPONENTS
+    allowed = ("id", *entity.property_names)
+    unknown = [c for c in components if c not in allowed]
+    if unknown:
+        raise BadRequest(f"$select: {unknown[0]!r} cannot be a Data Array component; choose from "
+                         f"{', '.join(allowed)}")
+    values = [qualified(p, "id") if c == "id" else entity.fields_by_name[c].json_sql(p) for c in components]
+    link = sql.SQL("{}::text || {} || {} || ')'").format(
+        b.base, sql.Literal(f"/{group.target_entity.set_name}("), qualified(p, group.column))
+    return sql.SQL(
+        "(SELECT coalesce(json_agg(g.v ORDER BY g.first), '[]'::json) FROM ("
+        " SELECT min({p}.sta_n) AS first, json_build_object({nav}, {link}, 'components', {components},"
+        " 'dataArray@iot.count', count(*), 'dataArray', json_agg(json_build_array({values}) ORDER BY {p}.sta_n))"
+        " AS v FROM page {p} WHERE {p}.sta_n <= {last} GROUP BY {p}.{column}) AS g)"
+    ).format(p=p, nav=sql.Literal(f"{group.name}@iot.navigationLink"), link=link,
+             components=sql.SQL("json_build_array({})").format(sql.SQL(", ").join(map(sql.Literal, components))),
+             values=sql.SQL(", ").join(values), last=last, column=sql.Identifier(group.column))
 
 
 def compile_count_estimate(path: ResourcePath, options: QueryOptions) -> Compiled:

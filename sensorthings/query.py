@@ -21,8 +21,9 @@ from sensorthings.fields import is_ascii_digits
 
 MAX_SKIP = 2**62  # keeps $skip + $top + 1 inside PostgreSQL's bigint
 
-KNOWN_LATER = {"$resultFormat": "the Data Array / result format issue"}
-KNOWN = {"$top", "$skip", "$count", "$orderby", "$filter", "$select", "$expand", "$skiptoken"}
+KNOWN = {"$top", "$skip", "$count", "$orderby", "$filter", "$select", "$expand", "$skiptoken", "$resultFormat"}
+RESULT_FORMATS = ("dataArray",)
+RESULT_FORMATS_LATER = ("CSV", "GeoJSON")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class QueryOptions:
     expand: tuple[odata.ExpandItem, ...] = ()
     skiptoken: tuple[Any, ...] | None = None
     """Key values of the last row of the previous page (keyset paging), from an opaque `$skiptoken`."""
+    result_format: str | None = None  # "dataArray" (STA 1.1 §14.3), or None for the normal JSON
     passthrough: tuple[tuple[str, str], ...] = field(default=())
     """The options as received, minus $skip/$top/$skiptoken, kept for building `@iot.nextLink`."""
 
@@ -88,8 +90,6 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
     for name, value in params:
         if not name.startswith("$"):
             continue
-        if name in KNOWN_LATER:
-            raise BadRequest(f"{name} is not supported by this server yet; remove it from the request")
         if name not in KNOWN:
             raise BadRequest(f"unknown query option {name}; supported: {', '.join(sorted(KNOWN))}")
         if name in seen:
@@ -111,6 +111,12 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
             raise BadRequest(f"${option} is empty; give it a value or leave it out")
         return odata.parse(option, text)
 
+    result_format = seen.get("$resultFormat")
+    if result_format is not None and result_format not in RESULT_FORMATS:
+        later = result_format in RESULT_FORMATS_LATER
+        raise BadRequest(f"$resultFormat={result_format} is not supported{' yet' if later else ''}; "
+                         f"supported: {', '.join(RESULT_FORMATS)}")
+
     skiptoken = None
     if "$skiptoken" in seen:
         if skip:
@@ -123,5 +129,6 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
         filter=expression("filter"),  # type: ignore[arg-type]
         select=expression("select") or (),  # type: ignore[arg-type]
         expand=expression("expand") or (),  # type: ignore[arg-type]
+        result_format=result_format,
         passthrough=tuple(passthrough),
     )

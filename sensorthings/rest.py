@@ -185,7 +185,7 @@ def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
     raise exc
 
 
-COLLECTION_ONLY = ("$filter", "$orderby", "$top", "$skip", "$skiptoken", "$count")
+COLLECTION_ONLY = ("$filter", "$orderby", "$top", "$skip", "$skiptoken", "$count", "$resultFormat")
 MAX_STATEMENT_BYTES = 2 * 1024 * 1024
 CompiledRead = tuple[ResourcePath, QueryOptions, Compiled]
 
