@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import perf_counter
@@ -115,6 +115,38 @@ class IngestPipeline:
         if item.id is None or item.rendered is None:
             raise ServiceUnavailable("the Observation could not be stored (see the server log); send it again")
         return item.id, item.rendered
+
+    async def create_observations(self, bodies: Sequence[dict[str, Any] | str]) -> list[int | str]:
+        """CreateObservations: every valid row through the same queue and COPY batches as any Observation,
+        waiting once for all of them rather than once per row."""
+        results: list[int | str] = [""] * len(bodies)
+        queued: list[tuple[int, Item]] = []
+        for n, body in enumerate(bodies):
+            if isinstance(body, str):
+                results[n] = body
+                continue
+            try:
+                row = parse_observation(body, datastream_id=None, feature_id=None, now=None, where="row")
+            except BadRequest as exc:
+                results[n] = exc.message
+                continue
+            queued.append((n, Item(row)))
+        if queued:
+            all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            pending = len(queued)
+
+            def complete(_: Item) -> None:
+                nonlocal pending
+                pending -= 1
+                if pending == 0 and not all_done.done():
+                    all_done.set_result(None)
+
+            for _, item in queued:
+                await self.put(item, "http", complete)
+            await all_done
+        for n, item in queued:
+            results[n] = item.id if item.id is not None else (item.reason or "could not be stored; send it again")
+        return results
 
     async def _run_writer(self) -> None:
         while True:

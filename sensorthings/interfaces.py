@@ -44,3 +44,9 @@ class ObservationSink(Protocol):
         JSON as GET renders it with links under `base_url` (the 201 body). `datastream_id` / `feature_id`
         come from the URL (`Datastreams(1)/Observations`). Raises StaError."""
         ...
+
+    async def create_observations(self, bodies: Sequence[dict[str, Any] | str]) -> list[int | str]:
+        """Validate and store many Observations at once (CreateObservations): per body, in order, the new
+        id or why it was not stored. A body given as a string is already rejected for that reason. The good
+        ones are stored even when others are bad."""
+        ...

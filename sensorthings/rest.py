@@ -36,6 +36,7 @@ from sensorthings.compiler import (
     compile_filtered_delete,
     compile_ids,
 )
+from sensorthings.data_array import observation_bodies
 from sensorthings.errors import (
     BadRequest,
     Conflict,
@@ -185,6 +186,7 @@ def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
     raise exc
 
 
+CREATE_OBSERVATIONS = "CreateObservations"  # the Data Array extension's create resource (STA 1.1 §14.3)
 COLLECTION_ONLY = ("$filter", "$orderby", "$top", "$skip", "$skiptoken", "$count", "$resultFormat")
 MAX_STATEMENT_BYTES = 2 * 1024 * 1024
 CompiledRead = tuple[ResourcePath, QueryOptions, Compiled]
@@ -399,6 +401,8 @@ class StaApi:
     # ---------------------------------------------------------------- writes
 
     async def post(self, request: Request, resource: str) -> Response:
+        if resource == CREATE_OBSERVATIONS:
+            return await self._create_observations(request)
         path = parse_path(resource)
         body = parse_json(await read_body(request, self.config.max_body_bytes),
                           observation=path.entity is OBSERVATION and not path.ref)
@@ -436,6 +440,17 @@ class StaApi:
             body, datastream_id=parents.get("Datastream"), feature_id=parents.get("FeatureOfInterest"),
             base_url=base)
         return json_response(created, 201, {"Location": f"{base}/{OBSERVATION.set_name}({new_id})"})
+
+    async def _create_observations(self, request: Request) -> Response:
+        """POST CreateObservations (Data Array extension): 201 with one entry per row, in order: the new
+        Observation's selfLink, or "error" and the reason for a row that was not stored."""
+        if self.observations is None:
+            raise BadRequest("CreateObservations needs the ingest path, which this server runs without")
+        document = parse_json(await read_body(request, self.config.max_body_bytes))
+        base = service_url(request, self.config.public_url)
+        results = await self.observations.create_observations(observation_bodies(document))
+        links = [f"{base}/{OBSERVATION.set_name}({r})" if isinstance(r, int) else f"error {r}" for r in results]
+        return json_response(orjson.dumps(links), 201)
 
     async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
         """POST …/Collection/$ref adds a link; PUT …/SingleNavigation/$ref sets one."""

@@ -1,0 +1,130 @@
+"""POST /v1.1/CreateObservations (the Data Array extension's write half, STA 1.1 §14.3; issue 6 part 1):
+every row through the ingest path; bad rows answer "error …" while the good ones are stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import frost_sta_client as fsc
+import pytest
+from frost_sta_client.model.ext.data_array_value import DataArrayValue
+
+from tests.sta_helpers import (
+    HTTP,
+    assert_error,
+    count,
+    create,
+    create_datastream,
+    create_thing_with_location,
+    datastream_body,
+    feature_body,
+    observed_property_body,
+    post,
+    read,
+    send_raw,
+    sensor_body,
+)
+
+COUNT_TYPE = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_CountObservation"
+
+
+def create_observations(sta: str, document: Any) -> list[str]:
+    response = post(sta, "CreateObservations", document)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def observation_id(link: str) -> int:
+    assert link.startswith("http") and link.endswith(")"), link
+    return int(link.rsplit("(", 1)[1][:-1])
+
+
+def test_rows_of_several_datastreams_are_created(sta: str) -> None:
+    thing = create_thing_with_location(sta)
+    first, second = create_datastream(sta, thing, "first"), create_datastream(sta, thing, "second")
+    feature = create(sta, "FeaturesOfInterest", feature_body())
+    links = create_observations(sta, [
+        {"Datastream": {"@iot.id": first}, "components": ["phenomenonTime", "result", "FeatureOfInterest/id"],
+         "dataArray@iot.count": 2,
+         "dataArray": [["2024-05-01T10:00:00Z", 20.5, feature], ["2024-05-01T10:01:00Z", 21, feature]]},
+        {"Datastream": {"@iot.id": second}, "components": ["result", "phenomenonTime", "resultTime", "parameters"],
+         "dataArray": [[1.50, "2024-05-01T10:00:00Z/2024-05-01T10:15:00Z", "2024-05-01T10:16:00Z", {"q": 1}]]},
+    ])
+    assert len(links) == 3
+    first_row = read(sta, f"Observations({observation_id(links[0])})", **{"$expand": "FeatureOfInterest,Datastream"})
+    assert (first_row["result"], first_row["phenomenonTime"]) == (20.5, "2024-05-01T10:00:00Z")
+    assert (first_row["Datastream"]["@iot.id"], first_row["FeatureOfInterest"]["@iot.id"]) == (first, feature)
+    third = HTTP.get(links[2]).json()
+    assert third["phenomenonTime"] == "2024-05-01T10:00:00Z/2024-05-01T10:15:00Z"
+    assert third["resultTime"] == "2024-05-01T10:16:00Z" and third["parameters"] == {"q": 1}
+    raw = send_raw("POST", sta, "CreateObservations",
+                   f'[{{"Datastream": {{"@iot.id": {second}}}, "components": ["result"], "dataArray": [[1.50]]}}]')
+    assert HTTP.get(raw.json()[0]).text.count('"result" : 1.50') == 1  # the number's text is kept
+    assert count(sta, f"Datastreams({first})/Observations") == 2
+
+
+def test_without_a_feature_the_things_location_is_used(sta: str) -> None:
+    datastream = create_datastream(sta)
+    links = create_observations(sta, [{"Datastream": {"@iot.id": datastream}, "components": ["result"],
+                                       "dataArray": [[1], [2]]}])
+    feature = read(sta, f"Observations({observation_id(links[0])})/FeatureOfInterest")
+    assert feature["feature"]["type"] == "Point"
+    assert count(sta, "FeaturesOfInterest") == 1
+
+
+def test_bad_rows_are_errors_and_the_good_rows_are_stored(sta: str) -> None:
+    thing = create_thing_with_location(sta)
+    counted = create(sta, f"Things({thing})/Datastreams", datastream_body(
+        "bikes", observationType=COUNT_TYPE, Sensor=sensor_body(), ObservedProperty=observed_property_body()))
+    links = create_observations(sta, [
+        {"Datastream": {"@iot.id": counted}, "components": ["phenomenonTime", "result"],
+         "dataArray": [["2024-05-01T10:00:00Z", 3],
+                       ["2024-05-01T10:01:00Z"],  # too short
+                       ["2024-05-01T10:02:00Z", "many"],  # not a count
+                       ["yesterday", 4],  # not a time
+                       ["2024-05-01T10:04:00Z", 5]]},
+        {"Datastream": {"@iot.id": 999}, "components": ["result"], "dataArray": [[1]]},  # no such Datastream
+    ])
+    assert [link.startswith("error") for link in links] == [False, True, True, True, False, True]
+    assert "2 values" in links[1]
+    assert "Count" in links[2] or "integer" in links[2]
+    assert "999" in links[5]
+    assert sorted(o["result"] for o in read(sta, "Observations")["value"]) == [3, 5]
+
+
+@pytest.mark.parametrize(("document", "fragment"), [
+    ({"Datastream": {"@iot.id": 1}}, "JSON array"),
+    ([["not an object"]], "Data Array object"),
+    ([{"components": ["result"], "dataArray": [[1]]}], "Datastream"),
+    ([{"Datastream": {"name": "new"}, "components": ["result"], "dataArray": [[1]]}], "existing Datastream"),
+    ([{"Datastream": {"@iot.id": 1}, "components": ["result", "colour"], "dataArray": [[1, 2]]}], "colour"),
+    ([{"Datastream": {"@iot.id": 1}, "components": [], "dataArray": []}], "components"),
+    ([{"Datastream": {"@iot.id": 1}, "components": ["result", "result"], "dataArray": [[1, 2]]}], "twice"),
+    ([{"Datastream": {"@iot.id": 1}, "components": ["result"], "dataArray": {"0": [1]}}], "dataArray"),
+    ([{"Datastream": {"@iot.id": 1}, "components": ["result"], "dataArray@iot.count": 3, "dataArray": [[1]]}],
+     "dataArray@iot.count"),
+    ([{"MultiDatastream": {"@iot.id": 1}, "components": ["result"], "dataArray": [[[1, 2]]]}], "MultiDatastream"),
+])
+def test_malformed_documents_are_400_and_store_nothing(sta: str, document: Any, fragment: str) -> None:
+    create_datastream(sta)
+    assert_error(post(sta, "CreateObservations", document), 400, fragment)
+    assert count(sta, "Observations") == 0
+
+
+def test_frost_client_uploads_a_data_array(sta: str) -> None:
+    service = fsc.SensorThingsService(sta)
+    datastream = service.datastreams().find(create_datastream(sta))
+    feature = service.features_of_interest().find(create(sta, "FeaturesOfInterest", feature_body()))
+    array = DataArrayValue()
+    array.datastream = datastream
+    array.components = {DataArrayValue.Property.PHENOMENON_TIME, DataArrayValue.Property.RESULT,
+                        DataArrayValue.Property.FEATURE_OF_INTEREST}
+    for minute in range(5):
+        array.add_observation(fsc.Observation(phenomenon_time=f"2024-05-01T10:0{minute}:00Z", result=minute,
+                                              feature_of_interest=feature, datastream=datastream))
+    document = fsc.DataArrayDocument()
+    document.value = [array]
+    created = service.observations().create(document)
+    assert len(created) == 5
+    assert sorted(o["result"] for o in read(sta, f"Datastreams({datastream.id})/Observations")["value"]) == [
+        0, 1, 2, 3, 4]
