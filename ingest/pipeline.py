@@ -51,6 +51,10 @@ class _Queued:
     source: str
 
 
+def _ignore(_: Item) -> None:
+    """The completion callback of rows that a request writes itself (it reads their outcome afterwards)."""
+
+
 def _retryable(exc: psycopg.Error) -> bool:
     """Failures of the database rather than of the data: the same batch may succeed when sent again."""
     state = exc.sqlstate or ""
@@ -117,34 +121,36 @@ class IngestPipeline:
         return item.id, item.rendered
 
     async def create_observations(self, bodies: Sequence[dict[str, Any] | str]) -> list[int | str]:
-        """CreateObservations: every valid row through the same queue and COPY batches as any Observation,
-        waiting once for all of them rather than once per row."""
+        """CreateObservations: the valid rows are written in batches of `batch_rows` by this request itself,
+        through the same batch writer (COPY, checks, summaries, retries, notifications) as queued rows: a
+        request of thousands of rows is a batch already, and the queue's per-row hand-offs cost ~15% of
+        its time. The next batch is validated while the previous one is being written."""
         results: list[int | str] = [""] * len(bodies)
-        queued: list[tuple[int, Item]] = []
-        for n, body in enumerate(bodies):
-            if isinstance(body, str):
-                results[n] = body
+        written: list[tuple[int, Item]] = []
+        writing: asyncio.Task[None] | None = None
+        size = self.config.batch_rows
+        for first in range(0, len(bodies), size):
+            batch: list[tuple[int, Item]] = []
+            for n in range(first, min(first + size, len(bodies))):
+                body = bodies[n]
+                if isinstance(body, str):
+                    results[n] = body
+                    continue
+                try:
+                    row = parse_observation(body, datastream_id=None, feature_id=None, now=None, where="row")
+                except BadRequest as exc:
+                    results[n] = exc.message
+                    continue
+                batch.append((n, Item(row)))
+            if not batch:
                 continue
-            try:
-                row = parse_observation(body, datastream_id=None, feature_id=None, now=None, where="row")
-            except BadRequest as exc:
-                results[n] = exc.message
-                continue
-            queued.append((n, Item(row)))
-        if queued:
-            all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            pending = len(queued)
-
-            def complete(_: Item) -> None:
-                nonlocal pending
-                pending -= 1
-                if pending == 0 and not all_done.done():
-                    all_done.set_result(None)
-
-            for _, item in queued:
-                await self.put(item, "http", complete)
-            await all_done
-        for n, item in queued:
+            if writing is not None:
+                await writing
+            writing = asyncio.create_task(self._write([_Queued(item, _ignore, "http") for _, item in batch]))
+            written += batch
+        if writing is not None:
+            await writing
+        for n, item in written:
             results[n] = item.id if item.id is not None else (item.reason or "could not be stored; send it again")
         return results
 

@@ -55,13 +55,15 @@ from sensorthings.writer import Writer, changed_fields, create_partition, link_i
 
 VERSION = "v1.1"
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
-# Only what works completely. MQTT, batch and data arrays are added by the issues that implement them.
+# Only what works completely. Batch requests are added by the issue that implements them.
 CONFORMANCE = [
     CONFORMANCE_BASE + "datamodel",
     CONFORMANCE_BASE + "resource-path/resource-path-to-entities",
     CONFORMANCE_BASE + "request-data",
     CONFORMANCE_BASE + "create-update-delete",
 ]
+# Data Array: $resultFormat=dataArray reads and POST CreateObservations, which needs the ingest path.
+DATA_ARRAY_CONFORMANCE = CONFORMANCE_BASE + "data-array/data-array"
 # Declared when the platform runs an MQTT bridge; serverSettings then lists the broker's endpoints under each.
 MQTT_CONFORMANCE = [
     CONFORMANCE_BASE + "create-observations-via-mqtt/observations-creation",
@@ -290,6 +292,8 @@ class StaApi:
 
     def server_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"conformance": list(CONFORMANCE)}
+        if self.observations is not None:
+            settings["conformance"].append(DATA_ARRAY_CONFORMANCE)
         if self.config.mqtt_endpoints:
             settings["conformance"] += MQTT_CONFORMANCE
             for uri in MQTT_CONFORMANCE:
@@ -569,4 +573,5 @@ class StaApi:
         return json_response(orjson.dumps({"deleted": deleted[0]}))
 
 
-__all__ = ["CONFORMANCE", "MQTT_CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig", "error_response"]
+__all__ = ["CONFORMANCE", "DATA_ARRAY_CONFORMANCE", "MQTT_CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig",
+           "error_response"]

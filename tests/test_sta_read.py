@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sensorthings.rest import CONFORMANCE, MQTT_CONFORMANCE
+from sensorthings.rest import CONFORMANCE, DATA_ARRAY_CONFORMANCE, MQTT_CONFORMANCE
 from tests.sta_helpers import (
     ENTITY_SETS,
     HTTP,
@@ -83,7 +83,7 @@ def test_service_root_url_with_trailing_slash_is_the_same_document(sta: str) -> 
 def test_service_root_declares_exactly_the_implemented_conformance_classes(sta: str) -> None:
     settings = read(sta, "")["serverSettings"]
     conformance = settings["conformance"]
-    assert conformance == CONFORMANCE + MQTT_CONFORMANCE  # the test app runs with its MQTT bridge
+    assert conformance == [*CONFORMANCE, DATA_ARRAY_CONFORMANCE, *MQTT_CONFORMANCE]  # the app has ingest and MQTT
     for uri in MQTT_CONFORMANCE:
         assert all(e.startswith("mqtt://") and "@" not in e for e in settings[uri]["endpoints"])
     assert len(set(conformance)) == len(conformance)
