@@ -22,8 +22,7 @@ from sensorthings.fields import is_ascii_digits
 MAX_SKIP = 2**62  # keeps $skip + $top + 1 inside PostgreSQL's bigint
 
 KNOWN = {"$top", "$skip", "$count", "$orderby", "$filter", "$select", "$expand", "$skiptoken", "$resultFormat"}
-RESULT_FORMATS = ("dataArray",)
-RESULT_FORMATS_LATER = ("CSV", "GeoJSON")
+RESULT_FORMATS = ("dataArray", "CSV", "GeoJSON")
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class QueryOptions:
     expand: tuple[odata.ExpandItem, ...] = ()
     skiptoken: tuple[Any, ...] | None = None
     """Key values of the last row of the previous page (keyset paging), from an opaque `$skiptoken`."""
-    result_format: str | None = None  # "dataArray" (STA 1.1 §14.3), or None for the normal JSON
+    result_format: str | None = None  # "dataArray" (STA 1.1 §14.3), "CSV", "GeoJSON", or None for JSON
     passthrough: tuple[tuple[str, str], ...] = field(default=())
     """The options as received, minus $skip/$top/$skiptoken, kept for building `@iot.nextLink`."""
 
@@ -113,9 +112,7 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
 
     result_format = seen.get("$resultFormat")
     if result_format is not None and result_format not in RESULT_FORMATS:
-        later = result_format in RESULT_FORMATS_LATER
-        raise BadRequest(f"$resultFormat={result_format} is not supported{' yet' if later else ''}; "
-                         f"supported: {', '.join(RESULT_FORMATS)}")
+        raise BadRequest(f"$resultFormat={result_format} is not supported; supported: {', '.join(RESULT_FORMATS)}")
 
     skiptoken = None
     if "$skiptoken" in seen:

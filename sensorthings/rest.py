@@ -51,6 +51,7 @@ from sensorthings.interfaces import ChangeListener, ObservationSink
 from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.path import ResourcePath, parse_path
 from sensorthings.query import QueryOptions, parse_query
+from sensorthings.result_formats import to_csv, to_geojson
 from sensorthings.writer import Writer, changed_fields, create_partition, link_id
 
 VERSION = "v1.1"
@@ -335,6 +336,8 @@ class StaApi:
                 if more and options.top > 0:
                     query = options.next_query(options.skip + options.top, last_key)
                     head["@iot.nextLink"] = f"{base}/{resource}?{query}"
+                if options.result_format in ("CSV", "GeoJSON"):
+                    return self._flattened(options.result_format, orjson.loads(value), head)
                 prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
                 return json_response(prefix + b'"value": ' + value.encode() + b"}")
             row = await self._fetch(conn, compiled)
@@ -343,6 +346,14 @@ class StaApi:
         if path.value:
             return self._raw_value(path, row[0])
         return json_response(row[0])
+
+    @staticmethod
+    def _flattened(result_format: str, entities: list[dict[str, Any]], head: dict[str, Any]) -> Response:
+        """$resultFormat=CSV or GeoJSON: the page's entities flattened (sensorthings.result_formats)."""
+        if result_format == "GeoJSON":
+            return Response(to_geojson(entities, head), media_type="application/geo+json")
+        headers = {"Link": f'<{head["@iot.nextLink"]}>; rel="next"'} if "@iot.nextLink" in head else None
+        return Response(to_csv(entities), media_type="text/csv; charset=utf-8", headers=headers)
 
     async def _count(self, conn: AsyncConnection[Any], path: ResourcePath, options: QueryOptions, exact: int
                      ) -> int:

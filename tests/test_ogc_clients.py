@@ -1,19 +1,28 @@
 """OGC API – Features with clients we did not write: GDAL's OAPIF driver (ogrinfo, ogr2ogr) and OWSLib.
 
-What GDAL 3.6 does (seen with CPL_CURL_VERBOSE): it reads /collections, a first items page for the schema,
-the landing page and the OpenAPI document; then it pushes `-spat` down as `bbox`, an equality in `-where`
-on a property the OpenAPI declares as a query parameter as that parameter, and a comparison on the
-temporal field as `datetime`; it follows the body's `next` links.
+What Debian's GDAL 3.6.2 does (seen with CPL_DEBUG=ON, which logs every `HTTP: Fetch(url)`): it reads
+/collections, a first items page (`limit=PAGE_SIZE`) for the schema, the landing page and the OpenAPI
+document (/ogcapi/api); then it pushes `-spat` down as `bbox`, a string or integer equality in `-where` on a
+property the OpenAPI declares as a query parameter as that parameter (`observedProperty=temperature`), and
+comparisons on the temporal field as `datetime`: `>= a AND <= b` becomes one `datetime=a/b`. It follows the
+body's `next` links, and evaluates what it could not push down (e.g. `result > 2.5`) itself.
+Its quirks: a strict `<`/`>` is sent as the inclusive `datetime=../b` and the boundary instant is kept; a
+mixed `>= a AND < b` is sent as two `datetime` parameters, which the server rejects with 400. GDAL 3.6 has no
+`crs` open option: `-t_srs` reprojects on the client, with PROJ. It never sends `filter` (no CQL2).
+OWSLib 0.35 passes every keyword of `collection_items` as a query parameter (`filter=` without `filter-lang`).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import sqlite3
 import struct
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import shapely.wkb
@@ -21,18 +30,30 @@ from owslib.ogcapi.features import Features
 from pyproj import Transformer
 
 from tests.ogc_city import OBSERVATIONS_PER_DATASTREAM, THINGS, City, coordinates, phenomenon_time
+from tests.ogc_city import city  # noqa: F401 - the module-scoped fixture
 from tests.sta_helpers import HTTP
 
-pytestmark = pytest.mark.skipif(shutil.which("ogr2ogr") is None, reason="GDAL (gdal-bin) is not installed")
-
+COLLECTIONS = ["things", "datastreams", "latest", "observations", "features-of-interest", "locations"]
+CORE = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core"
+EPSG = "http://www.opengis.net/def/crs/EPSG/0/"
 FIRST, LAST = 2, 4  # the Things inside the test box
-FROM_SLOT = 20  # and the time window: from this slot on
+FROM_SLOT, TO_SLOT = 20, 27  # and the time window, both ends included: 8 slots x 3 Things = 24 features
+PAGE_SIZE = 7  # 24 features are 4 pages: GDAL has to follow 3 `next` links
+
+needs_gdal = pytest.mark.skipif(shutil.which("ogr2ogr") is None or shutil.which("ogrinfo") is None,
+                                reason="GDAL (gdal-bin) is not installed")
 
 
-def gdal(*args: str) -> str:
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=120)
+def gdal(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a GDAL utility with CPL_DEBUG=ON, so stderr lists the URLs it fetched."""
+    done = subprocess.run(list(args), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CPL_DEBUG": "ON"})
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return done
+
+
+def fetched(stderr: str) -> list[str]:
+    return re.findall(r"HTTP: Fetch\((\S+)\)", stderr)
 
 
 def box() -> tuple[float, float, float, float]:
@@ -49,67 +70,107 @@ def read_gpkg(path: Path, layer: str) -> dict[int, dict[str, Any]]:
     for row in rows:
         blob = row["geom"]
         assert blob[:2] == b"GP"
-        envelope = (0, 32, 48, 48, 64)[(blob[3] >> 1) & 0x07]
+        flags = blob[3]
+        envelope = (0, 32, 48, 48, 64)[(flags >> 1) & 0x07]
+        assert struct.unpack("<i" if flags & 1 else ">i", blob[4:8])[0] in (4326, 25832)
         found[row["fid"]] = {**dict(row), "geom": shapely.wkb.loads(blob[8 + envelope:])}
-        assert struct.unpack("<i" if blob[3] & 1 else ">i", blob[4:8])[0] in (4326, 25832)
     return found
 
 
+def thing_index(city: City, datastream: int) -> int:
+    return city.datastreams.index(datastream) // 2
+
+
 def expected_observations(city: City) -> dict[int, dict[str, Any]]:
-    """What STA says is in the box and the window: the temperature Observations of Things FIRST..LAST."""
+    """What STA says is in the box and the window: the temperature Observations of Things FIRST..LAST in slots
+    FROM_SLOT..TO_SLOT; checked against the city's layout so that STA and OGC cannot share a mistake."""
     x1, y1, x2, y2 = box()
     polygon = f"POLYGON(({x1} {y1},{x2} {y1},{x2} {y2},{x1} {y2},{x1} {y1}))"
     response = HTTP.get(f"{city.sta}/Observations", params={
         "$filter": f"Datastream/ObservedProperty/name eq 'temperature' and phenomenonTime ge "
-                   f"{phenomenon_time(FROM_SLOT)} and st_intersects(FeatureOfInterest/feature, geography'{polygon}')",
-        "$expand": "FeatureOfInterest,Datastream($select=id;$expand=ObservedProperty($select=name))",
+                   f"{phenomenon_time(FROM_SLOT)} and phenomenonTime le {phenomenon_time(TO_SLOT)} and "
+                   f"st_intersects(FeatureOfInterest/feature, geography'{polygon}')",
+        "$expand": "FeatureOfInterest,Datastream($expand=ObservedProperty)",
         "$top": 1000})
     assert response.status_code == 200, response.text
-    observations = response.json()["value"]
-    assert len(observations) == (LAST - FIRST + 1) * (OBSERVATIONS_PER_DATASTREAM - FROM_SLOT)
-    return {o["@iot.id"]: o for o in observations}
+    observations = {o["@iot.id"]: o for o in response.json()["value"]}
+    slots = {phenomenon_time(k): k for k in range(OBSERVATIONS_PER_DATASTREAM)}
+    layout = set()
+    for o in observations.values():
+        i, k = thing_index(city, o["Datastream"]["@iot.id"]), slots[o["phenomenonTime"]]
+        assert o["result"] == pytest.approx(i + k / 10)
+        assert o["FeatureOfInterest"]["feature"]["coordinates"] == pytest.approx(list(coordinates(i)))
+        layout.add((i, k))
+    assert layout == {(i, k) for i in range(FIRST, LAST + 1) for k in range(FROM_SLOT, TO_SLOT + 1)}
+    return observations
 
 
-def copy_observations(city: City, tmp_path: Path, *extra: str) -> dict[int, dict[str, Any]]:
+def copy_observations(city: City, tmp_path: Path, *extra: str) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """ogr2ogr of the box and window into a GeoPackage: its rows by fid (= @iot.id) and the URLs GDAL fetched."""
     out = tmp_path / "observations.gpkg"
     x1, y1, x2, y2 = box()
-    gdal("ogr2ogr", "-preserve_fid", "-f", "GPKG", str(out), f"OAPIF:{city.ogc}", "observations",
-         "-oo", "PAGE_SIZE=7", "-spat", str(x1), str(y1), str(x2), str(y2),
-         "-where", f"observedProperty = 'temperature' AND phenomenonTime >= '{phenomenon_time(FROM_SLOT)}'", *extra)
-    return read_gpkg(out, "observations")
+    done = gdal("ogr2ogr", "-preserve_fid", "-f", "GPKG", str(out), f"OAPIF:{city.ogc}", "observations",
+                "-oo", f"PAGE_SIZE={PAGE_SIZE}", "-spat", str(x1), str(y1), str(x2), str(y2),
+                "-where", f"observedProperty = 'temperature' AND phenomenonTime >= '{phenomenon_time(FROM_SLOT)}'"
+                          f" AND phenomenonTime <= '{phenomenon_time(TO_SLOT)}'", *extra)
+    return read_gpkg(out, "observations"), fetched(done.stderr)
 
 
-def test_ogrinfo_lists_the_layers(city: City) -> None:
-    listing = gdal("ogrinfo", "-ro", f"OAPIF:{city.ogc}")
-    for layer in ("things", "datastreams", "latest", "observations", "features-of-interest", "locations"):
-        assert f": {layer} " in listing, listing
+def served(city: City, collection: str, **params: Any) -> Any:
+    response = HTTP.get(f"{city.ogc}/collections/{collection}/items", params=params)
+    assert response.status_code == 200, response.text
+    return response
 
 
+# ---------------------------------------------------------------------------------------------- GDAL
+
+
+@needs_gdal
+def test_ogrinfo_lists_the_six_layers(city: City) -> None:
+    listing = gdal("ogrinfo", "-ro", f"OAPIF:{city.ogc}").stdout
+    layers = re.findall(r"^\d+: (\S+) ", listing, re.MULTILINE)
+    assert layers == COLLECTIONS, listing
+
+
+@needs_gdal
 def test_ogrinfo_summary_of_things_has_fields_and_count(city: City) -> None:
-    summary = gdal("ogrinfo", "-ro", "-so", f"OAPIF:{city.ogc}", "things")
-    assert f"Feature Count: {THINGS + 1}" in summary
+    summary = gdal("ogrinfo", "-ro", "-so", f"OAPIF:{city.ogc}", "things").stdout
+    assert "Layer name: things" in summary
+    assert f"Feature Count: {THINGS + 1}" in summary, summary
+    assert "Geometry: Point" in summary
     for field in ("name: String", "description: String", "observedProperties: StringList",
-                  "properties.district: String", "properties.owner.contact.email: String"):
-        assert field in summary, summary
+                  "sensorThingsLink: String", "properties.district: String", "properties.index: Integer",
+                  "properties.owner.name: String", "properties.owner.contact.email: String"):
+        assert f"\n{field} " in summary, summary
 
 
+@needs_gdal
 def test_ogr2ogr_copies_what_sta_returns_for_the_same_box_and_window(city: City, tmp_path: Path) -> None:
-    copied = copy_observations(city, tmp_path)
+    copied, urls = copy_observations(city, tmp_path)
     expected = expected_observations(city)
-    assert sorted(copied) == sorted(expected)  # fids are the @iot.ids; 30 features over 5 pages of 7
+    assert sorted(copied) == sorted(expected)  # fids are the @iot.ids
     for observation_id, observation in expected.items():
         row = copied[observation_id]
-        assert float(row["result"]) == pytest.approx(observation["result"])
+        assert row["result"] == pytest.approx(observation["result"])
         assert row["phenomenonTime"].replace(".000Z", "Z") == observation["phenomenonTime"]
         assert row["datastream"] == observation["Datastream"]["@iot.id"]
         assert row["observedProperty"] == observation["Datastream"]["ObservedProperty"]["name"] == "temperature"
-        assert row["unit"] == "°C"
+        assert row["unit"] == observation["Datastream"]["unitOfMeasurement"]["symbol"] == "°C"
         lon, lat = observation["FeatureOfInterest"]["feature"]["coordinates"]
         assert (row["geom"].x, row["geom"].y) == pytest.approx((lon, lat), abs=1e-9)
+    # the server did the selecting (bbox, the equality and the window were pushed down) over 4 pages
+    pages = [parse_qs(urlsplit(u).query) for u in urls if urlsplit(u).path.endswith("/observations/items")]
+    selecting = [p for p in pages if "bbox" in p]
+    assert len(selecting) == 4 and sum("next" in p for p in selecting) == 3, urls
+    for page in selecting:
+        assert page["observedProperty"] == ["temperature"]
+        assert page["datetime"] == [f"{phenomenon_time(FROM_SLOT)}/{phenomenon_time(TO_SLOT)}"]
+        assert page["limit"] == [str(PAGE_SIZE)]
 
 
+@needs_gdal
 def test_ogr2ogr_to_utm_matches_pyproj_within_a_millimetre(city: City, tmp_path: Path) -> None:
-    copied = copy_observations(city, tmp_path, "-t_srs", "EPSG:25832")
+    copied, _ = copy_observations(city, tmp_path, "-t_srs", "EPSG:25832")
     expected = expected_observations(city)
     to_utm = Transformer.from_crs("EPSG:4326", "EPSG:25832", always_xy=True)
     assert sorted(copied) == sorted(expected)
@@ -119,33 +180,77 @@ def test_ogr2ogr_to_utm_matches_pyproj_within_a_millimetre(city: City, tmp_path:
         assert (geom.x, geom.y) == pytest.approx((x, y), abs=0.001)
 
 
+# ---------------------------------------------------------------------------------------------- CRS over HTTP
+
+
 def test_utm_served_directly_matches_pyproj_within_a_millimetre(city: City) -> None:
-    response = HTTP.get(f"{city.ogc}/collections/observations/items",
-                        params={"crs": "http://www.opengis.net/def/crs/EPSG/0/25832", "limit": 1000})
-    assert response.headers["content-crs"] == "<http://www.opengis.net/def/crs/EPSG/0/25832>"
+    response = served(city, "observations", crs=EPSG + "25832", limit=1000)
+    assert response.headers["content-crs"] == f"<{EPSG}25832>"
     to_utm = Transformer.from_crs("EPSG:4326", "EPSG:25832", always_xy=True)
     features = response.json()["features"]
     assert len(features) == THINGS * 2 * OBSERVATIONS_PER_DATASTREAM
-    plain = {f["id"]: f["geometry"]["coordinates"] for f in
-             HTTP.get(f"{city.ogc}/collections/observations/items", params={"limit": 1000}).json()["features"]}
     for feature in features:
-        x, y = to_utm.transform(*plain[feature["id"]])
+        x, y = to_utm.transform(*coordinates(thing_index(city, feature["properties"]["datastream"])))
         assert feature["geometry"]["coordinates"] == pytest.approx([x, y], abs=0.001)
+    short = served(city, "observations", crs="EPSG:25832", limit=1000)
+    assert short.headers["content-crs"] == f"<{EPSG}25832>"
+    assert short.json()["features"] == features
 
 
-def test_owslib_features(city: City) -> None:
+def test_epsg_4326_is_served_in_lat_lon_order(city: City) -> None:
+    response = served(city, "observations", crs=EPSG + "4326", limit=1000)
+    assert response.headers["content-crs"] == f"<{EPSG}4326>"
+    features = response.json()["features"]
+    assert len(features) == THINGS * 2 * OBSERVATIONS_PER_DATASTREAM
+    for feature in features:
+        lon, lat = coordinates(thing_index(city, feature["properties"]["datastream"]))
+        assert feature["geometry"]["coordinates"] == pytest.approx([lat, lon], abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- OWSLib
+
+
+def test_owslib_conformance_and_collections(city: City) -> None:
     api = Features(city.ogc)
-    assert "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core" in api.conformance()["conformsTo"]
-    assert [c["id"] for c in api.collections()["collections"]] == [
-        "things", "datastreams", "latest", "observations", "features-of-interest", "locations"]
-    assert api.collection("observations")["extent"]["spatial"]["bbox"]
+    assert CORE in api.conformance()["conformsTo"]
+    assert [c["id"] for c in api.collections()["collections"]] == COLLECTIONS
+
+
+def test_owslib_collection_has_the_city_extent(city: City) -> None:
+    extent = Features(city.ogc).collection("observations")["extent"]
+    (west, south), (east, north) = coordinates(0), coordinates(THINGS - 1)
+    assert extent["spatial"]["bbox"] == [pytest.approx([west, south, east, north])]
+    assert extent["temporal"]["interval"] == [[phenomenon_time(0), phenomenon_time(OBSERVATIONS_PER_DATASTREAM - 1)]]
+
+
+def test_owslib_offset_gives_the_second_page(city: City) -> None:
+    api = Features(city.ogc)
     bbox = list(box())
     first_ten = api.collection_items("observations", bbox=bbox, limit=10)
     second_page = api.collection_items("observations", bbox=bbox, limit=5, offset=5)
+    assert first_ten["numberMatched"] == second_page["numberMatched"] == (LAST - FIRST + 1) * 2 * OBSERVATIONS_PER_DATASTREAM
+    assert len(first_ten["features"]) == 10
+    assert {thing_index(city, f["properties"]["datastream"]) for f in first_ten["features"]} <= {2, 3, 4}
+    assert second_page["numberReturned"] == 5
     assert [f["id"] for f in second_page["features"]] == [f["id"] for f in first_ten["features"]][5:10]
-    in_box = api.collection_items("things", bbox=bbox, limit=100)
-    assert sorted(f["id"] for f in in_box["features"]) == sorted([*city.things[FIRST:LAST + 1], city.things[-1]])
+    assert second_page["features"] == first_ten["features"][5:10]
+
+
+def test_owslib_cql2_filter(city: City) -> None:
+    api = Features(city.ogc)
     filtered = api.collection_items("things", filter="name = 'thing 3'")
     assert [f["id"] for f in filtered["features"]] == [city.things[3]]
-    queryables = api.collection_queryables("observations")
-    assert {"phenomenonTime", "observedProperty", "geometry"} <= set(queryables["properties"])
+    assert filtered["features"][0]["properties"]["name"] == "thing 3"
+    # temperature results are i + k/10; above 9.5: 24 of thing 9, 14 of thing 8, 4 of thing 7
+    warm = api.collection_items("observations", filter="observedProperty = 'temperature' AND resultNumber > 9.5",
+                                limit=1000)
+    found = sorted((thing_index(city, f["properties"]["datastream"]), round(f["properties"]["result"], 6))
+                   for f in warm["features"])
+    assert found == sorted((i, round(i + k / 10, 6)) for i in (7, 8, 9) for k in range(OBSERVATIONS_PER_DATASTREAM)
+                           if round(i + k / 10, 6) > 9.5)
+
+
+def test_owslib_queryables(city: City) -> None:
+    queryables = Features(city.ogc).collection_queryables("observations")
+    assert {"geometry", "datastream", "observedProperty", "unit", "resultNumber", "phenomenonTime",
+            "featureOfInterest"} <= set(queryables["properties"])

@@ -79,7 +79,7 @@ def test_an_empty_result_is_an_empty_value(sta: str, two_datastreams: tuple[int,
     ("Observations", {"$expand": "Datastream"}, "$expand"),
     ("Observations", {"$select": "Datastream"}, "cannot be a Data Array component"),
     ("Observations(1)", {}, "applies to collections"),
-    ("Observations", {"$resultFormat": "CSV"}, "not supported yet"),
+    ("Observations", {"$resultFormat": "XML"}, "not supported"),
     ("Observations", {"$resultFormat": "dataarray"}, "supported: dataArray"),
 ])
 def test_what_a_data_array_cannot_be_is_a_400(sta: str, path: str, params: dict[str, str], fragment: str) -> None:
