@@ -99,7 +99,7 @@ def _link(href: str, rel: str, media_type: str, title: str = "") -> dict[str, st
     return link
 
 
-def _self_and_alternates(url: str, query: dict[str, str], current: str,
+def _self_and_alternates(url: str, query: list[tuple[str, str]], current: str,
                          formats: dict[str, str]) -> list[dict[str, str]]:
     """A `self` link for the encoding served, `alternate` links for the others (each with its `f`)."""
     links = []
@@ -177,7 +177,7 @@ class OgcApi:
             "description": "Live features from the city's SensorThings data: Things, Datastreams, latest values, "
                            "Observations, FeaturesOfInterest and Locations.",
             "links": [
-                *_self_and_alternates(root, {}, fmt, {"json": JSON, "html": HTML}),
+                *_self_and_alternates(root, [], fmt, {"json": JSON, "html": HTML}),
                 _link(f"{root}/api", "service-desc", OPENAPI, "the API definition (OpenAPI 3.0)"),
                 _link(f"{root}/api?f=html", "service-doc", HTML, "the API documentation"),
                 _link(f"{root}/conformance", "conformance", JSON, "conformance classes implemented"),
@@ -220,7 +220,7 @@ class OgcApi:
             "description": collection.description,
             "itemType": "feature",
             "links": [
-                *_self_and_alternates(url, {}, fmt, {"json": JSON, "html": HTML}),
+                *_self_and_alternates(url, [], fmt, {"json": JSON, "html": HTML}),
                 _link(f"{url}/items", "items", GEOJSON, "the features as GeoJSON"),
                 _link(f"{url}/items?f=html", "items", HTML, "the features as HTML"),
                 _link(f"{url}/items?f=csv", "items", CSV, "the features as CSV"),
@@ -238,7 +238,7 @@ class OgcApi:
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
         url = f"{self.root(request)}/collections"
         document = {
-            "links": _self_and_alternates(url, {}, fmt, {"json": JSON, "html": HTML}),
+            "links": _self_and_alternates(url, [], fmt, {"json": JSON, "html": HTML}),
             "collections": [await self._collection_document(request, c, fmt) for c in COLLECTIONS.values()],
             "crs": list(URIS),
         }
@@ -281,7 +281,7 @@ class OgcApi:
 
     async def items(self, request: Request) -> Response:
         collection = self._collection(request.path_params["collection"])
-        query = dict(request.query_params)
+        query = request.query_params.multi_items()
         parsed = parse_items(request.query_params, collection)
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_ITEMS)
         b = SqlBuilder(service_url(request, self.config.public_url))
@@ -289,14 +289,14 @@ class OgcApi:
         more = len(rows) > parsed.limit
         rows = rows[:parsed.limit]
         url = f"{self.root(request)}/collections/{collection.id}/items"
-        next_query = _next_query(query, parsed, rows, more)
+        next_query = _next_query(parsed, rows, more)
         if fmt == "csv":
             return await self._respond(request, _csv(csv_header(collection, parsed), rows), CSV + "; charset=utf-8",
-                                       _next_header(url, next_query))
+                                       _next_header(url, query, next_query))
         matched = await self._number_matched(collection, parsed, len(rows), more)
         links = _self_and_alternates(url, query, fmt, {"json": GEOJSON, "html": HTML, "csv": CSV})
         if next_query is not None:
-            links.append(_link(f"{url}?{query_string(next_query)}", "next", GEOJSON, "the next page"))
+            links.append(_link(f"{url}?{query_string(query, **next_query)}", "next", GEOJSON, "the next page"))
         links.append(_link(f"{self.root(request)}/collections/{collection.id}", "collection", JSON, collection.title))
         head: dict[str, Any] = {"type": "FeatureCollection", "links": links, "numberReturned": len(rows)}
         if matched is not None:
@@ -342,7 +342,7 @@ class OgcApi:
         url = f"{root}/collections/{collection.id}/items/{feature_id}"
         feature = orjson.loads(rows[0][0])
         feature["links"] = [
-            *_self_and_alternates(url, dict(request.query_params), fmt, {"json": GEOJSON, "html": HTML}),
+            *_self_and_alternates(url, request.query_params.multi_items(), fmt, {"json": GEOJSON, "html": HTML}),
             _link(f"{root}/collections/{collection.id}", "collection", JSON, collection.title),
             _link(f"{service_url(request, self.config.public_url)}/{collection.entity.set_name}({feature_id})",
                   "related", JSON, f"the SensorThings {collection.entity.name}"),
@@ -371,20 +371,20 @@ def _not_modified(request: Request, etag: str, modified: datetime | None) -> boo
     return False
 
 
-def _next_query(query: dict[str, str], parsed: ItemsRequest, rows: list[tuple[Any, ...]],
-                more: bool) -> dict[str, str] | None:
-    """The next page's parameters: offset + limit when the client pages by offset, else a keyset token."""
+def _next_query(parsed: ItemsRequest, rows: list[tuple[Any, ...]], more: bool) -> dict[str, str | None] | None:
+    """What the next page's link changes in the request's parameters: offset + limit when the client pages
+    by offset, else a keyset token (and no offset)."""
     if not more:
         return None
     if parsed.offset:
-        return {**query, "offset": str(parsed.offset + parsed.limit)}
+        return {"offset": str(parsed.offset + parsed.limit)}
     last = rows[-1]
     keys = list(last[len(last) - len(parsed.sortby) - 1:])
-    return {**{k: v for k, v in query.items() if k != "offset"}, "next": encode_next(keys, parsed.sort_signature)}
+    return {"offset": None, "next": encode_next(keys, parsed.sort_signature)}
 
 
-def _next_header(url: str, next_query: dict[str, str] | None) -> dict[str, str]:
-    return {} if next_query is None else {"Link": f'<{url}?{query_string(next_query)}>; rel="next"'}
+def _next_header(url: str, query: list[tuple[str, str]], changes: dict[str, str | None] | None) -> dict[str, str]:
+    return {} if changes is None else {"Link": f'<{url}?{query_string(query, **changes)}>; rel="next"'}
 
 
 def _csv(header: list[str], rows: list[tuple[Any, ...]]) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -76,13 +76,19 @@ def _single(params: QueryParams, name: str) -> str | None:
     return values[0] if values else None
 
 
+REPEATABLE = frozenset({"datetime"})
+"""Parameters a client may repeat: GDAL 3.6 sends `phenomenonTime >= A AND phenomenonTime <= B` after another
+condition as two `datetime` parameters (`A/..` and `../B`), meaning both; they are intersected."""
+
+
 def check_parameters(params: QueryParams, allowed: frozenset[str] | set[str], where: str) -> None:
     unknown = sorted(set(params.keys()) - set(allowed))
     if unknown:
         raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)} for {where}; "
                          f"allowed are: {', '.join(sorted(allowed))}", field=unknown[0])
     for name in params.keys():
-        _single(params, name)
+        if name not in REPEATABLE:
+            _single(params, name)
 
 
 def parse_format(params: QueryParams, accept: str, formats: tuple[str, ...]) -> str:
@@ -161,6 +167,14 @@ def parse_datetime(value: str) -> tuple[datetime | None, datetime | None]:
     if start is not None and end is not None and start > end:
         raise BadRequest(f"datetime: the interval {value!r} ends before it starts", field="datetime")
     return start, end
+
+
+def _intersection(intervals: list[tuple[datetime | None, datetime | None]]) -> tuple[datetime | None, datetime | None]:
+    """Where all the intervals overlap (possibly nowhere: then the start is after the end, and nothing
+    matches)."""
+    starts = [s for s, _ in intervals if s is not None]
+    ends = [e for _, e in intervals if e is not None]
+    return (max(starts) if starts else None), (min(ends) if ends else None)
 
 
 def parse_properties(value: str, collection: Collection) -> list[str]:
@@ -252,7 +266,7 @@ def parse_items(params: QueryParams, collection: Collection) -> ItemsRequest:
     elif get("bbox-crs") is not None:
         raise BadRequest("bbox-crs is given without bbox", field="bbox-crs")
     if get("datetime") is not None:
-        request.interval = parse_datetime(params["datetime"])
+        request.interval = _intersection([parse_datetime(v) for v in params.getlist("datetime")])
     if get("properties") is not None:
         request.properties = parse_properties(params["properties"], collection)
     if get("sortby") is not None:
@@ -276,8 +290,8 @@ def parse_items(params: QueryParams, collection: Collection) -> ItemsRequest:
     return request
 
 
-def query_string(params: Mapping[str, str], **changes: str | None) -> str:
-    """The request's parameters with some replaced (None drops one): for self, alternate and next links."""
-    merged = {k: v for k, v in params.items() if k not in changes}
-    merged.update({k: v for k, v in changes.items() if v is not None})
-    return urlencode(merged)
+def query_string(params: Sequence[tuple[str, str]], **changes: str | None) -> str:
+    """The request's parameters (repeated ones kept) with some replaced (None drops one): for self,
+    alternate and next links."""
+    kept = [(k, v) for k, v in params if k not in changes]
+    return urlencode(kept + [(k, v) for k, v in changes.items() if v is not None])

@@ -274,6 +274,27 @@ def test_datetime_instants_and_intervals(city: City, value: str, slots: list[int
     assert _observation_count(city, datetime=value) == len(slots) * THINGS * 2
 
 
+def test_repeated_datetime_means_all_of_them_also_in_next_links(city: City) -> None:
+    # GDAL 3.6 sends `… AND t >= a AND t <= b` as datetime=a/.. and datetime=../b
+    query = f"datetime={phenomenon_time(3)}/..&datetime=../{phenomenon_time(5)}&limit=7"
+    first = HTTP.get(f"{city.ogc}/collections/observations/items?{query}").json()
+    following = link(first, "next")
+    assert following is not None and following["href"].count("datetime=") == 2
+    walked = ids(first) + walk_from(following["href"])
+    assert len(walked) == len(set(walked)) == 3 * THINGS * 2
+    assert _observation_count(city, datetime=[f"{phenomenon_time(9)}/..", f"../{phenomenon_time(2)}"]) == 0
+
+
+def walk_from(href: str) -> list[int]:
+    found: list[int] = []
+    while href:
+        document = HTTP.get(href).json()
+        found += ids(document)
+        following = link(document, "next")
+        href = following["href"] if following else ""
+    return found
+
+
 def test_datetime_keeps_features_without_time(city: City) -> None:
     assert len(ids(items(city, "things", datetime="1999-01-01T00:00:00Z"))) == THINGS + 1
 
