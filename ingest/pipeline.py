@@ -25,8 +25,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ingest import metrics
-from ingest.rows import OBSERVATION, parse_observation
+from ingest.rows import OBSERVATION, data_array_row, parse_observation
 from ingest.store import Item, PartitionCache, write_batch
+from sensorthings.data_array import DataArray
 from sensorthings.errors import BadRequest, ServiceUnavailable
 from sensorthings.interfaces import Change, ChangeListener
 
@@ -120,24 +121,22 @@ class IngestPipeline:
             raise ServiceUnavailable("the Observation could not be stored (see the server log); send it again")
         return item.id, item.rendered
 
-    async def create_observations(self, bodies: Sequence[dict[str, Any] | str]) -> list[int | str]:
+    async def create_observations(self, arrays: Sequence[DataArray]) -> list[int | str]:
         """CreateObservations: the valid rows are written in batches of `batch_rows` by this request itself,
         through the same batch writer (COPY, checks, summaries, retries, notifications) as queued rows: a
         request of thousands of rows is a batch already, and the queue's per-row hand-offs cost ~15% of
         its time. The next batch is validated while the previous one is being written."""
-        results: list[int | str] = [""] * len(bodies)
+        rows = [(array, values) for array in arrays for values in array.rows]
+        results: list[int | str] = [""] * len(rows)
         written: list[tuple[int, Item]] = []
         writing: asyncio.Task[None] | None = None
         size = self.config.batch_rows
-        for first in range(0, len(bodies), size):
+        for first in range(0, len(rows), size):
             batch: list[tuple[int, Item]] = []
-            for n in range(first, min(first + size, len(bodies))):
-                body = bodies[n]
-                if isinstance(body, str):
-                    results[n] = body
-                    continue
+            for n in range(first, min(first + size, len(rows))):
+                array, values = rows[n]
                 try:
-                    row = parse_observation(body, datastream_id=None, feature_id=None, now=None, where="row")
+                    row = data_array_row(array.components, values, array.datastream_id, "row")
                 except BadRequest as exc:
                     results[n] = exc.message
                     continue

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from sensorthings.data_array import FEATURE_COMPONENT
 from sensorthings.errors import BadRequest
 from sensorthings.fields import (
     RESULT_BOOLEAN,
@@ -98,6 +99,19 @@ def parse_observation(body: Any, *, datastream_id: int | None, feature_id: int |
         raise BadRequest(f"{where}: the FeatureOfInterest is given by the URL or topic; leave it out",
                          field=f"{where}.FeatureOfInterest")
     return ObservationRow(columns, datastream_id, feature_id, new_feature)
+
+
+def data_array_row(components: tuple[str, ...], values: Any, datastream_id: int, where: str) -> ObservationRow:
+    """One row of a Data Array (CreateObservations) whose components were checked once for the whole array
+    (`sensorthings.data_array`): the property values go through `parse_fields` as a body's would, and
+    `FeatureOfInterest/id` links the FeatureOfInterest."""
+    if not isinstance(values, list) or len(values) != len(components):
+        raise BadRequest(f"{where}: a row must be an array of {len(components)} values, one per component")
+    properties = dict(zip(components, values, strict=True))
+    feature = properties.pop(FEATURE_COMPONENT, None)
+    feature_id = None if feature is None else link_id({"@iot.id": feature}, f"{where}.{FEATURE_COMPONENT}")
+    return ObservationRow(parse_fields(OBSERVATION, properties, where, complete=True, now=None), datastream_id,
+                          feature_id)
 
 
 def _linked(name: str, body: dict[str, Any], from_path: int | None, where: str) -> int | None:

@@ -1,5 +1,6 @@
 """The Data Array extension's write half (STA 1.1 §14.3): a `POST CreateObservations` document, read into
-one Observation body per row, so that every row is validated and stored like any other Observation.
+its Data Arrays; the ingest path then turns each row into an Observation row with the same field parsers
+as any other Observation (`ingest.rows.data_array_row`).
 
 A malformed document (not a list, a Data Array without its Datastream, an unknown component) is a 400 for
 the whole request; a row that does not fit its components becomes that row's error, and the other rows
@@ -8,6 +9,7 @@ are still stored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sensorthings.errors import BadRequest
@@ -22,12 +24,21 @@ COMPONENTS = frozenset({*OBSERVATION.property_names, FEATURE_COMPONENT})
 KEYS = frozenset({DATASTREAM.name, "components", "dataArray", "dataArray@iot.count"})
 
 
-def observation_bodies(document: Any) -> list[dict[str, Any] | str]:
-    """Per row of every Data Array, in order: the Observation body, or why the row cannot be one."""
+@dataclass(frozen=True)
+class DataArray:
+    """One Data Array of a CreateObservations document, its shape checked; its rows are not yet validated."""
+
+    datastream_id: int
+    components: tuple[str, ...]  # Observation property names and FEATURE_COMPONENT, each once
+    rows: list[Any]
+
+
+def read_data_arrays(document: Any) -> list[DataArray]:
+    """The Data Arrays of a CreateObservations document; 400 for anything that is not one."""
     if not isinstance(document, list):
         raise BadRequest("CreateObservations takes a JSON array of Data Array objects, each with Datastream, "
                          "components and dataArray")
-    bodies: list[dict[str, Any] | str] = []
+    arrays: list[DataArray] = []
     for n, array in enumerate(document):
         where = f"[{n}]"
         if not isinstance(array, dict):
@@ -48,8 +59,8 @@ def observation_bodies(document: Any) -> list[dict[str, Any] | str]:
         declared = array.get("dataArray@iot.count")
         if declared is not None and declared != len(rows):
             raise BadRequest(f"{where}: dataArray@iot.count is {declared!r} but dataArray has {len(rows)} rows")
-        bodies += [_body(row, components, datastream) for row in rows]
-    return bodies
+        arrays.append(DataArray(datastream, tuple(components), rows))
+    return arrays
 
 
 def _components(components: Any, where: str) -> list[str]:
@@ -62,15 +73,3 @@ def _components(components: Any, where: str) -> list[str]:
     if len(set(components)) != len(components):
         raise BadRequest(f"{where}.components names a property twice")
     return components
-
-
-def _body(row: Any, components: list[str], datastream: int) -> dict[str, Any] | str:
-    if not isinstance(row, list) or len(row) != len(components):
-        return f"a row must be an array of {len(components)} values, one per component"
-    body: dict[str, Any] = {DATASTREAM.name: {"@iot.id": datastream}}
-    for name, value in zip(components, row, strict=True):
-        if name == FEATURE_COMPONENT:
-            body[FEATURE.name] = {"@iot.id": value}
-        else:
-            body[name] = value
-    return body

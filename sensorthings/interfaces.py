@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensorthings.model import Entity
+
+if TYPE_CHECKING:  # data_array imports the writer, which imports this module
+    from sensorthings.data_array import DataArray
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,7 @@ class ObservationSink(Protocol):
         come from the URL (`Datastreams(1)/Observations`). Raises StaError."""
         ...
 
-    async def create_observations(self, bodies: Sequence[dict[str, Any] | str]) -> list[int | str]:
-        """Validate and store many Observations at once (CreateObservations): per body, in order, the new
-        id or why it was not stored. A body given as a string is already rejected for that reason. The good
-        ones are stored even when others are bad."""
+    async def create_observations(self, arrays: Sequence[DataArray]) -> list[int | str]:
+        """Validate and store the rows of Data Arrays (CreateObservations): per row, in order, the new id or
+        why it was not stored. The good rows are stored even when others are bad."""
         ...

@@ -36,7 +36,7 @@ from sensorthings.compiler import (
     compile_filtered_delete,
     compile_ids,
 )
-from sensorthings.data_array import observation_bodies
+from sensorthings.data_array import read_data_arrays
 from sensorthings.errors import (
     BadRequest,
     Conflict,
@@ -463,7 +463,7 @@ class StaApi:
             raise BadRequest("CreateObservations needs the ingest path, which this server runs without")
         document = parse_json(await read_body(request, self.config.max_body_bytes))
         base = service_url(request, self.config.public_url)
-        results = await self.observations.create_observations(observation_bodies(document))
+        results = await self.observations.create_observations(read_data_arrays(document))
         links = [f"{base}/{OBSERVATION.set_name}({r})" if isinstance(r, int) else f"error {r}" for r in results]
         return json_response(orjson.dumps(links), 201)
 
