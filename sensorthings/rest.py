@@ -556,7 +556,6 @@ class StaApi:
         await self._write(delete)
         return Response(status_code=200)
 
-
     async def _delete_filtered(self, request: Request, path: ResourcePath) -> Response:
         """DELETE /v1.1/Observations?$filter=…: every entity of the collection that passes the filter, in one
         transaction (all or nothing). Operators only (the guard the composition root gives); without a
