@@ -337,7 +337,7 @@ class StaApi:
                     query = options.next_query(options.skip + options.top, last_key)
                     head["@iot.nextLink"] = f"{base}/{resource}?{query}"
                 if options.result_format in ("CSV", "GeoJSON"):
-                    return self._flattened(options.result_format, orjson.loads(value), head)
+                    return self._flattened(options.result_format, parse_request_json(value), head)
                 prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
                 return json_response(prefix + b'"value": ' + value.encode() + b"}")
             row = await self._fetch(conn, compiled)

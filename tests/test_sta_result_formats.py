@@ -14,6 +14,7 @@ from tests.sta_helpers import (
     get,
     location_body,
     read,
+    send_raw,
     thing_body,
 )
 
@@ -44,6 +45,16 @@ def test_csv_flattens_expands_with_paths(sta: str) -> None:
     assert rows[0]["Datastream/unitOfMeasurement"].startswith("{")  # objects stay whole, as JSON text
     things = csv_rows(sta, "Things", **{"$expand": "Datastreams($select=id)"})
     assert things[0]["Datastreams/0/@iot.id"] == str(datastream)
+
+
+def test_numbers_keep_the_text_they_were_sent_as(sta: str) -> None:
+    datastream = create_datastream_with_observations(sta, 1)
+    send_raw("POST", sta, f"Datastreams({datastream})/Observations",
+             '{"result": 21.50, "phenomenonTime": "2024-06-01T00:00:00Z"}')
+    params = {"$filter": "phenomenonTime eq 2024-06-01T00:00:00Z", "$select": "result"}
+    assert csv_rows(sta, "Observations", **params) == [{"result": "21.50"}]
+    response = get(sta, "Observations", params={**params, "$resultFormat": "GeoJSON"})
+    assert '"result":21.50' in response.text
 
 
 def test_csv_select_and_next_link_header(sta: str) -> None:
