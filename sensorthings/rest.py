@@ -7,6 +7,7 @@ This module only translates between HTTP and the pipeline: `path.parse_path` + `
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import random
 import re
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jsonpatch
 import jsonpointer
@@ -24,8 +25,10 @@ import psycopg
 from fastapi import APIRouter, Request, Response
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
+from starlette.requests import Request as StarletteRequest
 from starlette.routing import Route
 
+from sensorthings import batch
 from sensorthings.compiler import (
     Compiled,
     Limits,
@@ -56,12 +59,13 @@ from sensorthings.writer import Writer, changed_fields, create_partition, link_i
 
 VERSION = "v1.1"
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
-# Only what works completely. Batch requests are added by the issue that implements them.
+# Only what works completely.
 CONFORMANCE = [
     CONFORMANCE_BASE + "datamodel",
     CONFORMANCE_BASE + "resource-path/resource-path-to-entities",
     CONFORMANCE_BASE + "request-data",
     CONFORMANCE_BASE + "create-update-delete",
+    CONFORMANCE_BASE + "batch-request/batch-request",
 ]
 # Data Array: $resultFormat=dataArray reads and POST CreateObservations, which needs the ingest path.
 DATA_ARRAY_CONFORMANCE = CONFORMANCE_BASE + "data-array/data-array"
@@ -76,6 +80,18 @@ DATASTREAM = OBSERVATION.relation("Datastream").name
 WRITE_ATTEMPTS = 10  # each new month a request touches, and each deadlock it loses, costs one attempt
 RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock: the transaction is safe to run again
 T = TypeVar("T")
+BATCH = "$batch"
+_CHANGE_SET: contextvars.ContextVar[tuple[AsyncConnection[Any], Writer] | None] = contextvars.ContextVar(
+    "sta_change_set", default=None)
+"""The transaction and writer of the $batch change set being executed: every write joins it."""
+
+
+class _ChangeSetFailed(Exception):
+    """A request of a change set failed: the change set's transaction rolls back."""
+
+    def __init__(self, response: batch.BatchResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 @dataclass(frozen=True)
@@ -391,6 +407,9 @@ class StaApi:
         """Run `work` in one transaction, with the writer's side effects applied before commit. A missing
         time partition is created outside the transaction and the whole request is retried, as is a
         transaction chosen as a deadlock or serialization victim; a failed attempt leaves nothing behind."""
+        shared = _CHANGE_SET.get()
+        if shared is not None:  # inside a $batch change set: its transaction, its commit, its retries
+            return await work(*shared)
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 async with self.pool.connection() as conn, conn.transaction():
@@ -416,6 +435,8 @@ class StaApi:
     # ---------------------------------------------------------------- writes
 
     async def post(self, request: Request, resource: str) -> Response:
+        if resource == BATCH:
+            return await self._batch(request)
         if resource == CREATE_OBSERVATIONS:
             return await self._create_observations(request)
         path = parse_path(resource)
@@ -428,7 +449,8 @@ class StaApi:
             raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
                              "use PATCH or PUT to change an entity")
         entity, relation = path.entity, path.last.relation
-        if entity is OBSERVATION and self.observations is not None and not _creates_datastream(body):
+        if (entity is OBSERVATION and self.observations is not None and not _creates_datastream(body)
+                and _CHANGE_SET.get() is None):  # in a change set it must join the change set's transaction
             return await self._post_observation(path, body, base)
 
         async def create(conn: AsyncConnection[Any], writer: Writer) -> tuple[int, str]:
@@ -461,11 +483,109 @@ class StaApi:
         Observation's selfLink, or "error" and the reason for a row that was not stored."""
         if self.observations is None:
             raise BadRequest("CreateObservations needs the ingest path, which this server runs without")
+        if _CHANGE_SET.get() is not None:
+            raise BadRequest("CreateObservations cannot be part of a change set; send it outside one")
         document = parse_json(await read_body(request, self.config.max_body_bytes))
         base = service_url(request, self.config.public_url)
         results = await self.observations.create_observations(read_data_arrays(document))
         links = [f"{base}/{OBSERVATION.set_name}({r})" if isinstance(r, int) else f"error {r}" for r in results]
         return json_response(orjson.dumps(links), 201)
+
+    # ---------------------------------------------------------------- $batch
+
+    async def _batch(self, request: Request) -> Response:
+        """POST $batch: the requests in order, each as if sent alone, except that a change set's requests
+        share one transaction (all or nothing) and may name entities created before them as `$<id>`."""
+        raw = await read_body(request, self.config.max_body_bytes)
+        content_type = request.headers.get("content-type", "")
+        service_path = urlsplit(service_url(request, self.config.public_url)).path
+        multipart = content_type.lower().startswith("multipart/mixed")
+        if multipart:
+            items = batch.read_multipart(raw, content_type, service_path)
+        elif content_type.lower().startswith("application/json") or not content_type:
+            items = batch.read_json(raw, service_path)
+        else:
+            raise BadRequest("$batch takes application/json (OData JSON batch) or multipart/mixed")
+        results: list[batch.BatchResponse | list[batch.BatchResponse]] = []
+        for item in items:
+            if isinstance(item, batch.BatchRequest):
+                results.append(await self._batch_request(request, item, {}, service_path))
+            else:
+                results.append(await self._change_set(request, item, service_path))
+        if multipart:
+            body, media_type = batch.write_multipart(results)
+            return Response(body, media_type=media_type)
+        flat = [r for result in results for r in (result if isinstance(result, list) else [result])]
+        return json_response(batch.write_json(flat))
+
+    async def _change_set(self, outer: Request, change_set: batch.ChangeSet, service_path: str
+                          ) -> batch.BatchResponse | list[batch.BatchResponse]:
+        """All of a change set's answers, or, when one request fails, the failed one's answer (multipart)
+        followed by 424 for the others (JSON); nothing of it is committed then."""
+        async def work(conn: AsyncConnection[Any], writer: Writer) -> list[batch.BatchResponse]:
+            token = _CHANGE_SET.set((conn, writer))
+            try:
+                created: dict[str, str] = {}
+                answers = []
+                for item in change_set.requests:
+                    if item.method == "GET":
+                        raise _ChangeSetFailed(_batch_error(400, "a change set may not contain GET requests", item))
+                    answer = await self._batch_request(outer, item, created, service_path)
+                    if answer.status >= 400:
+                        raise _ChangeSetFailed(answer)
+                    location = answer.headers.get("location")
+                    if location and item.id:
+                        created[item.id] = batch.relative_url(location, service_path)
+                    answers.append(answer)
+                return answers
+            finally:
+                _CHANGE_SET.reset(token)
+
+        try:
+            answers = await self._write(work)
+        except _ChangeSetFailed as failed:
+            failed.response.group = change_set.id
+            if not change_set.id:  # multipart: one answer for the change set
+                return failed.response
+            others = [_batch_error(424, f"not applied: request {failed.response.id} of atomicityGroup "
+                                        f"{change_set.id} failed", item, change_set.id)
+                      for item in change_set.requests if item.id != failed.response.id]
+            return [failed.response, *others]
+        for answer in answers:
+            answer.group = change_set.id
+        return answers
+
+    async def _batch_request(self, outer: Request, item: batch.BatchRequest, created: dict[str, str],
+                             service_path: str) -> batch.BatchResponse:
+        """One request of a batch, through the same handlers as a request of its own."""
+        url = item.url
+        if url.startswith("$"):
+            reference, _, rest = url[1:].partition("/")
+            target = created.get(reference.split("?")[0])
+            if target is None:
+                return _batch_error(400, f"{url!r} refers to ${reference}, which no earlier request of this "
+                                         "change set created", item)
+            url = target + ("/" + rest if rest else "")
+        resource, _, query = url.partition("?")
+        body = item.body
+        if created and b'"$' in body:
+            try:
+                body = batch.bind_references(body, created)
+            except KeyError as missing:
+                return _batch_error(400, f"the body refers to ${missing.args[0]}, which no earlier request of "
+                                         "this change set created", item)
+        headers = [(k, v) for k, v in outer.scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", item.content_type.encode()), (b"content-length", str(len(body)).encode())]
+        scope = {**outer.scope, "method": item.method, "path": f"{service_path}/{resource}",
+                 "raw_path": f"{service_path}/{resource}".encode(), "query_string": query.encode(),
+                 "headers": headers}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        response = await self.handle(StarletteRequest(scope, receive), unquote(resource))
+        kept = {k: v for k, v in response.headers.items() if k in ("location", "content-type", "link")}
+        return batch.BatchResponse(response.status_code, kept, bytes(response.body), item.id)
 
     async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
         """POST …/Collection/$ref adds a link; PUT …/SingleNavigation/$ref sets one."""
@@ -581,6 +701,11 @@ class StaApi:
 
         await self._write(delete)
         return json_response(orjson.dumps({"deleted": deleted[0]}))
+
+
+def _batch_error(status: int, message: str, item: batch.BatchRequest, group: str = "") -> batch.BatchResponse:
+    body = orjson.dumps({"code": status, "type": "error", "message": message})
+    return batch.BatchResponse(status, {"content-type": "application/json"}, body, item.id, group)
 
 
 __all__ = ["CONFORMANCE", "DATA_ARRAY_CONFORMANCE", "MQTT_CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig",
