@@ -186,6 +186,15 @@ def test_a_failed_multipart_change_set_is_one_error_answer(sta: str) -> None:
     assert count(sta, "Things") == 0
 
 
+def test_batches_do_not_nest_and_create_observations_stays_outside_change_sets(sta: str) -> None:
+    responses = json_batch(sta, [
+        {"id": "inner", "method": "post", "url": "$batch", "body": {"requests": []}},
+        {"id": "1", "atomicityGroup": "g", "method": "post", "url": "CreateObservations", "body": []},
+    ])
+    assert {r["id"]: r["status"] for r in responses} == {"inner": 400, "1": 400}
+    assert "nested" in responses[0]["body"]["message"]
+
+
 @pytest.mark.parametrize(("content", "content_type", "fragment"), [
     (b"[]", "application/json", "requests"),
     (b'{"requests": []}', "application/json", "requests"),
