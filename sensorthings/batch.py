@@ -224,6 +224,9 @@ def _http_part(response: BatchResponse) -> bytes:
     head = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
     if response.id:
         head += f"Content-ID: {response.id}\r\n"
-    reason = HTTPStatus(response.status).phrase if response.status in HTTPStatus._value2member_map_ else ""
+    try:
+        reason = HTTPStatus(response.status).phrase
+    except ValueError:  # a status without a standard phrase
+        reason = ""
     lines = [f"HTTP/1.1 {response.status} {reason}"] + [f"{k}: {v}" for k, v in response.headers.items()]
     return (head + "\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode() + response.body + b"\r\n"
