@@ -114,7 +114,10 @@ def read_json(raw: bytes, service_path: str) -> list[Item]:
         if not isinstance(entry, dict):
             raise BadRequest(f"$batch: requests[{n}] must be an object")
         id_ = str(entry.get("id", n + 1))
-        headers = {str(k).lower(): str(v) for k, v in (entry.get("headers") or {}).items()}
+        given_headers = entry.get("headers") or {}
+        if not isinstance(given_headers, dict):
+            raise BadRequest(f"$batch: requests[{n}].headers must be an object of header names and values")
+        headers = {str(k).lower(): str(v) for k, v in given_headers.items()}
         body = entry.get("body")
         raw_body = b"" if body is None else (body.encode() if isinstance(body, str) else orjson.dumps(
             body, default=_exact_number))
@@ -187,7 +190,8 @@ def _http_request(part: MIMEPart, service_path: str, *, in_changeset: bool) -> B
     if part.get_content_type() != "application/http":
         raise BadRequest(f"$batch: a part must be application/http, not {part.get_content_type()}")
     payload = part.get_payload(decode=True)
-    assert isinstance(payload, bytes)
+    if not isinstance(payload, bytes) or not payload.strip():
+        raise BadRequest("$batch: an application/http part must hold an HTTP request, e.g. 'GET Things HTTP/1.1'")
     head, _, body = payload.replace(b"\r\n", b"\n").partition(b"\n\n")
     lines = head.decode("utf-8", "replace").strip().split("\n")
     request_line = lines[0].split()

@@ -203,7 +203,11 @@ def test_batches_do_not_nest_and_create_observations_stays_outside_change_sets(s
     (b'{"requests": [{"id": "1", "method": "get", "url": "/other/Things"}]}', "application/json", "service root"),
     (b'{"requests": [{"atomicityGroup": "a", "method": "get", "url": "Things"}, {"method": "get", "url": "Things"},'
      b' {"atomicityGroup": "a", "method": "get", "url": "Things"}]}', "application/json", "adjacent"),
+    (b'{"requests": [{"method": "get", "url": "Things", "headers": ["x"]}]}', "application/json", "headers"),
+    (b'{"requests": ["get Things"]}', "application/json", "must be an object"),
     (b"<xml/>", "text/xml", "multipart/mixed"),
+    (b"--x\r\nContent-Type: application/http\r\n\r\n\r\n--x--\r\n", "multipart/mixed; boundary=x", "HTTP request"),
+    (b"--x\r\nContent-Type: application/http\r\n\r\nGET\r\n--x--\r\n", "multipart/mixed; boundary=x", "request line"),
     (b"--x\r\nContent-Type: text/plain\r\n\r\nhello\r\n--x--\r\n", "multipart/mixed; boundary=x", "application/http"),
 ])
 def test_malformed_batches_are_400(sta: str, content: bytes, content_type: str, fragment: str) -> None:
