@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from sensorthings.errors import BadRequest
-from sensorthings.fields import parse_request_json
+from sensorthings.fields import dumps_exact, parse_request_json
 
 METHODS = frozenset({"GET", "POST", "PATCH", "PUT", "DELETE"})
 MAX_REQUESTS = 1000
@@ -95,7 +95,7 @@ def bind_references(body: bytes, created: dict[str, str]) -> bytes:
             return [bind(v) for v in value]
         return value
 
-    return orjson.dumps(bind(document), default=_exact_number)
+    return dumps_exact(bind(document))
 
 
 # ------------------------------------------------------------------------------------------------ JSON
@@ -119,8 +119,7 @@ def read_json(raw: bytes, service_path: str) -> list[Item]:
             raise BadRequest(f"$batch: requests[{n}].headers must be an object of header names and values")
         headers = {str(k).lower(): str(v) for k, v in given_headers.items()}
         body = entry.get("body")
-        raw_body = b"" if body is None else (body.encode() if isinstance(body, str) else orjson.dumps(
-            body, default=_exact_number))
+        raw_body = b"" if body is None else (body.encode() if isinstance(body, str) else dumps_exact(body))
         request = _request(id_, entry.get("method"), entry.get("url"), raw_body,
                            headers.get("content-type", "application/json"), service_path)
         group = entry.get("atomicityGroup")
@@ -137,13 +136,6 @@ def read_json(raw: bytes, service_path: str) -> list[Item]:
             seen_groups.add(group)
             items.append(ChangeSet([request], group))
     return items
-
-
-def _exact_number(value: Any) -> Any:
-    text = getattr(value, "text", None)  # JsonNumber keeps the number as it was sent
-    if text is None:
-        raise TypeError(f"{type(value).__name__} is not JSON")
-    return orjson.Fragment(text)
 
 
 def write_json(responses: list[BatchResponse]) -> bytes:

@@ -82,6 +82,17 @@ class JsonNumber(Decimal):
         return number
 
 
+def dumps_exact(value: Any) -> bytes:
+    """JSON bytes of parsed request JSON, numbers written back as the text they were sent as (JsonNumber)."""
+    return orjson.dumps(value, default=_exact_number)
+
+
+def _exact_number(value: Any) -> orjson.Fragment:
+    if isinstance(value, JsonNumber):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 _RESULT_NUMBER = re.compile(rb'"result"\s*:\s*(-?[0-9][0-9.eE+-]*)')
 
 

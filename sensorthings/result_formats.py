@@ -14,9 +14,7 @@ import csv
 import io
 from typing import Any
 
-import orjson
-
-from sensorthings.fields import GeoJson, Geometry, JsonNumber
+from sensorthings.fields import GeoJson, Geometry, dumps_exact
 from sensorthings.model import ENTITIES
 
 GEOMETRY_TYPES = frozenset({"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
@@ -60,18 +58,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, str):
         return value
-    return _dumps(value).decode()  # numbers as they were sent, objects and arrays as JSON text
-
-
-def _dumps(value: Any) -> bytes:
-    """JSON, with numbers read as JsonNumber written back as their exact text (`21.50` stays `21.50`)."""
-    return orjson.dumps(value, default=_exact_number)
-
-
-def _exact_number(value: Any) -> orjson.Fragment:
-    if isinstance(value, JsonNumber):
-        return orjson.Fragment(value.text)
-    raise TypeError(f"{type(value).__name__} is not JSON")
+    return dumps_exact(value).decode()  # numbers as they were sent, objects and arrays as JSON text
 
 
 def to_geojson(entities: list[dict[str, Any]], head: dict[str, Any]) -> bytes:
@@ -85,7 +72,7 @@ def to_geojson(entities: list[dict[str, Any]], head: dict[str, Any]) -> bytes:
         geometry = _geometry(properties.pop(geometry_key)) if geometry_key is not None else None
         features.append({"type": "Feature", "id": entity.get("@iot.id"), "geometry": geometry,
                          "properties": properties})
-    return _dumps({"type": "FeatureCollection", **head, "features": features})
+    return dumps_exact({"type": "FeatureCollection", **head, "features": features})
 
 
 def _geometry(value: Any) -> dict[str, Any] | None:
