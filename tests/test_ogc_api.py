@@ -51,7 +51,11 @@ def link(document: dict[str, Any], rel: str, media_type: str | None = None) -> d
 
 def walk(city: City, collection: str, **params: Any) -> list[int]:
     """Every id reached by following `next` links from the first page."""
-    document = items(city, collection, **params)
+    return follow(items(city, collection, **params))
+
+
+def follow(document: dict[str, Any]) -> list[int]:
+    """The ids of this page and of every page its `next` links lead to."""
     found = ids(document)
     while (following := link(document, "next")) is not None:
         response = HTTP.get(following["href"])
@@ -280,19 +284,9 @@ def test_repeated_datetime_means_all_of_them_also_in_next_links(city: City) -> N
     first = HTTP.get(f"{city.ogc}/collections/observations/items?{query}").json()
     following = link(first, "next")
     assert following is not None and following["href"].count("datetime=") == 2
-    walked = ids(first) + walk_from(following["href"])
+    walked = follow(first)
     assert len(walked) == len(set(walked)) == 3 * THINGS * 2
     assert _observation_count(city, datetime=[f"{phenomenon_time(9)}/..", f"../{phenomenon_time(2)}"]) == 0
-
-
-def walk_from(href: str) -> list[int]:
-    found: list[int] = []
-    while href:
-        document = HTTP.get(href).json()
-        found += ids(document)
-        following = link(document, "next")
-        href = following["href"] if following else ""
-    return found
 
 
 def test_datetime_keeps_features_without_time(city: City) -> None:
