@@ -120,35 +120,29 @@ class OgcApi:
     def root(self, request: Request) -> str:
         return service_url(request, self.config.public_url).rsplit("/", 1)[0] + "/ogcapi"
 
-    async def _rows(self, query: sql.Composable, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _rows(self, query: sql.Composable, params: dict[str, Any]
+                    ) -> tuple[list[tuple[Any, ...]], datetime | None]:
+        """The rows, and when anything was last committed (a safe Last-Modified: None where the server does
+        not track commit timestamps), in one connection and one round trip."""
         try:
-            async with self.pool.connection() as conn:
-                cursor = await conn.execute(query, params)
-                return await cursor.fetchall()
+            async with self.pool.connection() as conn, conn.pipeline():
+                rows_cursor = await conn.execute(query, params)
+                commit_cursor = await conn.execute(LAST_COMMIT)
+                rows = await rows_cursor.fetchall()
+                commit = await commit_cursor.fetchone()
         except psycopg.Error as exc:
             raise database_error(exc, self.config.statement_timeout_ms) from exc
-
-    async def _last_modified(self) -> datetime | None:
-        """When anything was last committed: a safe Last-Modified. None (no header) when the server does not
-        track commit timestamps, where pg_last_committed_xact() would raise."""
-        try:
-            async with self.pool.connection() as conn:
-                cursor = await conn.execute(LAST_COMMIT)
-                row = await cursor.fetchone()
-        except psycopg.Error:
-            return None
-        return row[0] if row else None
+        return rows, commit[0] if commit else None
 
     async def _respond(self, request: Request, body: bytes, media_type: str, headers: dict[str, str] | None = None,
-                       *, etag_of: bytes | None = None) -> Response:
-        """ETag (of the body, or of `etag_of`: the body without its timeStamp), Last-Modified, Cache-Control;
-        304 for a matching conditional request."""
+                       *, etag_of: bytes | None = None, modified: datetime | None = None) -> Response:
+        """ETag (of the body, or of `etag_of`: the body without its timeStamp), Last-Modified (`modified`, for
+        answers read from the data), Cache-Control; 304 for a matching conditional request."""
         headers = dict(headers or {})
         basis = (etag_of if etag_of is not None else body) + media_type.encode()
         etag = 'W/"' + hashlib.blake2b(basis, digest_size=16).hexdigest() + '"'
         headers["ETag"] = etag
         headers["Cache-Control"] = f"public, max-age={self.config.max_age_seconds}"
-        modified = await self._last_modified()
         if modified is not None:
             headers["Last-Modified"] = format_datetime(modified.astimezone(UTC), usegmt=True)
         if _not_modified(request, etag, modified):
@@ -161,10 +155,11 @@ class OgcApi:
             raise NotFound(f"no collection {collection_id!r}; collections are {', '.join(COLLECTIONS)}")
         return found
 
-    async def _document(self, request: Request, document: dict[str, Any], fmt: str, title: str) -> Response:
+    async def _document(self, request: Request, document: dict[str, Any], fmt: str, title: str,
+                        modified: datetime | None = None) -> Response:
         if fmt == "html":
-            return await self._respond(request, html.page(title, document).encode(), HTML)
-        return await self._respond(request, orjson.dumps(document), JSON)
+            return await self._respond(request, html.page(title, document).encode(), HTML, modified=modified)
+        return await self._respond(request, orjson.dumps(document), JSON, modified=modified)
 
     # ------------------------------------------------------------------------------------------------ metadata
 
@@ -203,10 +198,11 @@ class OgcApi:
             return await self._respond(request, html.api_page(document).encode(), HTML)
         return await self._respond(request, orjson.dumps(document), OPENAPI)
 
-    async def _collection_document(self, request: Request, collection: Collection, fmt: str) -> dict[str, Any]:
+    async def _collection_document(self, request: Request, collection: Collection, fmt: str
+                                   ) -> tuple[dict[str, Any], datetime | None]:
         root = self.root(request)
         url = f"{root}/collections/{collection.id}"
-        rows = await self._rows(extent_sql(collection), {})
+        rows, modified = await self._rows(extent_sql(collection), {})
         xmin, ymin, xmax, ymax, t0, t1 = rows[0]
         extent: dict[str, Any] = {}
         if xmin is not None:
@@ -231,25 +227,27 @@ class OgcApi:
             "extent": extent,
             "crs": list(URIS),
             "storageCrs": STORAGE_CRS.uri,
-        }
+        }, modified
 
     async def collections(self, request: Request) -> Response:
         check_parameters(request.query_params, COMMON, "/collections")
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
         url = f"{self.root(request)}/collections"
+        described = [await self._collection_document(request, c, fmt) for c in COLLECTIONS.values()]
         document = {
             "links": _self_and_alternates(url, [], fmt, {"json": JSON, "html": HTML}),
-            "collections": [await self._collection_document(request, c, fmt) for c in COLLECTIONS.values()],
+            "collections": [d for d, _ in described],
             "crs": list(URIS),
         }
-        return await self._document(request, document, fmt, "Collections")
+        return await self._document(request, document, fmt, "Collections",
+                                    max((m for _, m in described if m is not None), default=None))
 
     async def collection(self, request: Request) -> Response:
         collection = self._collection(request.path_params["collection"])
         check_parameters(request.query_params, COMMON, f"/collections/{collection.id}")
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
-        document = await self._collection_document(request, collection, fmt)
-        return await self._document(request, document, fmt, collection.title)
+        document, modified = await self._collection_document(request, collection, fmt)
+        return await self._document(request, document, fmt, collection.title, modified)
 
     async def queryables(self, request: Request) -> Response:
         return await self._schema(request, "queryables")
@@ -285,14 +283,15 @@ class OgcApi:
         parsed = parse_items(request.query_params, collection)
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_ITEMS)
         b = SqlBuilder(service_url(request, self.config.public_url))
-        rows = await self._rows(items_sql(collection, parsed, b, compile_filter, csv=fmt == "csv"), b.params)
+        rows, modified = await self._rows(items_sql(collection, parsed, b, compile_filter, csv=fmt == "csv"),
+                                          b.params)
         more = len(rows) > parsed.limit
         rows = rows[:parsed.limit]
         url = f"{self.root(request)}/collections/{collection.id}/items"
         next_query = _next_query(parsed, rows, more)
         if fmt == "csv":
             return await self._respond(request, _csv(csv_header(collection, parsed), rows), CSV + "; charset=utf-8",
-                                       _next_header(url, query, next_query))
+                                       _next_header(url, query, next_query), modified=modified)
         matched = await self._number_matched(collection, parsed, len(rows), more)
         links = _self_and_alternates(url, query, fmt, {"json": GEOJSON, "html": HTML, "csv": CSV})
         if next_query is not None:
@@ -307,10 +306,10 @@ class OgcApi:
         if fmt == "html":
             document = {**head, "features": [orjson.loads(r[0]) for r in rows]}
             return await self._respond(request, html.page(f"{collection.title}: features", document).encode(), HTML,
-                                       etag_of=unstamped)
+                                       etag_of=unstamped, modified=modified)
         body = orjson.dumps(head)[:-1] + b',"features":[' + features + b"]}"
         return await self._respond(request, body, GEOJSON, {"Content-Crs": f"<{parsed.crs.uri}>"},
-                                   etag_of=unstamped)
+                                   etag_of=unstamped, modified=modified)
 
     async def _number_matched(self, collection: Collection, parsed: ItemsRequest, returned: int,
                               more: bool) -> int | None:
@@ -320,7 +319,7 @@ class OgcApi:
         if not collection.countable or parsed.after is not None:
             return None
         b = SqlBuilder("")
-        rows = await self._rows(count_sql(collection, parsed, b, compile_filter), b.params)
+        rows, _ = await self._rows(count_sql(collection, parsed, b, compile_filter), b.params)
         return int(rows[0][0])
 
     async def item(self, request: Request) -> Response:
@@ -335,7 +334,7 @@ class OgcApi:
             if "properties" in request.query_params else None
         b = SqlBuilder(service_url(request, self.config.public_url))
         feature_id = int(raw_id)
-        rows = await self._rows(feature_sql(collection, feature_id, crs, names, b), b.params)
+        rows, modified = await self._rows(feature_sql(collection, feature_id, crs, names, b), b.params)
         if not rows:
             raise NotFound(f"no feature {feature_id} in {collection.id}")
         root = self.root(request)
@@ -348,8 +347,10 @@ class OgcApi:
                   "related", JSON, f"the SensorThings {collection.entity.name}"),
         ]
         if fmt == "html":
-            return await self._respond(request, html.page(f"{collection.title} {feature_id}", feature).encode(), HTML)
-        return await self._respond(request, orjson.dumps(feature), GEOJSON, {"Content-Crs": f"<{crs.uri}>"})
+            return await self._respond(request, html.page(f"{collection.title} {feature_id}", feature).encode(), HTML,
+                                       modified=modified)
+        return await self._respond(request, orjson.dumps(feature), GEOJSON, {"Content-Crs": f"<{crs.uri}>"},
+                                   modified=modified)
 
 
 def _time(value: datetime | None) -> str | None:
