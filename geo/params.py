@@ -241,13 +241,27 @@ def decode_next(token: str, request: ItemsRequest) -> list[Any]:
         if not isinstance(values, list) or len(values) != len(request.sortby) + 1:
             raise ValueError
         keys = [k.queryable for k in request.sortby]
-        decoded = [None if v is None else (_instant(v, end=False) if q.kind == "datetime" else v)
-                   for q, v in zip(keys, values[:-1], strict=True)]
-        decoded.append(int(values[-1]))
+        decoded = [None if v is None else _token_value(q, v) for q, v in zip(keys, values[:-1], strict=True)]
+        if type(values[-1]) is not int:
+            raise ValueError
+        decoded.append(values[-1])
     except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError, BadRequest):
         raise BadRequest("next: not a token this server gave out; follow the `next` link as it is",
                          field="next") from None
     return decoded
+
+
+_TOKEN_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                             "boolean": (bool,)}
+
+
+def _token_value(queryable: Queryable, value: Any) -> Any:
+    """A sort key from a `next` token, of its queryable's type (ValueError otherwise: a tampered token)."""
+    if queryable.kind == "datetime":
+        return _instant(value, end=False)
+    if not isinstance(value, _TOKEN_TYPES[queryable.kind]) or (isinstance(value, bool) and queryable.kind != "boolean"):
+        raise ValueError
+    return value
 
 
 def parse_items(params: QueryParams, collection: Collection) -> ItemsRequest:

@@ -5,10 +5,12 @@ The data is tests/ogc_city.py's small city, built once for the module through th
 
 from __future__ import annotations
 
+import base64
 import gzip
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
@@ -346,6 +348,11 @@ def test_number_matched_is_exact_or_absent(city: City) -> None:
     assert "numberMatched" not in first_page  # counting Observations is not cheap: left out, never guessed
     whole = items(city, "observations", limit=10_000, datastream=city.datastreams[0])
     assert whole["numberMatched"] == OBSERVATIONS_PER_DATASTREAM
+
+
+def test_a_tampered_next_token_is_400(city: City) -> None:
+    token = base64.urlsafe_b64encode(orjson.dumps({"k": ["abc", 1], "s": "+datastream"})).decode().rstrip("=")
+    assert_400(get(city, "/collections/observations/items", sortby="datastream", next=token), "next")
 
 
 def test_next_token_from_another_sortby_is_400(city: City) -> None:
