@@ -7,6 +7,7 @@ is an array of 4 to 6 numbers.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from geo.collections import COLLECTIONS, Collection
@@ -112,7 +113,9 @@ def _collection_paths(collection: Collection) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=16)
 def document(root: str) -> dict[str, Any]:
+    """The OpenAPI document for a server URL; built once per URL (read-only for callers)."""
     paths: dict[str, Any] = {
         "/": _get("Landing page", "landing", [_ref("f")], _ok("links to the API", ("application/json", "text/html"))),
         "/conformance": _get("Conformance classes", "conformance", [_ref("f")],
