@@ -144,7 +144,7 @@ def copy_ceiling(dsn: str, datastreams: list[int], rows: int) -> dict[str, Any]:
                     value = round(20 + (i % 1000) / 100, 2)
                     copy.write_row([(start_seq + i) * 65536 + (at - datetime(1900, 1, 1, tzinfo=UTC)).days, at,
                                     None, None, 1, value, str(value), None, None, None, None, None, None, ds,
-                                    features[ds]])
+                                    None, features[ds]])
             conn.commit()
             written += n
         elapsed = time.perf_counter() - started

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from time import perf_counter
@@ -25,11 +25,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ingest import metrics
-from ingest.rows import OBSERVATION, data_array_row, parse_observation
+from ingest.rows import data_array_row, parse_observation
 from ingest.store import Item, PartitionCache, write_batch
 from sensorthings.data_array import DataArray
 from sensorthings.errors import BadRequest, ServiceUnavailable
 from sensorthings.interfaces import Change, ChangeListener
+from sensorthings.results import OBSERVATION, STREAMS
 
 log = logging.getLogger("citystream.ingest")
 RETRYABLE_STATES = ("40001", "40P01")  # serialization failure, deadlock
@@ -111,9 +112,8 @@ class IngestPipeline:
         await self._queue.put(_Queued(item, done, source))
 
     # ObservationSink (sensorthings.interfaces) for POST Observations
-    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None,
-                                 base_url: str) -> tuple[int, str]:
-        row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=None)
+    async def create_observation(self, body: Any, *, parents: Mapping[str, int], base_url: str) -> tuple[int, str]:
+        row = parse_observation(body, parents=parents, now=None)
         item = await self.submit(Item(row, render_base=base_url), "http")
         if item.reason is not None:
             raise BadRequest(f"body: {item.reason}")
@@ -136,7 +136,7 @@ class IngestPipeline:
             for n in range(first, min(first + size, len(rows))):
                 array, values = rows[n]
                 try:
-                    row = data_array_row(array.components, values, array.datastream_id, "row")
+                    row = data_array_row(array.components, values, array.stream, array.stream_id, "row")
                 except BadRequest as exc:
                     results[n] = exc.message
                     continue
@@ -204,7 +204,8 @@ class IngestPipeline:
             (metrics.STORED if stored else metrics.REJECTED).labels(source).inc(count)
         if self.listener is not None and self.listener.listening:
             changes = [Change(OBSERVATION, i.id, created=True, links={
-                           "Datastream": i.row.datastream_id, "FeatureOfInterest": i.row.feature_id or 0})
+                           **{s.name: i.row.stream_id if s is i.row.stream else None for s in STREAMS},
+                           "FeatureOfInterest": i.row.feature_id or 0})
                        for i in items if i.id is not None and i.row is not None]
             if changes:
                 self.listener.changed(changes)

@@ -8,38 +8,19 @@ the result fit its observationType) is checked per batch in `store.py`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sensorthings.data_array import FEATURE_COMPONENT
 from sensorthings.errors import BadRequest
-from sensorthings.fields import (
-    RESULT_BOOLEAN,
-    RESULT_JSON,
-    RESULT_NULL,
-    RESULT_NUMBER,
-    RESULT_STRING,
-)
-from sensorthings.model import ENTITIES
+from sensorthings.model import ENTITIES, Relation
+from sensorthings.results import OBSERVATION, STREAM_NAMES, STREAMS
 from sensorthings.writer import check_keys, link_id, parse_fields
 
-OBSERVATION = ENTITIES["Observation"]
 FEATURE_OF_INTEREST = ENTITIES["FeatureOfInterest"]
-DATASTREAM_RELATION = OBSERVATION.relation("Datastream")
 FEATURE_RELATION = OBSERVATION.relation("FeatureOfInterest")
-
-_OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
-# Result types (sensorthings.fields RESULT_*) each observationType accepts; null is always accepted.
-# Types not listed here (OM_Observation, custom URIs) accept any JSON result.
-RESULT_TYPES: dict[str, tuple[frozenset[int], str]] = {
-    _OM + "OM_Measurement": (frozenset({RESULT_NUMBER}), "a number"),
-    _OM + "OM_CountObservation": (frozenset({RESULT_NUMBER}), "an integer"),
-    _OM + "OM_TruthObservation": (frozenset({RESULT_BOOLEAN}), "true or false"),
-    _OM + "OM_CategoryObservation": (frozenset({RESULT_STRING}), "a string (a category or its URI)"),
-    _OM + "OM_ComplexObservation": (frozenset({RESULT_JSON}), "a JSON object or array"),
-}
-
 
 class Origin(NamedTuple):
     """Where an MQTT payload came from: kept with its dead letter if it cannot be stored."""
@@ -54,42 +35,29 @@ class ObservationRow:
     """A validated Observation waiting for its batch. `columns` holds the Observation's own field columns."""
 
     columns: dict[str, Any]
-    datastream_id: int
+    stream: Relation
+    """Observation.Datastream or Observation.MultiDatastream (sensorthings.results.STREAMS)."""
+    stream_id: int
     feature_id: int | None = None
     new_feature: dict[str, Any] | None = None
     """Columns of a FeatureOfInterest given inline, created in the same transaction."""
 
 
-def result_type_error(observation_type: str, columns: dict[str, Any]) -> str | None:
-    """Why the result does not fit the Datastream's observationType, or None when it does."""
-    expected = RESULT_TYPES.get(observation_type)
-    result_type = columns["result_type"]
-    if expected is None or result_type == RESULT_NULL:
-        return None
-    types, described = expected
-    if result_type not in types:
-        return f"result must be {described} for a Datastream of observationType {observation_type}"
-    if observation_type.endswith("OM_CountObservation") and not _is_integer_text(columns["result_string"]):
-        return f"result must be an integer for a Datastream of observationType {observation_type}"
-    return None
-
-
-def _is_integer_text(text: str) -> bool:
-    return text.lstrip("-").isdigit()
-
-
-def parse_observation(body: Any, *, datastream_id: int | None, feature_id: int | None, now: datetime | None,
-                      where: str = "body") -> ObservationRow:
-    """Validate an Observation create payload. `datastream_id` / `feature_id` come from the URL or topic
-    (`Datastreams(1)/Observations`); the Datastream must be linked, not created inline."""
+def parse_observation(body: Any, *, parents: Mapping[str, int], now: datetime | None, where: str = "body"
+                      ) -> ObservationRow:
+    """Validate an Observation create payload. `parents` holds the ids the URL or topic gives, by relation
+    name (`Datastreams(1)/Observations` -> {"Datastream": 1}); the stream must be linked, not created inline."""
     if not isinstance(body, dict):
         raise BadRequest(f"{where} must be a JSON object with the properties of an Observation")
     check_keys(OBSERVATION, body, where)
     columns = parse_fields(OBSERVATION, body, where, complete=True, now=now)
-    datastream_id = _linked(DATASTREAM_RELATION.name, body, datastream_id, where)
-    if datastream_id is None:
-        raise BadRequest(f"{where}: an Observation needs its Datastream: give \"Datastream\": {{\"@iot.id\": n}} "
-                         f"or send it to Datastreams(n)/Observations", field=f"{where}.Datastream")
+    streams = [(r, i) for r in STREAMS if (i := _linked(r.name, body, parents.get(r.name), where)) is not None]
+    if len(streams) != 1:
+        raise BadRequest(f"{where}: an Observation needs its {STREAM_NAMES}, exactly one: give \"Datastream\": "
+                         f"{{\"@iot.id\": n}} or send it to Datastreams(n)/Observations (MultiDatastream likewise)",
+                         field=f"{where}.{STREAMS[0].name}")
+    (stream, stream_id), = streams
+    feature_id = parents.get(FEATURE_RELATION.name)
     new_feature = None
     if feature_id is None and FEATURE_RELATION.name in body:
         feature_id = link_id(body[FEATURE_RELATION.name], f"{where}.FeatureOfInterest")
@@ -98,10 +66,11 @@ def parse_observation(body: Any, *, datastream_id: int | None, feature_id: int |
     elif FEATURE_RELATION.name in body:
         raise BadRequest(f"{where}: the FeatureOfInterest is given by the URL or topic; leave it out",
                          field=f"{where}.FeatureOfInterest")
-    return ObservationRow(columns, datastream_id, feature_id, new_feature)
+    return ObservationRow(columns, stream, stream_id, feature_id, new_feature)
 
 
-def data_array_row(components: tuple[str, ...], values: Any, datastream_id: int, where: str) -> ObservationRow:
+def data_array_row(components: tuple[str, ...], values: Any, stream: Relation, stream_id: int, where: str
+                   ) -> ObservationRow:
     """One row of a Data Array (CreateObservations) whose components were checked once for the whole array
     (`sensorthings.data_array`): the property values go through `parse_fields` as a body's would, and
     `FeatureOfInterest/id` links the FeatureOfInterest."""
@@ -110,7 +79,7 @@ def data_array_row(components: tuple[str, ...], values: Any, datastream_id: int,
     properties = dict(zip(components, values, strict=True))
     feature = properties.pop(FEATURE_COMPONENT, None)
     feature_id = None if feature is None else link_id({"@iot.id": feature}, f"{where}.{FEATURE_COMPONENT}")
-    return ObservationRow(parse_fields(OBSERVATION, properties, where, complete=True, now=None), datastream_id,
+    return ObservationRow(parse_fields(OBSERVATION, properties, where, complete=True, now=None), stream, stream_id,
                           feature_id)
 
 

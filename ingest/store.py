@@ -14,6 +14,7 @@ set aside with its reason and never fails the COPY of the good rows around it:
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,18 +25,20 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.types.json import Jsonb
 
 from ingest.dead_letters import record_dead_letters
-from ingest.rows import FEATURE_OF_INTEREST, OBSERVATION, ObservationRow, Origin, result_type_error
+from ingest.rows import FEATURE_OF_INTEREST, FEATURE_RELATION, ObservationRow, Origin
 from sensorthings import observation_ids
 from sensorthings.compiler import compile_created
-from sensorthings.model import Storage
+from sensorthings.model import Relation, Storage
+from sensorthings.results import OBSERVATION, STREAMS, result_error
 from sensorthings.writer import (
     CURRENT_LOCATION,
     ObservationTouch,
+    StreamKey,
     Writer,
     add_touch,
     create_partition,
     generated_features,
-    update_datastream_summaries,
+    update_stream_summaries,
 )
 
 # Columns of the observations table in COPY order, with their PostgreSQL types for the binary format.
@@ -54,10 +57,13 @@ COPY_COLUMNS: list[tuple[str, str]] = [
     ("valid_time_end", "timestamptz"),
     ("parameters", "jsonb"),
     ("datastream_id", "int8"),
+    ("multi_datastream_id", "int8"),
     ("feature_id", "int8"),
 ]
-# id, then the Observation's field columns, then its two foreign keys (the order of every COPY row).
-_FIELD_COLUMNS = [name for name, _ in COPY_COLUMNS[1:-2]]
+# id, then the Observation's field columns, then its stream columns (STREAMS order) and its FeatureOfInterest
+# (the order of every COPY row).
+_FOREIGN_KEYS = [*(r.column for r in STREAMS), FEATURE_RELATION.column]
+_FIELD_COLUMNS = [name for name, _ in COPY_COLUMNS[1:-len(_FOREIGN_KEYS)]]
 _JSONB_POSITIONS = [i for i, (_, kind) in enumerate(COPY_COLUMNS) if kind == "jsonb"]
 _COPY_SQL = "COPY observations ({}) FROM STDIN (FORMAT BINARY)".format(", ".join(c for c, _ in COPY_COLUMNS))
 
@@ -89,8 +95,8 @@ def check_columns_match_model() -> None:
     model = {"id"} | {c for f in OBSERVATION.fields for c in f.columns} | {
         r.column for r in OBSERVATION.relations.values() if r.storage is Storage.FK_ON_SOURCE}
     listed = {c for c, _ in COPY_COLUMNS}
-    layout = [COPY_COLUMNS[0][0], *(c for c, _ in COPY_COLUMNS[-2:])]
-    if model != listed or layout != ["id", "datastream_id", "feature_id"]:
+    layout = [COPY_COLUMNS[0][0], *(c for c, _ in COPY_COLUMNS[-len(_FOREIGN_KEYS):])]
+    if model != listed or layout != ["id", *_FOREIGN_KEYS]:
         raise RuntimeError(f"ingest COPY columns differ from the Observation model: {sorted(model ^ listed)}")
 
 
@@ -127,20 +133,20 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
     async with conn.transaction():
         rows = [i for i in items if i.reason is None and i.row is not None]
         async with conn.pipeline():
-            datastreams_read = await _read_datastreams_send(conn, rows)
+            streams_read = await _read_streams_send(conn, rows)
             ids_read = await _allocate_ids_send(conn, len(rows))
-            datastreams = await _read_datastreams_apply(datastreams_read, rows)
+            streams = await _read_streams_apply(streams_read, rows)
             sequence_values = [int(v) for (v,) in await ids_read.fetchall()] if ids_read else []
         rows = [i for i in rows if i.reason is None]
         await _check_features(conn, rows)
         rows = [i for i in rows if i.reason is None]
-        await _assign_features(conn, rows, datastreams, now)
+        await _assign_features(conn, rows, streams, now)
         rows = [i for i in rows if i.reason is None]
         if rows:
             await _copy(conn, rows, sequence_values)
         async with conn.pipeline():
             if rows:
-                await update_datastream_summaries(conn, _touches(rows))
+                await update_stream_summaries(conn, _touches(rows))
                 await _render(conn, rows)
             await record_dead_letters(conn, [(i.origin, i.reason) for i in items if i.reason and i.origin], now)
 
@@ -152,39 +158,52 @@ async def _allocate_ids_send(conn: AsyncConnection[Any], count: int) -> AsyncCur
     return await conn.execute("SELECT nextval(%s) FROM generate_series(1, %s)", (OBSERVATION.id_sequence, count))
 
 
-class _Datastream(NamedTuple):
-    observation_type: str
+class _Stream(NamedTuple):
+    result_types: Any
+    """Its `result_types_field` value: an observationType, or one per component (a MultiDatastream)."""
     location_id: int | None
     """The current Location of its Thing, from which FeaturesOfInterest are generated."""
     generated_feature_id: int | None
     """The FeatureOfInterest already generated from that Location, if there is one yet."""
 
 
-async def _read_datastreams_send(conn: AsyncConnection[Any], items: list[Item]) -> AsyncCursor[Any] | None:
-    """One statement for what the batch needs of its Datastreams (read with `_read_datastreams_apply`)."""
-    wanted = sorted({i.row.datastream_id for i in items if i.row})
-    if not wanted:
-        return None
-    return await conn.execute(sql.SQL(
-        "SELECT d.id, d.observation_type, loc.location_id, f.id FROM datastreams d"
-        " LEFT JOIN LATERAL ({}) loc ON true"
+async def _read_streams_send(conn: AsyncConnection[Any], items: list[Item]
+                             ) -> list[tuple[Relation, AsyncCursor[Any]]]:
+    """One statement per stream table for what the batch needs of its streams (read with
+    `_read_streams_apply`)."""
+    cursors = []
+    for stream in STREAMS:
+        wanted = sorted({i.row.stream_id for i in items if i.row and i.row.stream is stream})
+        if wanted:
+            cursors.append((stream, await conn.execute(_stream_query(stream), (wanted,))))
+    return cursors
+
+
+@functools.cache
+def _stream_query(stream: Relation) -> bytes:
+    target = stream.target_entity
+    return sql.SQL(
+        "SELECT d.id, to_jsonb(d.{types}), loc.location_id, f.id FROM {table} d"
+        " LEFT JOIN LATERAL ({location}) loc ON true"
         " LEFT JOIN features_of_interest f ON f.generated_from_location_id = loc.location_id"
-        " WHERE d.id = ANY(%s) ORDER BY d.id FOR KEY SHARE OF d").format(CURRENT_LOCATION), (wanted,))
+        " WHERE d.id = ANY(%s) ORDER BY d.id FOR KEY SHARE OF d").format(
+        types=sql.Identifier(target.fields_by_name[target.result_types_field].column),
+        table=sql.Identifier(target.table), location=CURRENT_LOCATION).as_bytes(None)
 
 
-async def _read_datastreams_apply(cursor: AsyncCursor[Any] | None, items: list[Item]) -> dict[int, _Datastream]:
-    """Reject rows whose Datastream is missing or whose result does not fit its observationType."""
-    if cursor is None:
-        return {}
-    datastreams = {int(d): _Datastream(t, loc, f) for d, t, loc, f in await cursor.fetchall()}
+async def _read_streams_apply(cursors: list[tuple[Relation, AsyncCursor[Any]]], items: list[Item]
+                              ) -> dict[StreamKey, _Stream]:
+    """Reject rows whose stream is missing or whose result does not fit it."""
+    streams = {(stream, int(d)): _Stream(types, loc, f)
+               for stream, cursor in cursors for d, types, loc, f in await cursor.fetchall()}
     for item in items:
         assert item.row is not None
-        datastream = datastreams.get(item.row.datastream_id)
-        if datastream is None:
-            item.reason = f"there is no Datastream with @iot.id {item.row.datastream_id}"
+        found = streams.get((item.row.stream, item.row.stream_id))
+        if found is None:
+            item.reason = f"there is no {item.row.stream.name} with @iot.id {item.row.stream_id}"
         else:
-            item.reason = result_type_error(datastream.observation_type, item.row.columns)
-    return datastreams
+            item.reason = result_error(found.result_types, item.row.columns)
+    return streams
 
 
 async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None:
@@ -200,10 +219,10 @@ async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None
             item.reason = f"there is no FeatureOfInterest with @iot.id {item.row.feature_id}"
 
 
-async def _assign_features(conn: AsyncConnection[Any], items: list[Item], datastreams: dict[int, _Datastream],
+async def _assign_features(conn: AsyncConnection[Any], items: list[Item], streams: dict[StreamKey, _Stream],
                            now: datetime) -> None:
     """Create inline FeaturesOfInterest; give rows without one the FeatureOfInterest generated from the
-    current Location of their Datastream's Thing (as a REST create does), generating it if need be."""
+    current Location of their stream's Thing (as a REST create does), generating it if need be."""
     writer = Writer(conn, now)
     for item in items:
         assert item.row is not None
@@ -212,17 +231,17 @@ async def _assign_features(conn: AsyncConnection[Any], items: list[Item], datast
             item.row.new_feature = None
     needing = [i for i in items if i.row and i.row.feature_id is None]
     ungenerated = {d.location_id for i in needing if i.row
-                   for d in (datastreams[i.row.datastream_id],) if d.generated_feature_id is None}
+                   for d in (streams[i.row.stream, i.row.stream_id],) if d.generated_feature_id is None}
     generated = await generated_features(conn, [loc for loc in ungenerated if loc is not None])
     for item in needing:
         assert item.row is not None
-        datastream = datastreams[item.row.datastream_id]
-        if datastream.location_id is None:
-            item.reason = (f"the Observation has no FeatureOfInterest and the Thing of Datastream "
-                           f"{item.row.datastream_id} has no Location to generate one from; give a "
+        stream = streams[item.row.stream, item.row.stream_id]
+        if stream.location_id is None:
+            item.reason = (f"the Observation has no FeatureOfInterest and the Thing of {item.row.stream.name} "
+                           f"{item.row.stream_id} has no Location to generate one from; give a "
                            f"FeatureOfInterest or link the Thing to a Location")
         else:
-            item.row.feature_id = datastream.generated_feature_id or generated[datastream.location_id]
+            item.row.feature_id = stream.generated_feature_id or generated[stream.location_id]
 
 
 async def _copy(conn: AsyncConnection[Any], items: list[Item], sequence_values: list[int]) -> None:
@@ -235,7 +254,8 @@ async def _copy(conn: AsyncConnection[Any], items: list[Item], sequence_values: 
             assert row is not None
             columns = row.columns
             item.id = observation_ids.observation_id(sequence_value, columns["phenomenon_time_start"])
-            values = [item.id, *field_values(columns), row.datastream_id, row.feature_id]
+            values = [item.id, *field_values(columns),
+                      *(row.stream_id if row.stream is stream else None for stream in STREAMS), row.feature_id]
             for position in _JSONB_POSITIONS:
                 if values[position] is not None:
                     values[position] = Jsonb(values[position], _as_is)
@@ -259,12 +279,12 @@ async def _render(conn: AsyncConnection[Any], items: list[Item]) -> None:
             item.rendered = rendered[item.id] if item.id is not None else None
 
 
-def _touches(items: list[Item]) -> dict[int, ObservationTouch]:
-    touched: dict[int, ObservationTouch] = {}
+def _touches(items: list[Item]) -> dict[StreamKey, ObservationTouch]:
+    touched: dict[StreamKey, ObservationTouch] = {}
     for item in items:
         row = item.row
         assert row is not None
         columns = row.columns
-        add_touch(touched, row.datastream_id, columns["phenomenon_time_start"], columns["phenomenon_time_end"],
-                  columns["result_time"], row.feature_id)
+        add_touch(touched, (row.stream, row.stream_id), columns["phenomenon_time_start"],
+                  columns["phenomenon_time_end"], columns["result_time"], row.feature_id)
     return touched

@@ -137,10 +137,9 @@ class Bridge:
             return Item(None, origin, f"the payload of {len(payload)} bytes exceeds the limit of "
                                       f"{self.config.max_payload_bytes} bytes", ticket=ticket)
         try:
-            datastream_id, feature_id = create_target(message.topic)
+            parents = create_target(message.topic)
             body = parse_observation_json(payload)
-            row = parse_observation(body, datastream_id=datastream_id, feature_id=feature_id, now=None,
-                                    where="payload")
+            row = parse_observation(body, parents=parents, now=None, where="payload")
         except StaError as exc:
             return Item(None, origin, exc.message, ticket=ticket)
         return Item(row, origin, ticket=ticket)

@@ -100,7 +100,8 @@ class Notifier:
                     self._publish(f"{topic}?$select={select_text}", selected[entity_id])
 
     def _topics(self, entity: Entity, change: Change) -> list[str]:
-        related: dict[Relation, list[int]] = {r: [change.links[r.name]] for r in notified_relations(entity)}
+        related: dict[Relation, list[int]] = {r: [i] if (i := change.links[r.name]) is not None else []
+                                              for r in notified_relations(entity)}
         return list(entity_topics(entity, change.id, related))
 
     def _publish_properties(self, entity: Entity, entity_id: int, names: tuple[str, ...], json_text: str) -> None:

@@ -1,7 +1,8 @@
 """The STA MQTT topic grammar (STA §14), read off the entity model and the REST path grammar.
 
 Create topics (§14.2): `v1.1/Observations`, `v1.1/Datastreams(1)/Observations`,
-`v1.1/FeaturesOfInterest(1)/Observations`. Subscription topics (§14.1): an entity set
+`v1.1/MultiDatastreams(1)/Observations`, `v1.1/FeaturesOfInterest(1)/Observations`.
+Subscription topics (§14.1): an entity set
 (`v1.1/Observations`, `v1.1/Datastreams(1)/Observations`), an entity (`v1.1/Things(1)`), a property
 (`v1.1/Things(1)/name`) and an entity set with `$select` (`v1.1/Observations?$select=result,phenomenonTime`).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 
 from sensorthings import odata
 from sensorthings.errors import BadRequest, StaError
@@ -27,10 +29,11 @@ rejected with a reason (and a dead letter) rather than ignored."""
 
 
 @functools.lru_cache(maxsize=4096)
-def create_target(topic: str) -> tuple[int | None, int | None]:
-    """(Datastream id, FeatureOfInterest id) a create topic names; BadRequest for any other topic."""
-    hint = (f"publish Observations to {PREFIX}Observations, {PREFIX}Datastreams(id)/Observations "
-            f"or {PREFIX}FeaturesOfInterest(id)/Observations")
+def create_target(topic: str) -> Mapping[str, int]:
+    """The parent a create topic names, by the Observation's relation to it (`v1.1/Datastreams(1)/
+    Observations` -> {"Datastream": 1}); empty for `v1.1/Observations`. BadRequest for any other topic."""
+    hint = (f"publish Observations to {PREFIX}Observations or {PREFIX}<parent>(id)/Observations, where the "
+            f"parent is one of {', '.join(r.target_entity.set_name for r in OBSERVATION.relations.values())}")
     if not topic.startswith(PREFIX):
         raise BadRequest(f"topic {topic!r} is not a create topic; {hint}")
     try:
@@ -40,12 +43,11 @@ def create_target(topic: str) -> tuple[int | None, int | None]:
     if path.entity is not OBSERVATION or not path.is_collection or path.ref or len(path.steps) > 2:
         raise BadRequest(f"topic {topic!r} is not a create topic; {hint}")
     if len(path.steps) == 1:
-        return None, None
+        return MappingProxyType({})
     parent = path.steps[0]
     relation = path.last.relation
     assert relation is not None and parent.id is not None
-    inverse = relation.inverse_name
-    return (parent.id if inverse == "Datastream" else None, parent.id if inverse == "FeatureOfInterest" else None)
+    return MappingProxyType({relation.inverse_name: parent.id})
 
 
 def entity_topics(entity: Entity, entity_id: int, related: Mapping[Relation, Iterable[int]]) -> Iterator[str]:

@@ -81,6 +81,14 @@ def relation_join(relation: Relation, source: sql.Identifier, target: sql.Identi
     )
 
 
+def rank_of(relation: Relation, source_id: sql.Composable, target: sql.Identifier) -> sql.Composable:
+    """The position of row `target` in the ordered relation (`rank_column`) of the source `source_id`."""
+    return sql.SQL("(SELECT l.{} FROM {} l WHERE l.{} = {} AND l.{} = {})").format(
+        sql.Identifier(relation.rank_column), sql.Identifier(relation.link_table),
+        sql.Identifier(relation.link_source_column), source_id, sql.Identifier(relation.link_target_column),
+        qualified(target, "id"))
+
+
 def step_conditions(steps: tuple[Step, ...], alias: sql.Identifier, b: SqlBuilder) -> sql.Composable:
     """Constraints on `alias` (a row of steps[-1]) implied by the whole path before it."""
     last = steps[-1]
@@ -140,10 +148,10 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         if wanted(f.name):
             pairs += [sql.Literal(f.name), f.json_sql(alias)]
     expanded = {item.path for item in expand}
-    for name in entity.relations:
-        if wanted(name) and name not in expanded:
-            nav_link = sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))
-            pairs += [sql.Literal(f"{name}@iot.navigationLink"), nav_link]
+    navigation: list[tuple[str, list[sql.Composable]]] = [
+        (name, [sql.Literal(f"{name}@iot.navigationLink"), sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))])
+        for name in entity.relations if wanted(name) and name not in expanded]
+    expanded_pairs: list[sql.Composable] = []
     extras: list[tuple[str, sql.Composable]] = []
     for item in merge_expands(expand):
         relation = entity.relations.get(item.path)
@@ -153,9 +161,22 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         if depth + 1 > limits.max_expand_depth:
             raise BadRequest(f"$expand is nested deeper than the limit of {limits.max_expand_depth} levels")
         value, more = _expanded(relation, alias, link, item, b, limits, depth + 1)
-        pairs += [sql.Literal(relation.name), value]
+        expanded_pairs += [sql.Literal(relation.name), value]
         extras += more
-    obj = sql.SQL("json_build_object({})").format(sql.SQL(", ").join(pairs))
+
+    def with_links(present: str | None) -> sql.Composable:
+        """The object with the navigation links of its relations, of the `exactly_one_of` ones only
+        `present` (an Observation links the stream it has, not the other one)."""
+        links = [part for name, pair in navigation if name not in entity.exactly_one_of or name == present
+                 for part in pair]
+        return sql.SQL("json_build_object({})").format(sql.SQL(", ").join([*pairs, *links, *expanded_pairs]))
+
+    alternatives = [entity.relation(name) for name, _ in navigation if name in entity.exactly_one_of]
+    obj = with_links(None)
+    if alternatives:
+        obj = sql.SQL("CASE {} ELSE {} END").format(sql.SQL(" ").join(
+            sql.SQL("WHEN {} IS NOT NULL THEN {}").format(qualified(alias, r.column), with_links(r.name))
+            for r in alternatives), obj)
     for key, value in extras:
         obj = sql.SQL("sta_json_with({}, {}, {})").format(obj, sql.Literal(key), value)
     return obj
@@ -199,7 +220,8 @@ def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Compo
     if not relation.to_many:
         return sql.SQL("(SELECT {} FROM {} {} WHERE {})").format(rendered, sql.Identifier(target.table), t, where), []
     top = min(item.top if item.top is not None else limits.default_top, limits.max_top)
-    keys = order_keys(target, t, item.orderby, b)
+    keys = (order_keys(target, t, item.orderby, b) if item.orderby or not relation.rank_column
+            else [rank_of(relation, qualified(source, "id"), t), qualified(t, "id")])
     r = b.alias()
     value = sql.SQL(
         "(SELECT coalesce(json_agg({r}.j ORDER BY {r}.n), '[]'::json) FROM ("
@@ -329,7 +351,11 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
     b = SqlBuilder(base_url)
     entity = path.entity
     e, p = b.alias(), b.alias()
-    keyset = keyset_keys(entity, e, options.orderby)
+    ranked = path.last.relation if path.last.relation is not None and path.last.relation.rank_column else None
+    # An ordered list (a MultiDatastream's ObservedProperties) comes in its order unless $orderby says
+    # otherwise; it is short, so it pages by $skip.
+    rank_order = ranked is not None and not options.orderby and path.steps[-2].id is not None
+    keyset = None if rank_order else keyset_keys(entity, e, options.orderby)
     if options.skiptoken is not None and (keyset is None or len(keyset) != len(options.skiptoken)):
         raise BadRequest("$skiptoken does not belong to this request; follow @iot.nextLink as given")
 
@@ -340,6 +366,9 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         return matching
 
     keys = order_keys(entity, e, options.orderby, b)
+    if rank_order:
+        assert ranked is not None
+        keys = [rank_of(ranked, b.param(path.steps[-2].id), e), *keys]
     if options.result_format == "dataArray":
         if path.ref:
             raise BadRequest("$resultFormat=dataArray cannot be combined with $ref")
@@ -380,11 +409,11 @@ DATA_ARRAY_COMPONENTS = ("id", "phenomenonTime", "resultTime", "result")
 
 def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, last: sql.Composable,
                      b: SqlBuilder) -> sql.Composable:
-    """The page (CTE `page`, rows numbered `sta_n`) as STA 1.1 Data Array objects: one per Datastream, in
-    the order of its first row, with `components` ($select, or DATA_ARRAY_COMPONENTS) and one array of
-    values per Observation, in page order."""
-    group = entity.relations.get("Datastream")
-    if group is None or group.storage is not Storage.FK_ON_SOURCE or entity.field("result") is None:
+    """The page (CTE `page`, rows numbered `sta_n`) as STA 1.1 Data Array objects: one per Datastream or
+    MultiDatastream (the Observation's `exactly_one_of` streams), in the order of its first row, with
+    `components` ($select, or DATA_ARRAY_COMPONENTS) and one array of values per Observation, in page order."""
+    groups = [entity.relation(name) for name in entity.exactly_one_of]
+    if not groups or entity.field("result") is None:
         raise BadRequest(f"$resultFormat=dataArray applies to Observations, not {entity.set_name}")
     if options.expand:
         raise BadRequest("$resultFormat=dataArray cannot be combined with $expand")
@@ -395,16 +424,22 @@ def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, l
         raise BadRequest(f"$select: {unknown[0]!r} cannot be a Data Array component; choose from "
                          f"{', '.join(allowed)}")
     values = [qualified(p, "id") if c == "id" else entity.fields_by_name[c].json_sql(p) for c in components]
-    link = sql.SQL("{}::text || {} || {} || ')'").format(
-        b.base, sql.Literal(f"/{group.target_entity.set_name}("), qualified(p, group.column))
+    nav = sql.SQL("CASE {} END").format(sql.SQL(" ").join(
+        sql.SQL("WHEN {} IS NOT NULL THEN {}").format(
+            qualified(p, g.column), sql.Literal(f"{g.name}@iot.navigationLink")) for g in groups))
+    link = sql.SQL("CASE {} END").format(sql.SQL(" ").join(
+        sql.SQL("WHEN {col} IS NOT NULL THEN {base}::text || {set} || {col} || ')'").format(
+            col=qualified(p, g.column), base=b.base, set=sql.Literal(f"/{g.target_entity.set_name}("))
+        for g in groups))
     return sql.SQL(
         "(SELECT coalesce(json_agg(g.v ORDER BY g.first), '[]'::json) FROM ("
         " SELECT min({p}.sta_n) AS first, json_build_object({nav}, {link}, 'components', {components},"
         " 'dataArray@iot.count', count(*), 'dataArray', json_agg(json_build_array({values}) ORDER BY {p}.sta_n))"
-        " AS v FROM page {p} WHERE {p}.sta_n <= {last} GROUP BY {p}.{column}) AS g)"
-    ).format(p=p, nav=sql.Literal(f"{group.name}@iot.navigationLink"), link=link,
+        " AS v FROM page {p} WHERE {p}.sta_n <= {last} GROUP BY {columns}) AS g)"
+    ).format(p=p, nav=nav, link=link,
              components=sql.SQL("json_build_array({})").format(sql.SQL(", ").join(map(sql.Literal, components))),
-             values=sql.SQL(", ").join(values), last=last, column=sql.Identifier(group.column))
+             values=sql.SQL(", ").join(values), last=last,
+             columns=sql.SQL(", ").join(qualified(p, g.column) for g in groups))
 
 
 def compile_count_estimate(path: ResourcePath, options: QueryOptions) -> Compiled:

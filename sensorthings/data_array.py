@@ -2,7 +2,8 @@
 its Data Arrays; the ingest path then turns each row into an Observation row with the same field parsers
 as any other Observation (`ingest.rows.data_array_row`).
 
-A malformed document (not a list, a Data Array without its Datastream, an unknown component) is a 400 for
+A malformed document (not a list, a Data Array without its Datastream or MultiDatastream, an unknown
+component) is a 400 for
 the whole request; a row that does not fit its components becomes that row's error, and the other rows
 are still stored.
 """
@@ -13,22 +14,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from sensorthings.errors import BadRequest
-from sensorthings.model import ENTITIES
+from sensorthings.model import Relation
+from sensorthings.results import OBSERVATION, STREAM_NAMES, STREAMS
 from sensorthings.writer import link_id
 
-OBSERVATION = ENTITIES["Observation"]
-DATASTREAM = OBSERVATION.relation("Datastream")
 FEATURE = OBSERVATION.relation("FeatureOfInterest")
 FEATURE_COMPONENT = f"{FEATURE.name}/id"
 COMPONENTS = frozenset({*OBSERVATION.property_names, FEATURE_COMPONENT})
-KEYS = frozenset({DATASTREAM.name, "components", "dataArray", "dataArray@iot.count"})
+KEYS = frozenset({*(s.name for s in STREAMS), "components", "dataArray", "dataArray@iot.count"})
 
 
 @dataclass(frozen=True)
 class DataArray:
     """One Data Array of a CreateObservations document, its shape checked; its rows are not yet validated."""
 
-    datastream_id: int
+    stream: Relation
+    """Observation.Datastream or Observation.MultiDatastream."""
+    stream_id: int
     components: tuple[str, ...]  # Observation property names and FEATURE_COMPONENT, each once
     rows: list[Any]
 
@@ -46,12 +48,14 @@ def read_data_arrays(document: Any) -> list[DataArray]:
         unknown = sorted(set(array) - KEYS)
         if unknown:
             raise BadRequest(f"{where}: unknown member(s) {', '.join(unknown)}; a Data Array has "
-                             f"{', '.join(sorted(KEYS))} (MultiDatastreams are not supported yet)")
-        if DATASTREAM.name not in array:
-            raise BadRequest(f"{where}: give the Datastream as \"Datastream\": {{\"@iot.id\": n}}")
-        datastream = link_id(array[DATASTREAM.name], f"{where}.{DATASTREAM.name}")
-        if datastream is None:
-            raise BadRequest(f"{where}.Datastream: link an existing Datastream with {{\"@iot.id\": n}}")
+                             f"{', '.join(sorted(KEYS))}")
+        streams = [s for s in STREAMS if s.name in array]
+        if len(streams) != 1:
+            raise BadRequest(f"{where}: give exactly one {STREAM_NAMES}, e.g. \"Datastream\": {{\"@iot.id\": n}}")
+        stream = streams[0]
+        stream_id = link_id(array[stream.name], f"{where}.{stream.name}")
+        if stream_id is None:
+            raise BadRequest(f"{where}.{stream.name}: link an existing {stream.name} with {{\"@iot.id\": n}}")
         components = _components(array.get("components"), where)
         rows = array.get("dataArray")
         if not isinstance(rows, list):
@@ -59,7 +63,7 @@ def read_data_arrays(document: Any) -> list[DataArray]:
         declared = array.get("dataArray@iot.count")
         if declared is not None and declared != len(rows):
             raise BadRequest(f"{where}: dataArray@iot.count is {declared!r} but dataArray has {len(rows)} rows")
-        arrays.append(DataArray(datastream, tuple(components), rows))
+        arrays.append(DataArray(stream, stream_id, tuple(components), rows))
     return arrays
 
 

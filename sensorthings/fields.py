@@ -201,6 +201,15 @@ def to_jsonb_text(value: Any, where: str = "the body") -> str:
         raise BadRequest(f"{where} holds a number too large to store; numbers must be finite", field=where) from None
 
 
+def _exact_json_text(value: Any) -> str:
+    """An object or array result for jsonb with its numbers as sent (`[21.50, 3]`: jsonb keeps `21.50`),
+    as a numeric result keeps its text; numbers orjson cannot write (beyond 64 bits) take `to_jsonb_text`."""
+    try:
+        return dumps_exact(value).decode()
+    except orjson.JSONEncodeError:
+        return to_jsonb_text(value, "result")
+
+
 def _decimal_to_number(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)
@@ -259,9 +268,14 @@ class Field:
 
 @dataclass(frozen=True)
 class Text(Field):
+    one_of: tuple[str, ...] = ()
+    """The only values allowed, when the standard fixes them (a MultiDatastream's observationType)."""
+
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, str):
             raise BadRequest(f"{where} must be a string", field=where)
+        if self.one_of and value not in self.one_of:
+            raise BadRequest(f"{where} must be {' or '.join(self.one_of)}", field=where)
         return {self.column: value}
 
 
@@ -288,6 +302,25 @@ class Json(Field):
     @property
     def is_object_value(self) -> bool:
         return True
+
+
+_JSON_TYPE_NAMES: dict[type, str] = {str: "strings", dict: "JSON objects"}
+
+
+@dataclass(frozen=True)
+class JsonList(Json):
+    """A non-empty JSON array whose items are all of one JSON type: MultiDatastream's
+    multiObservationDataTypes (strings) and unitOfMeasurements (objects), one item per component."""
+
+    object_only: bool = False
+    item_type: type = dict
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if value is not None and not (isinstance(value, list) and value
+                                      and all(isinstance(item, self.item_type) for item in value)):
+            raise BadRequest(f"{where} must be a non-empty JSON array of {_JSON_TYPE_NAMES[self.item_type]}, "
+                             f"one per component", field=where)
+        return super().parse(value, where)
 
 
 def _json_path(value: sql.Composable, subpath: tuple[str, ...], param: Param) -> sql.Composable:
@@ -491,5 +524,5 @@ def result_columns(value: Any) -> dict[str, Any]:
     elif isinstance(value, str):
         row.update(result_type=RESULT_STRING, result_string=value)
     else:
-        row.update(result_type=RESULT_JSON, result_json=to_jsonb_text(value, "result"))
+        row.update(result_type=RESULT_JSON, result_json=_exact_json_text(value))
     return row

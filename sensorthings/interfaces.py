@@ -7,7 +7,7 @@ must still write Observations through `ingest/` and tell `mqtt_bridge/` what cha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,8 +26,9 @@ class Change:
     created: bool
     properties: tuple[str, ...] = ()
     """For an update: the properties that were sent (each gets its property-topic notification)."""
-    links: dict[str, int] = field(default_factory=dict)
-    """Ids of to-one related entities, by relation name, where the writer knows them (saves a query)."""
+    links: dict[str, int | None] = field(default_factory=dict)
+    """Ids of to-one related entities, by relation name, where the writer knows them (saves a query); None
+    where the relation is empty (an Observation's other stream)."""
 
 
 class ChangeListener(Protocol):
@@ -41,11 +42,10 @@ class ChangeListener(Protocol):
 
 
 class ObservationSink(Protocol):
-    async def create_observation(self, body: Any, *, datastream_id: int | None, feature_id: int | None,
-                                 base_url: str) -> tuple[int, str]:
+    async def create_observation(self, body: Any, *, parents: Mapping[str, int], base_url: str) -> tuple[int, str]:
         """Validate and store one Observation (JSON body as parsed); once committed, return its id and its
-        JSON as GET renders it with links under `base_url` (the 201 body). `datastream_id` / `feature_id`
-        come from the URL (`Datastreams(1)/Observations`). Raises StaError."""
+        JSON as GET renders it with links under `base_url` (the 201 body). `parents` holds the ids the URL
+        gives, by relation name (`Datastreams(1)/Observations` -> {"Datastream": 1}). Raises StaError."""
         ...
 
     async def create_observations(self, arrays: Sequence[DataArray]) -> list[int | str]:

@@ -22,6 +22,7 @@ from sensorthings.fields import (
     Instant,
     Interval,
     Json,
+    JsonList,
     Result,
     Text,
 )
@@ -48,6 +49,15 @@ class Relation:
     required: bool = False  # the source cannot exist without it (checked on create)
     delete_targets: bool = False  # deleting the source deletes the linked targets (link-table cascades)
     inverse_name: str = ""
+    rank_column: str = ""
+    """Link-table column holding each target's position: the relation is an ordered list (a
+    MultiDatastream's ObservedProperties, one per component), set when the source is created."""
+
+    @property
+    def fixed(self) -> bool:
+        """Links that only the creation of the ranked side sets: adding or removing one would break the
+        order that other properties follow (multiObservationDataTypes, unitOfMeasurements)."""
+        return bool(self.rank_column or self.inverse.rank_column)
 
     @property
     def to_many(self) -> bool:
@@ -75,6 +85,12 @@ class Entity:
     relations: dict[str, Relation] = field(default_factory=dict, compare=False)
     id_sequence: str = ""  # ids allocated by the application from this sequence (see observation_ids)
     partition_column: str = ""  # time-partitioned table: ids encode this column's day (see observation_ids)
+    exactly_one_of: tuple[str, ...] = ()
+    """To-one relations of which a create must give exactly one (an Observation's Datastream or
+    MultiDatastream: its stream)."""
+    result_types_field: str = ""
+    """On a stream: the property that says which results its Observations may have (observationType, or
+    multiObservationDataTypes with one type per component)."""
 
     def field(self, name: str) -> Field | None:
         for candidate in self.fields:
@@ -116,9 +132,14 @@ class Entity:
 
 
 def _entity(
-    name: str, set_name: str, table: str, *fields: Field, id_sequence: str = "", partition_column: str = ""
+    name: str, set_name: str, table: str, *fields: Field, id_sequence: str = "", partition_column: str = "",
+    exactly_one_of: tuple[str, ...] = (), result_types_field: str = "",
 ) -> Entity:
-    return Entity(name, set_name, table, tuple(fields), {}, id_sequence, partition_column)
+    return Entity(name, set_name, table, tuple(fields), {}, id_sequence, partition_column, exactly_one_of,
+                  result_types_field)
+
+
+COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
 
 
 ENTITIES: dict[str, Entity] = {
@@ -160,6 +181,7 @@ ENTITIES: dict[str, Entity] = {
             Interval("phenomenonTime", "phenomenon_time", server_maintained=True),
             Interval("resultTime", "result_time", server_maintained=True),
             Json("properties", "properties"),
+            result_types_field="observationType",
         ),
         _entity(
             "Sensor",
@@ -192,6 +214,7 @@ ENTITIES: dict[str, Entity] = {
             Json("parameters", "parameters"),
             id_sequence="observation_id_seq",
             partition_column="phenomenon_time_start",
+            exactly_one_of=("Datastream", "MultiDatastream"),
         ),
         _entity(
             "FeatureOfInterest",
@@ -202,6 +225,21 @@ ENTITIES: dict[str, Entity] = {
             Text("encodingType", "encoding_type", required=True),
             GeoJson("feature", "feature", required=True, geometry_column="feature_geom"),
             Json("properties", "properties"),
+        ),
+        _entity(
+            "MultiDatastream",
+            "MultiDatastreams",
+            "multi_datastreams",
+            Text("name", "name", required=True),
+            Text("description", "description", required=True),
+            Text("observationType", "observation_type", required=True, one_of=(COMPLEX_OBSERVATION,)),
+            JsonList("multiObservationDataTypes", "multi_observation_data_types", required=True, item_type=str),
+            JsonList("unitOfMeasurements", "unit_of_measurements", required=True, item_type=dict),
+            Geometry("observedArea", "observed_area", server_maintained=True),
+            Interval("phenomenonTime", "phenomenon_time", server_maintained=True),
+            Interval("resultTime", "result_time", server_maintained=True),
+            Json("properties", "properties"),
+            result_types_field="multiObservationDataTypes",
         ),
     )
 }
@@ -222,16 +260,17 @@ def _one_to_many(
 
 def _many_to_many(
     a: str, a_nav: str, b: str, b_nav: str, table: str, a_column: str, b_column: str,
-    *, a_deletes_b: bool = False, b_requires_a: bool = False,
+    *, a_deletes_b: bool = False, b_requires_a: bool = False, a_rank_column: str = "",
 ) -> None:
-    """Declare a many-to-many relation through a link table (a_column -> a.id, b_column -> b.id)."""
+    """Declare a many-to-many relation through a link table (a_column -> a.id, b_column -> b.id);
+    `a_rank_column` orders each b's list of a."""
     ENTITIES[a].relations[a_nav] = Relation(
         a_nav, a, b, Storage.LINK_TABLE, link_table=table, link_source_column=a_column,
         link_target_column=b_column, delete_targets=a_deletes_b, inverse_name=b_nav,
     )
     ENTITIES[b].relations[b_nav] = Relation(
         b_nav, b, a, Storage.LINK_TABLE, link_table=table, link_source_column=b_column,
-        link_target_column=a_column, required=b_requires_a, inverse_name=a_nav,
+        link_target_column=a_column, required=b_requires_a, inverse_name=a_nav, rank_column=a_rank_column,
     )
 
 
@@ -247,10 +286,23 @@ _one_to_many(
     "ObservedProperty", "Datastreams", "Datastream", "ObservedProperty", "observed_property_id",
     child_requires_parent=True,
 )
-_one_to_many("Datastream", "Observations", "Observation", "Datastream", "datastream_id", child_requires_parent=True)
+# An Observation belongs to a Datastream or a MultiDatastream (Observation.exactly_one_of).
+_one_to_many("Datastream", "Observations", "Observation", "Datastream", "datastream_id", child_requires_parent=False)
 _one_to_many(
     "FeatureOfInterest", "Observations", "Observation", "FeatureOfInterest", "feature_id",
     child_requires_parent=True,
+)
+
+_one_to_many("Thing", "MultiDatastreams", "MultiDatastream", "Thing", "thing_id", child_requires_parent=True)
+_one_to_many("Sensor", "MultiDatastreams", "MultiDatastream", "Sensor", "sensor_id", child_requires_parent=True)
+_many_to_many(
+    "ObservedProperty", "MultiDatastreams", "MultiDatastream", "ObservedProperties",
+    "multi_datastream_observed_properties", "observed_property_id", "multi_datastream_id",
+    a_deletes_b=True, b_requires_a=True, a_rank_column="rank",
+)
+_one_to_many(
+    "MultiDatastream", "Observations", "Observation", "MultiDatastream", "multi_datastream_id",
+    child_requires_parent=False,
 )
 
 ENTITY_SETS: dict[str, Entity] = {e.set_name: e for e in ENTITIES.values()}

@@ -55,6 +55,7 @@ from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.path import ResourcePath, parse_path
 from sensorthings.query import QueryOptions, parse_query
 from sensorthings.result_formats import to_csv, to_geojson
+from sensorthings.results import STREAMS
 from sensorthings.writer import Writer, changed_fields, create_partition, link_id
 
 VERSION = "v1.1"
@@ -66,6 +67,7 @@ CONFORMANCE = [
     CONFORMANCE_BASE + "request-data",
     CONFORMANCE_BASE + "create-update-delete",
     CONFORMANCE_BASE + "batch-request/batch-request",
+    CONFORMANCE_BASE + "multi-datastream",
 ]
 # Data Array: $resultFormat=dataArray reads and POST CreateObservations, which needs the ingest path.
 DATA_ARRAY_CONFORMANCE = CONFORMANCE_BASE + "data-array/data-array"
@@ -76,7 +78,6 @@ MQTT_CONFORMANCE = [
 ]
 JSON_PATCH = "application/json-patch+json"
 OBSERVATION = ENTITIES["Observation"]
-DATASTREAM = OBSERVATION.relation("Datastream").name
 WRITE_ATTEMPTS = 10  # each new month a request touches, and each deadlock it loses, costs one attempt
 RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock: the transaction is safe to run again
 T = TypeVar("T")
@@ -257,11 +258,12 @@ class CompileCache:
 _SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
 
 
-def _creates_datastream(body: Any) -> bool:
-    """True for an Observation whose Datastream is given inline (a deep insert): the REST writer's
-    transaction creates those; the ingest path only links existing Datastreams."""
-    datastream = body.get(DATASTREAM) if isinstance(body, dict) else None
-    return isinstance(datastream, dict) and "@iot.id" not in datastream
+def _creates_stream(body: Any) -> bool:
+    """True for an Observation whose Datastream or MultiDatastream is given inline (a deep insert): the REST
+    writer's transaction creates those; the ingest path only links existing ones."""
+    if not isinstance(body, dict):
+        return False
+    return any(isinstance(s, dict) and "@iot.id" not in s for s in (body.get(r.name) for r in STREAMS))
 
 
 def referenced_id(body: Any, target: Entity) -> int:
@@ -449,7 +451,7 @@ class StaApi:
             raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
                              "use PATCH or PUT to change an entity")
         entity, relation = path.entity, path.last.relation
-        if (entity is OBSERVATION and self.observations is not None and not _creates_datastream(body)
+        if (entity is OBSERVATION and self.observations is not None and not _creates_stream(body)
                 and _CHANGE_SET.get() is None):  # in a change set it must join the change set's transaction
             return await self._post_observation(path, body, base)
 
@@ -473,9 +475,7 @@ class StaApi:
         if relation is not None:
             async with self.pool.connection() as conn:
                 parents[relation.inverse_name] = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-        new_id, created = await self.observations.create_observation(
-            body, datastream_id=parents.get("Datastream"), feature_id=parents.get("FeatureOfInterest"),
-            base_url=base)
+        new_id, created = await self.observations.create_observation(body, parents=parents, base_url=base)
         return json_response(created, 201, {"Location": f"{base}/{OBSERVATION.set_name}({new_id})"})
 
     async def _create_observations(self, request: Request) -> Response:

@@ -9,6 +9,7 @@ Any error raises StaError; the caller's transaction then rolls back, so nothing 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,9 +21,10 @@ from psycopg import AsyncConnection, sql
 from sensorthings import observation_ids
 from sensorthings.compiler import SqlBuilder, id_predicate
 from sensorthings.errors import BadRequest, NotFound, PartitionMissing
-from sensorthings.fields import GEOJSON_ENCODINGS, Field, GeoJson, is_ascii_digits
+from sensorthings.fields import GEOJSON_ENCODINGS, Field, GeoJson, JsonList, is_ascii_digits
 from sensorthings.interfaces import Change
 from sensorthings.model import ENTITIES, Entity, Relation, Storage
+from sensorthings.results import STREAMS, result_error, stream_of
 
 IGNORED_SUFFIXES = ("@iot.selfLink", "@iot.navigationLink")
 THING_LOCATIONS = ENTITIES["Thing"].relation("Locations")
@@ -152,12 +154,24 @@ CURRENT_LOCATION = current_location_sql(sql.SQL("d.thing_id"))
 """The current Location of the Thing of Datastream `d`."""
 
 
-async def current_locations(conn: AsyncConnection[Any], datastream_ids: Iterable[int]) -> dict[int, int]:
-    """Location id per Datastream id: the current Location of the Datastream's Thing."""
+async def current_locations(conn: AsyncConnection[Any], stream: Relation, stream_ids: Iterable[int]
+                            ) -> dict[int, int]:
+    """Location id per stream id (Datastream or MultiDatastream): the current Location of its Thing."""
     cursor = await conn.execute(sql.SQL(
-        "SELECT d.id, loc.location_id FROM datastreams d CROSS JOIN LATERAL ({}) loc WHERE d.id = ANY(%s)"
-    ).format(CURRENT_LOCATION), (sorted(set(datastream_ids)),))
+        "SELECT d.id, loc.location_id FROM {} d CROSS JOIN LATERAL ({}) loc WHERE d.id = ANY(%s)"
+    ).format(sql.Identifier(stream.target_entity.table), CURRENT_LOCATION), (sorted(set(stream_ids)),))
     return {int(d): int(loc) for d, loc in await cursor.fetchall()}
+
+
+async def stream_result_types(conn: AsyncConnection[Any], stream: Relation, stream_id: int) -> Any:
+    """The stream's `result_types_field` value (an observationType, or one per component); None when
+    there is no such stream."""
+    target = stream.target_entity
+    column = target.fields_by_name[target.result_types_field].column
+    cursor = await conn.execute(sql.SQL("SELECT to_jsonb({}) FROM {} WHERE id = %s").format(
+        sql.Identifier(column), sql.Identifier(target.table)), (stream_id,))
+    row = await cursor.fetchone()
+    return None if row is None else row[0]
 
 
 async def generated_features(conn: AsyncConnection[Any], location_ids: Iterable[int]) -> dict[int, int]:
@@ -183,40 +197,51 @@ async def generated_features(conn: AsyncConnection[Any], location_ids: Iterable[
     return found | {int(loc): int(f) for loc, f in rows}
 
 
-async def update_datastream_summaries(conn: AsyncConnection[Any], touched: dict[int, ObservationTouch]) -> None:
-    """Widen the phenomenon/result time extents and the observed area of each touched Datastream: one
-    statement for all of them, rows locked in id order so that concurrent batches cannot deadlock here."""
-    if not touched:
-        return
-    # One JSON parameter rather than six arrays: psycopg dumps arrays of timestamps element by element in
-    # Python (~3x the CPU of this statement for a batch); orjson writes the rows at C speed.
-    rows = [{"id": d, "ps": t.start, "pe": t.end, "rs": t.result_start, "re": t.result_end, "fid": f}
-            for d, t in sorted(touched.items()) for f in (list[int | None](sorted(t.feature_ids)) or [None])]
-    await conn.execute(
+StreamKey = tuple[Relation, int]
+"""A stream of Observations: the Observation's relation to it (Datastream or MultiDatastream) and its id."""
+
+
+async def update_stream_summaries(conn: AsyncConnection[Any], touched: dict[StreamKey, ObservationTouch]) -> None:
+    """Widen the phenomenon/result time extents and the observed area of each touched stream: one
+    statement per stream table (always in the same order), rows locked in id order so that concurrent
+    batches cannot deadlock here."""
+    by_stream: dict[Relation, list[dict[str, Any]]] = {}
+    for (stream, stream_id), t in sorted(touched.items(), key=lambda item: (item[0][0].name, item[0][1])):
+        # One JSON parameter rather than six arrays: psycopg dumps arrays of timestamps element by element in
+        # Python (~3x the CPU of this statement for a batch); orjson writes the rows at C speed.
+        by_stream.setdefault(stream, []).extend(
+            {"id": stream_id, "ps": t.start, "pe": t.end, "rs": t.result_start, "re": t.result_end, "fid": f}
+            for f in (list[int | None](sorted(t.feature_ids)) or [None]))
+    for stream, rows in by_stream.items():
+        await conn.execute(_summary_update(stream.target_entity.table), (orjson.dumps(rows).decode(),))
+
+
+@functools.cache
+def _summary_update(table: str) -> bytes:
+    return sql.SQL(
         "WITH u AS (SELECT v.id, min(ps) ps, max(pe) pe, min(rs) rs, max(re) re, ST_Collect(f.feature_geom) area"
         "       FROM json_to_recordset(%s::json) AS v(id bigint, ps timestamptz, pe timestamptz,"
         "                                             rs timestamptz, re timestamptz, fid bigint)"
         "       LEFT JOIN features_of_interest f ON f.id = v.fid GROUP BY v.id),"
-        " locked AS (SELECT d.id FROM datastreams d WHERE d.id IN (SELECT id FROM u) ORDER BY d.id"
+        " locked AS (SELECT d.id FROM {table} d WHERE d.id IN (SELECT id FROM u) ORDER BY d.id"
         "            FOR NO KEY UPDATE)"
-        " UPDATE datastreams d SET"
+        " UPDATE {table} d SET"
         "  phenomenon_time_start = LEAST(d.phenomenon_time_start, u.ps),"
         "  phenomenon_time_end = GREATEST(d.phenomenon_time_end, u.pe),"
         "  result_time_start = LEAST(d.result_time_start, u.rs),"
         "  result_time_end = GREATEST(d.result_time_end, u.re),"
         "  observed_area = CASE WHEN u.area IS NULL THEN d.observed_area"
         "                  ELSE ST_ConvexHull(ST_Collect(d.observed_area, u.area)) END"
-        " FROM u JOIN locked USING (id) WHERE d.id = u.id",
-        (orjson.dumps(rows).decode(),))
+        " FROM u JOIN locked USING (id) WHERE d.id = u.id").format(table=sql.Identifier(table)).as_bytes(None)
 
 
-def add_touch(touched: dict[int, ObservationTouch], datastream_id: int, start: datetime, end: datetime | None,
+def add_touch(touched: dict[StreamKey, ObservationTouch], stream: StreamKey, start: datetime, end: datetime | None,
               result_time: datetime | None, feature_id: int | None) -> None:
-    """Widen the summary of the Datastream of one new or changed Observation."""
+    """Widen the summary of the stream of one new or changed Observation."""
     end = end or start
-    touch = touched.get(datastream_id)
+    touch = touched.get(stream)
     if touch is None:
-        touch = touched[datastream_id] = ObservationTouch(start, end)
+        touch = touched[stream] = ObservationTouch(start, end)
     else:
         touch.start, touch.end = min(touch.start, start), max(touch.end, end)
     if result_time is not None:
@@ -237,7 +262,7 @@ class Writer:
         self.now = now
         self._new_things: set[int] = set()
         self._located: dict[int, set[int]] = {}  # thing id -> Locations newly linked in this request
-        self._touched: dict[int, ObservationTouch] = {}
+        self._touched: dict[StreamKey, ObservationTouch] = {}
         self._partitions: set[tuple[int, int]] = set()
         self.changes: list[Change] = []
         """What this request created or updated, for notifications after commit."""
@@ -284,12 +309,21 @@ class Writer:
             elif relation.name in body:
                 columns[relation.column] = await self._resolve_or_create(relation, body[relation.name], rel_where)
             elif entity is OBSERVATION and relation.name == "FeatureOfInterest":
-                columns[relation.column] = await self._generated_feature(columns["datastream_id"], where)
+                continue  # generated from the stream's Thing once the stream is known (below)
             elif relation.required:
                 raise BadRequest(
                     f"{where}: a {entity.name} needs a {relation.name}; give {{\"@iot.id\": n}} of an existing "
                     f"{relation.target} or a new one inline, or POST to {relation.target_entity.set_name}(n)/"
                     f"{relation.inverse_name}", field=rel_where)
+
+        if entity.exactly_one_of:
+            given = [name for name in entity.exactly_one_of if columns.get(entity.relation(name).column) is not None]
+            if len(given) != 1:
+                names = " or ".join(entity.exactly_one_of)
+                raise BadRequest(f"{where}: a {entity.name} needs its {names}, exactly one; give {{\"@iot.id\": n}} "
+                                 f"of an existing one or a new one inline", field=f"{where}.{entity.exactly_one_of[0]}")
+        if entity is OBSERVATION:
+            await self._check_observation(columns, where)
 
         for relation in entity.relations.values():
             if relation.required and relation.to_many and via is not relation and not body.get(relation.name):
@@ -299,12 +333,13 @@ class Writer:
         new_id = await self.insert(entity, columns)
 
         if via is not None and via.storage is Storage.LINK_TABLE:
-            await self.link(via, new_id, via_id or 0)
+            await self.link(via, new_id, via_id or 0, rank=0 if via.rank_column else None)
         elif via is not None and via.storage is Storage.FK_ON_TARGET:
             raise BadRequest(f"{where}: create the {entity.name} in its own collection and link it instead")
         for relation in entity.relations.values():
             if relation.to_many and relation.name in body:
                 await self._create_children(relation, new_id, body[relation.name], f"{where}.{relation.name}")
+        await self._check_components(entity, new_id, where)
         links = {r.name: columns[r.column] for r in entity.relations.values()
                  if r.storage is Storage.FK_ON_SOURCE and columns.get(r.column) is not None}
         self.changes.append(Change(entity, new_id, created=True, links=links))
@@ -327,11 +362,37 @@ class Writer:
         for index, item in enumerate(items):
             item_where = f"{where}[{index}]"
             existing = link_id(item, item_where)
+            if relation.rank_column:  # an ordered list: each one linked at its position
+                target_id = (await self.create(relation.target_entity, item, item_where) if existing is None
+                             else await self.require(relation.target_entity, existing, item_where))
+                if not await self.link(relation, parent_id, target_id, rank=index):
+                    raise BadRequest(f"{item_where}: {relation.target}({target_id}) is already in {relation.name}; "
+                                     f"each may appear once", field=item_where)
+                continue
             if existing is None:
                 await self.create(relation.target_entity, item, item_where, relation.inverse, parent_id)
                 continue
             await self.require(relation.target_entity, existing, item_where)
             await self.link(relation, parent_id, existing)
+
+    async def _check_components(self, entity: Entity, entity_id: int, where: str) -> None:
+        """An entity with an ordered relation (a MultiDatastream) has as many items in each of its list
+        properties (multiObservationDataTypes, unitOfMeasurements) as in that relation: one per component."""
+        ranked = [r for r in entity.relations.values() if r.rank_column]
+        lists = [f for f in entity.fields if isinstance(f, JsonList)]
+        if not ranked or not lists:
+            return
+        counts = [sql.SQL("jsonb_array_length(e.{})").format(sql.Identifier(f.column)) for f in lists]
+        counts += [sql.SQL("(SELECT count(*) FROM {} l WHERE l.{} = e.id)").format(
+            sql.Identifier(r.link_table), sql.Identifier(r.link_source_column)) for r in ranked]
+        row = await self._fetch_one(sql.SQL("SELECT {} FROM {} e WHERE e.id = %(id)s").format(
+            sql.SQL(", ").join(counts), sql.Identifier(entity.table)), {"id": entity_id})
+        if row is not None and len(set(row)) > 1:
+            found = ", ".join(f"{n} {name}" for n, name in zip(row, [*(f.name for f in lists),
+                                                                        *(r.name for r in ranked)], strict=True))
+            raise BadRequest(f"{where}: a {entity.name} has one item per component in each of "
+                             f"{', '.join(f.name for f in lists)} and {', '.join(r.name for r in ranked)} (in the same "
+                             f"order); found {found}", field=where)
 
     async def insert(self, entity: Entity, columns: dict[str, Any]) -> int:
         """INSERT one row of already validated column values; returns its id."""
@@ -363,48 +424,78 @@ class Writer:
             raise PartitionMissing(time)
         self._partitions.add(key)
 
-    async def _generated_feature(self, datastream_id: int, where: str) -> int:
-        """The FeatureOfInterest generated from the current Location of the Datastream's Thing."""
-        location_id = (await current_locations(self.conn, [datastream_id])).get(datastream_id)
+    async def _check_observation(self, columns: dict[str, Any], where: str) -> None:
+        """The result must fit the stream (as in an ingest batch); a missing FeatureOfInterest is generated
+        from the current Location of the stream's Thing."""
+        found = stream_of(columns)
+        assert found is not None
+        stream, stream_id = found
+        error = result_error(await stream_result_types(self.conn, stream, stream_id), columns)
+        if error is not None:
+            raise BadRequest(f"{where}: {error}", field=f"{where}.result")
+        feature = OBSERVATION.relation("FeatureOfInterest")
+        if columns.get(feature.column) is not None:
+            return
+        location_id = (await current_locations(self.conn, stream, [stream_id])).get(stream_id)
         if location_id is None:
             raise BadRequest(
-                f"{where}: the Observation has no FeatureOfInterest and the Thing of Datastream "
-                f"{datastream_id} has no Location to generate one from; give a FeatureOfInterest or "
+                f"{where}: the Observation has no FeatureOfInterest and the Thing of {stream.name} "
+                f"{stream_id} has no Location to generate one from; give a FeatureOfInterest or "
                 f"link the Thing to a Location", field=f"{where}.FeatureOfInterest")
-        return (await generated_features(self.conn, [location_id]))[location_id]
+        columns[feature.column] = (await generated_features(self.conn, [location_id]))[location_id]
 
     def _touch(self, columns: dict[str, Any]) -> None:
-        add_touch(self._touched, columns["datastream_id"], columns["phenomenon_time_start"],
+        stream = stream_of(columns)
+        assert stream is not None
+        add_touch(self._touched, stream, columns["phenomenon_time_start"],
                   columns["phenomenon_time_end"], columns.get("result_time"), columns.get("feature_id"))
 
     # ---------------------------------------------------------------- links
 
-    async def link(self, relation: Relation, source_id: int, target_id: int) -> None:
-        """Link two existing entities through `relation` (source -> target)."""
+    async def link(self, relation: Relation, source_id: int, target_id: int, *, rank: int | None = None) -> bool:
+        """Link two existing entities through `relation` (source -> target); False when they already were.
+        A ranked relation is linked only while its ranked side is created, at position `rank`."""
+        if relation.fixed and rank is None:
+            raise _fixed_links(relation)
         if relation.storage is Storage.LINK_TABLE:
+            ranked = relation.rank_column or relation.inverse.rank_column
             cursor = await self.conn.execute(
-                sql.SQL("INSERT INTO {} ({}, {}) VALUES (%(s)s, %(t)s) ON CONFLICT DO NOTHING").format(
+                sql.SQL("INSERT INTO {} ({}, {}{}) VALUES (%(s)s, %(t)s{}) ON CONFLICT DO NOTHING").format(
                     sql.Identifier(relation.link_table), sql.Identifier(relation.link_source_column),
-                    sql.Identifier(relation.link_target_column)),
-                {"s": source_id, "t": target_id})
+                    sql.Identifier(relation.link_target_column),
+                    sql.SQL(", {}").format(sql.Identifier(ranked)) if ranked else sql.SQL(""),
+                    sql.SQL(", %(rank)s") if ranked else sql.SQL("")),
+                {"s": source_id, "t": target_id, "rank": rank})
             if cursor.rowcount == 0:
-                return  # already linked: nothing changed, so no history either
+                return False  # already linked: nothing changed, so no history either
             if relation is THING_LOCATIONS:
                 self._located.setdefault(source_id, set()).add(target_id)
             elif relation is LOCATION_THINGS:
                 self._located.setdefault(target_id, set()).add(source_id)
         elif relation.storage is Storage.FK_ON_TARGET:
-            await self._set_fk(relation.target_entity, target_id, relation.column, source_id)
+            await self._set_fk(relation.target_entity, target_id, relation.inverse, source_id)
         else:
-            await self._set_fk(relation.source_entity, source_id, relation.column, target_id)
+            await self._set_fk(relation.source_entity, source_id, relation, target_id)
+        return True
 
-    async def _set_fk(self, entity: Entity, entity_id: int, column: str, value: int) -> None:
+    async def _set_fk(self, entity: Entity, entity_id: int, relation: Relation, value: int) -> None:
+        """Point `entity`'s to-one `relation` at `value`; for one of its `exactly_one_of` relations (an
+        Observation moved to another stream) the others are cleared and the result checked again."""
+        assignments: dict[str, int | None] = {relation.column: value}
+        if relation.name in entity.exactly_one_of:
+            assignments.update({entity.relation(other).column: None for other in entity.exactly_one_of
+                                if other != relation.name})
         b = SqlBuilder("")
-        await self.conn.execute(sql.SQL("UPDATE {} e SET {} = {} WHERE {}").format(
-            sql.Identifier(entity.table), sql.Identifier(column), b.param(value),
+        settings = [sql.SQL("{} = {}").format(sql.Identifier(c), b.param(v)) for c, v in assignments.items()]
+        await self.conn.execute(sql.SQL("UPDATE {} e SET {} WHERE {}").format(
+            sql.Identifier(entity.table), sql.SQL(", ").join(settings),
             id_predicate(entity, sql.Identifier("e"), entity_id, b)), b.params)
+        if entity is OBSERVATION:
+            await self._after_observation_update(entity_id, assignments, "body")
 
     async def unlink(self, relation: Relation, source_id: int, target_id: int) -> None:
+        if relation.fixed:
+            raise _fixed_links(relation)
         if relation.storage is not Storage.LINK_TABLE:
             raise BadRequest(f"{relation.source}.{relation.name} is required by the {relation.target}; "
                              f"link it to another entity instead of removing the link")
@@ -441,6 +532,9 @@ class Writer:
                 if target_id is None:
                     raise BadRequest(inline_hint, field=rel_where)
                 columns[relation.column] = await self.require(relation.target_entity, target_id, rel_where)
+                if name in entity.exactly_one_of:  # moving to another stream leaves the old one
+                    columns.update({entity.relation(other).column: None for other in entity.exactly_one_of
+                                    if other != name})
             elif relation is THING_LOCATIONS:
                 items = body[name]
                 if not isinstance(items, list):
@@ -469,7 +563,9 @@ class Writer:
             for target_id in ids:
                 await self.link(relation, entity_id, target_id)
         if entity is OBSERVATION and columns:
-            await self._touch_existing(entity_id)
+            await self._after_observation_update(entity_id, columns, where)
+        if any(isinstance(f, JsonList) and f.column in columns for f in entity.fields):
+            await self._check_components(entity, entity_id, where)
         sent = tuple(name for name in entity.property_names if name in body)
         self.changes.append(Change(entity, entity_id, created=False, properties=sent))
 
@@ -509,15 +605,26 @@ class Writer:
                 "INSERT INTO observation_relocations (id, day_start) VALUES (%s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET day_start = EXCLUDED.day_start", (entity_id, day))
 
-    async def _touch_existing(self, observation_id: int) -> None:
+    async def _after_observation_update(self, observation_id: int, changed: dict[str, Any], where: str) -> None:
+        """Widen the stream's summary by the updated Observation; when its result or its stream changed, the
+        result must still fit the stream."""
+        keys = ("phenomenon_time_start", "phenomenon_time_end", "result_time", "feature_id", "result_type",
+                "result_string", "result_json", *(r.column for r in STREAMS))
         b = SqlBuilder("")
-        row = await self._fetch_one(sql.SQL(
-            "SELECT datastream_id, phenomenon_time_start, phenomenon_time_end, result_time, feature_id "
-            "FROM observations e WHERE {}").format(id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b)),
-            b.params)
-        if row is not None:
-            keys = ("datastream_id", "phenomenon_time_start", "phenomenon_time_end", "result_time", "feature_id")
-            self._touch(dict(zip(keys, row, strict=True)))
+        row = await self._fetch_one(sql.SQL("SELECT {} FROM {} e WHERE {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, keys)), sql.Identifier(OBSERVATION.table),
+            id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b)), b.params)
+        if row is None:
+            return
+        columns = dict(zip(keys, row, strict=True))
+        if columns["result_json"] is not None:
+            columns["result_json"] = orjson.dumps(columns["result_json"]).decode()
+        if any(c in changed for c in (*OBSERVATION.fields_by_name["result"].columns, *(r.column for r in STREAMS))):
+            stream, stream_id = stream_of(columns) or (STREAMS[0], 0)
+            error = result_error(await stream_result_types(self.conn, stream, stream_id), columns)
+            if error is not None:
+                raise BadRequest(f"{where}: {error}", field=f"{where}.result")
+        self._touch(columns)
 
     # ---------------------------------------------------------------- delete
 
@@ -569,8 +676,14 @@ class Writer:
         self._located.clear()
 
     async def _update_datastream_summaries(self) -> None:
-        await update_datastream_summaries(self.conn, self._touched)
+        await update_stream_summaries(self.conn, self._touched)
         self._touched.clear()
+
+
+def _fixed_links(relation: Relation) -> BadRequest:
+    ranked = relation if relation.rank_column else relation.inverse
+    return BadRequest(f"the {ranked.name} of a {ranked.source} are set when it is created, one per component in "
+                      f"order; they cannot be linked or unlinked later (create a new {ranked.source})")
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:

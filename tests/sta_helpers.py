@@ -21,17 +21,19 @@ ENTITY_SETS = (
     "ObservedProperties",
     "Observations",
     "FeaturesOfInterest",
+    "MultiDatastreams",
 )
 
 NAVIGATION = {
-    "Thing": ("Locations", "HistoricalLocations", "Datastreams"),
+    "Thing": ("Locations", "HistoricalLocations", "Datastreams", "MultiDatastreams"),
     "Location": ("Things", "HistoricalLocations"),
     "HistoricalLocation": ("Thing", "Locations"),
     "Datastream": ("Thing", "Sensor", "ObservedProperty", "Observations"),
-    "Sensor": ("Datastreams",),
-    "ObservedProperty": ("Datastreams",),
-    "Observation": ("Datastream", "FeatureOfInterest"),
+    "Sensor": ("Datastreams", "MultiDatastreams"),
+    "ObservedProperty": ("Datastreams", "MultiDatastreams"),
+    "Observation": ("Datastream", "FeatureOfInterest"),  # a MultiDatastream's: MultiDatastream for Datastream
     "FeatureOfInterest": ("Observations",),
+    "MultiDatastream": ("Thing", "Sensor", "ObservedProperties", "Observations"),
 }
 
 HTTP = httpx.Client(timeout=30)

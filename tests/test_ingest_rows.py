@@ -25,7 +25,7 @@ NUMBER_TEXTS = st.one_of(
 
 def columns(raw: bytes, parse: Any) -> dict[str, Any] | str:
     try:
-        return parse_observation(parse(raw), datastream_id=None, feature_id=None, now=NOW).columns
+        return parse_observation(parse(raw), parents={}, now=NOW).columns
     except StaError as exc:
         return exc.message
 

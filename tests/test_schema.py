@@ -53,8 +53,8 @@ def test_postgis_geometry_columns_have_srid_4326_and_gist_indexes(database_url: 
             "SELECT f_table_name || '.' || f_geometry_column, srid FROM geometry_columns").fetchall())
         gist = {r[0] for r in conn.execute("SELECT tablename FROM pg_indexes WHERE indexdef LIKE '%USING gist%'")}
     assert columns == {"locations.location_geom": 4326, "features_of_interest.feature_geom": 4326,
-                       "datastreams.observed_area": 4326}
-    assert {"locations", "features_of_interest", "datastreams"} <= gist
+                       "datastreams.observed_area": 4326, "multi_datastreams.observed_area": 4326}
+    assert {"locations", "features_of_interest", "datastreams", "multi_datastreams"} <= gist
 
 
 def test_observations_have_the_datastream_time_index(database_url: str) -> None:
@@ -78,6 +78,24 @@ def test_observations_are_time_partitioned(sta: str, database_url: str) -> None:
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhparent = 'observations'::regclass")}
     assert {"observations_202301", "observations_202402", "observations_202403"} <= partitions
+
+
+def test_every_observation_partition_holds_exactly_one_stream(sta: str, database_url: str) -> None:
+    """observations_one_stream (migration 0005) reaches partitions created after it, in the database itself."""
+    datastream = _datastream(sta)
+    observation = _post(sta, f"Datastreams({datastream})/Observations",
+                        {"result": 1, "phenomenonTime": "2019-07-04T00:00:00Z"})  # a month no test wrote before
+    with psycopg.connect(database_url) as conn:
+        day = conn.execute("SELECT phenomenon_time_start FROM observations WHERE id = %s", (observation,)).fetchone()
+        for datastream_id, multi_id in ((None, None), (datastream, datastream)):
+            with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+                conn.execute("INSERT INTO observations (id, phenomenon_time_start, result_type, datastream_id, "
+                             "multi_datastream_id, feature_id) SELECT 1, %s, 0, %s, %s, feature_id "
+                             "FROM observations WHERE id = %s", (day[0] if day else None, datastream_id, multi_id,
+                                                                 observation))
+            with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+                conn.execute("UPDATE observations SET datastream_id = %s, multi_datastream_id = %s WHERE id = %s",
+                             (datastream_id, multi_id, observation))
 
 
 def _executed_scans(plan: dict[str, Any]) -> list[str]:

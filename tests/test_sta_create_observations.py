@@ -103,7 +103,8 @@ def test_bad_rows_are_errors_and_the_good_rows_are_stored(sta: str) -> None:
     ([{"Datastream": {"@iot.id": 1}, "components": ["result"], "dataArray": {"0": [1]}}], "dataArray"),
     ([{"Datastream": {"@iot.id": 1}, "components": ["result"], "dataArray@iot.count": 3, "dataArray": [[1]]}],
      "dataArray@iot.count"),
-    ([{"MultiDatastream": {"@iot.id": 1}, "components": ["result"], "dataArray": [[[1, 2]]]}], "MultiDatastream"),
+    ([{"Datastream": {"@iot.id": 1}, "MultiDatastream": {"@iot.id": 1}, "components": ["result"],
+      "dataArray": [[[1, 2]]]}], "exactly one Datastream or MultiDatastream"),
 ])
 def test_malformed_documents_are_400_and_store_nothing(sta: str, document: Any, fragment: str) -> None:
     create_datastream(sta)

@@ -69,7 +69,7 @@ SET_OF = {
 # ------------------------------------------------------------------ service root
 
 
-def test_service_root_lists_all_eight_entity_sets_with_absolute_urls(sta: str) -> None:
+def test_service_root_lists_all_nine_entity_sets_with_absolute_urls(sta: str) -> None:
     body = read(sta, "")
     assert sorted(item["name"] for item in body["value"]) == sorted(ENTITY_SETS)
     for item in body["value"]:

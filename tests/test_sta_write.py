@@ -104,7 +104,8 @@ def test_deep_insert_creates_a_whole_thing_tree(sta: str) -> None:
     thing = create(sta, "Things", thing_body("station", Locations=[location_body("corner")],
                                              Datastreams=[datastream("air"), datastream("noise")]))
     assert counts(sta) == {"Things": 1, "Locations": 1, "HistoricalLocations": 1, "Datastreams": 2,
-                           "Sensors": 2, "ObservedProperties": 2, "Observations": 6, "FeaturesOfInterest": 1}
+                           "Sensors": 2, "ObservedProperties": 2, "Observations": 6, "FeaturesOfInterest": 1,
+                           "MultiDatastreams": 0}
     datastreams = ids(sta, f"Things({thing})/Datastreams")
     assert len(datastreams) == 2
     for d in datastreams:
@@ -579,7 +580,8 @@ def test_deleting_a_thing_deletes_its_datastreams_observations_and_historical_lo
     create_observation(sta, other, 2)
     assert delete(sta, f"Things({thing})").status_code == 200
     assert counts(sta) == {"Things": 1, "Locations": 2, "HistoricalLocations": 1, "Datastreams": 1,
-                           "Sensors": 2, "ObservedProperties": 2, "Observations": 1, "FeaturesOfInterest": 2}
+                           "Sensors": 2, "ObservedProperties": 2, "Observations": 1, "FeaturesOfInterest": 2,
+                           "MultiDatastreams": 0}
     assert ids(sta, "Datastreams") == [other]
 
 
