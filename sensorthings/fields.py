@@ -203,11 +203,13 @@ def to_jsonb_text(value: Any, where: str = "the body") -> str:
 
 def _exact_json_text(value: Any) -> str:
     """An object or array result for jsonb with its numbers as sent (`[21.50, 3]`: jsonb keeps `21.50`),
-    as a numeric result keeps its text; numbers orjson cannot write (beyond 64 bits) take `to_jsonb_text`."""
+    as a numeric result keeps its text. `to_jsonb_text` first rejects numbers beyond a double (`1e400`, a
+    400 as anywhere else); its text is kept for what orjson cannot write (integers beyond 64 bits)."""
+    checked = to_jsonb_text(value, "result")
     try:
         return dumps_exact(value).decode()
     except orjson.JSONEncodeError:
-        return to_jsonb_text(value, "result")
+        return checked
 
 
 def _decimal_to_number(value: Any) -> Any:

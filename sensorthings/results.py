@@ -7,10 +7,10 @@ result, or a MultiDatastream, whose results are arrays with one value per compon
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import orjson
-
+from sensorthings.errors import StaError
 from sensorthings.fields import RESULT_BOOLEAN, RESULT_JSON, RESULT_NULL, RESULT_NUMBER, RESULT_STRING, result_columns
 from sensorthings.model import ENTITIES, Relation
 
@@ -61,12 +61,17 @@ def _expected(observation_type: str, columns: dict[str, Any]) -> str | None:
 
 
 def _components_error(types: list[Any], columns: dict[str, Any]) -> str | None:
-    values = orjson.loads(columns["result_json"]) if columns["result_type"] == RESULT_JSON else None
+    # json, not orjson: the stored text may hold integers beyond 64 bits, which orjson refuses
+    values = json.loads(columns["result_json"]) if columns["result_type"] == RESULT_JSON else None
     if not isinstance(values, list) or len(values) != len(types):
         return (f"result must be an array of {len(types)} values, one per component of the MultiDatastream "
                 f"(its multiObservationDataTypes)")
     for n, (observation_type, value) in enumerate(zip(types, values, strict=True)):
-        expected = _expected(str(observation_type), result_columns(value))
+        try:
+            component = result_columns(value)
+        except StaError as exc:
+            return f"result[{n}]: {exc.message}"
+        expected = _expected(str(observation_type), component)
         if expected is not None:
             return f"result[{n}] must be {expected}: multiObservationDataTypes[{n}] is {observation_type}"
     return None

@@ -340,8 +340,9 @@ class Writer:
             if relation.to_many and relation.name in body:
                 await self._create_children(relation, new_id, body[relation.name], f"{where}.{relation.name}")
         await self._check_components(entity, new_id, where)
-        links = {r.name: columns[r.column] for r in entity.relations.values()
-                 if r.storage is Storage.FK_ON_SOURCE and columns.get(r.column) is not None}
+        links: dict[str, int | None] = {r.name: columns[r.column] for r in entity.relations.values()
+                                        if r.storage is Storage.FK_ON_SOURCE and columns.get(r.column) is not None}
+        links |= {name: None for name in entity.exactly_one_of if name not in links}  # the stream it does not have
         self.changes.append(Change(entity, new_id, created=True, links=links))
         if entity is ENTITIES["Thing"]:
             self._new_things.add(new_id)
@@ -533,6 +534,9 @@ class Writer:
                     raise BadRequest(inline_hint, field=rel_where)
                 columns[relation.column] = await self.require(relation.target_entity, target_id, rel_where)
                 if name in entity.exactly_one_of:  # moving to another stream leaves the old one
+                    if sum(other in body for other in entity.exactly_one_of) > 1:
+                        raise BadRequest(f"{where}: give one of {' or '.join(entity.exactly_one_of)}, not "
+                                         f"several: a {entity.name} has exactly one", field=rel_where)
                     columns.update({entity.relation(other).column: None for other in entity.exactly_one_of
                                     if other != name})
             elif relation is THING_LOCATIONS:
@@ -610,15 +614,16 @@ class Writer:
         result must still fit the stream."""
         keys = ("phenomenon_time_start", "phenomenon_time_end", "result_time", "feature_id", "result_type",
                 "result_string", "result_json", *(r.column for r in STREAMS))
+        # result_json as its stored text, as a create holds it (not decoded and written again)
+        selected = [sql.SQL("{}::text").format(sql.Identifier(k)) if k == "result_json" else sql.Identifier(k)
+                    for k in keys]
         b = SqlBuilder("")
         row = await self._fetch_one(sql.SQL("SELECT {} FROM {} e WHERE {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, keys)), sql.Identifier(OBSERVATION.table),
+            sql.SQL(", ").join(selected), sql.Identifier(OBSERVATION.table),
             id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b)), b.params)
         if row is None:
             return
         columns = dict(zip(keys, row, strict=True))
-        if columns["result_json"] is not None:
-            columns["result_json"] = orjson.dumps(columns["result_json"]).decode()
         if any(c in changed for c in (*OBSERVATION.fields_by_name["result"].columns, *(r.column for r in STREAMS))):
             stream, stream_id = stream_of(columns) or (STREAMS[0], 0)
             error = result_error(await stream_result_types(self.conn, stream, stream_id), columns)

@@ -30,12 +30,14 @@ def test_observations_are_created_on_the_multi_datastream_topic(
     mosquitto_pub(mosquitto_server, "v1.1/Observations", orjson.dumps(
         {"result": [22, 4, "clear"], "phenomenonTime": "2024-05-01T10:02:00Z", "MultiDatastream": {"@iot.id": multi}}))
     mosquitto_pub(mosquitto_server, topic, '{"result": [1, 2.5, "x"], "phenomenonTime": "2024-05-01T10:03:00Z"}')
+    mosquitto_pub(mosquitto_server, topic, '{"result": [1e400, 2, "x"], "phenomenonTime": "2024-05-01T10:04:00Z"}')
     mosquitto_pub(mosquitto_server, "v1.1/MultiDatastreams(987654)/Observations", '{"result": [1, 2, "x"]}')
     wait_for(lambda: len(stored(sta, multi)) == 2, what="the two good Observations")
     letters = wait_for(lambda: len(dead := httpx.get(f"{server_url}/admin/dead-letters", timeout=10
-                                                     ).json()["value"]) == 3 and dead, what="three dead letters")
+                                                     ).json()["value"]) == 4 and dead, what="four dead letters")
     reasons = " | ".join(letter["reason"] for letter in letters)
-    for reason in ("array of 3 values", "result[1] must be an integer", "no MultiDatastream with @iot.id 987654"):
+    for reason in ("array of 3 values", "result[1] must be an integer", "no MultiDatastream with @iot.id 987654",
+                   "numbers must be finite"):
         assert reason in reasons
     assert stored(sta, multi) == [[21.5, 3, "cloudy"], [22, 4, "clear"]]
     assert b"[21.50, 3, " in httpx.get(f"{sta}/MultiDatastreams({multi})/Observations", timeout=10).content

@@ -207,6 +207,9 @@ def test_results_are_arrays_with_one_value_of_the_right_type_per_component(sta: 
     ]
     for result, reason in bad:
         assert_error(post_observation(sta, multi, result), 400, reason, "multiObservationDataTypes")
+    too_large = HTTP.post(f"{sta}/MultiDatastreams({multi})/Observations", content=b'{"result": [1e400, 1, "x"]}',
+                          headers={"Content-Type": "application/json"})
+    assert_error(too_large, 400, "finite")
     assert count(sta, f"MultiDatastreams({multi})/Observations") == 2
 
 
@@ -320,6 +323,8 @@ def test_an_updated_result_must_still_fit(sta: str) -> None:
     observation = post_observation(sta, multi, [1.0, 2, "x"]).json()["@iot.id"]
     assert_error(patch(sta, f"Observations({observation})", {"result": [1.0, 2]}), 400, "array of 3 values")
     assert_error(patch(sta, f"Observations({observation})", {"result": [1.0, "2", "x"]}), 400, "result[1]")
+    assert_error(patch(sta, f"Observations({observation})", {"Datastream": ref(create_datastream(sta, thing)),
+                                                              "MultiDatastream": ref(multi)}), 400, "not several")
     assert patch(sta, f"Observations({observation})", {"result": [1.5, 3, "y"]}).status_code == 200
     # moved to a Datastream, it leaves its MultiDatastream (one stream at a time)
     datastream = create_datastream(sta, thing)
@@ -331,6 +336,24 @@ def test_an_updated_result_must_still_fit(sta: str) -> None:
     assert back.status_code in (200, 204), back.text
     assert ids(sta, f"MultiDatastreams({multi})/Observations") == [observation]
     assert count(sta, f"Datastreams({datastream})/Observations") == 0
+
+
+def test_an_update_keeps_large_and_exact_numbers_of_a_json_result(sta: str) -> None:
+    """An update re-reads the stored result to check it; numbers beyond 64-bit integers must survive that."""
+    datastream = create_datastream(sta)
+    created = HTTP.post(f"{sta}/Datastreams({datastream})/Observations",
+                        content=b'{"result": {"v": 1.5e20, "w": 21.50, "n": 123456789012345678901234567890}}',
+                        headers={"Content-Type": "application/json"})
+    assert created.status_code == 201, created.text
+    observation = created.json()["@iot.id"]
+    assert patch(sta, f"Observations({observation})", {"resultTime": "2024-01-01T00:00:00Z"}).status_code == 200
+    # (an integer beyond 64 bits makes the whole result take the general writer, which keeps values, not text)
+    assert read(sta, f"Observations({observation})")["result"] == {"v": 1.5e20, "w": 21.5,
+                                                                   "n": 123456789012345678901234567890}
+    exact = HTTP.post(f"{sta}/Datastreams({datastream})/Observations", content=b'{"result": {"w": 21.50}}',
+                      headers={"Content-Type": "application/json"}).json()["@iot.id"]
+    assert patch(sta, f"Observations({exact})", {"resultTime": "2024-01-01T00:00:00Z"}).status_code == 200
+    assert b'"w": 21.50' in get(sta, f"Observations({exact})/result").content
 
 
 def test_deletes_cascade_to_multi_datastreams_and_their_observations(sta: str) -> None:
