@@ -140,6 +140,12 @@ def _entity(
 
 
 COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
+_STREAM_SUMMARIES = (
+    Geometry("observedArea", "observed_area", server_maintained=True),
+    Interval("phenomenonTime", "phenomenon_time", server_maintained=True),
+    Interval("resultTime", "result_time", server_maintained=True),
+)
+"""What a Datastream and a MultiDatastream summarise of their Observations (widened on every write)."""
 
 
 ENTITIES: dict[str, Entity] = {
@@ -177,9 +183,7 @@ ENTITIES: dict[str, Entity] = {
             Text("description", "description", required=True),
             Text("observationType", "observation_type", required=True),
             Json("unitOfMeasurement", "unit_of_measurement", required=True),
-            Geometry("observedArea", "observed_area", server_maintained=True),
-            Interval("phenomenonTime", "phenomenon_time", server_maintained=True),
-            Interval("resultTime", "result_time", server_maintained=True),
+            *_STREAM_SUMMARIES,
             Json("properties", "properties"),
             result_types_field="observationType",
         ),
@@ -235,9 +239,7 @@ ENTITIES: dict[str, Entity] = {
             Text("observationType", "observation_type", required=True, one_of=(COMPLEX_OBSERVATION,)),
             JsonList("multiObservationDataTypes", "multi_observation_data_types", required=True, item_type=str),
             JsonList("unitOfMeasurements", "unit_of_measurements", required=True, item_type=dict),
-            Geometry("observedArea", "observed_area", server_maintained=True),
-            Interval("phenomenonTime", "phenomenon_time", server_maintained=True),
-            Interval("resultTime", "result_time", server_maintained=True),
+            *_STREAM_SUMMARIES,
             Json("properties", "properties"),
             result_types_field="multiObservationDataTypes",
         ),
