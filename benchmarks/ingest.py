@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="QoS levels of the throughput runs (default: 0 1)")
     parser.add_argument("--skip-http", action="store_true", help="leave out (c) and (d)")
     parser.add_argument("--skip-mqtt", action="store_true", help="leave out (b)")
+    parser.add_argument("--latency-rate", type=float, default=0,
+                        help="pace the latency run at this rate (default: half the sustained QoS 1 rate), "
+                             "so that two runs compare at the same load")
     args = parser.parse_args(argv)
 
     shutil.rmtree(DATA, ignore_errors=True)
@@ -466,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.offered_rate, args.publisher))
                     truncate(dsn)
                 qos1 = [r for r in report["mqtt"] if r["qos"] == 1] or report["mqtt"]
-                half = max(1000.0, qos1[-1]["obs_per_s"] / 2)
+                half = args.latency_rate or max(1000.0, qos1[-1]["obs_per_s"] / 2)
                 print(f"(b) QoS 1 latency at {half:.0f} obs/s ...", flush=True)
                 report["latency"] = latency_run(dsn, broker, datastreams, half, min(args.seconds, 30),
                                                 args.publishers, args.publisher)

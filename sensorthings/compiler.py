@@ -594,7 +594,14 @@ def notified_relations(entity: Entity) -> list[Relation]:
 
 def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple[str, ...] = ()) -> Compiled:
     """For each of `ids`: the id, the ids of related entities per `notified_relations` (one array each) and
-    the entity's JSON exactly as GET renders it (with `select` as `$select`), for MQTT notifications."""
+    the entity's JSON exactly as GET renders it (with `select` as `$select`), for MQTT notifications. From a
+    statement compiled once per entity, base URL and select: the notifier runs it for every batch."""
+    template, ids_name = _changed_template(entity, base_url, select)
+    return Compiled(template.statement, {**template.params, ids_name: ids}, rendered=template.rendered)
+
+
+@functools.lru_cache(maxsize=256)
+def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...]) -> tuple[Compiled, str]:
     b = SqlBuilder(base_url)
     e = b.alias()
     related: list[sql.Composable] = []
@@ -605,7 +612,10 @@ def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple
             related.append(sql.SQL("ARRAY(SELECT l.{} FROM {} l WHERE l.{} = {})").format(
                 sql.Identifier(relation.link_target_column), sql.Identifier(relation.link_table),
                 sql.Identifier(relation.link_source_column), qualified(e, "id")))
+    rendered = entity_json(entity, e, b, select)
+    ids_name = f"p{len(b.params)}"  # the name b.param gives the next one
     statement = sql.SQL("SELECT {id}, {related} {json}::text FROM {table} {e} WHERE {id} = ANY({ids})").format(
         id=qualified(e, "id"), related=sql.SQL("").join(sql.SQL("{}, ").format(r) for r in related),
-        json=entity_json(entity, e, b, select), table=sql.Identifier(entity.table), e=e, ids=b.param(ids))
-    return Compiled(statement, b.params)
+        json=rendered, table=sql.Identifier(entity.table), e=e, ids=b.param(None))
+    assert ids_name in b.params
+    return Compiled(statement, b.params, rendered=statement.as_bytes(None)), ids_name
