@@ -34,9 +34,10 @@ class Storage(Enum):
     LINK_TABLE = "link_table"  # many-to-many through a link table
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Relation:
-    """A navigation property from `source` to `target`."""
+    """A navigation property from `source` to `target`. Relations and entities are the model's singletons:
+    identity is equality, and hashing one (the ingest path does per row) costs nothing."""
 
     name: str
     source: str
@@ -76,7 +77,7 @@ class Relation:
         return ENTITIES[self.target].relation(self.inverse_name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Entity:
     name: str  # "Thing"
     set_name: str  # "Things"

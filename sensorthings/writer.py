@@ -238,15 +238,21 @@ def _summary_update(table: str) -> bytes:
 def add_touch(touched: dict[StreamKey, ObservationTouch], stream: StreamKey, start: datetime, end: datetime | None,
               result_time: datetime | None, feature_id: int | None) -> None:
     """Widen the summary of the stream of one new or changed Observation."""
+    # (Runs per row of every ingest batch: plain comparisons, no min()/max() over generators.)
     end = end or start
     touch = touched.get(stream)
     if touch is None:
         touch = touched[stream] = ObservationTouch(start, end)
     else:
-        touch.start, touch.end = min(touch.start, start), max(touch.end, end)
+        if start < touch.start:
+            touch.start = start
+        if end > touch.end:
+            touch.end = end
     if result_time is not None:
-        touch.result_start = min(filter(None, (touch.result_start, result_time)))
-        touch.result_end = max(filter(None, (touch.result_end, result_time)))
+        if touch.result_start is None or result_time < touch.result_start:
+            touch.result_start = result_time
+        if touch.result_end is None or result_time > touch.result_end:
+            touch.result_end = result_time
     if feature_id is not None:
         touch.feature_ids.add(feature_id)
 
