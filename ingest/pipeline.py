@@ -64,6 +64,10 @@ def _retryable(exc: psycopg.Error) -> bool:
             or isinstance(exc, psycopg.OperationalError))
 
 
+_YIELD_ROWS = 250
+"""CreateObservations validates this many rows between chances for its batch writer to run."""
+
+
 class IngestPipeline:
     def __init__(self, pool: AsyncConnectionPool[Any], config: IngestConfig,
                  listener: ChangeListener | None = None) -> None:
@@ -125,15 +129,21 @@ class IngestPipeline:
         """CreateObservations: the valid rows are written in batches of `batch_rows` by this request itself,
         through the same batch writer (COPY, checks, summaries, retries, notifications) as queued rows: a
         request of thousands of rows is a batch already, and the queue's per-row hand-offs cost ~15% of
-        its time. The next batch is validated while the previous one is being written."""
+        its time. Up to `writers` batches (as many as the queue has writers) are written at once, each in its
+        own transaction, and the next one is validated meanwhile: validation yields to the event loop every
+        `_YIELD_ROWS` rows, so that the writers' waits for the database (COPY, commit) are spent validating.
+        (Without the yields the writer task only started once validation was done; with one batch in
+        flight a single uploader reached 0.56-0.64 of COPY, with two 0.74-0.77.)"""
         rows = [(array, values) for array in arrays for values in array.rows]
         results: list[int | str] = [""] * len(rows)
         written: list[tuple[int, Item]] = []
-        writing: asyncio.Task[None] | None = None
+        writing: list[asyncio.Task[None]] = []
         size = self.config.batch_rows
         for first in range(0, len(rows), size):
             batch: list[tuple[int, Item]] = []
             for n in range(first, min(first + size, len(rows))):
+                if writing and n % _YIELD_ROWS == 0:
+                    await asyncio.sleep(0)
                 array, values = rows[n]
                 try:
                     row = data_array_row(array.components, values, array.stream, array.stream_id, "row")
@@ -143,12 +153,12 @@ class IngestPipeline:
                 batch.append((n, Item(row)))
             if not batch:
                 continue
-            if writing is not None:
-                await writing
-            writing = asyncio.create_task(self._write([_Queued(item, _ignore, "http") for _, item in batch]))
+            while len(writing) >= max(1, self.config.writers):
+                await writing.pop(0)
+            writing.append(asyncio.create_task(self._write([_Queued(item, _ignore, "http") for _, item in batch])))
             written += batch
-        if writing is not None:
-            await writing
+        for task in writing:
+            await task
         for n, item in written:
             results[n] = item.id if item.id is not None else (item.reason or "could not be stored; send it again")
         return results

@@ -129,3 +129,26 @@ def test_frost_client_uploads_a_data_array(sta: str) -> None:
     assert len(created) == 5
     assert sorted(o["result"] for o in read(sta, f"Datastreams({datastream.id})/Observations")["value"]) == [
         0, 1, 2, 3, 4]
+
+
+def test_a_document_of_several_batches_keeps_every_row_in_its_place(sta: str) -> None:
+    """More rows than one ingest batch (5,000): the batches are written side by side, and each row's answer
+    still lands at its own position, bad rows among them."""
+    thing = create_thing_with_location(sta)
+    datastreams = [create_datastream(sta, thing, f"stream {n}") for n in range(3)]
+    rows_per_array = 4_000
+    document = [{"Datastream": {"@iot.id": d}, "components": ["phenomenonTime", "result"],
+                 "dataArray": [["yesterday" if i % 997 == 0 else
+                                f"2024-05-0{1 + n}T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z", i]
+                               for i in range(rows_per_array)]}
+                for n, d in enumerate(datastreams)]
+    links = create_observations(sta, document)
+    assert len(links) == 3 * rows_per_array
+    bad = [n for n, link in enumerate(links) if link.startswith("error")]
+    assert bad == [a * rows_per_array + i for a in range(3) for i in range(rows_per_array) if i % 997 == 0]
+    assert count(sta, "Observations") == 3 * rows_per_array - len(bad)
+    for position in (1, rows_per_array + 5_001 % rows_per_array, 3 * rows_per_array - 1):
+        stored = HTTP.get(links[position]).json()
+        array, i = divmod(position, rows_per_array)
+        assert stored["result"] == i
+        assert read(sta, f"Observations({stored['@iot.id']})/Datastream")["@iot.id"] == datastreams[array]
