@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
@@ -172,11 +173,27 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         return sql.SQL("json_build_object({})").format(sql.SQL(", ").join([*pairs, *links, *expanded_pairs]))
 
     alternatives = [entity.relation(name) for name, _ in navigation if name in entity.exactly_one_of]
-    obj = with_links(None)
-    if alternatives:
+    if len(alternatives) > 1 and len(alternatives) == len(entity.exactly_one_of):
+        # All of them wanted (no $select naming only some): one pair whose key and link follow the relation
+        # the row has (the database holds exactly one), in the place of the first. One object, not a CASE
+        # over one object per relation, whose size tripled the planning time of an Observation's JSON.
+        first, *others = alternatives
+
+        def by_relation(text: Callable[[Relation], str]) -> sql.Composable:
+            return sql.SQL("CASE {} ELSE {} END").format(sql.SQL(" ").join(
+                sql.SQL("WHEN {} IS NOT NULL THEN {}").format(qualified(alias, r.column), sql.Literal(text(r)))
+                for r in others), sql.Literal(text(first)))
+
+        switch = [by_relation(lambda r: f"{r.name}@iot.navigationLink"),
+                  sql.SQL("{} || {}").format(link, by_relation(lambda r: f"/{r.name}"))]
+        navigation = [(name, switch if name == first.name else pair) for name, pair in navigation]
+        obj = with_links(first.name)
+    elif alternatives:
         obj = sql.SQL("CASE {} ELSE {} END").format(sql.SQL(" ").join(
             sql.SQL("WHEN {} IS NOT NULL THEN {}").format(qualified(alias, r.column), with_links(r.name))
-            for r in alternatives), obj)
+            for r in alternatives), with_links(None))
+    else:
+        obj = with_links(None)
     for key, value in extras:
         obj = sql.SQL("sta_json_with({}, {}, {})").format(obj, sql.Literal(key), value)
     return obj

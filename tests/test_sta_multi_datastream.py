@@ -231,6 +231,14 @@ def test_an_observation_names_exactly_one_stream(sta: str) -> None:
     # A Datastream's Observation has no MultiDatastream: the navigation finds nothing.
     plain = create(sta, f"Datastreams({datastream})/Observations", {"result": 5})
     assert "MultiDatastream@iot.navigationLink" not in read(sta, f"Observations({plain})")
+    multi_observation = linked.json()["@iot.id"]
+    only_multi = {o["@iot.id"]: o for o in values(sta, "Observations", **{"$select": "id,MultiDatastream"})}
+    assert only_multi[plain] == {"@iot.id": plain}
+    assert only_multi[multi_observation]["MultiDatastream@iot.navigationLink"].endswith(
+        f"Observations({multi_observation})/MultiDatastream")
+    both = {o["@iot.id"]: o for o in values(sta, "Observations", **{"$select": "id,Datastream,MultiDatastream"})}
+    assert list(both[plain]) == ["@iot.id", "Datastream@iot.navigationLink"]
+    assert list(both[multi_observation]) == ["@iot.id", "MultiDatastream@iot.navigationLink"]
     assert get(sta, f"Observations({plain})/MultiDatastream").status_code == 404
     assert count(sta, "Observations") == 2
 
