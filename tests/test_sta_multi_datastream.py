@@ -344,6 +344,15 @@ def test_an_updated_result_must_still_fit(sta: str) -> None:
     assert back.status_code in (200, 204), back.text
     assert ids(sta, f"MultiDatastreams({multi})/Observations") == [observation]
     assert count(sta, f"Datastreams({datastream})/Observations") == 0
+    # through the collection's $ref, too; a result that does not fit the target stream stays where it is
+    assert post(sta, f"Datastreams({datastream})/Observations/$ref", ref(observation)).status_code in (200, 201, 204)
+    assert ids(sta, f"Datastreams({datastream})/Observations") == [observation]
+    counts = create(sta, "Datastreams", {
+        "name": "counts", "description": "d", "observationType": OM + "OM_CountObservation",
+        "unitOfMeasurement": UNITS[1], "Thing": ref(thing), "Sensor": sensor_body(),
+        "ObservedProperty": observed_property_body()})
+    assert_error(post(sta, f"Datastreams({counts})/Observations/$ref", ref(observation)), 400, "must be an integer")
+    assert ids(sta, f"Datastreams({datastream})/Observations") == [observation]
 
 
 def test_an_update_keeps_large_and_exact_numbers_of_a_json_result(sta: str) -> None:
