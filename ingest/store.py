@@ -14,14 +14,13 @@ set aside with its reason and never fails the COPY of the good rows around it:
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
 from ingest.dead_letters import record_dead_letters
@@ -31,13 +30,14 @@ from sensorthings.compiler import compile_created
 from sensorthings.model import Relation, Storage
 from sensorthings.results import OBSERVATION, STREAMS, result_error
 from sensorthings.writer import (
-    CURRENT_LOCATION,
     ObservationTouch,
+    StreamFacts,
     StreamKey,
     Writer,
     add_touch,
     create_partition,
     generated_features,
+    stream_facts_sql,
     update_stream_summaries,
 )
 
@@ -158,15 +158,6 @@ async def _allocate_ids_send(conn: AsyncConnection[Any], count: int) -> AsyncCur
     return await conn.execute("SELECT nextval(%s) FROM generate_series(1, %s)", (OBSERVATION.id_sequence, count))
 
 
-class _Stream(NamedTuple):
-    result_types: Any
-    """Its `result_types_field` value: an observationType, or one per component (a MultiDatastream)."""
-    location_id: int | None
-    """The current Location of its Thing, from which FeaturesOfInterest are generated."""
-    generated_feature_id: int | None
-    """The FeatureOfInterest already generated from that Location, if there is one yet."""
-
-
 async def _read_streams_send(conn: AsyncConnection[Any], items: list[Item]
                              ) -> list[tuple[Relation, AsyncCursor[Any]]]:
     """One statement per stream table for what the batch needs of its streams (read with
@@ -175,26 +166,14 @@ async def _read_streams_send(conn: AsyncConnection[Any], items: list[Item]
     for stream in STREAMS:
         wanted = sorted({i.row.stream_id for i in items if i.row and i.row.stream is stream})
         if wanted:
-            cursors.append((stream, await conn.execute(_stream_query(stream), (wanted,))))
+            cursors.append((stream, await conn.execute(stream_facts_sql(stream), (wanted,))))
     return cursors
 
 
-@functools.cache
-def _stream_query(stream: Relation) -> bytes:
-    target = stream.target_entity
-    return sql.SQL(
-        "SELECT d.id, to_jsonb(d.{types}), loc.location_id, f.id FROM {table} d"
-        " LEFT JOIN LATERAL ({location}) loc ON true"
-        " LEFT JOIN features_of_interest f ON f.generated_from_location_id = loc.location_id"
-        " WHERE d.id = ANY(%s) ORDER BY d.id FOR KEY SHARE OF d").format(
-        types=sql.Identifier(target.fields_by_name[target.result_types_field].column),
-        table=sql.Identifier(target.table), location=CURRENT_LOCATION).as_bytes(None)
-
-
 async def _read_streams_apply(cursors: list[tuple[Relation, AsyncCursor[Any]]], items: list[Item]
-                              ) -> dict[StreamKey, _Stream]:
+                              ) -> dict[StreamKey, StreamFacts]:
     """Reject rows whose stream is missing or whose result does not fit it."""
-    streams = {(stream, int(d)): _Stream(types, loc, f)
+    streams = {(stream, int(d)): StreamFacts(types, loc, f)
                for stream, cursor in cursors for d, types, loc, f in await cursor.fetchall()}
     for item in items:
         assert item.row is not None
@@ -219,7 +198,7 @@ async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None
             item.reason = f"there is no FeatureOfInterest with @iot.id {item.row.feature_id}"
 
 
-async def _assign_features(conn: AsyncConnection[Any], items: list[Item], streams: dict[StreamKey, _Stream],
+async def _assign_features(conn: AsyncConnection[Any], items: list[Item], streams: dict[StreamKey, StreamFacts],
                            now: datetime) -> None:
     """Create inline FeaturesOfInterest; give rows without one the FeatureOfInterest generated from the
     current Location of their stream's Thing (as a REST create does), generating it if need be."""

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from psycopg import AsyncConnection, sql
@@ -154,24 +154,35 @@ CURRENT_LOCATION = current_location_sql(sql.SQL("d.thing_id"))
 """The current Location of the Thing of Datastream `d`."""
 
 
-async def current_locations(conn: AsyncConnection[Any], stream: Relation, stream_ids: Iterable[int]
-                            ) -> dict[int, int]:
-    """Location id per stream id (Datastream or MultiDatastream): the current Location of its Thing."""
-    cursor = await conn.execute(sql.SQL(
-        "SELECT d.id, loc.location_id FROM {} d CROSS JOIN LATERAL ({}) loc WHERE d.id = ANY(%s)"
-    ).format(sql.Identifier(stream.target_entity.table), CURRENT_LOCATION), (sorted(set(stream_ids)),))
-    return {int(d): int(loc) for d, loc in await cursor.fetchall()}
+class StreamFacts(NamedTuple):
+    """What writing an Observation needs of its stream (Datastream or MultiDatastream)."""
+
+    result_types: Any
+    """Its `result_types_field` value: an observationType, or one per component (a MultiDatastream)."""
+    location_id: int | None
+    """The current Location of its Thing, from which FeaturesOfInterest are generated."""
+    generated_feature_id: int | None
+    """The FeatureOfInterest already generated from that Location, if there is one yet."""
 
 
-async def stream_result_types(conn: AsyncConnection[Any], stream: Relation, stream_id: int) -> Any:
-    """The stream's `result_types_field` value (an observationType, or one per component); None when
-    there is no such stream."""
+@functools.cache
+def stream_facts_sql(stream: Relation) -> bytes:
+    """(id, StreamFacts...) of the streams whose ids are the one parameter, KEY SHARE locked in id order (a
+    concurrent DELETE waits for the writer's commit instead of breaking its foreign keys)."""
     target = stream.target_entity
-    column = target.fields_by_name[target.result_types_field].column
-    cursor = await conn.execute(sql.SQL("SELECT to_jsonb({}) FROM {} WHERE id = %s").format(
-        sql.Identifier(column), sql.Identifier(target.table)), (stream_id,))
+    return sql.SQL(
+        "SELECT d.id, to_jsonb(d.{types}), loc.location_id, f.id FROM {table} d"
+        " LEFT JOIN LATERAL ({location}) loc ON true"
+        " LEFT JOIN features_of_interest f ON f.generated_from_location_id = loc.location_id"
+        " WHERE d.id = ANY(%s) ORDER BY d.id FOR KEY SHARE OF d").format(
+        types=sql.Identifier(target.fields_by_name[target.result_types_field].column),
+        table=sql.Identifier(target.table), location=CURRENT_LOCATION).as_bytes(None)
+
+
+async def stream_facts(conn: AsyncConnection[Any], stream: Relation, stream_id: int) -> StreamFacts | None:
+    cursor = await conn.execute(stream_facts_sql(stream), ([stream_id],))
     row = await cursor.fetchone()
-    return None if row is None else row[0]
+    return None if row is None else StreamFacts(*row[1:])
 
 
 async def generated_features(conn: AsyncConnection[Any], location_ids: Iterable[int]) -> dict[int, int]:
@@ -437,19 +448,22 @@ class Writer:
         found = stream_of(columns)
         assert found is not None
         stream, stream_id = found
-        error = result_error(await stream_result_types(self.conn, stream, stream_id), columns)
+        facts = await stream_facts(self.conn, stream, stream_id)
+        assert facts is not None  # the stream was required (or created) just before
+        error = result_error(facts.result_types, columns)
         if error is not None:
             raise BadRequest(f"{where}: {error}", field=f"{where}.result")
         feature = OBSERVATION.relation("FeatureOfInterest")
         if columns.get(feature.column) is not None:
             return
-        location_id = (await current_locations(self.conn, stream, [stream_id])).get(stream_id)
+        location_id = facts.location_id
         if location_id is None:
             raise BadRequest(
                 f"{where}: the Observation has no FeatureOfInterest and the Thing of {stream.name} "
                 f"{stream_id} has no Location to generate one from; give a FeatureOfInterest or "
                 f"link the Thing to a Location", field=f"{where}.FeatureOfInterest")
-        columns[feature.column] = (await generated_features(self.conn, [location_id]))[location_id]
+        columns[feature.column] = (facts.generated_feature_id
+                                   or (await generated_features(self.conn, [location_id]))[location_id])
 
     def _touch(self, columns: dict[str, Any]) -> None:
         stream = stream_of(columns)
@@ -632,7 +646,8 @@ class Writer:
         columns = dict(zip(keys, row, strict=True))
         if any(c in changed for c in (*OBSERVATION.fields_by_name["result"].columns, *(r.column for r in STREAMS))):
             stream, stream_id = stream_of(columns) or (STREAMS[0], 0)
-            error = result_error(await stream_result_types(self.conn, stream, stream_id), columns)
+            facts = await stream_facts(self.conn, stream, stream_id)
+            error = result_error(facts.result_types if facts else None, columns)
             if error is not None:
                 raise BadRequest(f"{where}: {error}", field=f"{where}.result")
         self._touch(columns)
