@@ -203,13 +203,19 @@ def to_jsonb_text(value: Any, where: str = "the body") -> str:
 
 def _exact_json_text(value: Any) -> str:
     """An object or array result for jsonb with its numbers as sent (`[21.50, 3]`: jsonb keeps `21.50`),
-    as a numeric result keeps its text. `to_jsonb_text` first rejects numbers beyond a double (`1e400`, a
-    400 as anywhere else); its text is kept for what orjson cannot write (integers beyond 64 bits)."""
-    checked = to_jsonb_text(value, "result")
+    as a numeric result keeps its text, in one orjson pass. What orjson cannot write exactly goes to
+    `to_jsonb_text`, which rejects numbers beyond a double (`1e400`, a 400 as anywhere else) and keeps
+    integers beyond 64 bits by value."""
     try:
-        return dumps_exact(value).decode()
+        return orjson.dumps(value, default=_finite_exact_number).decode()
     except orjson.JSONEncodeError:
-        return checked
+        return to_jsonb_text(value, "result")
+
+
+def _finite_exact_number(value: Any) -> orjson.Fragment:
+    if isinstance(value, JsonNumber) and math.isfinite(value):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"{value!r} is not a finite JSON number")
 
 
 def _decimal_to_number(value: Any) -> Any:
