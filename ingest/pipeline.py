@@ -64,6 +64,8 @@ def _retryable(exc: psycopg.Error) -> bool:
             or isinstance(exc, psycopg.OperationalError))
 
 
+_NO_STREAM: dict[str, int | None] = dict.fromkeys(s.name for s in STREAMS)
+"""Change.links of an Observation before its own stream is set: it has none of the others."""
 _YIELD_ROWS = 250
 """CreateObservations validates this many rows between chances for its batch writer to run."""
 
@@ -214,7 +216,7 @@ class IngestPipeline:
             (metrics.STORED if stored else metrics.REJECTED).labels(source).inc(count)
         if self.listener is not None and self.listener.listening:
             changes = [Change(OBSERVATION, i.id, created=True, links={
-                           **{s.name: i.row.stream_id if s is i.row.stream else None for s in STREAMS},
+                           **_NO_STREAM, i.row.stream.name: i.row.stream_id,
                            "FeatureOfInterest": i.row.feature_id or 0})
                        for i in items if i.id is not None and i.row is not None]
             if changes:

@@ -82,6 +82,15 @@ def relation_join(relation: Relation, source: sql.Identifier, target: sql.Identi
     )
 
 
+def by_relation(alias: sql.Identifier, relations: list[Relation], value: Callable[[Relation], sql.Composable]
+                ) -> sql.Composable:
+    """`value(r)` for the one of `relations` (an `exactly_one_of` group) whose foreign key row `alias` has."""
+    *firsts, last = relations
+    return sql.SQL("CASE {} ELSE {} END").format(sql.SQL(" ").join(
+        sql.SQL("WHEN {} IS NOT NULL THEN {}").format(qualified(alias, r.column), value(r)) for r in firsts),
+        value(last)) if firsts else value(last)
+
+
 def rank_of(relation: Relation, source_id: sql.Composable, target: sql.Identifier) -> sql.Composable:
     """The position of row `target` in the ordered relation (`rank_column`) of the source `source_id`."""
     return sql.SQL("(SELECT l.{} FROM {} l WHERE l.{} = {} AND l.{} = {})").format(
@@ -165,35 +174,22 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         expanded_pairs += [sql.Literal(relation.name), value]
         extras += more
 
-    def with_links(present: str | None) -> sql.Composable:
-        """The object with the navigation links of its relations, of the `exactly_one_of` ones only
-        `present` (an Observation links the stream it has, not the other one)."""
-        links = [part for name, pair in navigation if name not in entity.exactly_one_of or name == present
-                 for part in pair]
-        return sql.SQL("json_build_object({})").format(sql.SQL(", ").join([*pairs, *links, *expanded_pairs]))
-
-    alternatives = [entity.relation(name) for name, _ in navigation if name in entity.exactly_one_of]
-    if len(alternatives) > 1 and len(alternatives) == len(entity.exactly_one_of):
-        # All of them wanted (no $select naming only some): one pair whose key and link follow the relation
-        # the row has (the database holds exactly one), in the place of the first. One object, not a CASE
-        # over one object per relation, whose size tripled the planning time of an Observation's JSON.
-        first, *others = alternatives
-
-        def by_relation(text: Callable[[Relation], str]) -> sql.Composable:
-            return sql.SQL("CASE {} ELSE {} END").format(sql.SQL(" ").join(
-                sql.SQL("WHEN {} IS NOT NULL THEN {}").format(qualified(alias, r.column), sql.Literal(text(r)))
-                for r in others), sql.Literal(text(first)))
-
-        switch = [by_relation(lambda r: f"{r.name}@iot.navigationLink"),
-                  sql.SQL("{} || {}").format(link, by_relation(lambda r: f"/{r.name}"))]
-        navigation = [(name, switch if name == first.name else pair) for name, pair in navigation]
-        obj = with_links(first.name)
-    elif alternatives:
-        obj = sql.SQL("CASE {} ELSE {} END").format(sql.SQL(" ").join(
-            sql.SQL("WHEN {} IS NOT NULL THEN {}").format(qualified(alias, r.column), with_links(r.name))
-            for r in alternatives), with_links(None))
-    else:
-        obj = with_links(None)
+    streams = [entity.relation(name) for name, _ in navigation if name in entity.exactly_one_of]
+    if streams and len(streams) == len(entity.exactly_one_of):
+        # An Observation links the stream it has (the database holds exactly one), not the other: one pair
+        # whose key and link follow the row, in the place of the first. (A CASE over one object per stream
+        # tripled the planning time of an Observation's JSON.)
+        switch = [by_relation(alias, streams, lambda r: sql.Literal(f"{r.name}@iot.navigationLink")),
+                  sql.SQL("{} || {}").format(link, by_relation(alias, streams, lambda r: sql.Literal(f"/{r.name}")))]
+        navigation = [(name, switch if name == streams[0].name else pair) for name, pair in navigation
+                      if name == streams[0].name or name not in entity.exactly_one_of]
+    else:  # $select names only some of them: each link where the row has that stream, left out elsewhere
+        navigation = [(name, pair) for name, pair in navigation if name not in entity.exactly_one_of]
+        extras += [(f"{r.name}@iot.navigationLink",
+                    sql.SQL("CASE WHEN {} IS NOT NULL THEN to_json({} || {}) END").format(
+                        qualified(alias, r.column), link, sql.Literal(f"/{r.name}"))) for r in streams]
+    links = [part for _, pair in navigation for part in pair]
+    obj = sql.SQL("json_build_object({})").format(sql.SQL(", ").join([*pairs, *links, *expanded_pairs]))
     for key, value in extras:
         obj = sql.SQL("sta_json_with({}, {}, {})").format(obj, sql.Literal(key), value)
     return obj
@@ -441,13 +437,9 @@ def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, l
         raise BadRequest(f"$select: {unknown[0]!r} cannot be a Data Array component; choose from "
                          f"{', '.join(allowed)}")
     values = [qualified(p, "id") if c == "id" else entity.fields_by_name[c].json_sql(p) for c in components]
-    nav = sql.SQL("CASE {} END").format(sql.SQL(" ").join(
-        sql.SQL("WHEN {} IS NOT NULL THEN {}").format(
-            qualified(p, g.column), sql.Literal(f"{g.name}@iot.navigationLink")) for g in groups))
-    link = sql.SQL("CASE {} END").format(sql.SQL(" ").join(
-        sql.SQL("WHEN {col} IS NOT NULL THEN {base}::text || {set} || {col} || ')'").format(
-            col=qualified(p, g.column), base=b.base, set=sql.Literal(f"/{g.target_entity.set_name}("))
-        for g in groups))
+    nav = by_relation(p, groups, lambda g: sql.Literal(f"{g.name}@iot.navigationLink"))
+    link = by_relation(p, groups, lambda g: sql.SQL("{}::text || {} || {} || ')'").format(
+        b.base, sql.Literal(f"/{g.target_entity.set_name}("), qualified(p, g.column)))
     return sql.SQL(
         "(SELECT coalesce(json_agg(g.v ORDER BY g.first), '[]'::json) FROM ("
         " SELECT min({p}.sta_n) AS first, json_build_object({nav}, {link}, 'components', {components},"
