@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import orjson
+import shapely.errors
 import shapely.geometry
 from psycopg import sql
 
@@ -83,8 +84,22 @@ class JsonNumber(Decimal):
 
 
 def dumps_exact(value: Any) -> bytes:
-    """JSON bytes of parsed request JSON, numbers written back as the text they were sent as (JsonNumber)."""
-    return orjson.dumps(value, default=_exact_number)
+    """JSON bytes of parsed request JSON, numbers written back as the text they were sent as (JsonNumber).
+    Integers beyond 64 bits, which orjson does not write, are written as their digits."""
+    try:
+        return orjson.dumps(value, default=_exact_number)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_big_integers_as_text(value), default=_exact_number)
+
+
+def _big_integers_as_text(value: Any) -> Any:
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(value))
+    if isinstance(value, dict):
+        return {k: _big_integers_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_big_integers_as_text(v) for v in value]
+    return value
 
 
 def _exact_number(value: Any) -> orjson.Fragment:
@@ -101,7 +116,8 @@ def parse_observation_json(raw: bytes) -> Any:
     fraction of the time: orjson, with the exact text of a top-level numeric result recovered from the
     payload (so that `21.50` stays `21.50`). Anything unusual (escapes, which may hide NUL or lone
     surrogates; a float anywhere else, e.g. in `parameters`; a result number that cannot be matched
-    unambiguously; any orjson error) takes the general parser and its error messages."""
+    unambiguously; any orjson error, such as bytes that are not UTF-8 or nesting beyond orjson's own limit)
+    takes the general parser and its error messages."""
     if b"\\u" in raw:
         return parse_request_json(raw)
     try:
@@ -110,6 +126,7 @@ def parse_observation_json(raw: bytes) -> Any:
         return parse_request_json(raw)
     if not isinstance(document, dict) or _has_other_floats(document):
         return parse_request_json(raw)
+    _check_depth(document, raw)
     if isinstance(document.get("result"), float):
         numbers = _RESULT_NUMBER.findall(raw)
         if len(numbers) != 1:
@@ -158,22 +175,69 @@ def _reject_constant(name: str) -> Any:
     raise BadRequest(f"{name} is not a JSON number; send a finite number or null")
 
 
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of objects and arrays accepted in a request body or MQTT payload. A deep insert with a
+MultiPolygon is about a dozen levels; the bound keeps every later step (validation, serialisation, the
+database) far from any recursion limit."""
+
+
 def parse_request_json(raw: bytes | str) -> Any:
-    """Parse request JSON keeping number text (JsonNumber) and rejecting NaN/Infinity and NUL characters,
-    which PostgreSQL cannot store."""
+    """Parse request JSON keeping number text (JsonNumber) and rejecting what cannot be stored: NaN and
+    Infinity, NUL characters and lone surrogates, bytes that are not UTF-8 (JSON is UTF-8, RFC 8259; a
+    lenient decode would let encoded surrogates through to fail deep inside a write), and nesting deeper
+    than MAX_JSON_DEPTH."""
     try:
-        document = json.loads(raw, parse_float=JsonNumber, parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise BadRequest("the request body is not UTF-8 text") from None
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the request body is not UTF-8 text (invalid bytes at position {exc.start}); "
+                         "send JSON encoded as UTF-8") from None
+    try:
+        document = json.loads(text, parse_float=JsonNumber, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except ValueError as exc:  # e.g. an integer with more digits than Python converts
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    escapes = (b"\\u" in raw) if isinstance(raw, bytes) else ("\\u" in raw)
-    if escapes and _unstorable_text(document):
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:  # an integer with more digits than Python converts (4,300)
+        raise BadRequest("malformed JSON: a number has too many digits") from None
+    _check_depth(document, text)
+    if "\\u" in text and _unstorable_text(document):
         raise BadRequest("text with the NUL character (\\u0000) or an unpaired surrogate (\\ud800-\\udfff) "
                          "cannot be stored; remove it")
     return document
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(f"the JSON document is nested more than {MAX_JSON_DEPTH} levels deep; flatten it")
+
+
+def _check_depth(document: Any, raw: bytes | str) -> None:
+    """Reject documents nested deeper than MAX_JSON_DEPTH. Counting brackets in the text settles almost every
+    document at C speed (fewer brackets than the limit cannot nest deeper); only documents with many
+    brackets are walked."""
+    if isinstance(raw, str):
+        brackets = raw.count("{") + raw.count("[")
+    else:
+        brackets = raw.count(b"{") + raw.count(b"[")
+    if brackets > MAX_JSON_DEPTH and nested_deeper_than(document, MAX_JSON_DEPTH):
+        raise _too_deep()
+
+
+def nested_deeper_than(document: Any, limit: int) -> bool:
+    """True when objects and arrays nest more than `limit` levels deep (walked iteratively, containers
+    only)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is not dict and kind is not list:
+            continue
+        if depth > limit:
+            return True
+        for child in (value.values() if kind is dict else value):
+            child_kind = type(child)
+            if child_kind is dict or child_kind is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 def _unstorable_text(value: Any) -> bool:
@@ -379,6 +443,19 @@ class Interval(Field):
 GEOJSON_ENCODINGS = ("application/geo+json", "application/vnd.geo+json")
 
 
+MAX_GEOMETRY_DEPTH = 16
+
+
+def geometry_problem(exc: Exception) -> str:
+    """What shapely found wrong with a GeoJSON geometry, in words for a client: shapely's own messages say
+    it well ("A linearring requires at least 4 coordinates"), GEOS's speak of its internals."""
+    if isinstance(exc, shapely.errors.GEOSException):
+        return "its coordinates do not make a geometry of its type"
+    if isinstance(exc, KeyError):
+        return f"it has no {exc.args[0]!r} member" if exc.args else "a member is missing"
+    return str(exc) or type(exc).__name__
+
+
 def parse_geojson(value: Any, where: str) -> dict[str, Any]:
     """Validate GeoJSON (a geometry or a Feature) with shapely; return its geometry as GeoJSON text."""
     if not isinstance(value, dict) or "type" not in value:
@@ -386,11 +463,14 @@ def parse_geojson(value: Any, where: str) -> dict[str, Any]:
     geometry = value.get("geometry") if value.get("type") == "Feature" else value
     if not isinstance(geometry, dict):
         raise BadRequest(f"{where}: the GeoJSON Feature has no geometry object", field=where)
+    if nested_deeper_than(geometry, MAX_GEOMETRY_DEPTH):  # PostGIS's GeoJSON reader stops at 32 levels
+        raise BadRequest(f"{where} is nested more than {MAX_GEOMETRY_DEPTH} levels deep; GeoJSON geometries "
+                         "need at most 5 (a MultiPolygon), GeometryCollections should not nest", field=where)
     plain = json.loads(to_jsonb_text(geometry, where))
     try:
         shape = shapely.geometry.shape(plain)
     except Exception as exc:  # shapely raises several types for malformed input
-        raise BadRequest(f"{where} is not valid GeoJSON: {exc}", field=where) from None
+        raise BadRequest(f"{where} is not valid GeoJSON: {geometry_problem(exc)}", field=where) from None
     if shape.is_empty and geometry.get("type") != "GeometryCollection":
         raise BadRequest(f"{where} is not valid GeoJSON: empty coordinates", field=where)
     return plain

@@ -299,6 +299,8 @@ class _ToAst(Transformer[Token, Any]):
         return OrderItem(c[0], len(c) > 1 and str(c[1]).lower() == "desc")
 
     def orderby(self, c: list[OrderItem]) -> tuple[OrderItem, ...]:
+        if len(c) > MAX_ORDERBY_ITEMS:  # a keyset nextLink carries one value per key, a function takes 100
+            raise BadRequest(f"$orderby has {len(c)} keys; at most {MAX_ORDERBY_ITEMS} are served")
         return tuple(c)
 
     orderby_list = orderby
@@ -361,6 +363,7 @@ class _ToAst(Transformer[Token, Any]):
 
 
 MAX_EXPRESSION_CHARS = 10_000
+MAX_ORDERBY_ITEMS = 32
 
 
 def parse(option: str, text: str) -> Any:

@@ -201,6 +201,9 @@ def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
     if isinstance(exc, psycopg.DataError):
         return BadRequest(f"a value in the request cannot be used: {exc.diag.message_primary or exc}; "
                           f"check the numbers, times and ranges it contains")
+    if (exc.sqlstate or "").startswith("54"):  # program limit exceeded: too many arguments, too complex
+        return BadRequest("the request exceeds what the database can evaluate in one query (too many keys, "
+                          "values or nested terms); simplify it")
     if isinstance(exc, psycopg.OperationalError):
         return ServiceUnavailable("the database is not reachable right now; try again shortly")
     raise exc
@@ -403,6 +406,8 @@ class StaApi:
 
     async def _entity_json(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, base: str) -> str:
         row = await self._fetch(conn, compile_entity_by_id(entity, entity_id, base))
+        if row is None:  # deleted by a concurrent request since this one found it
+            raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
         return str(row[0])
 
     async def _write(self, work: Callable[[AsyncConnection[Any], Writer], Awaitable[T]]) -> T:
