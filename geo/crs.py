@@ -6,9 +6,14 @@ PostGIS ST_Transform; EPSG:4326 proper has lat/lon axis order, so its coordinate
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy
+import shapely
 from psycopg import sql
+from pyproj import Transformer
+from pyproj.exceptions import ProjError
 
 from sensorthings.errors import BadRequest
 
@@ -30,9 +35,41 @@ class Crs:
             geometry = sql.SQL("ST_FlipCoordinates({})").format(geometry)
         return geometry
 
+    def envelope_in_crs84(self, x1: float, y1: float, x2: float, y2: float, parameter: str) -> shapely.Geometry:
+        """The envelope x1..x2, y1..y2 of this CRS as a CRS84 geometry, its sides densified (32 steps along
+        the longer one) so that their curvature survives the transformation; a Point or LineString when it
+        has no width or height. Transformed here, not by PostGIS: coordinates outside the CRS's domain
+        (1e300) or a degenerate envelope are a 400, where PostGIS raises internal errors mid-query."""
+        if x1 == x2 and y1 == y2:
+            shape: shapely.Geometry = shapely.Point(x1, y1)
+        elif x1 == x2 or y1 == y2:
+            shape = shapely.LineString([(x1, y1), (x2, y2)])
+        else:
+            shape = shapely.box(x1, y1, x2, y2)
+        transformer = _to_crs84(self.srid)
+        try:
+            step = max(x2 - x1, y2 - y1) / 32
+            if step > 0:
+                shape = shapely.segmentize(shape, step)
+            with numpy.errstate(all="ignore"):
+                moved = shapely.transform(
+                    shape, lambda xy: numpy.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+                finite = bool(numpy.isfinite(shapely.get_coordinates(moved)).all())
+        except (shapely.errors.GEOSException, ValueError, OverflowError, ProjError):
+            finite = False
+        if not finite:
+            raise BadRequest(f"{parameter}: the coordinates lie outside the area that {self.uri} describes",
+                             field=parameter)
+        return moved
+
     def geojson(self, geometry: sql.Composable) -> sql.Composable:
         """GeoJSON of a stored geometry in this CRS (no `crs` member: the Content-Crs header says it)."""
         return sql.SQL("ST_AsGeoJSON({}, {}, 0)::json").format(self.output(geometry), sql.Literal(self.decimals))
+
+
+@functools.cache
+def _to_crs84(srid: int) -> Transformer:
+    return Transformer.from_crs(f"EPSG:{srid}", "OGC:CRS84", always_xy=True)
 
 
 CRS84 = Crs(OGC_CRS + "OGC/1.3/CRS84", 4326, False, 9)

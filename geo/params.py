@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+import shapely
 from starlette.datastructures import QueryParams
 
 from geo.collections import Collection
@@ -38,10 +39,12 @@ ITEMS_PARAMETERS = frozenset({
 
 @dataclass(frozen=True)
 class Bbox:
-    """A bbox as one or two (across the antimeridian) envelopes in the CRS it was given in."""
+    """A bbox as one or two (across the antimeridian) envelopes in the CRS it was given in; one given in a
+    projected CRS also as its CRS84 geometry (Crs.envelope_in_crs84), as WKB."""
 
     envelopes: tuple[tuple[float, float, float, float], ...]
     crs: Crs
+    crs84: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -106,13 +109,19 @@ def parse_format(params: QueryParams, accept: str, formats: tuple[str, ...]) -> 
     return "json"
 
 
-def _integer(value: str, name: str, minimum: int) -> int:
+MAX_OFFSET = 2**62
+"""Keeps offset + limit inside PostgreSQL's bigint."""
+
+
+def _integer(value: str, name: str, minimum: int, maximum: int | None = None) -> int:
     try:
-        number = int(value)
+        number = int(value[:30])
     except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {value!r}", field=name) from None
+        raise BadRequest(f"{name} must be an integer, not {value[:30]!r}", field=name) from None
     if number < minimum:
         raise BadRequest(f"{name} must be at least {minimum}, not {number}", field=name)
+    if maximum is not None and (number > maximum or len(value) > 30):
+        raise BadRequest(f"{name} must be at most {maximum}, not {value[:30]!r}", field=name)
     return number
 
 
@@ -140,7 +149,9 @@ def parse_bbox(value: str, crs: Crs) -> Bbox:
     if geographic and not (-90 <= y1 <= 90 and -90 <= y2 <= 90 and -180 <= x1 <= 180 and -180 <= x2 <= 180):
         raise BadRequest("bbox: longitudes must be within -180..180 and latitudes within -90..90", field="bbox")
     if x1 <= x2:
-        return Bbox(((x1, y1, x2, y2),), crs)
+        if geographic:
+            return Bbox(((x1, y1, x2, y2),), crs)
+        return Bbox(((x1, y1, x2, y2),), crs, shapely.to_wkb(crs.envelope_in_crs84(x1, y1, x2, y2, "bbox")))
     if not geographic:
         raise BadRequest(f"bbox: the lower corner's x ({x1}) is greater than the upper corner's ({x2})", field="bbox")
     return Bbox(((x1, y1, 180.0, y2), (-180.0, y1, x2, y2)), crs)  # across the antimeridian
@@ -271,7 +282,7 @@ def parse_items(params: QueryParams, collection: Collection) -> ItemsRequest:
     get = params.get
     request = ItemsRequest(limit=parse_limit(get("limit")))
     if get("offset") is not None:
-        request.offset = _integer(params["offset"], "offset", 0)
+        request.offset = _integer(params["offset"], "offset", 0, MAX_OFFSET)
     if get("crs") is not None:
         request.crs = parse_crs(params["crs"], "crs")
     if get("bbox") is not None:

@@ -57,12 +57,10 @@ def feature_json(collection: Collection, request_crs: Crs, names: list[str] | No
 
 
 def _envelope(bbox: Bbox, envelope: tuple[float, float, float, float], b: SqlBuilder) -> sql.Composable:
+    if bbox.crs84 is not None:  # given in a projected CRS: transformed while parsing (Crs.envelope_in_crs84)
+        return sql.SQL("ST_GeomFromWKB({}, 4326)").format(b.param(bbox.crs84))
     corners = sql.SQL(", ").join(b.param(v) for v in envelope)
-    made = sql.SQL("ST_MakeEnvelope({}, {})").format(corners, sql.Literal(bbox.crs.srid))
-    if bbox.crs.srid == 4326:
-        return made
-    return sql.SQL("ST_Transform(ST_Segmentize({0}, greatest(ST_XMax({0}) - ST_XMin({0}), "
-                   "ST_YMax({0}) - ST_YMin({0})) / 32), 4326)").format(made)
+    return sql.SQL("ST_MakeEnvelope({}, 4326)").format(corners)
 
 
 def conditions(collection: Collection, request: ItemsRequest, b: SqlBuilder,
