@@ -19,7 +19,7 @@ PAYLOAD_KEPT_BYTES = 2048
 
 def dead_letter_text(payload: bytes) -> str:
     """The first PAYLOAD_KEPT_BYTES of a payload as text (invalid UTF-8 replaced, NUL made visible)."""
-    return payload[:PAYLOAD_KEPT_BYTES].decode("utf-8", "replace").replace("\x00", "\\u0000")
+    return _text(payload[:PAYLOAD_KEPT_BYTES].decode("utf-8", "replace"))
 
 
 async def record_dead_letters(conn: AsyncConnection[Any], letters: Sequence[tuple[Origin, str]], now: datetime
@@ -30,8 +30,14 @@ async def record_dead_letters(conn: AsyncConnection[Any], letters: Sequence[tupl
         await cur.executemany(
             "INSERT INTO dead_letters (received_at, topic, client_id, payload, payload_bytes, reason) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
-            [(now, origin.topic, origin.client_id, dead_letter_text(origin.payload), len(origin.payload), reason)
+            [(now, _text(origin.topic), None if origin.client_id is None else _text(origin.client_id),
+              dead_letter_text(origin.payload), len(origin.payload), _text(reason))
              for origin, reason in letters])
+
+
+def _text(value: str) -> str:
+    """A string PostgreSQL can store: a client's topic or user property may carry NUL or lone surrogates."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\\u0000")
 
 
 async def list_dead_letters(conn: AsyncConnection[Any], limit: int, before: int | None) -> list[dict[str, Any]]:

@@ -64,6 +64,14 @@ def _retryable(exc: psycopg.Error) -> bool:
             or isinstance(exc, psycopg.OperationalError))
 
 
+def _unstorable_reason(exc: Exception) -> str:
+    """Why the one row that fails its batch was rejected: the database's words for a fault in the data
+    (class 22 data exception, 23 integrity violation), never those of an internal error."""
+    if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith(("22", "23")):
+        return f"could not be stored: {exc.diag.message_primary or exc}"
+    return "could not be stored because of an internal error (recorded in the server log)"
+
+
 _NO_STREAM: dict[str, int | None] = dict.fromkeys(s.name for s in STREAMS)
 """Change.links of an Observation before its own stream is set: it has none of the others."""
 _YIELD_ROWS = 250
@@ -233,12 +241,14 @@ class IngestPipeline:
                     await self._partitions.ensure(conn, items)
                     await write_batch(conn, items, datetime.now(UTC))
                 return
-            except psycopg.Error as exc:
+            except Exception as exc:  # psycopg's, or one no check foresaw (then narrowed down like a data error)
                 for item, (reason, feature_id, new_feature) in zip(items, saved, strict=True):
                     item.reason, item.id, item.rendered = reason, None, None
                     if item.row is not None:
                         item.row.feature_id, item.row.new_feature = feature_id, new_feature
-                if _retryable(exc):
+                if not isinstance(exc, psycopg.Error):
+                    log.exception("ingest batch of %d failed unexpectedly; narrowing it down", len(items))
+                elif _retryable(exc):
                     attempt += 1
                     metrics.RETRIES.inc()
                     delay = min(MAX_BACKOFF_S, 0.01 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
@@ -252,7 +262,7 @@ class IngestPipeline:
                     return
                 if len(pending) == 1:
                     for item in pending:
-                        item.reason = f"could not be stored: {exc.diag.message_primary or exc}"
+                        item.reason = _unstorable_reason(exc)
                     if all(i.reason is None or i.origin is None for i in items):
                         return  # nothing to record
                     continue  # write the dead letters

@@ -50,6 +50,30 @@ class BridgeConfig:
     session_expiry_s: int = 7 * 24 * 3600
 
 
+class _RateLimitedLog:
+    """Logs at most `per_second` records a second and counts the rest into the next one: one record per
+    dead letter is what an operator wants, until a flood of bad messages would flood the log too."""
+
+    def __init__(self, per_second: int = 20) -> None:
+        self.per_second = per_second
+        self._second = 0
+        self._logged = 0
+        self._skipped = 0
+
+    def warning(self, message: str, **fields: object) -> None:
+        second = int(asyncio.get_running_loop().time())
+        if second != self._second:
+            self._second, self._logged = second, 0
+        if self._logged >= self.per_second:
+            self._skipped += 1
+            return
+        self._logged += 1
+        if self._skipped:
+            fields["not_logged_before"] = self._skipped
+            self._skipped = 0
+        log.warning(message, extra=fields)
+
+
 def _user_property(message: Message, name: str) -> str | None:
     for key, value in message.user_properties:
         if key == name:
@@ -81,6 +105,7 @@ class Bridge:
         self._draining: asyncio.Task[None] | None = None
         self._acks: dict[int, list[int]] = {}
         self._notify_task: asyncio.Task[None] | None = None
+        self._dead_letters = _RateLimitedLog()
 
     async def start(self) -> None:
         await self.client.start()
@@ -133,6 +158,8 @@ class Bridge:
         payload = message.payload
         origin = Origin(message.topic, payload, _user_property(message, "client_id") if message.properties else None)
         ticket = (self.client.generation, message.packet_id, message)
+        if message.unreadable is not None:
+            return Item(None, origin, message.unreadable, ticket=ticket)
         if len(payload) > self.config.max_payload_bytes:
             return Item(None, origin, f"the payload of {len(payload)} bytes exceeds the limit of "
                                       f"{self.config.max_payload_bytes} bytes", ticket=ticket)
@@ -142,6 +169,9 @@ class Bridge:
             row = parse_observation(body, parents=parents, now=None, where="payload")
         except StaError as exc:
             return Item(None, origin, exc.message, ticket=ticket)
+        except Exception as exc:  # a payload no check foresaw: dead-lettered alone, never a stuck session
+            log.exception("could not read an MQTT payload", extra={"topic": message.topic})
+            return Item(None, origin, f"the payload could not be read ({type(exc).__name__})", ticket=ticket)
         return Item(row, origin, ticket=ticket)
 
     def _completed(self, item: Item) -> None:
@@ -150,6 +180,9 @@ class Bridge:
         if item.id is None and item.reason is None:
             return  # not stored because of a fault of ours: unacknowledged, the broker redelivers it
         if item.reason is not None:
+            self._dead_letters.warning(
+                f"dead letter: {item.reason}", topic=message.topic, bytes=len(message.payload),
+                client_id=item.origin.client_id if item.origin else None, packet_id=packet_id)
             self._report(message, item.reason)
         if packet_id:
             pending = self._acks.get(generation)

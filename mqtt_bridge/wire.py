@@ -56,6 +56,10 @@ class Message:
     packet_id: int = 0
     dup: bool = False
     properties: dict[str, Any] = field(default_factory=dict)
+    unreadable: str | None = None
+    """Why the PUBLISH could not be read in full (e.g. a property this client does not know). Framing is
+    intact, so the message is still handed on, to be dead-lettered and acknowledged like any bad payload:
+    dropping the connection instead would only get the same message redelivered, for ever."""
 
     @property
     def user_properties(self) -> list[tuple[str, str]]:
@@ -171,36 +175,46 @@ def read_properties(data: bytes, at: int) -> tuple[dict[str, Any], int]:
             value, at = _read_varint(data, at)
         elif encoding == _PAIR:
             (n,) = struct.unpack_from("!H", data, at)
-            key = data[at + 2:at + 2 + n].decode()
+            key = data[at + 2:at + 2 + n].decode(errors="replace")
             at += 2 + n
             (n,) = struct.unpack_from("!H", data, at)
-            value = (key, data[at + 2:at + 2 + n].decode())
+            value = (key, data[at + 2:at + 2 + n].decode(errors="replace"))
             at += 2 + n
             props.setdefault(name, []).append(value)
             continue
         else:
             (n,) = struct.unpack_from("!H", data, at)
             raw = data[at + 2:at + 2 + n]
-            value = raw.decode() if encoding == _STRING else bytes(raw)
+            value = raw.decode(errors="replace") if encoding == _STRING else bytes(raw)
             at += 2 + n
         props[name] = value
     return props, end
 
 
 def read_publish(flags: int, body: bytes) -> Message:
+    """One PUBLISH. Once the topic and packet id are read, nothing in it makes the connection unusable: text
+    that is not UTF-8 is read with replacement characters, and properties that cannot be read leave the
+    message `unreadable` (see Message), with its payload."""
     qos = (flags >> 1) & 0x03
     (n,) = struct.unpack_from("!H", body, 0)
-    topic = body[2:2 + n].decode()
+    topic = body[2:2 + n].decode(errors="replace")
     at = 2 + n
     packet_id = 0
     if qos:
         (packet_id,) = struct.unpack_from("!H", body, at)
         at += 2
-    if body[at] == 0:  # no properties: the common case, skip the general reader
+    if at < len(body) and body[at] == 0:  # no properties: the common case, skip the general reader
         props: dict[str, Any] = {}
         at += 1
     else:
-        props, at = read_properties(body, at)
+        try:
+            props, at = read_properties(body, at)
+        except (ProtocolError, struct.error, IndexError) as exc:
+            return Message(topic, b"", qos, packet_id, bool(flags & 0x08), {},
+                           unreadable=f"the PUBLISH packet's properties cannot be read ({exc or type(exc).__name__})")
+        if at > len(body):
+            return Message(topic, b"", qos, packet_id, bool(flags & 0x08), {},
+                           unreadable="the PUBLISH packet's properties run past its end")
     return Message(topic, body[at:], qos, packet_id, bool(flags & 0x08), props)
 
 
@@ -218,11 +232,14 @@ class MqttProtocol(asyncio.Protocol):
         self._subacks: dict[int, asyncio.Future[bytes]] = {}
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.last_received = 0.0
+        self.lost_because = ""
+        """Why the connection ended, for the log: the broker's DISCONNECT, our giving up, a socket error."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_because = self.lost_because or (f"{type(exc).__name__}: {exc}" if exc else "closed")
         if not self.closed.done():
             self.closed.set_result(None)
         waiters: list[asyncio.Future[Any]] = [self.connack, *self._subacks.values()]
@@ -249,13 +266,18 @@ class MqttProtocol(asyncio.Protocol):
                 at = end
         except (ProtocolError, struct.error, IndexError, UnicodeDecodeError) as exc:
             log.error("unreadable packet from the MQTT broker (%s); reconnecting", exc)
+            self.lost_because = f"unreadable packet ({exc})"
             assert self.transport is not None
             self.transport.close()
         del buffer[:at]
 
     def _handle(self, kind: int, flags: int, body: bytes) -> None:
         if kind == PUBLISH:
-            self.on_message(read_publish(flags, body))
+            message = read_publish(flags, body)
+            try:
+                self.on_message(message)
+            except Exception:  # a bug of the consumer: keep the connection (dropping it would redeliver)
+                log.exception("the MQTT message handler failed", extra={"topic": message.topic})
         elif kind == CONNACK:
             reason = body[1]
             props, _ = read_properties(body, 2) if len(body) > 2 else ({}, 2)
@@ -268,7 +290,9 @@ class MqttProtocol(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_result(body[at:])
         elif kind == DISCONNECT:
-            log.warning("the MQTT broker disconnected us (reason 0x%02x)", body[0] if body else 0)
+            reason = body[0] if body else 0
+            log.warning("the MQTT broker disconnected us (reason 0x%02x)", reason)
+            self.lost_because = f"the broker sent DISCONNECT, reason 0x{reason:02x}"
         # PUBACK (for QoS 1 we never send), PINGRESP: nothing to do beyond last_received
 
     def write(self, data: bytes) -> None:
@@ -353,6 +377,10 @@ class MqttClient:
             if protocol is not None:
                 await self._watch(protocol)
                 self._protocol = None
+                if not self._stopping:
+                    log.warning("lost the connection to the MQTT broker at %s:%s (%s); reconnecting", self.host,
+                                self.port, protocol.lost_because or "closed",
+                                extra={"client_id": self.client_id})
             if self._stopping:
                 return
             try:
@@ -377,6 +405,7 @@ class MqttClient:
                     protocol.last_received = loop.time()
                 elif loop.time() - protocol.last_received > self.keepalive * 1.5 and protocol.transport:
                     log.warning("the MQTT broker stopped answering; reconnecting")
+                    protocol.lost_because = f"no answer for {self.keepalive * 1.5:.0f} s"
                     protocol.transport.close()
 
     def write(self, data: bytes, generation: int | None = None) -> bool:
