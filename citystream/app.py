@@ -76,12 +76,24 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
 
     @app.get("/health", include_in_schema=False)
     async def health() -> Response:
+        """503 when the database cannot be reached now, or when the pool's connections have been failing
+        (connection lost, prepared statements out of step, internal errors: see citystream/pool.py) even
+        though a fresh probe succeeds."""
+        stats = pool.get_stats()
+        state: dict[str, Any] = {"size": stats.get("pool_size", 0), "idle": stats.get("pool_available", 0),
+                                 "waiting": stats.get("requests_waiting", 0)}
+        failures = pool.recent_failures()
+        if failures:
+            state["recentFailures"] = len(failures)
+            state["lastFailure"] = failures[-1]
         try:
             async with pool.connection(timeout=5) as conn:
                 await conn.execute("SELECT 1")
         except Exception as exc:  # any failure means "not healthy"; the reason goes into the body
-            return _json({"status": "unavailable", "database": str(exc)}, 503)
-        return _json({"status": "ok", "database": "ok"})
+            return _json({"status": "unavailable", "database": str(exc), "pool": state}, 503)
+        if not pool.healthy:
+            return _json({"status": "degraded", "database": "ok", "pool": state}, 503)
+        return _json({"status": "ok", "database": "ok", "pool": state})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

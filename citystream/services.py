@@ -4,10 +4,8 @@ database pool -> ingest pipeline -> MQTT bridge and notifier, started and stoppe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
+from citystream.pool import GuardedPool
 from citystream.runtime import tune_garbage_collector
 from citystream.settings import Settings
 from ingest.pipeline import IngestConfig, IngestPipeline
@@ -49,8 +47,8 @@ def make_bridge(settings: Settings, ingest: IngestPipeline, notifier: Notifier, 
         max_payload_bytes=settings.mqtt_max_payload_bytes, receive_maximum=settings.mqtt_receive_maximum))
 
 
-def make_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[Any]:
-    return AsyncConnectionPool(
+def make_pool(settings: Settings, database_url: str) -> GuardedPool:
+    return GuardedPool(
         database_url,
         min_size=1,
         max_size=settings.db_pool_size,
@@ -61,7 +59,7 @@ def make_pool(settings: Settings, database_url: str) -> AsyncConnectionPool[Any]
 
 @dataclass
 class WritePath:
-    pool: AsyncConnectionPool[Any]
+    pool: GuardedPool
     ingest: IngestPipeline
     notifier: Notifier
     bridge: Bridge | None
