@@ -294,6 +294,7 @@ def _broker(settings: Settings) -> Iterator[tuple[str, list[str], BrokerAddress]
         sensor_username=settings.mqtt_sensor_user,
         sensor_password=settings.mqtt_sensor_password,
         anonymous_read=settings.mqtt_anonymous_read,
+        bridge_client_id=settings.mqtt_client_id,
     )
     _say(f"starting Mosquitto (data in {broker.data_dir})")
     if not _is_loopback(settings.mqtt_host):

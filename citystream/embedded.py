@@ -16,11 +16,14 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import ipaddress
 import os
+import platform
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -34,14 +37,22 @@ from types import TracebackType
 from typing import IO, Any, Self
 from urllib.parse import quote
 
+from mqtt_bridge import identity
+
 __all__ = [
+    "AUTH_PLUGIN_PACKAGES",
+    "AUTH_PLUGIN_SOURCE",
+    "BRIDGE_SHARED_GROUP",
     "DEFAULT_ANONYMOUS_READ",
+    "DEFAULT_BRIDGE_CLIENT_ID",
     "DEFAULT_SENSOR_USER",
     "PLATFORM_MQTT_USER",
     "EmbeddedMosquitto",
     "EmbeddedPostgres",
     "EmbeddedServiceError",
     "PortInUseError",
+    "auth_plugin_library",
+    "compile_auth_plugin",
     "ensure_port_free",
     "find_free_port",
     "find_mosquitto",
@@ -768,7 +779,116 @@ DEFAULT_ANONYMOUS_READ = "v1.1/#"
 DEPLOY_MOSQUITTO_DIR = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 """deploy/mosquitto in a source checkout: the docker-compose copies of the generated config and ACL."""
 
+DEFAULT_BRIDGE_CLIENT_ID = identity.CLIENT_ID
+"""The MQTT bridge's client id (CITYSTREAM_MQTT_CLIENT_ID's default); the broker reserves it as a prefix."""
+BRIDGE_SHARED_GROUP = identity.SHARED_GROUP
+"""The bridge's MQTT 5 shared subscription group, which the broker reserves too."""
+
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+
+
+# ------------------------------------------------------------------------------ the broker plugin
+
+AUTH_PLUGIN_SOURCE = Path(__file__).resolve().parent / "mosquitto_plugin" / "citystream_auth.c"
+"""CityStream's Mosquitto plugin: only the platform account may use the bridge's client ids and shared
+subscription group, which the password file and the ACL file cannot express (the header comment says why)."""
+AUTH_PLUGIN_PACKAGES = "gcc libc6-dev mosquitto-dev libmosquitto-dev"
+"""The Debian/Ubuntu packages building the plugin needs (scripts/quickstart.sh installs them)."""
+DEPLOY_AUTH_PLUGIN_PATH = "/usr/local/lib/citystream/citystream_auth.so"
+"""Where deploy/mosquitto/Dockerfile installs the plugin for docker-compose."""
+
+_PLUGIN_CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra")
+_HEADER_PACKAGES = {"mosquitto_broker.h": "mosquitto-dev", "mosquitto_plugin.h": "mosquitto-dev",
+                    "mosquitto.h": "libmosquitto-dev"}
+_MISSING_HEADER = re.compile(r"fatal error: '?([\w./+-]+\.h)'?(?::| file not found)")
+_MISSING_LIBC = re.compile(r"cannot find (?:crt\w*\.o|-lc\b)")
+
+
+def _plugin_error(reason: str) -> EmbeddedServiceError:
+    return EmbeddedServiceError(
+        "cannot build CityStream's Mosquitto plugin citystream_auth (it keeps the bridge's client id and shared "
+        f"subscription to the platform account): {reason}"
+    )
+
+
+def compile_auth_plugin(output: Path, *, cc: str | None = None, extra_flags: tuple[str, ...] = ()) -> None:
+    """Compile AUTH_PLUGIN_SOURCE into `output` with `cc` (default $CC, else `cc`; may carry flags).
+
+    A missing compiler or header is an EmbeddedServiceError naming the Debian package to install. Nothing is
+    linked: the broker provides the mosquitto_* functions when it loads the plugin.
+    """
+    compiler = shlex.split(cc if cc is not None else os.environ.get("CC") or "cc")
+    if not compiler:
+        raise _plugin_error("CC is empty")
+    argv = [*compiler, *_PLUGIN_CFLAGS, *extra_flags, "-o", str(output), str(AUTH_PLUGIN_SOURCE)]
+    install = f"Debian/Ubuntu: `apt-get install {AUTH_PLUGIN_PACKAGES}`"
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except FileNotFoundError:
+        raise _plugin_error(f"no C compiler {compiler[0]!r} (set CC to use another); install one ({install})") from None
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _plugin_error(f"could not run {compiler[0]}: {exc}") from exc
+    if result.returncode == 0:
+        return
+    if header := _MISSING_HEADER.search(result.stderr):
+        package = _HEADER_PACKAGES.get(os.path.basename(header.group(1)), "libc6-dev")
+        raise _plugin_error(f"the C header {header.group(1)} is missing: install {package} ({install})")
+    if _MISSING_LIBC.search(result.stderr):
+        raise _plugin_error(f"the C library's development files are missing: install libc6-dev ({install})")
+    detail = "\n".join(result.stderr.strip().splitlines()[-15:])
+    raise _plugin_error(f"{shlex.join(argv)} failed with exit code {result.returncode}:\n{detail}")
+
+
+def _plugin_cache_dir() -> Path:
+    """The user's cache, shared by every data directory and test broker (not the data directory: as root, that
+    belongs to the broker account, and the compiler must not write where that account could plant links)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "citystream"
+
+
+def auth_plugin_library(broker: Path, cache_dir: Path | None = None) -> bytes:
+    """The compiled plugin for this exact source, compiled once and then taken from `cache_dir` (default: the
+    user's cache), since every start of a broker needs it and the tests start many.
+
+    The cache key is the source, the flags, the machine and the broker binary's size and mtime, so an edited
+    plugin or an upgraded Mosquitto gets a fresh build. Without a usable cache it is compiled every time.
+    """
+    cache = cache_dir if cache_dir is not None else _plugin_cache_dir()
+    try:
+        key = hashlib.sha256(AUTH_PLUGIN_SOURCE.read_bytes())
+    except OSError as exc:
+        raise _plugin_error(f"its source {AUTH_PLUGIN_SOURCE} cannot be read ({exc}); reinstall CityStream") from exc
+    info = os.stat(broker)
+    key.update("\0".join([*_PLUGIN_CFLAGS, platform.machine(), str(info.st_size), str(info.st_mtime_ns)]).encode())
+    cached = cache / f"citystream_auth-{key.hexdigest()[:16]}.so"
+    with contextlib.suppress(OSError):
+        library = cached.read_bytes()
+        if library.startswith(b"\x7fELF"):
+            return library
+    with tempfile.TemporaryDirectory(prefix="citystream-plugin-") as private:
+        built = Path(private) / "citystream_auth.so"
+        compile_auth_plugin(built)
+        library = built.read_bytes()
+    with contextlib.suppress(OSError):  # a read-only home: compiled again next time
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".citystream_auth-", suffix=".tmp", dir=cache)  # unique: parallel runs
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(library)
+            os.replace(tmp, cached)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return library
+
+
+def _check_client_id(client_id: str) -> None:
+    """One word on one config line (plugin_opt_bridge_client_id)."""
+    if not client_id or len(client_id) > 1024 or any(ch.isspace() or not ch.isprintable() for ch in client_id):
+        raise EmbeddedServiceError(
+            f"MQTT bridge client id {client_id!r} must be 1 to 1024 printable characters without spaces "
+            "(CITYSTREAM_MQTT_CLIENT_ID)"
+        )
 
 
 def _find_binary(name: str) -> Path:
@@ -889,12 +1009,16 @@ def render_mosquitto_conf(
     run_as: str,
     anonymous: bool,
     header: str,
+    auth_plugin: str,
+    bridge_client_id: str = DEFAULT_BRIDGE_CLIENT_ID,
 ) -> str:
     """mosquitto.conf for CityStream's broker (embedded, and deploy/mosquitto/mosquitto.conf for compose).
 
     `log_file` None logs to stdout (containers). `anonymous`: allow clients without a user name (the ACL
-    then lets them read only).
+    then lets them read only). `auth_plugin`: path of the compiled citystream_auth plugin, which reserves
+    `bridge_client_id` (as a prefix) and the bridge's shared subscription group to the platform account.
     """
+    _check_client_id(bridge_client_id)
     lines = [
         *(f"# {line}" if line else "#" for line in header.splitlines()),
         f"user {run_as}",
@@ -908,6 +1032,18 @@ def render_mosquitto_conf(
         f"acl_file {acl_file}",
         "# Clients without a user name: " + ("read only, as the ACL says." if anonymous else "refused."),
         f"allow_anonymous {'true' if anonymous else 'false'}",
+        "# CityStream's plugin (citystream/mosquitto_plugin/citystream_auth.c). Mosquitto asks it first, before",
+        "# the password file and the ACL, about every CONNECT and SUBSCRIBE; it refuses what those two cannot",
+        "# express and leaves everything else to them. Only the platform account may",
+        "# - connect with a client id starting with the bridge's (bridge_client_id; workers add -w1, -w2, ...):",
+        "#   anyone else would take over the bridge's persistent session, and its queued messages;",
+        "# - subscribe in the bridge's shared subscription group ($share/<bridge_group>/...): anyone else would",
+        "#   be handed part of the sensors' Observations, which would then never be stored. (The ACL file",
+        "#   never checks subscriptions.) Other groups stay open: their members get their own copy.",
+        f"plugin {auth_plugin}",
+        f"plugin_opt_platform_user {PLATFORM_MQTT_USER}",
+        f"plugin_opt_bridge_client_id {bridge_client_id}",
+        f"plugin_opt_bridge_group {BRIDGE_SHARED_GROUP}",
         "",
         "# -- persistence: sessions, subscriptions and queued QoS 1/2 messages survive a broker restart",
         "persistence true",
@@ -973,7 +1109,7 @@ def render_mosquitto_conf(
 
 
 def render_deploy_mosquitto_files() -> dict[str, str]:
-    """deploy/mosquitto/{mosquitto.conf,acl} for docker-compose (eclipse-mosquitto:2), from the same code.
+    """deploy/mosquitto/{mosquitto.conf,acl} for docker-compose (deploy/mosquitto/Dockerfile), from the same code.
 
     The password file is created when the container starts (deploy/mosquitto/entrypoint.sh) from
     CITYSTREAM_MQTT_PLATFORM_PASSWORD and CITYSTREAM_MQTT_SENSOR_PASSWORD.
@@ -989,11 +1125,12 @@ def render_deploy_mosquitto_files() -> dict[str, str]:
         run_as="mosquitto",
         anonymous=True,
         header=(
-            "Mosquitto for docker-compose.yml (eclipse-mosquitto:2), rendered by\n"
-            "citystream.embedded.render_deploy_mosquitto_files(); tests/test_broker_config.py checks that this\n"
-            "file is up to date. The password file is created at container start by entrypoint.sh.\n"
-            "The ports are published on 127.0.0.1 only (see docker-compose.yml)."
+            "Mosquitto for docker-compose.yml (the image deploy/mosquitto/Dockerfile builds, which has the\n"
+            "plugin), rendered by citystream.embedded.render_deploy_mosquitto_files();\n"
+            "tests/test_broker_config.py checks that this file is up to date. The password file is created at\n"
+            "container start by entrypoint.sh. The ports are published on 127.0.0.1 only (see docker-compose.yml)."
         ),
+        auth_plugin=DEPLOY_AUTH_PLUGIN_PATH,
     )
     return {"mosquitto.conf": conf, "acl": render_mosquitto_acl()}
 
@@ -1017,13 +1154,17 @@ class EmbeddedMosquitto(_Service):
         `v1.1/+/Observations`, read `v1.1/#` and `citystream/errors/#`. Its password is the one given, or
         generated once and kept in `sensor-password`.
       - anonymous clients: read `anonymous_read` (default `v1.1/#`) and nothing else; "" refuses them.
+    Only the platform account may connect with a client id starting with `bridge_client_id` (the bridge's,
+    default `citystream-bridge`, whose workers add `-w1`...) or subscribe in the bridge's shared subscription
+    group (`$share/citystream/...`): the citystream_auth plugin (AUTH_PLUGIN_SOURCE, compiled on first use and
+    cached, see `auth_plugin_library`) refuses the CONNECT ("not authorised") or the SUBSCRIBE (SUBACK failure).
     Secrets are 0600 files owned by whoever runs citystream (the broker account cannot read them);
     `mosquitto.conf`, `mosquitto.passwd` (hashes) and `mosquitto.acl` are rewritten on every start, 0600,
     owned by the broker account. Changing a password: edit or delete its file (or the variable), restart.
 
     Layout of `data_dir`: `mosquitto.conf` (generated on every start), `mosquitto.passwd`, `mosquitto.acl`,
-    `platform-password`, `sensor-password`, `mosquitto.log`, `mosquitto.db` (persistence), `mosquitto.pid`,
-    `lock`.
+    `citystream_auth.so` (the plugin, copied in on every start), `platform-password`, `sensor-password`,
+    `mosquitto.log`, `mosquitto.db` (persistence), `mosquitto.pid`, `lock`.
 
     The broker's log on topics (`log_dest topic`), readable by the platform account only. Observed with
     Mosquitto 2.0.11 (Debian 12). Each log line is one message, QoS 0, not retained; payload
@@ -1064,6 +1205,7 @@ class EmbeddedMosquitto(_Service):
         sensor_username: str = DEFAULT_SENSOR_USER,
         sensor_password: str | None = None,
         anonymous_read: str = DEFAULT_ANONYMOUS_READ,
+        bridge_client_id: str = DEFAULT_BRIDGE_CLIENT_ID,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port
@@ -1075,11 +1217,15 @@ class EmbeddedMosquitto(_Service):
             _check_password(sensor_password, "CITYSTREAM_MQTT_SENSOR_PASSWORD")
         self._given_sensor_password = sensor_password
         render_mosquitto_acl(sensor_username, anonymous_read)  # validate now, before anything starts
+        _check_client_id(bridge_client_id)
+        self.bridge_client_id = bridge_client_id
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.data_dir / "mosquitto.log"
         self.password_file = self.data_dir / "mosquitto.passwd"
         """Mosquitto's password file (hashes); rewritten on every start."""
         self.acl_path = self.data_dir / "mosquitto.acl"
+        self.plugin_path = self.data_dir / "citystream_auth.so"
+        """The compiled citystream_auth plugin the broker loads; copied from the cache on every start."""
         self.platform_password_file = self.data_dir / "platform-password"
         self.sensor_password_file = self.data_dir / "sensor-password"
         """Where a generated sensor password is kept (unused when a sensor_password is given)."""
@@ -1137,6 +1283,7 @@ class EmbeddedMosquitto(_Service):
             return
         binary = find_mosquitto()
         passwd_binary = find_mosquitto_passwd()
+        plugin = auth_plugin_library(binary)  # before anything else: a missing compiler is reported first
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._account.check_reachable(self.data_dir)
         self._lock.acquire("Mosquitto")
@@ -1157,6 +1304,7 @@ class EmbeddedMosquitto(_Service):
             _private_file(
                 self.acl_path, render_mosquitto_acl(self.sensor_username, self.anonymous_read).encode(), self._account
             )
+            _private_file(self.plugin_path, plugin, self._account)  # the broker loads it as its own account
             self._write_config()
             # O_NOFOLLOW: as root, do not append to whatever a link planted by the broker account points to
             log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -1230,6 +1378,8 @@ class EmbeddedMosquitto(_Service):
             run_as=run_as,
             anonymous=bool(self.anonymous_read),
             header="generated by citystream on every start; edits are overwritten",
+            auth_plugin=str(self.plugin_path),
+            bridge_client_id=self.bridge_client_id,
         )
         _private_file(self.conf_path, text.encode(), self._account)
 

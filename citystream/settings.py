@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from citystream import logs
+from citystream.access_log import MODES as ACCESS_LOG_MODES
+from mqtt_bridge import identity
+
 
 def _int_env(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -65,7 +69,7 @@ class Settings:
     """Concurrent COPY connections."""
     mqtt_public_urls: tuple[str, ...] = ()
     """MQTT endpoints announced in the STA service root; empty: the broker address without credentials."""
-    mqtt_client_id: str = "citystream-bridge"
+    mqtt_client_id: str = identity.CLIENT_ID
     """MQTT client id of the bridge (its persistent session); `citystream bridge --workers N` appends -wN."""
     mqtt_ingest: bool = True
     """Create Observations from MQTT in this process (False: only publish notifications)."""

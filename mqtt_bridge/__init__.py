@@ -1,1 +1,1 @@
-"""MQTT in (create Observations over MQTT) and out (STA subscription notifications). Not built yet."""
+"""MQTT in (create Observations over MQTT) and out (STA subscription notifications)."""

@@ -25,6 +25,7 @@ import orjson
 from ingest.pipeline import IngestPipeline
 from ingest.rows import Origin, parse_observation
 from ingest.store import Item
+from mqtt_bridge import identity
 from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
@@ -39,10 +40,10 @@ ERROR_EXCERPT_CHARS = 256
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    client_id: str = "citystream-bridge"
+    client_id: str = identity.CLIENT_ID
     ingest: bool = True
     """Subscribe to the create topics; False: notifications only."""
-    shared_group: str | None = "citystream"
+    shared_group: str | None = identity.SHARED_GROUP
     """MQTT 5 shared subscription group, so that several bridge processes share one stream."""
     max_payload_bytes: int = 64 * 1024
     receive_maximum: int = 20_000

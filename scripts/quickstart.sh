@@ -4,9 +4,11 @@
 #   bash scripts/quickstart.sh [--no-start] [citystream up flags...]
 #
 # Debian 12 / Ubuntu 24.04 (or newer): installs PostgreSQL >= 15 with the matching PostGIS 3, Mosquitto,
-# mosquitto-clients, GDAL and python3-venv with apt-get (as root, or through sudo). Without either it prints
-# the exact apt-get line to run and exits non-zero. Then creates .venv in the repository and installs
-# CityStream with its test extras. Every step is skipped when already done, so a second run takes seconds.
+# mosquitto-clients, GDAL, python3-venv, and a C compiler with the Mosquitto headers (gcc, libc6-dev,
+# mosquitto-dev, libmosquitto-dev: the embedded broker's plugin is compiled on its first start) with
+# apt-get (as root, or through sudo). Without either it prints the exact apt-get line to run and exits
+# non-zero. Then creates .venv in the repository and installs CityStream with its test extras. Every step
+# is skipped when already done, so a second run takes seconds.
 # --no-start stops after the install; any other arguments go to `citystream up` (e.g. --http-port 9090).
 # As root, PostgreSQL and Mosquitto run as their system users; if those cannot enter the repository (e.g. it
 # lives under /root, mode 0700) and no --data-dir or CITYSTREAM_DATA_DIR is given, the data goes to
@@ -52,11 +54,19 @@ python_ok() {
         && python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
 }
 
+plugin_build_ok() {
+    # What citystream/mosquitto_plugin/citystream_auth.c needs: a C compiler, libc and Mosquitto headers.
+    { command -v "${CC:-cc}" >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; } \
+        && [[ -f /usr/include/stdlib.h && -f /usr/include/mosquitto.h ]] \
+        && [[ -f /usr/include/mosquitto_broker.h && -f /usr/include/mosquitto_plugin.h ]]
+}
+
 system_ready() {
     [[ -n "$(pg_major_installed)" ]] \
         && { command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; } \
         && command -v mosquitto_pub >/dev/null 2>&1 \
         && command -v ogrinfo >/dev/null 2>&1 \
+        && plugin_build_ok \
         && python_ok
 }
 
@@ -76,7 +86,8 @@ install_system_packages() {
     elif command -v sudo >/dev/null 2>&1 && { [[ -t 0 ]] || sudo -n true 2>/dev/null; }; then can_root=1
     fi
     command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL >= 15 with PostGIS 3, Mosquitto, \
-mosquitto-clients, GDAL and Python >= 3.11 with venv by hand, then run this script again"
+mosquitto-clients, the Mosquitto development headers, a C compiler, GDAL and Python >= 3.11 with venv by hand, \
+then run this script again"
 
     local major pkgs
     major="$(pg_major_installed)"
@@ -89,14 +100,16 @@ mosquitto-clients, GDAL and Python >= 3.11 with venv by hand, then run this scri
         major="$(apt-cache policy postgresql 2>/dev/null | awk '/Candidate:/ {print $2}' | sed 's/+.*//; s/^[0-9]*://')"
         if ! [[ "$major" =~ ^[0-9]+$ ]]; then
             ((can_root)) || die "cannot tell which PostgreSQL this system offers; as root run: apt-get update && \
-apt-get install postgresql postgresql-15-postgis-3 mosquitto mosquitto-clients gdal-bin python3-venv"
+apt-get install postgresql postgresql-15-postgis-3 mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev \
+gcc libc6-dev gdal-bin python3-venv"
             die "apt offers no 'postgresql' package; add a repository with PostgreSQL >= 15"
         fi
         ((major >= 15)) || die "this system's PostgreSQL is $major; CityStream needs >= 15 (Debian 12, \
 Ubuntu 24.04, or the PostgreSQL project's apt repository)"
     fi
-    pkgs=(postgresql "postgresql-$major" "postgresql-$major-postgis-3" mosquitto mosquitto-clients gdal-bin
-        python3-venv python3-pip)
+    # gcc only recommends libc6-dev, and --no-install-recommends is used: both are named.
+    pkgs=(postgresql "postgresql-$major" "postgresql-$major-postgis-3" mosquitto mosquitto-clients mosquitto-dev
+        libmosquitto-dev gcc libc6-dev gdal-bin python3-venv python3-pip)
 
     if ((!can_root)); then
         say "missing system packages and no root or sudo; as root run:"
@@ -119,8 +132,8 @@ Ubuntu 24.04, or the PostgreSQL project's apt repository)"
         say "stopping the system mosquitto apt just started (it would hold port 1883)"
         as_root /etc/init.d/mosquitto stop || true
     fi
-    system_ready || die "packages installed, but PostgreSQL >= 15 with PostGIS, Mosquitto, GDAL or \
-Python >= 3.11 with venv are still missing"
+    system_ready || die "packages installed, but PostgreSQL >= 15 with PostGIS, Mosquitto, the Mosquitto \
+headers, a C compiler, GDAL or Python >= 3.11 with venv are still missing"
 }
 
 if system_ready; then

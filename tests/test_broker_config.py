@@ -30,6 +30,7 @@ from citystream.embedded import (
     PLATFORM_MQTT_USER,
     EmbeddedMosquitto,
     EmbeddedServiceError,
+    auth_plugin_library,
     find_free_port,
     find_mosquitto,
     render_deploy_mosquitto_files,
@@ -224,6 +225,7 @@ def test_deploy_files_are_the_rendered_ones() -> None:
     for name, text in render_deploy_mosquitto_files().items():
         assert (DEPLOY_MOSQUITTO_DIR / name).read_text() == text, f"deploy/mosquitto/{name} is stale; {regen}"
     compose = (DEPLOY_MOSQUITTO_DIR.parent.parent / "docker-compose.yml").read_text()
+    assert "dockerfile: deploy/mosquitto/Dockerfile" in compose  # the image with the plugin
     for mount in ("mosquitto.conf:/mosquitto/config/mosquitto.conf", "acl:/mosquitto/config/acl",
                   "entrypoint.sh:/citystream/entrypoint.sh"):
         assert f"./deploy/mosquitto/{mount}:ro" in compose
@@ -237,12 +239,13 @@ def test_generated_files_modes_and_owners(mosquitto_server: EmbeddedMosquitto) -
         assert stat.S_IMODE(info.st_mode) == 0o600, secret
         assert info.st_uid == me, f"{secret} must stay ours, not the broker account's"
         assert len(secret.read_text().strip()) >= 32
-    for path in (broker.password_file, broker.acl_path):
+    for path in (broker.password_file, broker.acl_path, broker.plugin_path):
         assert stat.S_IMODE(os.stat(path).st_mode) in (0o600, 0o640), path
     if me == 0:
         import pwd
 
-        assert os.stat(broker.password_file).st_uid == pwd.getpwnam("mosquitto").pw_uid
+        for path in (broker.password_file, broker.plugin_path):  # the broker account reads (loads) them
+            assert os.stat(path).st_uid == pwd.getpwnam("mosquitto").pw_uid, path
     hashed = broker.password_file.read_text()
     assert broker.platform_password not in hashed and broker.sensor_password not in hashed
     assert [line.split(":", 1)[0] for line in hashed.splitlines()] == [PLATFORM_MQTT_USER, broker.sensor_username]
@@ -252,6 +255,8 @@ def test_generated_files_modes_and_owners(mosquitto_server: EmbeddedMosquitto) -
         f"password_file {broker.password_file}",
         f"acl_file {broker.acl_path}",
         "allow_anonymous true",
+        f"plugin {broker.plugin_path}",
+        "plugin_opt_bridge_client_id citystream-bridge",
         "log_dest topic",
         "log_type subscribe",
         "log_type unsubscribe",
@@ -506,6 +511,7 @@ def test_no_anonymous_env_password_and_restart_reuse(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("CITYSTREAM_MQTT_ANONYMOUS_READ", "")
     monkeypatch.setenv("CITYSTREAM_MQTT_SENSOR_USER", "meter")
     monkeypatch.setenv("CITYSTREAM_MQTT_SENSOR_PASSWORD", "p:ss word%/@")  # ':' would break mosquitto_passwd -U
+    monkeypatch.setenv("CITYSTREAM_MQTT_CLIENT_ID", "meter-bridge")  # reserved by the broker plugin
     monkeypatch.delenv("CITYSTREAM_MQTT_URL", raising=False)
     settings = Settings.from_env()
     settings = Settings(**{**settings.__dict__, "data_dir": root, "mqtt_port": find_free_port(),
@@ -518,7 +524,8 @@ def test_no_anonymous_env_password_and_restart_reuse(monkeypatch: pytest.MonkeyP
             out = capsys.readouterr().out + "\n".join(shown)
             assert platform_password not in out and "p:ss word" not in out
             assert "'meter'" in out and "CITYSTREAM_MQTT_SENSOR_PASSWORD" in out
-            assert "allow_anonymous false" in (root / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+            conf = (root / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+            assert "allow_anonymous false" in conf and "plugin_opt_bridge_client_id meter-bridge" in conf
 
             refused = subprocess.run(_sub_argv(probe, "-t", "v1.1/#", "-C", "1", "-W", "5"),
                                      capture_output=True, text=True, timeout=30)
@@ -559,12 +566,14 @@ def test_compose_entrypoint_creates_a_working_password_file() -> None:
         assert missing.returncode != 0 and "CITYSTREAM_MQTT_SENSOR_PASSWORD" in missing.stderr
 
         shutil.copy(DEPLOY_MOSQUITTO_DIR / "acl", root / "acl")
+        (root / "citystream_auth.so").write_bytes(auth_plugin_library(find_mosquitto()))
         port = find_free_port()
         as_root = os.geteuid() == 0
         conf = render_mosquitto_conf(
             host="127.0.0.1", port=port, websocket_port=None, persistence_location=f"{root}/",
             password_file=str(passwd), acl_file=str(root / "acl"), log_file=str(root / "log"),
             run_as="mosquitto" if as_root else os.environ.get("USER", "nobody"), anonymous=True, header="test",
+            auth_plugin=str(root / "citystream_auth.so"),
         )
         (root / "mosquitto.conf").write_text(conf)
         if as_root:

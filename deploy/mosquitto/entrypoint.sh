@@ -1,6 +1,7 @@
 #!/bin/sh
-# Entrypoint of the `mqtt` service in docker-compose.yml (image eclipse-mosquitto:2): creates Mosquitto's
-# password file from the environment, then starts Mosquitto through the image's own entrypoint.
+# Entrypoint of the `mqtt` service in docker-compose.yml (image deploy/mosquitto/Dockerfile): creates
+# Mosquitto's password file from the environment, then starts Mosquitto (through the image's own
+# /docker-entrypoint.sh where there is one, as in eclipse-mosquitto images).
 #
 #   CITYSTREAM_MQTT_PLATFORM_PASSWORD  password of `citystream`, the platform's account (the app connects with it)
 #   CITYSTREAM_MQTT_SENSOR_PASSWORD    password of `sensor`, the account sensors publish Observations with
