@@ -18,6 +18,7 @@ from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
 from sensorthings.errors import StaError
+from sensorthings.openapi import OPENAPI_MEDIA_TYPE
 from sensorthings.rest import StaApi, StaConfig, error_response, service_url
 
 log = logging.getLogger("citystream")
@@ -68,6 +69,8 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
                 {"rel": "self", "href": sta_root.rsplit("/", 1)[0] + "/", "type": "application/json"},
                 {"rel": "service", "href": sta_root, "type": "application/json",
                  "title": "OGC SensorThings API 1.1"},
+                {"rel": "service-desc", "href": f"{sta_root}/api", "type": OPENAPI_MEDIA_TYPE,
+                 "title": "The SensorThings API's definition (OpenAPI 3.0)"},
                 {"rel": "data", "href": sta_root.rsplit("/", 1)[0] + "/ogcapi", "type": "application/json",
                  "title": "OGC API – Features"},
                 {"rel": "status", "href": sta_root.rsplit("/", 1)[0] + "/health", "type": "application/json"},

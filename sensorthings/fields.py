@@ -337,6 +337,13 @@ class Field:
         """True when `$value` of this property is a JSON document rather than plain text."""
         return False
 
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        """JSON Schema (OpenAPI 3.0's dialect) of this kind's values as a request may send them, or
+        (`reading`) as responses render them; for the OpenAPI document (sensorthings/openapi.py). Whether
+        null is allowed follows from the model's flags (required, null_is_a_value), not from the kind.
+        Here: any JSON value."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Text(Field):
@@ -349,6 +356,9 @@ class Text(Field):
         if self.one_of and value not in self.one_of:
             raise BadRequest(f"{where} must be {' or '.join(self.one_of)}", field=where)
         return {self.column: value}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.one_of)} if self.one_of else {"type": "string"}
 
 
 @dataclass(frozen=True)
@@ -375,8 +385,12 @@ class Json(Field):
     def is_object_value(self) -> bool:
         return True
 
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return {"type": "object"} if self.object_only else {}
+
 
 _JSON_TYPE_NAMES: dict[type, str] = {str: "strings", dict: "JSON objects"}
+_JSON_SCHEMA_TYPES: dict[type, str] = {str: "string", dict: "object"}
 
 
 @dataclass(frozen=True)
@@ -394,6 +408,9 @@ class JsonList(Json):
                              f"one per component", field=where)
         return super().parse(value, where)
 
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return {"type": "array", "minItems": 1, "items": {"type": _JSON_SCHEMA_TYPES[self.item_type]}}
+
 
 def _json_path(value: sql.Composable, subpath: tuple[str, ...], param: Param) -> sql.Composable:
     return sql.SQL("({} #> {}::text[])").format(value, param(list(subpath))) if subpath else value
@@ -410,6 +427,14 @@ class Instant(Field):
         if value is None:
             return {self.column: None}
         return {self.column: parse_time(value, where)}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return {"type": "string", "format": "date-time"}
+
+
+_SCHEMA_INSTANT = (r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+                   r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])")
+"""An RFC 3339 instant as a pattern: the JSON Schema of an interval is a pattern of two of them."""
 
 
 @dataclass(frozen=True)
@@ -438,6 +463,13 @@ class Interval(Field):
             return {start_col: None, end_col: None}
         start, end = parse_interval(value, where, instant_allowed=self.instant_allowed)
         return {start_col: start, end_col: end}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        """'start/end' (or an instant where allowed); read back, a zero-length interval is an instant."""
+        if reading:
+            return {"type": "string", "pattern": "^[^/]+(/[^/]+)?$"}
+        optional_end = "?" if self.instant_allowed else ""
+        return {"type": "string", "pattern": f"^{_SCHEMA_INSTANT}(/{_SCHEMA_INSTANT}){optional_end}$"}
 
 
 GEOJSON_ENCODINGS = ("application/geo+json", "application/vnd.geo+json")
@@ -476,6 +508,33 @@ def parse_geojson(value: Any, where: str) -> dict[str, Any]:
     return plain
 
 
+def _geometry_schema(kind: str, coordinates: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["type", "coordinates"],
+            "properties": {"type": {"type": "string", "enum": [kind]}, "coordinates": coordinates}}
+
+
+def _positions(item: dict[str, Any], least: int) -> dict[str, Any]:
+    return {"type": "array", "minItems": least, "items": item}
+
+
+_POSITION = {"type": "array", "minItems": 2, "maxItems": 3, "items": {"type": "number"}}
+_POLYGON = _positions(_positions(_POSITION, 4), 1)
+GEOMETRY_SCHEMA: dict[str, Any] = {"anyOf": [
+    _geometry_schema("Point", _POSITION), _geometry_schema("MultiPoint", _positions(_POSITION, 1)),
+    _geometry_schema("LineString", _positions(_POSITION, 2)),
+    _geometry_schema("MultiLineString", _positions(_positions(_POSITION, 2), 1)),
+    _geometry_schema("Polygon", _POLYGON), _geometry_schema("MultiPolygon", _positions(_POLYGON, 1)),
+]}
+"""The GeoJSON geometries a request may send (parse_geojson also takes a GeometryCollection)."""
+GEOJSON_SCHEMA: dict[str, Any] = {"anyOf": [*GEOMETRY_SCHEMA["anyOf"], {
+    "type": "object", "required": ["type", "geometry"],
+    "properties": {"type": {"type": "string", "enum": ["Feature"]}, "geometry": GEOMETRY_SCHEMA,
+                   "properties": {"type": "object", "nullable": True}}}]}
+"""A GeoJSON geometry or a Feature with one, as parse_geojson accepts them."""
+_READ_GEOJSON_SCHEMA: dict[str, Any] = {"type": "object", "required": ["type"],
+                                        "properties": {"type": {"type": "string"}}}
+
+
 @dataclass(frozen=True)
 class GeoJson(Field):
     """GeoJSON kept as sent (jsonb, what STA returns) beside a PostGIS geometry (SRID 4326, GiST-indexed)."""
@@ -509,6 +568,9 @@ class GeoJson(Field):
     def is_object_value(self) -> bool:
         return True
 
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return _READ_GEOJSON_SCHEMA if reading else GEOJSON_SCHEMA  # read back as sent
+
 
 @dataclass(frozen=True)
 class Geometry(Field):
@@ -530,6 +592,9 @@ class Geometry(Field):
     @property
     def is_object_value(self) -> bool:
         return True
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return _READ_GEOJSON_SCHEMA if reading else GEOJSON_SCHEMA  # read back as PostGIS renders it
 
 
 # Result type codes stored in observations.result_type.

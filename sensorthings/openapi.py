@@ -1,0 +1,566 @@
+"""The OpenAPI 3.0 document of the SensorThings API (`GET /v1.1/api`), generated from the entity model.
+
+Entity sets, their properties (typed by each kind's `json_schema`), their navigation properties and which of
+those are to-one or to-many all come from sensorthings.model, so a new property or relation is in the
+document without a line here. The document is the input of schemathesis fuzz runs, so it states what this
+server does rather than everything STA allows: the operations that can succeed, parameters with the values
+that are valid, and the statuses the handlers return, errors as `{"code", "type", "message"}` (errors.py).
+
+Enumerated: every entity set and entity, every first-level navigation property (`Things({id})/Datastreams`,
+with POST where a create through it can succeed), every property and its `$value`, `$ref` reads and the
+link writes that can succeed, `$batch`, `CreateObservations` and the operators' filtered DELETE. Left out:
+paths of two or more navigation steps (`Things({id})/Datastreams({id})/Observations`, any depth is served),
+member paths into JSON properties (`properties/owner`), filtered DELETE on navigation collections, HEAD,
+link writes the writer always refuses (removing a foreign-key link, changing an ordered list), and deep
+inserts below DEEP_INSERT_LEVELS.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sensorthings.batch import MAX_REQUESTS, METHODS
+from sensorthings.data_array import COMPONENTS
+from sensorthings.fields import GEOJSON_ENCODINGS, Field
+from sensorthings.model import ENTITIES, Entity, Relation, Storage
+from sensorthings.query import MAX_SKIP, RESULT_FORMATS
+from sensorthings.results import STREAMS
+from sensorthings.writer import THING_LOCATIONS
+
+OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+JSON = "application/json"
+MAX_AGE_SECONDS = 300
+SELECTABLE_ANNOTATIONS = ("id", "@iot.id", "@iot.selfLink")
+"""What `$select` takes besides properties and navigation properties (compiler._select_names)."""
+GENERATED_RELATIONS = frozenset({("Observation", "FeatureOfInterest")})
+"""Required to-one relations that a create may leave out because the writer generates them (an
+Observation's FeatureOfInterest, from its Thing's Location)."""
+DATA_ARRAY = "dataArray"
+DEEP_INSERT_LEVELS = 2
+"""Levels of inline entities the create schemas describe (Thing > Datastreams > Observations), below them
+links only. The writer takes any depth, but a recursive schema stalls schemathesis' coverage phase, and
+each level triples its cases."""
+_URI = {"type": "string", "format": "uri"}
+_COUNT = {"type": "integer", "minimum": 0}
+_ID = {"type": "integer", "format": "int64", "minimum": 0}
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What of the server's configuration the document states (part of the cache key)."""
+
+    default_top: int = 100
+    max_top: int = 10_000
+    create_observations: bool = True
+    """The ingest path is wired, so POST CreateObservations can succeed."""
+    guarded_delete: bool = True
+    """Filtered DELETE is for operators: a bearer token, or a loopback client when none is configured."""
+
+
+def _schema(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _parameter(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+def _response(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _may_be_null(f: Field) -> bool:
+    """Null is a value of `f` in requests and responses: it is neither required nor filled in by the server
+    (writer.parse_fields refuses null for those), or null is one of its values (an Observation's result)."""
+    return f.null_is_a_value or not (f.required or f.defaults_to_now)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return {"allOf": [schema], "nullable": True}
+    return {**schema, "nullable": True}
+
+
+def _value_schema(entity: Entity, f: Field, *, reading: bool) -> dict[str, Any]:
+    schema = f.json_schema(reading=reading)
+    if f.name == "encodingType" and entity.has_geojson_encoding and not reading:
+        schema = {**schema, "enum": list(GEOJSON_ENCODINGS)}  # writer._check_geojson_encoding
+    return _nullable(schema) if _may_be_null(f) else schema
+
+
+def _applies_data_array(entity: Entity) -> bool:
+    """As compiler.data_array_value decides: Observations (grouped by their stream) with a result."""
+    return bool(entity.exactly_one_of) and entity.field("result") is not None
+
+
+def _creates_through(relation: Relation) -> bool:
+    """POST into the to-many `relation` (or an inline entity in it) can succeed: the writer creates the
+    target linked through the inverse, which an ordered list only allows from its ranked side."""
+    via = relation.inverse
+    return relation.to_many and (not via.fixed or bool(via.rank_column))
+
+
+def _create_name(entity: Entity, via: Relation | None = None, level: int = 0) -> str:
+    """Schema name of a create of `entity` at `level` of a deep insert; with `via`, inside a to-many relation
+    (or POSTed into it), without the inverse relation `via` that the URL or the enclosing entity gives."""
+    name = f"{entity.name}Create" + (f"Without{via.name}" if via is not None else "")
+    return f"{name}_{level}" if level else name
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+
+def _entity_schema(entity: Entity) -> dict[str, Any]:
+    properties: dict[str, Any] = {"@iot.id": _ID, "@iot.selfLink": _URI}
+    properties |= {f.name: _value_schema(entity, f, reading=True) for f in entity.fields}
+    for relation in entity.relations.values():
+        properties[f"{relation.name}@iot.navigationLink"] = _URI
+        target = _schema(relation.target)
+        if relation.to_many:  # as $expand gives it
+            properties[relation.name] = {"type": "array", "items": target}
+            properties[f"{relation.name}@iot.count"] = _COUNT
+            properties[f"{relation.name}@iot.nextLink"] = _URI
+        else:
+            properties[relation.name] = _nullable(target)
+    return {"type": "object", "description": f"A {entity.name}; $select and $expand choose what is in it.",
+            "properties": properties}
+
+
+def _collection_schema(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["value"],
+            "properties": {"@iot.count": _COUNT, "@iot.nextLink": _URI, "value": {"type": "array", "items": items}}}
+
+
+def _inline(relation: Relation, level: int, schemas: dict[str, Any]) -> dict[str, Any]:
+    """A related entity in a create at `level`: a link to an existing one, or a new one (deep insert)."""
+    item: dict[str, Any] = _schema("Link")
+    if level < DEEP_INSERT_LEVELS:
+        # A to-one target, or an item of an ordered list, is created on its own and then linked.
+        via = relation.inverse if relation.to_many and not relation.rank_column else None
+        item = {"anyOf": [item, _schema(_create(relation.target_entity, via, level + 1, schemas))]}
+    if not relation.to_many:
+        return item
+    return {"type": "array", "items": item, **({"minItems": 1} if relation.required else {})}
+
+
+def _create(entity: Entity, via: Relation | None, level: int, schemas: dict[str, Any]) -> str:
+    """Add the create schema of `entity` (with the ones it nests) to `schemas`; return its name."""
+    name = _create_name(entity, via, level)
+    if name not in schemas:
+        schemas[name] = _create_schema(entity, via, level, schemas)
+    return name
+
+
+def _create_schema(entity: Entity, via: Relation | None, level: int, schemas: dict[str, Any]) -> dict[str, Any]:
+    """The body of a create (writer.create): properties, relations linked or inline, no other key."""
+    given = {via.name} if via is not None else set()
+    if via is not None and via.name in entity.exactly_one_of:
+        given |= set(entity.exactly_one_of)  # the stream is the URL's; naming the other one too is a 400
+    properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields}
+    required = [f.name for f in entity.fields if f.required and not f.server_maintained]
+    for relation in entity.relations.values():
+        if relation.name in given:
+            continue
+        properties[relation.name] = _inline(relation, level, schemas)
+        if (relation.required and relation.name not in entity.exactly_one_of
+                and (entity.name, relation.name) not in GENERATED_RELATIONS):
+            required.append(relation.name)
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
+    if required:
+        schema["required"] = required
+    streams = [name for name in entity.exactly_one_of if name not in given]
+    if streams:
+        schema["oneOf"] = [{"required": [name]} for name in streams]
+    return schema
+
+
+def _update_schema(entity: Entity, *, replace: bool) -> dict[str, Any]:
+    """The body of a PATCH or (`replace`) PUT (writer.update): properties, and links to existing entities
+    for to-one relations and a Thing's Locations."""
+    properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields}
+    for relation in entity.relations.values():
+        if not relation.to_many:
+            properties[relation.name] = _schema("Link")
+        elif relation is THING_LOCATIONS:
+            properties[relation.name] = {"type": "array", "items": _schema("Link")}
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
+    if replace:
+        schema["required"] = [f.name for f in entity.fields if f.required and not f.server_maintained]
+    if len(entity.exactly_one_of) > 1:
+        schema["not"] = {"required": list(entity.exactly_one_of)}
+    return schema
+
+
+def _reference_body(target: Entity) -> dict[str, Any]:
+    """A `$ref` write body (rest.referenced_id): the target's selfLink or its id."""
+    link = {"type": "object", "required": ["@iot.selfLink"],
+            "properties": {"@iot.selfLink": {"type": "string", "pattern": rf"/{target.set_name}\([0-9]+\)/?$"}}}
+    return {"anyOf": [_schema("Link"), link]}
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["code", "type", "message"],
+                  "properties": {"code": {"type": "integer"}, "type": {"type": "string", "enum": ["error"]},
+                                 "message": {"type": "string"}, "field": {"type": "string"}}},
+        "Link": {"type": "object", "required": ["@iot.id"], "properties": {"@iot.id": _ID},
+                 "description": "An existing entity, by id (other keys are ignored)."},
+        "Reference": {"type": "object", "required": ["@iot.selfLink"], "additionalProperties": False,
+                      "properties": {"@iot.selfLink": _URI}},
+        "ReferenceCollection": _collection_schema(_schema("Reference")),
+        "ServiceRoot": {
+            "type": "object", "required": ["value", "serverSettings"],
+            "properties": {
+                "value": {"type": "array", "items": {
+                    "type": "object", "required": ["name", "url"],
+                    "properties": {"name": {"type": "string", "enum": [e.set_name for e in ENTITIES.values()]},
+                                   "url": _URI}}},
+                "serverSettings": {"type": "object", "required": ["conformance"],
+                                   "properties": {"conformance": {"type": "array", "items": _URI}}}}},
+        "DataArrayCollection": _collection_schema({
+            "type": "object", "required": ["components", "dataArray"],
+            "properties": {**{f"{s.name}@iot.navigationLink": _URI for s in STREAMS},
+                           "components": {"type": "array", "items": {"type": "string"}},
+                           "dataArray@iot.count": _COUNT,
+                           "dataArray": {"type": "array", "items": {"type": "array"}}}}),
+        "DataArrayCreate": {
+            "type": "object", "additionalProperties": False, "required": ["components", "dataArray"],
+            "properties": {**{s.name: _schema("Link") for s in STREAMS},
+                           "components": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                          "items": {"type": "string", "enum": sorted(COMPONENTS)}},
+                           "dataArray": {"type": "array", "items": {"type": "array"}},
+                           "dataArray@iot.count": _COUNT},
+            "oneOf": [{"required": [s.name]} for s in STREAMS]},
+        "FeatureCollection": {"type": "object", "required": ["type", "features"],
+                              "properties": {"type": {"type": "string", "enum": ["FeatureCollection"]},
+                                             "features": {"type": "array", "items": {"type": "object"}}}},
+        "JsonPatch": {"type": "array", "items": {
+            "type": "object", "required": ["op", "path"],
+            "properties": {"op": {"type": "string", "enum": ["add", "remove", "replace", "move", "copy", "test"]},
+                           "path": {"type": "string"}, "from": {"type": "string"}, "value": {}}}},
+        "BatchRequest": {"type": "object", "required": ["requests"], "properties": {"requests": {
+            "type": "array", "minItems": 1, "maxItems": MAX_REQUESTS, "items": {
+                "type": "object", "required": ["method", "url"],
+                "properties": {"id": {"type": "string"}, "method": {"type": "string", "enum": sorted(METHODS)},
+                               "url": {"type": "string", "minLength": 1}, "body": {},
+                               "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                               "atomicityGroup": {"type": "string"}}}}}},
+        "BatchResponse": {"type": "object", "required": ["responses"], "properties": {"responses": {
+            "type": "array", "items": {
+                "type": "object", "required": ["id", "status"],
+                "properties": {"id": {"type": "string"}, "status": {"type": "integer"},
+                               "headers": {"type": "object"}, "body": {}, "atomicityGroup": {"type": "string"}}}}}},
+    }
+    for entity in ENTITIES.values():
+        schemas[entity.name] = _entity_schema(entity)
+        schemas[f"{entity.name}Collection"] = _collection_schema(_schema(entity.name))
+        _create(entity, None, 0, schemas)
+        schemas[f"{entity.name}Patch"] = _update_schema(entity, replace=False)
+        schemas[f"{entity.name}Replace"] = _update_schema(entity, replace=True)
+        for relation in entity.relations.values():
+            if _creates_through(relation):
+                _create(relation.target_entity, relation.inverse, 0, schemas)
+    return schemas
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+
+def _query(name: str, description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema, **extra}
+
+
+def _parameters(settings: ApiSettings) -> dict[str, Any]:
+    text = {"type": "string", "minLength": 1}
+    parameters: dict[str, Any] = {
+        "id": {"name": "id", "in": "path", "required": True, "description": "The entity's @iot.id.",
+               "schema": _ID},
+        "targetId": {"name": "targetId", "in": "path", "required": True,
+                     "description": "The @iot.id of the linked entity.", "schema": _ID},
+        "filter": _query("$filter", "OData filter expression, e.g. `result gt 5 and Datastream/name eq 'a'`.", text,
+                         example="id ge 0"),
+        "orderby": _query("$orderby", "Sort keys, each with `asc` or `desc`, e.g. `phenomenonTime desc`.", text,
+                          example="id desc"),
+        "top": _query("$top", f"Entities per page (at most {settings.max_top}; larger values are clamped).",
+                      {"type": "integer", "minimum": 0, "maximum": settings.max_top, "default": settings.default_top}),
+        "skip": _query("$skip", "Entities to skip (@iot.nextLink is faster).",
+                       {"type": "integer", "minimum": 0, "maximum": MAX_SKIP, "default": 0}),
+        "skiptoken": _query("$skiptoken", "Opaque position of the next page; follow @iot.nextLink as it is.",
+                            {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}),
+        "count": _query("$count", "Add @iot.count (exact below a limit, estimated above it).",
+                        {"type": "boolean", "default": False}),
+        "requiredFilter": {**_query("$filter", "Only the entities that pass this filter are deleted "
+                                               "(`true` for all).", text, example="false"), "required": True},
+    }
+    for entity in ENTITIES.values():
+        names = [*SELECTABLE_ANNOTATIONS, *entity.property_names, *entity.relations]
+        parameters[f"select-{entity.name}"] = _query(
+            "$select", f"Only these properties of each {entity.name}.",
+            {"type": "array", "minItems": 1, "items": {"type": "string", "enum": names}},
+            style="form", explode=False)
+        navigation = "|".join(map(re.escape, entity.relations))
+        item = rf"({navigation})(/[A-Za-z]+)*(\(.*\))?"
+        parameters[f"expand-{entity.name}"] = _query(
+            "$expand", f"Related entities to include inline ({', '.join(entity.relations)}), each with nested "
+                       "options in parentheses, e.g. `Datastreams($top=1;$expand=Observations)`.",
+            {"type": "string", "pattern": f"^{item}(,{item})*$"}, example=next(iter(entity.relations)))
+        formats = [f for f in RESULT_FORMATS if f != DATA_ARRAY or _applies_data_array(entity)]
+        parameters[f"resultFormat-{entity.name}"] = _query(
+            "$resultFormat", "Another encoding of the page: "
+                             + ("a Data Array per stream, " if DATA_ARRAY in formats else "") + "CSV, or GeoJSON.",
+            {"type": "string", "enum": formats})
+    return parameters
+
+
+def _collection_parameters(entity: Entity, *, ref: bool = False) -> list[dict[str, str]]:
+    names = ["filter", "orderby", "top", "skip", "skiptoken", "count"]
+    if not ref:
+        names += [f"select-{entity.name}", f"expand-{entity.name}", f"resultFormat-{entity.name}"]
+    return [_parameter(n) for n in names]
+
+
+def _entity_parameters(entity: Entity) -> list[dict[str, str]]:
+    return [_parameter(f"select-{entity.name}"), _parameter(f"expand-{entity.name}")]
+
+
+# ---------------------------------------------------------------------------------------------- operations
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {JSON: {"schema": schema}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    names = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 413: "PayloadTooLarge",
+             503: "ServiceUnavailable"}
+    return {str(code): _response(names[code]) for code in codes}
+
+
+def _operation_id(method: str, path: str) -> str:
+    return f"{method}_{re.sub(r'[^A-Za-z0-9]+', '_', path).strip('_') or 'service_root'}"
+
+
+def _operation(method: str, path: str, tag: str, summary: str, responses: dict[str, Any],
+               parameters: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None,
+               security: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": _operation_id(method, path), "tags": [tag], "summary": summary}
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": body}
+    if security is not None:
+        operation["security"] = security
+    operation["responses"] = responses
+    return {method: operation}
+
+
+def _read_collection(entity: Entity, path: str, tag: str, summary: str, *, parent: bool) -> dict[str, Any]:
+    page: dict[str, Any] = _schema(f"{entity.name}Collection")
+    if _applies_data_array(entity):
+        page = {"anyOf": [page, _schema("DataArrayCollection")]}
+    content = {JSON: {"schema": page}, "text/csv": {"schema": {"type": "string"}},
+               "application/geo+json": {"schema": _schema("FeatureCollection")}}
+    responses = {"200": {"description": "A page of entities", "content": content},
+                 **_errors(400, *((404,) if parent else ()), 503)}
+    return _operation("get", path, tag, summary, responses, _collection_parameters(entity))
+
+
+def _read_entity(entity: Entity, path: str, tag: str, summary: str) -> dict[str, Any]:
+    responses = {"200": {"description": f"The {entity.name}", "content": _json(_schema(entity.name))},
+                 **_errors(400, 404, 503)}
+    return _operation("get", path, tag, summary, responses, _entity_parameters(entity))
+
+
+def _links(entity: Entity) -> dict[str, Any]:
+    """OpenAPI links from a created entity to the operations on it, which fuzzers follow to real ids."""
+    one = f"/{entity.set_name}({{id}})"
+    targets = [*((method, one) for method in ("get", "patch", "put", "delete")),
+               *(("get", f"{one}/{name}") for name in entity.relations)]
+    return {_operation_id(method, path): {"operationId": _operation_id(method, path),
+                                          "parameters": {"id": "$response.body#/@iot.id"}}
+            for method, path in targets}
+
+
+def _post(entity: Entity, path: str, tag: str, summary: str, body: str, *, parent: bool) -> dict[str, Any]:
+    responses = {"201": {"description": f"The new {entity.name}; Location names it",
+                         "headers": {"Location": {"schema": _URI, "description": "The new entity's URL"}},
+                         "content": _json(_schema(entity.name)), "links": _links(entity)},
+                 **_errors(400, *((404,) if parent else ()), 409, 413, 503)}
+    return _operation("post", path, tag, summary, responses, body=_json(_schema(body)))
+
+
+def _read_references(path: str, tag: str, summary: str, parameters: list[dict[str, str]] | None,
+                     *, many: bool) -> dict[str, Any]:
+    schema = _schema("ReferenceCollection" if many else "Reference")
+    responses = {"200": {"description": "selfLinks only", "content": _json(schema)}, **_errors(400, 404, 503)}
+    return _operation("get", path, tag, summary, responses, parameters)
+
+
+def _link_write(method: str, path: str, tag: str, summary: str, target: Entity | None) -> dict[str, Any]:
+    responses = {"204": {"description": "Done"}, **_errors(400, 404, *((409, 413) if target else ()), 503)}
+    return _operation(method, path, tag, summary, responses,
+                      body=_json(_reference_body(target)) if target is not None else None)
+
+
+def _entity_set_paths(entity: Entity, settings: ApiSettings) -> dict[str, Any]:
+    tag, name = entity.set_name, entity.name
+    collection, one = f"/{entity.set_name}", f"/{entity.set_name}({{id}})"
+    with_id = [_parameter("id")]
+    filtered_delete = _operation(
+        "delete", collection, tag, f"Delete every {name} that passes $filter, all or nothing (operators only)",
+        {"200": {"description": "How many were deleted", "content": _json(
+            {"type": "object", "required": ["deleted"], "properties": {"deleted": _COUNT}})},
+         **_errors(400, *((403,) if settings.guarded_delete else ()), 409, 503)},
+        [_parameter("requiredFilter")],
+        security=[{"operatorToken": []}, {}] if settings.guarded_delete else None)
+    updated = {"200": {"description": f"The {name} as it is now", "content": _json(_schema(name))},
+               **_errors(400, 404, 409, 413, 503)}
+    paths: dict[str, Any] = {
+        collection: {**_read_collection(entity, collection, tag, f"The {entity.set_name}", parent=False),
+                     **_post(entity, collection, tag, f"Create a {name} (deep insert)", _create_name(entity),
+                             parent=False),
+                     **filtered_delete},
+        f"{collection}/$ref": _read_references(f"{collection}/$ref", tag, f"The selfLinks of the {entity.set_name}",
+                                               _collection_parameters(entity, ref=True), many=True),
+        one: {"parameters": with_id,
+              **_read_entity(entity, one, tag, f"One {name}"),
+              **_operation("patch", one, tag, f"Change the {name}'s properties that are sent", updated,
+                           body={**_json(_schema(f"{name}Patch")),
+                                 "application/json-patch+json": {"schema": _schema("JsonPatch")}}),
+              **_operation("put", one, tag, f"Replace the {name}'s properties", updated,
+                           body=_json(_schema(f"{name}Replace"))),
+              **_operation("delete", one, tag, f"Delete the {name} (and what depends on it)",
+                           {"200": {"description": "Deleted"}, **_errors(400, 404, 409, 503)})},
+        f"{one}/$ref": {"parameters": with_id, **_read_references(f"{one}/$ref", tag, f"The {name}'s selfLink",
+                                                                  None, many=False)},
+    }
+    for relation in entity.relations.values():
+        target = relation.target_entity
+        nav, ref = f"{one}/{relation.name}", f"{one}/{relation.name}/$ref"
+        if relation.to_many:
+            item: dict[str, Any] = _read_collection(target, nav, tag, f"The {name}'s {relation.name}", parent=True)
+            if _creates_through(relation):
+                item |= _post(target, nav, tag, f"Create a {target.name} of the {name}",
+                              _create_name(target, relation.inverse), parent=True)
+        else:
+            item = _read_entity(target, nav, tag, f"The {name}'s {relation.name}")
+        paths[nav] = {"parameters": with_id, **item}
+        links = _read_references(ref, tag, f"selfLinks of the {name}'s {relation.name}",
+                                 _collection_parameters(target, ref=True) if relation.to_many else None,
+                                 many=relation.to_many)
+        if not relation.fixed:
+            links |= _link_write("post" if relation.to_many else "put", ref, tag,
+                                 f"{'Add a link to' if relation.to_many else 'Set'} the {name}'s {relation.name}",
+                                 target)
+        paths[ref] = {"parameters": with_id, **links}
+        if relation.to_many and relation.storage is Storage.LINK_TABLE and not relation.fixed:
+            unlink = f"{one}/{relation.name}({{targetId}})/$ref"
+            paths[unlink] = {"parameters": [*with_id, _parameter("targetId")],
+                             **_read_references(unlink, tag, f"A selfLink of the {name}'s {relation.name}", None,
+                                                many=False),
+                             **_link_write("delete", unlink, tag, f"Remove a link from the {name}'s {relation.name}",
+                                           None)}
+    for f in entity.fields:
+        prop = f"{one}/{f.name}"
+        value = _value_schema(entity, f, reading=True)
+        paths[prop] = {"parameters": with_id, **_operation(
+            "get", prop, tag, f"The {name}'s {f.name}",
+            {"200": {"description": f"{{\"{f.name}\": value}}", "content": _json(
+                {"type": "object", "required": [f.name], "additionalProperties": False,
+                 "properties": {f.name: value}})}, **_errors(400, 404, 503)})}
+        raw = f.json_schema(reading=True)
+        content = _json(raw) if f.is_object_value else {"text/plain": {"schema": {"type": "string"}}}
+        empty = {"204": {"description": "The value is null"}} if _may_be_null(f) else {}
+        paths[f"{prop}/$value"] = {"parameters": with_id, **_operation(
+            "get", f"{prop}/$value", tag, f"The {name}'s {f.name}, bare",
+            {"200": {"description": "The value", "content": content}, **empty, **_errors(400, 404, 503)})}
+    return paths
+
+
+def _paths(settings: ApiSettings) -> dict[str, Any]:
+    tag = "Service"
+    paths: dict[str, Any] = {
+        "/": _operation("get", "/", tag, "The entity sets and the conformance classes",
+                        {"200": {"description": "The service root", "content": _json(_schema("ServiceRoot"))}}),
+        "/api": _operation("get", "/api", tag, "This API definition",
+                           {"200": {"description": "The OpenAPI document",
+                                    "content": {OPENAPI_MEDIA_TYPE: {"schema": {"type": "object"}}}},
+                            "304": {"description": "Not modified (If-None-Match)"}}),
+    }
+    for entity in ENTITIES.values():
+        paths.update(_entity_set_paths(entity, settings))
+    paths["/$batch"] = _operation(
+        "post", "/$batch", tag, "Several requests in one; a change set (atomicityGroup) all or nothing",
+        {"200": {"description": "One answer per request",
+                 "content": {**_json(_schema("BatchResponse")), "multipart/mixed": {"schema": {"type": "string"}}}},
+         **_errors(400, 409, 413, 503)},
+        body={**_json(_schema("BatchRequest")), "multipart/mixed": {"schema": {"type": "string"}}})
+    if settings.create_observations:
+        paths["/CreateObservations"] = _operation(
+            "post", "/CreateObservations", tag, "Create Observations from Data Arrays",
+            {"201": {"description": "Per row, in order: the new Observation's selfLink, or `error` and why",
+                     "content": _json({"type": "array", "items": {"type": "string"}})},
+             **_errors(400, 413, 503)},
+            body=_json({"type": "array", "items": _schema("DataArrayCreate")}))
+    return paths
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json(_schema("Error"))}
+
+
+@functools.lru_cache(maxsize=16)
+def document(root: str, settings: ApiSettings = ApiSettings()) -> dict[str, Any]:
+    """The OpenAPI document for a service root URL; built once per URL and settings (read-only for callers)."""
+    components: dict[str, Any] = {
+        "parameters": _parameters(settings),
+        "schemas": _schemas(),
+        "responses": {
+            "BadRequest": _error_response("The request is invalid; the message says what to fix"),
+            "Forbidden": _error_response("Operators only: send Authorization: Bearer <token>"),
+            "NotFound": _error_response("An entity the path names does not exist"),
+            "Conflict": _error_response("The change conflicts with the current data"),
+            "PayloadTooLarge": _error_response("The body is larger than the server's limit"),
+            "ServiceUnavailable": _error_response("Timed out or collided with a concurrent change; send it again"),
+        },
+    }
+    if settings.guarded_delete:
+        components["securitySchemes"] = {"operatorToken": {"type": "http", "scheme": "bearer",
+                                                           "description": "CITYSTREAM_ADMIN_TOKEN"}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "CityStream SensorThings API", "version": "1.1",
+                 "description": "OGC SensorThings API 1.1 (with MultiDatastream, Data Array and batch requests), "
+                                "generated from the entity model.",
+                 "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}},
+        "servers": [{"url": root}],
+        "tags": [{"name": "Service"}, *({"name": e.set_name} for e in ENTITIES.values())],
+        "paths": _paths(settings),
+        "components": components,
+    }
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded(root: str, settings: ApiSettings) -> tuple[bytes, str]:
+    body = orjson.dumps(document(root, settings))
+    return body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def response(request: Request, root: str, settings: ApiSettings) -> Response:
+    """`GET /v1.1/api`: the document, with an ETag (304 for a matching If-None-Match) and Cache-Control. It
+    changes only with the server URL, which the forwarding headers may set (hence Vary)."""
+    body, etag = _encoded(root, settings)
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={MAX_AGE_SECONDS}",
+               "Vary": "X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Prefix"}
+    given = request.headers.get("if-none-match", "")
+    if any(tag.strip() in (etag, f"W/{etag}", "*") for tag in given.split(",")):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=OPENAPI_MEDIA_TYPE, headers=headers)

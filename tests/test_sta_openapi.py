@@ -1,0 +1,272 @@
+"""The SensorThings API's OpenAPI 3.0 document (`GET /v1.1/api`, sensorthings/openapi.py).
+
+It is the input of schemathesis fuzz runs, so it is checked against the model it is generated from (every
+entity set, operation, property and relation) and against the real server: every documented GET on a
+small database answers with a documented status, content type and body, and the create schemas accept
+what the server accepts and refuse what it refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate as validate_openapi
+
+from citystream.settings import Settings
+from sensorthings import openapi
+from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
+from sensorthings.results import STREAMS
+from tests.sta_helpers import (
+    HTTP,
+    create,
+    create_datastream,
+    create_observation,
+    create_thing_with_location,
+    datastream_body,
+    feature_body,
+    get,
+    ids,
+    location_body,
+    observed_property_body,
+    post,
+    read,
+    ref,
+    sensor_body,
+    thing_body,
+)
+
+OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
+COMPLEX = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
+MEASUREMENT = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement"
+METHODS = ("get", "post", "put", "patch", "delete")
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    """The document as a default server configuration states it (no HTTP: the model checks need none)."""
+    return openapi.document("http://localhost/v1.1")
+
+
+def operations(document: dict[str, Any], path: str) -> set[str]:
+    return {method for method in document["paths"].get(path, {}) if method in METHODS}
+
+
+def schema(document: dict[str, Any], name: str) -> dict[str, Any]:
+    return document["components"]["schemas"][name]
+
+
+def validator(document: dict[str, Any], target: dict[str, Any]) -> OAS30Validator:
+    """A validator of `target` (a schema of the document) that resolves the document's $refs."""
+    return OAS30Validator({**target, "components": document["components"]})
+
+
+# ---------------------------------------------------------------------------------------------- the document
+
+
+def test_the_document_is_valid_openapi_3(document: dict[str, Any]) -> None:
+    validate_openapi(document)
+    assert document["openapi"].startswith("3.0")
+    assert document["servers"] == [{"url": "http://localhost/v1.1"}]
+    operation_ids = [op["operationId"] for item in document["paths"].values() for m, op in item.items()
+                     if m in METHODS]
+    assert len(operation_ids) == len(set(operation_ids))
+    linked = {link["operationId"] for item in document["paths"].values() for m, op in item.items() if m in METHODS
+              for answer in op["responses"].values() for link in answer.get("links", {}).values()}
+    assert linked and linked <= set(operation_ids)  # a create links to the operations on what it created
+
+
+def test_every_entity_set_is_described_with_its_operations(document: dict[str, Any]) -> None:
+    for entity in ENTITIES.values():
+        one = f"/{entity.set_name}({{id}})"
+        assert operations(document, f"/{entity.set_name}") == {"get", "post", "delete"}
+        assert operations(document, one) == {"get", "patch", "put", "delete"}
+        assert operations(document, f"/{entity.set_name}/$ref") == {"get"}
+        assert operations(document, f"{one}/$ref") == {"get"}
+        for name, relation in entity.relations.items():
+            nav = operations(document, f"{one}/{name}")
+            assert "get" in nav, (entity.name, name)
+            assert ("post" in nav) is (relation.to_many and not relation.rank_column), (entity.name, name)
+            links = operations(document, f"{one}/{name}/$ref")
+            writes = set() if relation.fixed else ({"post"} if relation.to_many else {"put"})
+            assert links == {"get"} | writes, (entity.name, name)
+        for f in entity.fields:
+            assert operations(document, f"{one}/{f.name}") == {"get"}
+            assert operations(document, f"{one}/{f.name}/$value") == {"get"}
+    for path in ("/", "/api"):
+        assert operations(document, path) == {"get"}
+    for path in ("/$batch", "/CreateObservations"):
+        assert operations(document, path) == {"post"}
+
+
+def test_every_property_and_relation_of_the_model_is_in_the_schemas(document: dict[str, Any]) -> None:
+    for entity in ENTITIES.values():
+        shown = set(schema(document, entity.name)["properties"])
+        links = {f"{name}@iot.navigationLink" for name in entity.relations}
+        assert {"@iot.id", "@iot.selfLink", *entity.property_names, *links, *entity.relations} <= shown
+        created = schema(document, f"{entity.name}Create")
+        assert set(created["properties"]) == {*entity.property_names, *entity.relations}
+        assert created["additionalProperties"] is False  # writer.check_keys refuses unknown keys
+        needed = {f.name for f in entity.fields if f.required and not f.server_maintained}
+        assert needed <= set(created.get("required", ()))
+        for kind in ("Patch", "Replace"):
+            assert set(entity.property_names) <= set(schema(document, f"{entity.name}{kind}")["properties"])
+        assert "required" not in schema(document, f"{entity.name}Patch")
+        assert set(schema(document, f"{entity.name}Replace")["required"]) == needed
+
+
+def test_a_create_inside_a_relation_leaves_out_what_the_url_gives(document: dict[str, Any]) -> None:
+    body = schema(document, "DatastreamCreateWithoutThing")
+    assert "Thing" not in body["properties"] and {"Sensor", "ObservedProperty"} <= set(body["required"])
+    observation = schema(document, "ObservationCreateWithoutDatastream")
+    assert not {stream.name for stream in STREAMS} & set(observation["properties"])  # the URL names the stream
+    assert [r["required"] for r in schema(document, "ObservationCreate")["oneOf"]] == [[s.name] for s in STREAMS]
+    post_body = document["paths"]["/Things({id})/Datastreams"]["post"]["requestBody"]["content"]
+    assert post_body["application/json"]["schema"] == {"$ref": "#/components/schemas/DatastreamCreateWithoutThing"}
+
+
+def test_query_options_state_the_limits(document: dict[str, Any]) -> None:
+    parameters = document["components"]["parameters"]
+    top = parameters["top"]["schema"]
+    assert (top["type"], top["minimum"], top["maximum"], top["default"]) == (
+        "integer", 0, Settings().max_top, Settings().default_top)
+    assert parameters["count"]["schema"]["type"] == "boolean"
+    assert parameters["resultFormat-Observation"]["schema"]["enum"] == ["dataArray", "CSV", "GeoJSON"]
+    assert parameters["resultFormat-Thing"]["schema"]["enum"] == ["CSV", "GeoJSON"]
+    select = parameters["select-Thing"]["schema"]["items"]["enum"]
+    assert set(ENTITIES["Thing"].property_names) | set(ENTITIES["Thing"].relations) <= set(select)
+    expand = re.compile(parameters["expand-Thing"]["schema"]["pattern"])
+    assert expand.match("Datastreams($top=1;$expand=Observations),Locations")
+    assert not expand.match("Sensor")
+    collection = document["paths"]["/Things"]["get"]["parameters"]
+    assert {p["$ref"].rsplit("/", 1)[1] for p in collection} == {
+        "filter", "orderby", "top", "skip", "skiptoken", "count", "select-Thing", "expand-Thing", "resultFormat-Thing"}
+    assert {p["$ref"] for p in document["paths"]["/Things"]["delete"]["parameters"]} == {
+        "#/components/parameters/requiredFilter"}
+
+
+# ---------------------------------------------------------------------------------------------- served
+
+
+def test_the_document_is_served_with_its_media_type_and_caching(server_url: str) -> None:
+    sta = f"{server_url}/v1.1"
+    response = HTTP.get(f"{sta}/api")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == OPENAPI
+    assert response.headers["cache-control"].startswith("public, max-age=")
+    served = response.json()
+    assert served["servers"] == [{"url": sta}]
+    validate_openapi(served)
+    again = HTTP.get(f"{sta}/api", headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304 and again.headers["etag"] == response.headers["etag"]
+    forwarded = HTTP.get(f"{sta}/api", headers={"X-Forwarded-Host": "city.example", "X-Forwarded-Proto": "https"})
+    assert forwarded.json()["servers"] == [{"url": "https://city.example/v1.1"}]
+    assert "X-Forwarded-Host" in forwarded.headers["vary"]
+
+
+def test_the_landing_page_and_the_service_root_link_it(server_url: str) -> None:
+    sta = f"{server_url}/v1.1"
+    links = HTTP.get(f"{server_url}/").json()["links"]
+    described = [link for link in links if link["rel"] == "service-desc"]
+    assert described == [{"rel": "service-desc", "href": f"{sta}/api", "type": OPENAPI,
+                          "title": described[0]["title"]}]
+    root = HTTP.get(sta)
+    assert root.headers["link"] == f'<{sta}/api>; rel="service-desc"; type="{OPENAPI}"'
+    assert set(root.json()) == {"value", "serverSettings"}
+
+
+def small_city(sta: str) -> dict[str, int]:
+    """One entity of every set, linked: {entity set: id}."""
+    thing = create_thing_with_location(sta)
+    datastream = create_datastream(sta, thing)
+    observation = create_observation(sta, datastream, 1.5, "2024-05-01T10:00:00Z", resultTime="2024-05-01T10:00:00Z")
+    sensor = read(sta, f"Datastreams({datastream})/Sensor")["@iot.id"]
+    observed = read(sta, f"Datastreams({datastream})/ObservedProperty")["@iot.id"]
+    multi = create(sta, "MultiDatastreams", {
+        "name": "m", "description": "d", "observationType": COMPLEX, "multiObservationDataTypes": [MEASUREMENT],
+        "unitOfMeasurements": [{"name": "degree Celsius"}], "Thing": ref(thing), "Sensor": ref(sensor),
+        "ObservedProperties": [ref(observed)]})
+    create(sta, f"MultiDatastreams({multi})/Observations", {"result": [2], "phenomenonTime": "2024-05-01T10:00:00Z"})
+    return {"Things": thing, "Locations": ids(sta, f"Things({thing})/Locations")[0],
+            "HistoricalLocations": ids(sta, f"Things({thing})/HistoricalLocations")[0], "Datastreams": datastream,
+            "Sensors": sensor, "ObservedProperties": observed, "Observations": observation,
+            "FeaturesOfInterest": read(sta, f"Observations({observation})/FeatureOfInterest")["@iot.id"],
+            "MultiDatastreams": multi}
+
+
+def _maybe_absent(path: str) -> bool:
+    """A to-one navigation that the small city leaves empty may be a 404 (an Observation of a Datastream
+    has no MultiDatastream)."""
+    match = re.fullmatch(r"/(\w+)\(\{id\}\)/(\w+)(/\$ref)?", path)
+    if match is None or match.group(2) not in ENTITY_SETS[match.group(1)].relations:
+        return False
+    relation = ENTITY_SETS[match.group(1)].relation(match.group(2))
+    return not relation.to_many and not relation.required
+
+
+def test_every_documented_read_answers_as_documented(sta: str) -> None:
+    city = small_city(sta)
+    served = read(sta, "api")
+    checked = 0
+    for template, item in served["paths"].items():
+        if "get" not in item or template == "/api":
+            continue
+        set_name = template.split("(")[0].strip("/")
+        path = template.replace("{id}", str(city.get(set_name, 0)))
+        if "{targetId}" in template:
+            target: Entity = ENTITY_SETS[set_name].relation(template.split("/")[2].split("(")[0]).target_entity
+            path = path.replace("{targetId}", str(city[target.set_name]))
+        response = get(sta, path.lstrip("/"))
+        documented = item["get"]["responses"]
+        assert str(response.status_code) in documented, (template, response.status_code, response.text)
+        if not 200 <= response.status_code < 300:
+            assert _maybe_absent(template), (template, response.status_code, response.text)
+            continue
+        checked += 1
+        if response.status_code == 204:
+            continue
+        content = documented[str(response.status_code)]["content"]
+        media_type = response.headers["content-type"].split(";")[0]
+        assert media_type in {m.split(";")[0] for m in content}, (template, media_type)
+        if media_type == "application/json":
+            validator(served, content["application/json"]["schema"]).validate(response.json())
+    assert checked > 150
+
+
+@pytest.mark.parametrize("result_format, media_type", [
+    ("CSV", "text/csv"), ("GeoJSON", "application/geo+json"), ("dataArray", "application/json")])
+def test_result_formats_answer_with_documented_content(sta: str, result_format: str, media_type: str) -> None:
+    small_city(sta)
+    served = read(sta, "api")
+    response = get(sta, "Observations", params={"$resultFormat": result_format})
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] == media_type
+    content = served["paths"]["/Observations"]["get"]["responses"]["200"]["content"]
+    assert media_type in content
+    if media_type != "text/csv":
+        validator(served, content[media_type]["schema"]).validate(response.json())
+
+
+def test_create_schemas_accept_what_the_server_accepts_and_refuse_the_rest(sta: str) -> None:
+    served = read(sta, "api")
+    # As deep as the schemas describe (openapi.DEEP_INSERT_LEVELS); the server takes deeper ones too.
+    thing = thing_body(Locations=[location_body()], Datastreams=[datastream_body(
+        Sensor=sensor_body(), ObservedProperty=observed_property_body(),
+        Observations=[{"result": 1, "phenomenonTime": "2024-05-01T10:00:00Z"}])])
+    things = validator(served, schema(served, "ThingCreate"))
+    things.validate(thing)
+    assert post(sta, "Things", thing).status_code == 201
+    observation = {"result": 2, "Datastream": ref(ids(sta, "Datastreams")[0]), "FeatureOfInterest": feature_body()}
+    validator(served, schema(served, "ObservationCreate")).validate(observation)
+    assert post(sta, "Observations", observation).status_code == 201
+    unknown = {**thing_body(), "colour": "red"}
+    assert not things.is_valid(unknown)
+    assert post(sta, "Things", unknown).status_code == 400
+    wrong_encoding = location_body(encodingType="text/plain")
+    assert not validator(served, schema(served, "LocationCreate")).is_valid(wrong_encoding)
+    assert post(sta, "Locations", wrong_encoding).status_code == 400
+    both_streams = {"result": 1, "Datastream": ref(1), "MultiDatastream": ref(1)}
+    assert not validator(served, schema(served, "ObservationCreate")).is_valid(both_streams)
+    assert post(sta, "Observations", both_streams).status_code == 400
