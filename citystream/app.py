@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from citystream.access_log import AccessLog
 from citystream.admin import admin_guard, admin_router
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
@@ -42,6 +43,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
 
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
+    app.add_middleware(AccessLog, mode=settings.access_log)
     sta = StaApi(pool, StaConfig(
         default_top=settings.default_top,
         max_top=settings.max_top,

@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import dataclasses
 import ipaddress
+import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from citystream import logs
 from citystream.embedded import (
     EmbeddedMosquitto,
     EmbeddedPostgres,
@@ -52,7 +55,12 @@ environment (flags override these):
   CITYSTREAM_PUBLIC_URL,
   CITYSTREAM_DEFAULT_TOP, CITYSTREAM_MAX_TOP, CITYSTREAM_MAX_BODY_BYTES, CITYSTREAM_STATEMENT_TIMEOUT_MS,
   CITYSTREAM_DB_POOL_SIZE
+  CITYSTREAM_LOG_FORMAT     json (default: one object per line on stdout) or text
+  CITYSTREAM_LOG_LEVEL      debug, info (default), warning or error
+  CITYSTREAM_ACCESS_LOG     HTTP access records: all (default), writes (not GET/HEAD, and errors) or off
 """
+
+log = logging.getLogger("citystream.cli")
 
 
 class _Shutdown(Exception):
@@ -74,7 +82,8 @@ def _install_stop_handlers() -> None:
 
 
 def _say(message: str) -> None:
-    print(f"citystream: {message}", flush=True)
+    """What the command is doing, as a log record (stdout, the configured format)."""
+    log.info(message)
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -298,8 +307,8 @@ def _broker(settings: Settings) -> Iterator[tuple[str, list[str], BrokerAddress]
     )
     _say(f"starting Mosquitto (data in {broker.data_dir})")
     if not _is_loopback(settings.mqtt_host):
-        _say(
-            f"warning: the embedded Mosquitto listens on {settings.mqtt_host} without TLS"
+        log.warning(
+            f"the embedded Mosquitto listens on {settings.mqtt_host} without TLS"
             + (f"; anonymous clients may read {settings.mqtt_anonymous_read}" if settings.mqtt_anonymous_read else "")
         )
     with broker:
@@ -337,8 +346,9 @@ def _server(settings: Settings, database_url: str) -> uvicorn.Server:
         host=settings.host,
         port=settings.http_port,
         timeout_graceful_shutdown=10,
-        log_level="info",
-        access_log=False,  # a log line per request cost ~10% of a POST's CPU; put access logs in the proxy
+        log_level=settings.log_level,
+        log_config=None,  # uvicorn's records go through citystream.logs like everyone else's
+        access_log=False,  # citystream.access_log logs requests, at a fraction of uvicorn's cost per line
     )
     return uvicorn.Server(config)
 
@@ -513,6 +523,7 @@ def cmd_migrate(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
+    logs.configure(settings.log_level, settings.log_format)
     _install_stop_handlers()
     commands: dict[str, Callable[[Settings], int]] = {"up": cmd_up, "serve": cmd_serve, "migrate": cmd_migrate}
     try:

@@ -26,6 +26,13 @@ def _int_env(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (os.environ.get(name) or default).strip().lower()
+    if value not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the platform can be told. Defaults are the embedded, loopback-only set-up."""
@@ -78,6 +85,11 @@ class Settings:
     """Bearer token for /admin; None: /admin answers loopback clients only."""
     mqtt_receive_maximum: int = 20_000
     """QoS 1 messages the broker may have in flight to one bridge; size it for the batch (REFERENCE.md)."""
+    log_format: str = "json"
+    """`json` (one object per line) or `text` (for a terminal); see citystream/logs.py."""
+    log_level: str = "info"
+    access_log: str = "all"
+    """HTTP access records: `all`, `writes` (not GET/HEAD, and every response >= 400) or `off`."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -116,4 +128,7 @@ class Settings:
             mqtt_ingest=env.get("CITYSTREAM_MQTT_INGEST", "true").lower() not in ("0", "false", "no"),
             mqtt_max_payload_bytes=_int_env("CITYSTREAM_MQTT_MAX_PAYLOAD_BYTES", base.mqtt_max_payload_bytes),
             mqtt_receive_maximum=_int_env("CITYSTREAM_MQTT_RECEIVE_MAXIMUM", base.mqtt_receive_maximum),
+            log_format=_choice_env("CITYSTREAM_LOG_FORMAT", base.log_format, logs.FORMATS),
+            log_level=_choice_env("CITYSTREAM_LOG_LEVEL", base.log_level, tuple(v.lower() for v in logs.LEVELS)),
+            access_log=_choice_env("CITYSTREAM_ACCESS_LOG", base.access_log, ACCESS_LOG_MODES),
         )
