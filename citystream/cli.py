@@ -3,6 +3,10 @@
 Why a single entry point: a developer gets a complete platform with `citystream up` and nothing else, while
 an operator with a managed PostgreSQL and broker runs `citystream migrate` and `citystream serve` against it.
 Configuration comes from CITYSTREAM_* environment variables; command-line flags override them.
+
+`up` is a small supervisor: PostgreSQL, Mosquitto, the API (`serve`, with the MQTT bridge inside) and the
+demo each run in a process of their own, so a crash of one (a segfault in a native library, say) takes
+none of the others with it; the one that died is logged and started again (citystream/supervisor.py).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,6 +35,7 @@ from citystream.embedded import (
     ensure_port_free,
 )
 from citystream.settings import Settings
+from citystream.supervisor import CommandChild, Supervisor
 from mqtt_bridge.address import BrokerAddress
 
 if TYPE_CHECKING:
@@ -121,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
             "PostgreSQL cluster runs under DATA_DIR/postgres (on a free loopback port it remembers); without "
             "CITYSTREAM_MQTT_URL a private Mosquitto runs under DATA_DIR/mosquitto on --mqtt-host:--mqtt-port "
             "(loopback unless --mqtt-host says otherwise). "
-            "Migrations are applied, then the API is served on --host:--http-port. Ctrl-C or SIGTERM stops "
-            "the API, then Mosquitto, then PostgreSQL. Data is kept in DATA_DIR between runs."
+            "Migrations are applied, then the API is served on --host:--http-port. Each part runs in a "
+            "process of its own and is started again if it dies (logged with the reason), the others "
+            "untouched. Ctrl-C or SIGTERM stops the demo, the API, then Mosquitto, then PostgreSQL. Data is "
+            "kept in DATA_DIR between runs."
         ),
         epilog=ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -156,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_http(serve)
+    serve.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # run by `up`: no banner
 
     migrate = sub.add_parser(
         "migrate",
@@ -193,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Create a small Hamburg-like city (bike counters, e-charging and bike-share stations, air quality, "
             "noise, traffic counts) through the STA API at --url and publish its observations over MQTT, with "
-            "an accelerated clock. The MQTT account is taken from --mqtt-url, else from the embedded broker "
+            "an accelerated clock. The MQTT account is taken from --mqtt-url (a URL without password: "
+            "CITYSTREAM_MQTT_SENSOR_USER and CITYSTREAM_MQTT_SENSOR_PASSWORD), else from the embedded broker "
             "in DATA_DIR (the sensor account of `citystream up`)."
         ),
         epilog=ENV_HELP,
@@ -248,10 +258,12 @@ def _migrate(dsn: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[tuple[str, str]]:
+def _database(settings: Settings, on_started: Callable[[EmbeddedPostgres], None] | None = None
+              ) -> Iterator[tuple[str, str]]:
     """The configured database, or the embedded cluster for the lifetime of the block.
 
-    Yields (dsn, what to show): the DSN may carry a password, which must never be printed.
+    Yields (dsn, what to show): the DSN may carry a password, which must never be printed. `on_started`
+    receives the embedded cluster once it runs (`up` supervises it).
     """
     if settings.database_url:
         # An external URL may carry a password: show only where it points.
@@ -261,6 +273,8 @@ def _database(settings: Settings) -> Iterator[tuple[str, str]]:
     _say(f"starting PostgreSQL (data in {pg.data_dir})")
     with pg:
         _say(f"PostgreSQL ready at {pg.masked_dsn} (password in {pg.password_file})")
+        if on_started is not None:
+            on_started(pg)
         try:
             yield pg.dsn, pg.masked_dsn
         finally:
@@ -284,11 +298,13 @@ def _masked_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _broker(settings: Settings) -> Iterator[tuple[str, list[str], BrokerAddress]]:
+def _broker(settings: Settings, on_started: Callable[[EmbeddedMosquitto], None] | None = None
+            ) -> Iterator[tuple[str, list[str], BrokerAddress]]:
     """The configured broker, or the embedded Mosquitto for the lifetime of the block.
 
     Yields (URL the platform connects with, banner lines, the account a sensor - the demo - publishes
-    with): the URL carries the platform account's password, which must never be printed.
+    with): the URL carries the platform account's password, which must never be printed. `on_started`
+    receives the embedded broker once it runs (`up` supervises it).
     """
     if settings.mqtt_url:
         yield (settings.mqtt_url, [f"  MQTT broker       {_masked_url(settings.mqtt_url)}"],
@@ -328,6 +344,8 @@ def _broker(settings: Settings) -> Iterator[tuple[str, list[str], BrokerAddress]
         ]
         _say(f"Mosquitto ready at {broker.url} (platform account {broker.platform_username!r}, password in "
              f"{broker.platform_password_file})")
+        if on_started is not None:
+            on_started(broker)
         try:
             sensor = BrokerAddress(broker.host, broker.port, broker.sensor_username, broker.sensor_password)
             yield broker.platform_url, lines, sensor
@@ -353,13 +371,18 @@ def _server(settings: Settings, database_url: str) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def _banner(lines: list[str]) -> None:
+    """Where things are, for the person who started us (plain text on stdout, not a log record)."""
+    print("\n".join(["", "CityStream is up:", *lines, "Press Ctrl-C to stop.", ""]), flush=True)
+
+
 def _announce_when_started(server: uvicorn.Server, lines: list[str]) -> None:
     """Print where things are once the socket is listening (not before: the port might still fail)."""
 
     def watch() -> None:
         while not server.should_exit:
             if server.started:
-                print("\n".join(["", "CityStream is up:", *lines, "Press Ctrl-C to stop.", ""]), flush=True)
+                _banner(lines)
                 return
             time.sleep(0.05)
 
@@ -386,34 +409,58 @@ class DemoOptions:
         return cls(args.demo_speed, args.demo_seed)
 
 
-@contextlib.contextmanager
-def _demo_running(sta_url: str, account: BrokerAddress, options: DemoOptions | None) -> Iterator[None]:
-    """The demo publisher in a thread of its own (the HTTP server owns the main thread's loop)."""
-    if options is None:
-        yield
-        return
-    import asyncio
+def _self_command() -> list[str]:
+    """How to run `citystream` again: the script next to our interpreter, else `python -m`."""
+    script = Path(sys.executable).with_name("citystream")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "citystream.cli"]
 
-    from citystream.demo import run_demo
 
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
+def _child_env(values: dict[str, str | None]) -> dict[str, str]:
+    """Our environment with `values` set (None: removed): how settings, secrets included, reach a child."""
+    env = dict(os.environ)
+    for name, value in values.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
-    def run() -> None:
+
+def _api_child(settings: Settings) -> CommandChild:
+    """`citystream serve` with what `up` worked out: the URLs (with their passwords), where to listen and the
+    MQTT endpoints to announce. Everything else it reads from the same CITYSTREAM_* variables as we did."""
+    env = _child_env({
+        "CITYSTREAM_DATABASE_URL": settings.database_url,
+        "CITYSTREAM_MQTT_URL": settings.mqtt_url,
+        "CITYSTREAM_HOST": settings.host,
+        "CITYSTREAM_HTTP_PORT": str(settings.http_port),
+        "CITYSTREAM_MQTT_PUBLIC_URLS": ",".join(settings.mqtt_public_urls),
+    })
+    return CommandChild("API", [*_self_command(), "serve", "--supervised"], env)
+
+
+def _demo_child(sta_url: str, account: BrokerAddress, options: DemoOptions) -> CommandChild:
+    """`citystream demo` against our API, publishing as the sensor account (its password in the env)."""
+    env = _child_env({"CITYSTREAM_MQTT_SENSOR_USER": account.username,
+                      "CITYSTREAM_MQTT_SENSOR_PASSWORD": account.password})
+    argv = [*_self_command(), "demo", "--url", sta_url, "--mqtt-url", account.url,
+            "--demo-speed", repr(options.speed), "--demo-seed", str(options.seed)]
+    return CommandChild("demo", argv, env, stop_timeout=10.0)
+
+
+def _listening(host: str, port: int) -> Callable[[], bool]:
+    """True once host:port accepts connections. uvicorn listens only after the app's start-up (database
+    pool, ingest, bridge) has completed, so for the API this means ready."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+    def probe() -> bool:
         try:
-            loop.run_until_complete(run_demo(sta_url, account.url, username=account.username,
-                                             password=account.password, speed=options.speed, seed=options.seed,
-                                             stop=stop))
-        except Exception as exc:  # the demo must never take the platform down
-            _say(f"demo stopped: {exc}")
+            with socket.create_connection((target, port), timeout=1):
+                return True
+        except OSError:
+            return False
 
-    thread = threading.Thread(target=run, name="demo", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=10)
+    return probe
 
 
 def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
@@ -422,32 +469,32 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
     if not settings.mqtt_url:
         ensure_port_free(settings.mqtt_host, settings.mqtt_port, "MQTT", MQTT_PORT_HINT)
         ensure_port_free(settings.mqtt_host, settings.mqtt_ws_port, "MQTT websocket", MQTT_WS_PORT_HINT)
-    with _database(settings) as (database_url, shown_db), _broker(settings) as (mqtt_url, shown_mqtt, sensor):
+    supervisor = Supervisor()
+    with _database(settings, supervisor.adopt) as (database_url, shown_db), \
+            _broker(settings, supervisor.adopt) as (mqtt_url, shown_mqtt, sensor):
         _migrate(database_url)
         if not settings.mqtt_url and not settings.mqtt_public_urls:  # the embedded broker: announce both listeners
             ws = dataclasses.replace(sensor, port=settings.mqtt_ws_port).url.replace("mqtt://", "ws://", 1)
             settings = dataclasses.replace(settings, mqtt_public_urls=(sensor.url, ws))
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
-        server = _server(settings, database_url)
         base = _http_base(settings)
-        _announce_when_started(
-            server,
-            [
+        try:
+            supervisor.start(_api_child(settings), ready=_listening(settings.host, settings.http_port))
+            _banner([
                 f"  SensorThings API  {base}/v1.1",
                 f"  health            {base}/health",
                 *shown_mqtt,
                 f"  PostgreSQL        {shown_db}",
                 f"  data directory    {settings.data_dir.absolute()}",
-            ],
-        )
-        try:
-            with _demo_running(f"{base}/v1.1", sensor, demo):
-                return _serve(server)
+            ])
+            if demo is not None:
+                supervisor.start(_demo_child(f"{base}/v1.1", sensor, demo))
+            supervisor.run()
         finally:
-            _say("HTTP server stopped")
+            supervisor.stop()
 
 
-def cmd_serve(settings: Settings) -> int:
+def cmd_serve(settings: Settings, supervised: bool = False) -> int:
     if not settings.database_url:
         print(
             "citystream: error: `serve` needs CITYSTREAM_DATABASE_URL (postgresql://...); "
@@ -457,7 +504,8 @@ def cmd_serve(settings: Settings) -> int:
         return 2
     ensure_port_free(settings.host, settings.http_port, "HTTP", HTTP_PORT_HINT)
     server = _server(settings, settings.database_url)
-    _announce_when_started(server, [f"  SensorThings API  {_http_base(settings)}/v1.1"])
+    if not supervised:  # under `up`, the supervisor announces the whole platform
+        _announce_when_started(server, [f"  SensorThings API  {_http_base(settings)}/v1.1"])
     return _serve(server)
 
 
@@ -492,6 +540,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     sta_url = args.url or f"{_http_base(settings)}/v1.1"
     if args.mqtt_url:
         account = BrokerAddress.from_url(args.mqtt_url)
+        if account.password is None and settings.mqtt_sensor_password:  # how `up` hands over its account
+            account = dataclasses.replace(account, username=settings.mqtt_sensor_user,
+                                          password=settings.mqtt_sensor_password)
     else:
         password_file = settings.data_dir / "mosquitto" / "sensor-password"
         password = settings.mqtt_sensor_password or (
@@ -529,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             return cmd_up(settings, DemoOptions.from_args(args) if args.demo else None)
+        if args.command == "serve":
+            return cmd_serve(settings, args.supervised)
         if args.command == "bridge":
             return cmd_bridge(settings, args.workers, args.worker)
         if args.command == "demo":

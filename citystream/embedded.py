@@ -132,7 +132,7 @@ def _url_host(host: str) -> str:
 _libc: Any = None
 
 
-def _parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
+def parent_death_signal(sig: signal.Signals) -> Callable[[], None]:
     """preexec_fn: the child gets `sig` if we die, so a killed `citystream up` leaves no orphans.
 
     Runs after Popen's setuid (which would clear the setting), right before exec.
@@ -256,7 +256,7 @@ def _terminate_foreign(pid: int, first: signal.Signals, timeout: float) -> None:
     raise EmbeddedServiceError(f"could not stop process {pid} left over from an earlier run")
 
 
-def _stop_child(proc: subprocess.Popen[bytes], signals: list[tuple[signal.Signals, float]]) -> None:
+def stop_child(proc: subprocess.Popen[bytes], signals: list[tuple[signal.Signals, float]]) -> None:
     """Send each signal in turn until the child has exited (last resort: SIGKILL)."""
     for sig, timeout in [*signals, (signal.SIGKILL, 10.0)]:
         if proc.poll() is not None:
@@ -354,6 +354,11 @@ class _Service:
 
     def start(self) -> None:
         raise NotImplementedError
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The server's process while it runs (None before start() and after stop()), for a supervisor."""
+        return self._proc
 
     @property
     def running(self) -> bool:
@@ -715,7 +720,7 @@ class EmbeddedPostgres(_Service):
             stderr=subprocess.STDOUT,
             cwd=self.pgdata,
             start_new_session=True,  # a Ctrl-C in the terminal goes to us; we stop it in order
-            preexec_fn=_parent_death_signal(signal.SIGINT),
+            preexec_fn=parent_death_signal(signal.SIGINT),
             **self._account.popen_kwargs(),
         )
 
@@ -761,7 +766,7 @@ class EmbeddedPostgres(_Service):
     def stop(self) -> None:
         """Fast shutdown (SIGINT: roll back sessions, checkpoint), escalating only if it hangs."""
         if self._proc is not None:
-            _stop_child(self._proc, [(signal.SIGINT, 60.0), (signal.SIGQUIT, 10.0)])
+            stop_child(self._proc, [(signal.SIGINT, 60.0), (signal.SIGQUIT, 10.0)])
             self._proc = None
         if self._log is not None:
             self._log.close()
@@ -1317,7 +1322,7 @@ class EmbeddedMosquitto(_Service):
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(signal.SIGTERM),
+                preexec_fn=parent_death_signal(signal.SIGTERM),
                 **self._account.popen_kwargs(),
             )
             _private_file(self._pid_file, f"{self._proc.pid}\n".encode())
@@ -1401,7 +1406,7 @@ class EmbeddedMosquitto(_Service):
     def stop(self) -> None:
         """SIGTERM makes Mosquitto save its persistence file and exit."""
         if self._proc is not None:
-            _stop_child(self._proc, [(signal.SIGTERM, 15.0)])
+            stop_child(self._proc, [(signal.SIGTERM, 15.0)])
             self._proc = None
             with contextlib.suppress(FileNotFoundError):
                 self._pid_file.unlink()
