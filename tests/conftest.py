@@ -163,3 +163,13 @@ def _hypothesis_profile() -> None:
 
 
 _hypothesis_profile()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fuzz tier's counts (tests/fuzz_report.py), when it ran."""
+    from tests import fuzz_report
+
+    if fuzz_report.COUNTS:
+        terminalreporter.section("fuzz tier")
+        for line in fuzz_report.lines():
+            terminalreporter.write_line(line)
