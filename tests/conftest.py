@@ -53,11 +53,10 @@ def database_url(postgres_server: EmbeddedPostgres) -> str:
     return postgres_server.dsn
 
 
-@pytest.fixture(scope="session")
-def mosquitto_server() -> Iterator[EmbeddedMosquitto]:
-    """The generated, secured broker: connect as the platform with `platform_url`, as a sensor with
-    `sensor_username`/`sensor_password`; anonymous clients (`url`) may only read v1.1/#."""
-    root = make_service_dir("cs-mqtt-")
+@contextmanager
+def private_broker(prefix: str = "cs-mqtt-") -> Iterator[EmbeddedMosquitto]:
+    """The generated, secured broker on random ports, in a temp dir of its own."""
+    root = make_service_dir(prefix)
     broker = EmbeddedMosquitto(root / "mosquitto", find_free_port(), websocket_port=find_free_port())
     broker.start()
     try:
@@ -65,6 +64,14 @@ def mosquitto_server() -> Iterator[EmbeddedMosquitto]:
     finally:
         broker.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mosquitto_server() -> Iterator[EmbeddedMosquitto]:
+    """The generated, secured broker: connect as the platform with `platform_url`, as a sensor with
+    `sensor_username`/`sensor_password`; anonymous clients (`url`) may only read v1.1/#."""
+    with private_broker() as broker:
+        yield broker
 
 
 _USER_TABLES = """

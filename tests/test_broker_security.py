@@ -49,7 +49,7 @@ from citystream.embedded import (
 )
 from citystream.settings import Settings
 from mqtt_bridge.bridge import BridgeConfig
-from tests.conftest import make_service_dir
+from tests.conftest import make_service_dir, private_broker
 from tests.mqtt_helpers import wait_for
 from tests.sta_helpers import create_datastream
 
@@ -175,14 +175,8 @@ def stop(proc: subprocess.Popen[str]) -> str:
 @pytest.fixture(scope="module")
 def broker() -> Iterator[EmbeddedMosquitto]:
     """A broker of its own, with no bridge attached: these tests use the bridge's client id and group."""
-    root = make_service_dir("cs-mqtt-security-")
-    server = EmbeddedMosquitto(root / "mosquitto", find_free_port(), websocket_port=find_free_port())
-    server.start()
-    try:
+    with private_broker("cs-mqtt-security-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

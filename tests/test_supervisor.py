@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -80,42 +81,64 @@ def _supervisor_says(log: Path, fragment: str) -> dict[str, object] | None:
     return None
 
 
-def test_a_crashed_api_is_restarted_and_nothing_else_moves(data_dir: Path, tmp_path: Path) -> None:
-    http_port = find_free_port()
-    sta = f"http://127.0.0.1:{http_port}/v1.1"
-    log = tmp_path / "up.log"
-    proc = _start_up(data_dir, http_port, find_free_port(), log)
-    try:
-        _wait_ready(sta, proc, log)
-        created = httpx.post(f"{sta}/Things", json={"name": "kept", "description": "across a crash"}, timeout=10)
-        assert created.status_code == 201, created.text
-        services = _service_pid(data_dir)
-        api = _child(proc.pid, "serve --supervised")
-        # The URLs carry passwords: in the child's environment, never in its argv.
-        password = (data_dir / "postgres" / "password").read_text().strip()
-        assert password not in Path(f"/proc/{api}/cmdline").read_text()
-        assert password in Path(f"/proc/{api}/environ").read_bytes().decode()
+@dataclass
+class Platform:
+    """A running `citystream up` (its supervisor's process) and where to reach it."""
 
-        started = time.monotonic()
-        subprocess.run(["kill", "-SEGV", str(api)], check=True)
-        wait_for(lambda: _supervisor_says(log, f"API process {api} died from SIGSEGV"), timeout=10,
-                 what="the supervisor to log the crash")
-        _wait_ready(f"http://127.0.0.1:{http_port}/health", proc, log, timeout=20)
-        assert time.monotonic() - started < 15
-        assert _child(proc.pid, "serve --supervised") != api
-        assert _service_pid(data_dir) == services  # PostgreSQL and Mosquitto kept running
-        again = httpx.get(created.headers["location"], timeout=10)
-        assert again.status_code == 200 and again.json()["name"] == "kept"
-        crash = _supervisor_says(log, "died from SIGSEGV")
-        assert crash is not None and crash["signal"] == "SIGSEGV" and crash["child_pid"] == api
-        assert crash["level"] == "ERROR" and "restarting in 1 s" in str(crash["message"])
-        text = log.read_text()
-        assert "Fatal Python error: Segmentation fault" in text  # faulthandler: the Python stack on stderr
-        assert "in cmd_serve" in text
-        wait_for(lambda: _supervisor_says(log, "is ready again"), timeout=5, what="the supervisor to see it ready")
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    log: Path
+    http_port: int
+    mqtt_port: int
+
+    @property
+    def sta(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1.1"
+
+
+@pytest.fixture
+def platform(data_dir: Path, tmp_path: Path) -> Iterator[Platform]:
+    """`citystream up` in the data directory, ready; stopped by SIGTERM afterwards, which must exit 0."""
+    http_port, mqtt_port = find_free_port(), find_free_port()
+    log = tmp_path / "up.log"
+    proc = _start_up(data_dir, http_port, mqtt_port, log)
+    try:
+        _wait_ready(f"http://127.0.0.1:{http_port}/v1.1", proc, log)
+        yield Platform(proc, data_dir, log, http_port, mqtt_port)
     finally:
         rc = _sigterm(proc, log)
     assert rc == 0, log.read_text()[-4000:]
+
+
+def test_a_crashed_api_is_restarted_and_nothing_else_moves(platform: Platform) -> None:
+    proc, data_dir, log, sta = platform.proc, platform.data_dir, platform.log, platform.sta
+    http_port = platform.http_port
+    created = httpx.post(f"{sta}/Things", json={"name": "kept", "description": "across a crash"}, timeout=10)
+    assert created.status_code == 201, created.text
+    services = _service_pid(data_dir)
+    api = _child(proc.pid, "serve --supervised")
+    # The URLs carry passwords: in the child's environment, never in its argv.
+    password = (data_dir / "postgres" / "password").read_text().strip()
+    assert password not in Path(f"/proc/{api}/cmdline").read_text()
+    assert password in Path(f"/proc/{api}/environ").read_bytes().decode()
+
+    started = time.monotonic()
+    subprocess.run(["kill", "-SEGV", str(api)], check=True)
+    wait_for(lambda: _supervisor_says(log, f"API process {api} died from SIGSEGV"), timeout=10,
+             what="the supervisor to log the crash")
+    _wait_ready(f"http://127.0.0.1:{http_port}/health", proc, log, timeout=20)
+    assert time.monotonic() - started < 15
+    assert _child(proc.pid, "serve --supervised") != api
+    assert _service_pid(data_dir) == services  # PostgreSQL and Mosquitto kept running
+    again = httpx.get(created.headers["location"], timeout=10)
+    assert again.status_code == 200 and again.json()["name"] == "kept"
+    crash = _supervisor_says(log, "died from SIGSEGV")
+    assert crash is not None and crash["signal"] == "SIGSEGV" and crash["child_pid"] == api
+    assert crash["level"] == "ERROR" and "restarting in 1 s" in str(crash["message"])
+    text = log.read_text()
+    assert "Fatal Python error: Segmentation fault" in text  # faulthandler: the Python stack on stderr
+    assert "in cmd_serve" in text
+    wait_for(lambda: _supervisor_says(log, "is ready again"), timeout=5, what="the supervisor to see it ready")
 
 
 def _publish(data_dir: Path, mqtt_port: int, topic: str, payload: bytes) -> None:
@@ -124,73 +147,58 @@ def _publish(data_dir: Path, mqtt_port: int, topic: str, payload: bytes) -> None
                     "-u", "sensor", "-P", password, "-t", topic, "-s"], input=payload, check=True, timeout=30)
 
 
-def test_a_killed_mosquitto_is_restarted_and_the_bridge_reconnects(data_dir: Path, tmp_path: Path) -> None:
-    http_port, mqtt_port = find_free_port(), find_free_port()
-    sta = f"http://127.0.0.1:{http_port}/v1.1"
-    log = tmp_path / "up.log"
-    proc = _start_up(data_dir, http_port, mqtt_port, log)
-    try:
-        _wait_ready(sta, proc, log)
-        thing = {"name": "t", "description": "d", "Locations": [{
-            "name": "l", "description": "d", "encodingType": "application/geo+json",
-            "location": {"type": "Point", "coordinates": [9.99, 53.55]}}], "Datastreams": [{
-            "name": "ds", "description": "d", "observationType": "http://www.opengis.net/def/observationType/"
-            "OGC-OM/2.0/OM_Measurement", "unitOfMeasurement": {"name": "degree", "symbol": "°C", "definition": "x"},
-            "Sensor": {"name": "s", "description": "d", "encodingType": "text/plain", "metadata": "m"},
-            "ObservedProperty": {"name": "p", "description": "d", "definition": "x"}}]}
-        assert httpx.post(f"{sta}/Things", json=thing, timeout=10).status_code == 201
-        datastream = httpx.get(f"{sta}/Datastreams", timeout=10).json()["value"][0]["@iot.id"]
-        postmaster, mosquitto = _service_pid(data_dir)
-        api = _child(proc.pid, "serve --supervised")
+def test_a_killed_mosquitto_is_restarted_and_the_bridge_reconnects(platform: Platform) -> None:
+    proc, data_dir, log, sta = platform.proc, platform.data_dir, platform.log, platform.sta
+    mqtt_port = platform.mqtt_port
+    thing = {"name": "t", "description": "d", "Locations": [{
+        "name": "l", "description": "d", "encodingType": "application/geo+json",
+        "location": {"type": "Point", "coordinates": [9.99, 53.55]}}], "Datastreams": [{
+        "name": "ds", "description": "d", "observationType": "http://www.opengis.net/def/observationType/"
+        "OGC-OM/2.0/OM_Measurement", "unitOfMeasurement": {"name": "degree", "symbol": "°C", "definition": "x"},
+        "Sensor": {"name": "s", "description": "d", "encodingType": "text/plain", "metadata": "m"},
+        "ObservedProperty": {"name": "p", "description": "d", "definition": "x"}}]}
+    assert httpx.post(f"{sta}/Things", json=thing, timeout=10).status_code == 201
+    datastream = httpx.get(f"{sta}/Datastreams", timeout=10).json()["value"][0]["@iot.id"]
+    postmaster, mosquitto = _service_pid(data_dir)
+    api = _child(proc.pid, "serve --supervised")
 
-        subprocess.run(["kill", "-KILL", str(mosquitto)], check=True)
-        wait_for(lambda: _supervisor_says(log, f"Mosquitto process {mosquitto} died from SIGKILL"), timeout=10,
-                 what="the supervisor to log the dead broker")
-        wait_for(lambda: _supervisor_says(log, "restarted Mosquitto"), timeout=20, what="Mosquitto to restart")
-        assert _service_pid(data_dir)[0] == postmaster
-        assert _service_pid(data_dir)[1] != mosquitto
-        assert _child(proc.pid, "serve --supervised") == api  # the API kept running
-        wait_for(lambda: "reconnected to the MQTT broker" in log.read_text(), timeout=40,
-                 what="the bridge to reconnect")
+    subprocess.run(["kill", "-KILL", str(mosquitto)], check=True)
+    wait_for(lambda: _supervisor_says(log, f"Mosquitto process {mosquitto} died from SIGKILL"), timeout=10,
+             what="the supervisor to log the dead broker")
+    wait_for(lambda: _supervisor_says(log, "restarted Mosquitto"), timeout=20, what="Mosquitto to restart")
+    assert _service_pid(data_dir)[0] == postmaster
+    assert _service_pid(data_dir)[1] != mosquitto
+    assert _child(proc.pid, "serve --supervised") == api  # the API kept running
+    wait_for(lambda: "reconnected to the MQTT broker" in log.read_text(), timeout=40,
+             what="the bridge to reconnect")
 
-        def stored() -> bool:
-            _publish(data_dir, mqtt_port, f"v1.1/Datastreams({datastream})/Observations", b'{"result": 21.5}')
-            found = httpx.get(f"{sta}/Datastreams({datastream})/Observations", timeout=10).json()["value"]
-            return any(o["result"] == 21.5 for o in found)
+    def stored() -> bool:
+        _publish(data_dir, mqtt_port, f"v1.1/Datastreams({datastream})/Observations", b'{"result": 21.5}')
+        found = httpx.get(f"{sta}/Datastreams({datastream})/Observations", timeout=10).json()["value"]
+        return any(o["result"] == 21.5 for o in found)
 
-        wait_for(stored, timeout=30, what="an observation published after the restart to be stored")
-    finally:
-        rc = _sigterm(proc, log)
-    assert rc == 0, log.read_text()[-4000:]
+    wait_for(stored, timeout=30, what="an observation published after the restart to be stored")
 
 
-def test_a_killed_postgresql_is_restarted_and_the_api_reconnects(data_dir: Path, tmp_path: Path) -> None:
+def test_a_killed_postgresql_is_restarted_and_the_api_reconnects(platform: Platform) -> None:
     """The postmaster dies by SIGKILL: its backends are let go first (two sets of server processes on one
     data directory would corrupt it), a new one starts on the same data, the API's pool reconnects."""
-    http_port = find_free_port()
-    sta = f"http://127.0.0.1:{http_port}/v1.1"
-    log = tmp_path / "up.log"
-    proc = _start_up(data_dir, http_port, find_free_port(), log)
-    try:
-        _wait_ready(sta, proc, log)
-        created = httpx.post(f"{sta}/Things", json={"name": "durable", "description": "d"}, timeout=10)
-        assert created.status_code == 201, created.text
-        postmaster, mosquitto = _service_pid(data_dir)
-        api = _child(proc.pid, "serve --supervised")
+    proc, data_dir, log, sta = platform.proc, platform.data_dir, platform.log, platform.sta
+    created = httpx.post(f"{sta}/Things", json={"name": "durable", "description": "d"}, timeout=10)
+    assert created.status_code == 201, created.text
+    postmaster, mosquitto = _service_pid(data_dir)
+    api = _child(proc.pid, "serve --supervised")
 
-        subprocess.run(["kill", "-KILL", str(postmaster)], check=True)
-        wait_for(lambda: _supervisor_says(log, f"PostgreSQL process {postmaster} died from SIGKILL"), timeout=10,
-                 what="the supervisor to log the dead postmaster")
-        wait_for(lambda: _supervisor_says(log, "restarted PostgreSQL"), timeout=60, what="PostgreSQL to restart")
-        assert _service_pid(data_dir)[0] != postmaster
-        assert _service_pid(data_dir)[1] == mosquitto and _child(proc.pid, "serve --supervised") == api
-        # A pooled connection to the dead server fails once; the pool replaces it.
-        wait_for(lambda: httpx.post(f"{sta}/Things", json={"name": "after", "description": "d"},
-                                    timeout=10).status_code == 201, timeout=30, what="a write after the restart")
-        assert httpx.get(created.headers["location"], timeout=10).json()["name"] == "durable"
-    finally:
-        rc = _sigterm(proc, log)
-    assert rc == 0, log.read_text()[-4000:]
+    subprocess.run(["kill", "-KILL", str(postmaster)], check=True)
+    wait_for(lambda: _supervisor_says(log, f"PostgreSQL process {postmaster} died from SIGKILL"), timeout=10,
+             what="the supervisor to log the dead postmaster")
+    wait_for(lambda: _supervisor_says(log, "restarted PostgreSQL"), timeout=60, what="PostgreSQL to restart")
+    assert _service_pid(data_dir)[0] != postmaster
+    assert _service_pid(data_dir)[1] == mosquitto and _child(proc.pid, "serve --supervised") == api
+    # A pooled connection to the dead server fails once; the pool replaces it.
+    wait_for(lambda: httpx.post(f"{sta}/Things", json={"name": "after", "description": "d"},
+                                timeout=10).status_code == 201, timeout=30, what="a write after the restart")
+    assert httpx.get(created.headers["location"], timeout=10).json()["name"] == "durable"
 
 
 def test_sigterm_stops_demo_api_mosquitto_postgresql_in_that_order(data_dir: Path, tmp_path: Path) -> None:
