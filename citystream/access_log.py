@@ -26,6 +26,8 @@ log = logging.getLogger("citystream.access")
 _WELL_FORMED_ID = re.compile(rb"[A-Za-z0-9._:+=/@-]{1,128}")
 """An incoming X-Request-ID we pass on: printable, no spaces, bounded (safe in a header and a log)."""
 _READS = frozenset(("GET", "HEAD"))
+MAX_QUERY_LOGGED = 2048
+"""Bytes of a query string kept in its record (hostile ones run to kilobytes: an 8 KiB CQL2 filter)."""
 
 _PREFIX = secrets.token_hex(6)
 _COUNTER = itertools.count(1)
@@ -99,7 +101,7 @@ class AccessLog:
         fields: dict[str, Any] = {
             "method": scope["method"],
             "path": scope["path"],
-            "query": scope["query_string"].decode("latin-1"),
+            "query": _bounded(scope["query_string"]),
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "response_bytes": sent,
@@ -108,3 +110,9 @@ class AccessLog:
             "request_id": rid,
         }
         logs.log_fields(log, logging.INFO, f"{scope['method']} {scope['path']} {status}", fields)
+
+
+def _bounded(query: bytes) -> str:
+    if len(query) <= MAX_QUERY_LOGGED:
+        return query.decode("latin-1")
+    return query[:MAX_QUERY_LOGGED].decode("latin-1") + f"…({len(query)} bytes)"
