@@ -45,7 +45,7 @@ from query import WARMUP, Row, print_table, time_http  # noqa: E402
 
 from citystream.embedded import EmbeddedPostgres  # noqa: E402
 from geo.collections import COLLECTIONS  # noqa: E402
-from geo.filtering import compile_filter  # noqa: E402
+from geo.filtering import compile_tree, parse_filter  # noqa: E402
 from geo.params import parse_items  # noqa: E402
 from geo.query import items_sql  # noqa: E402
 from sensorthings.compiler import SqlBuilder  # noqa: E402
@@ -61,7 +61,10 @@ def page_sql(collection_id: str, query: str, sta_root: str) -> tuple[sql.Compose
     """The statement the server runs for GET /ogcapi/collections/{id}/items?{query} (geo.api.OgcApi.items)."""
     collection = COLLECTIONS[collection_id]
     builder = SqlBuilder(sta_root)
-    statement = items_sql(collection, parse_items(QueryParams(query), collection), builder, compile_filter)
+    request = parse_items(QueryParams(query), collection)
+    if request.filter is not None:
+        request.filter_tree = parse_filter(request.filter, request.filter_lang)
+    statement = items_sql(collection, request, builder, compile_tree)
     return sql.Composed([statement]), builder.params  # Composed: what psycopg's execute() is typed to take
 
 

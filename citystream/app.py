@@ -39,6 +39,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         try:
             yield
         finally:
+            await ogc.state.close()
             await services.stop()
 
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,

@@ -31,8 +31,9 @@ from starlette.routing import Route
 
 from geo import html, openapi
 from geo.collections import COLLECTIONS, Collection
+from geo.cql2_text import Cql2TextParser
 from geo.crs import CRS84, STORAGE_CRS, URIS, parse_crs
-from geo.filtering import compile_filter
+from geo.filtering import check_filter_text, compile_tree, parse_json_filter
 from geo.params import (
     COMMON,
     FORMATS_ITEMS,
@@ -114,6 +115,7 @@ class OgcApi:
     def __init__(self, pool: AsyncConnectionPool[Any], config: OgcConfig) -> None:
         self.pool = pool
         self.config = config
+        self.cql2 = Cql2TextParser()
 
     # ------------------------------------------------------------------------------------------------ plumbing
 
@@ -282,8 +284,9 @@ class OgcApi:
         query = request.query_params.multi_items()
         parsed = parse_items(request.query_params, collection)
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_ITEMS)
+        await self._parse_filter(parsed)
         b = SqlBuilder(service_url(request, self.config.public_url))
-        rows, modified = await self._rows(items_sql(collection, parsed, b, compile_filter, csv=fmt == "csv"),
+        rows, modified = await self._rows(items_sql(collection, parsed, b, compile_tree, csv=fmt == "csv"),
                                           b.params)
         more = len(rows) > parsed.limit
         rows = rows[:parsed.limit]
@@ -311,6 +314,17 @@ class OgcApi:
         return await self._respond(request, body, GEOJSON, {"Content-Crs": f"<{parsed.crs.uri}>"},
                                    etag_of=unstamped, modified=modified)
 
+    async def _parse_filter(self, parsed: ItemsRequest) -> None:
+        """CQL2 text goes to the parser's worker process (geo/cql2_text.py: the native parser can crash or
+        take exponential time), after the bounds every parser's input must keep; CQL2 JSON to orjson."""
+        if parsed.filter is None:
+            return
+        if parsed.filter_lang == "cql2-json":
+            parsed.filter_tree = parse_json_filter(parsed.filter)
+        else:
+            check_filter_text(parsed.filter)
+            parsed.filter_tree = await self.cql2.to_json(parsed.filter)
+
     async def _number_matched(self, collection: Collection, parsed: ItemsRequest, returned: int,
                               more: bool) -> int | None:
         """Exact or absent: known for free on the last page reached by offset, counted only on small tables."""
@@ -319,7 +333,7 @@ class OgcApi:
         if not collection.countable or parsed.after is not None:
             return None
         b = SqlBuilder("")
-        rows, _ = await self._rows(count_sql(collection, parsed, b, compile_filter), b.params)
+        rows, _ = await self._rows(count_sql(collection, parsed, b, compile_tree), b.params)
         return int(rows[0][0])
 
     async def item(self, request: Request) -> Response:
@@ -444,5 +458,6 @@ def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig) -> Starlet
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
     app.state.landing = _handler(api.landing)  # for the mount point itself, /ogcapi without a slash
+    app.state.close = api.cql2.close  # the composition root stops the parser's worker with the app
     return app
 

@@ -65,41 +65,32 @@ _NUMERIC = frozenset({"integer", "number"})
 
 MAX_FILTER_CHARS = 8192
 """Longest CQL2 text read (CQL2 JSON is parsed by orjson, which bounds its own nesting)."""
-MAX_NESTING = 64
+MAX_NESTING = 32
 """Deepest bracket nesting in CQL2 text."""
 MAX_TREE_DEPTH = 2 * MAX_NESTING + 16
 """Deepest parsed filter (CQL2 JSON, or text once parsed), counting objects and arrays: each operator is an
 object holding an `args` array, so this admits about MAX_NESTING nested operators."""
 MAX_PREFIX_RUN = 16
 """Most prefix operators (NOT, unary minus or plus) in a row."""
-# cql2-rs parses recursively on the native stack, where an overflow is a segfault of the whole process
-# (issue 13: 2,000 nested brackets in a 4 KB URL). Measured with cql2 0.6 on an 8 MiB stack: ~2,000 nested
-# brackets, ~1,200 nested arithmetic brackets and ~4,000 NOTs or minus signs in a row crash it; flat chains
-# (a + b + c …, 8,000 terms) parse but give trees as deep as they are long. The limits leave a wide margin
-# and are checked on the text before the parser sees it; the tree depth is checked after.
-_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+# cql2-rs parses recursively on the native stack, by backtracking. Measured with cql2 0.6 on an 8 MiB stack:
+# ~2,000 nested brackets, ~1,200 nested arithmetic brackets and ~4,000 NOTs or minus signs in a row crash it
+# (issue 13: a segfault of the whole process); a text that fails to parse costs time exponential in its
+# nesting (2x to 4x per bracket, so 20 brackets can take seconds); flat chains (a + b + c …) parse into
+# trees as deep as they are long. So the text is bounded before any parser sees it, the tree after, and the
+# API parses in a worker process with a time limit (geo/cql2_text.py).
+_LITERAL = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"")
 _PREFIX_RUN = re.compile(r"(?:(?<![\w.])(?:NOT\b|[-+])\s*){" + str(MAX_PREFIX_RUN + 1) + ",}", re.IGNORECASE)
 
 
-def compile_filter(text: str, lang: str, queryables: Mapping[str, Queryable], param: Param) -> sql.Composable:
-    """A boolean SQL expression for a CQL2 filter; 400 for anything malformed, unknown or mistyped."""
-    if lang == "cql2-text":
-        _check_text_bounds(text)
-    try:
-        tree = orjson.loads(text) if lang == "cql2-json" else cql2.parse_text(text).to_json()
-    except (orjson.JSONDecodeError, ValueError, cql2.ParseError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise BadRequest(f"filter: not valid {lang}: {reason}", field="filter") from None
-    if _tree_depth(tree) > MAX_TREE_DEPTH:
-        raise _fail(f"the filter nests operators more than {MAX_NESTING} deep; simplify it")
-    return _Compiler(queryables, param).condition(tree)
-
-
-def _check_text_bounds(text: str) -> None:
-    """Length, bracket nesting and runs of prefix operators (outside string literals) within the limits."""
+def check_filter_text(text: str) -> None:
+    """Length, bracket nesting and runs of prefix operators within the limits, and no NUL, before any
+    parser sees the text. Literals are skipped as they are read, left to right ('…' strings, "…" quoted
+    identifiers), so that a quote inside the other kind cannot hide brackets from the count."""
     if len(text) > MAX_FILTER_CHARS:
         raise _fail(f"the filter is {len(text)} characters long; at most {MAX_FILTER_CHARS} are served")
-    code = _STRING_LITERAL.sub("''", text)
+    if "\x00" in text:
+        raise _fail("the filter contains the NUL character; remove it")
+    code = _LITERAL.sub("''", text)
     depth = deepest = 0
     for char in code:
         if char == "(":
@@ -113,20 +104,51 @@ def _check_text_bounds(text: str) -> None:
         raise _fail(f"the filter has more than {MAX_PREFIX_RUN} NOT or sign operators in a row; simplify it")
 
 
-def _tree_depth(tree: Any) -> int:
-    """Depth of a parsed filter, walked iteratively (the compiler below recurses: it must stay shallow)."""
-    deepest = 0
+def parse_filter(text: str, lang: str) -> Any:
+    """The CQL2 JSON tree of a filter, parsed in this process (the API parses CQL2 text in a worker
+    process instead: geo/cql2_text.py)."""
+    if lang == "cql2-json":
+        return parse_json_filter(text)
+    check_filter_text(text)
+    try:
+        return cql2.parse_text(text).to_json()
+    except (ValueError, cql2.ParseError) as exc:
+        raise BadRequest(f"filter: not valid cql2-text: {' '.join(str(exc).split()) or type(exc).__name__}",
+                         field="filter") from None
+
+
+def parse_json_filter(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"filter: not valid cql2-json: {' '.join(str(exc).split())}", field="filter") from None
+
+
+def compile_filter(text: str, lang: str, queryables: Mapping[str, Queryable], param: Param) -> sql.Composable:
+    """A boolean SQL expression for a CQL2 filter; 400 for anything malformed, unknown or mistyped."""
+    return compile_tree(parse_filter(text, lang), queryables, param)
+
+
+def compile_tree(tree: Any, queryables: Mapping[str, Queryable], param: Param) -> sql.Composable:
+    """A boolean SQL expression for a parsed filter (CQL2 JSON); every literal a bind parameter."""
+    _check_tree(tree)
+    return _Compiler(queryables, param).condition(tree)
+
+
+def _check_tree(tree: Any) -> None:
+    """Depth within MAX_TREE_DEPTH (the compiler below recurses), walked iteratively; no NUL in any string
+    (PostgreSQL text cannot hold it: psycopg would refuse the parameter)."""
     stack: list[tuple[Any, int]] = [(tree, 1)]
     while stack:
         node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > MAX_TREE_DEPTH:
-            break
+        if depth > MAX_TREE_DEPTH:
+            raise _fail(f"the filter nests operators more than {MAX_NESTING} deep; simplify it")
         if isinstance(node, dict):
             stack.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
-    return deepest
+        elif isinstance(node, str) and "\x00" in node:
+            raise _fail("the filter contains the NUL character; remove it")
 
 
 def _fail(message: str) -> BadRequest:

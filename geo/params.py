@@ -65,6 +65,9 @@ class ItemsRequest:
     crs: Crs = CRS84
     filter: str | None = None
     filter_lang: str = "cql2-text"
+    filter_tree: Any = None
+    """The filter parsed (CQL2 JSON), set before any SQL is built: geo.api parses CQL2 text in a worker
+    process (geo/cql2_text.py)."""
     equals: list[tuple[Queryable, Any]] = field(default_factory=list)
 
     @property

@@ -18,8 +18,8 @@ from geo.params import Bbox, ItemsRequest
 from geo.queryables import Queryable
 from sensorthings.compiler import SqlBuilder, id_predicate
 
-FilterCompiler = Callable[[str, str, dict[str, Queryable], Callable[[Any], sql.Composable]], sql.Composable]
-"""(text, lang, queryables, param) -> a boolean SQL expression: geo.cql2.compile_filter."""
+FilterCompiler = Callable[[Any, dict[str, Queryable], Callable[[Any], sql.Composable]], sql.Composable]
+"""(parsed filter, queryables, param) -> a boolean SQL expression: geo.filtering.compile_tree."""
 
 SOURCE = sql.Identifier("c")
 
@@ -88,7 +88,8 @@ def conditions(collection: Collection, request: ItemsRequest, b: SqlBuilder,
     for queryable, value in request.equals:
         found.append(sql.SQL("{} = {}").format(queryable.expression, _typed(b, value, queryable)))
     if request.filter is not None:
-        found.append(compile_filter(request.filter, request.filter_lang, collection.queryables, b.param))
+        assert request.filter_tree is not None, "parse the filter first (geo.api parses it, off the event loop)"
+        found.append(compile_filter(request.filter_tree, collection.queryables, b.param))
     return found
 
 
