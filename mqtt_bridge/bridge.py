@@ -29,7 +29,7 @@ from mqtt_bridge import identity
 from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
-from mqtt_bridge.topics import CREATE_FILTERS, create_target, error_topic
+from mqtt_bridge.topics import CREATE_FILTERS, ERROR_PREFIX, create_target, error_topic
 from mqtt_bridge.wire import Message, MqttClient
 from sensorthings.errors import StaError
 from sensorthings.fields import parse_observation_json
@@ -61,7 +61,7 @@ class _RateLimitedLog:
         self._logged = 0
         self._skipped = 0
 
-    def warning(self, message: str, **fields: object) -> None:
+    def warning(self, message: str, *, exc_info: bool = False, **fields: object) -> None:
         second = int(asyncio.get_running_loop().time())
         if second != self._second:
             self._second, self._logged = second, 0
@@ -72,7 +72,7 @@ class _RateLimitedLog:
         if self._skipped:
             fields["not_logged_before"] = self._skipped
             self._skipped = 0
-        log.warning(message, extra=fields)
+        log.warning(message, exc_info=exc_info, extra=fields)
 
 
 def _user_property(message: Message, name: str) -> str | None:
@@ -80,6 +80,21 @@ def _user_property(message: Message, name: str) -> str | None:
         if key == name:
             return value
     return None
+
+
+MAX_REPLY_TOPIC_CHARS = 512
+
+
+def reply_topic(requested: object) -> str | None:
+    """The response topic a device asked for, if the bridge may publish there: under citystream/errors/
+    (which devices may read, and nothing else listens on), a topic name without wildcards. The platform
+    account may publish anywhere; without this a device could have it publish on any topic (a forged
+    notification, say), or on `replies/#`, a PUBLISH the broker answers by ending the connection."""
+    if not isinstance(requested, str) or not requested.startswith(ERROR_PREFIX):
+        return None
+    if len(requested) > MAX_REPLY_TOPIC_CHARS or any(c in requested for c in "+#\0"):
+        return None
+    return requested
 
 
 class Bridge:
@@ -105,6 +120,8 @@ class Bridge:
         self._overflow: deque[Item] = deque()
         self._draining: asyncio.Task[None] | None = None
         self._acks: dict[int, list[int]] = {}
+        self._reports: list[tuple[Message, str]] = []
+        self._flush_scheduled = False
         self._notify_task: asyncio.Task[None] | None = None
         self._dead_letters = _RateLimitedLog()
 
@@ -171,7 +188,7 @@ class Bridge:
         except StaError as exc:
             return Item(None, origin, exc.message, ticket=ticket)
         except Exception as exc:  # a payload no check foresaw: dead-lettered alone, never a stuck session
-            log.exception("could not read an MQTT payload", extra={"topic": message.topic})
+            self._dead_letters.warning("could not read an MQTT payload", exc_info=True, topic=message.topic)
             return Item(None, origin, f"the payload could not be read ({type(exc).__name__})", ticket=ticket)
         return Item(row, origin, ticket=ticket)
 
@@ -184,21 +201,24 @@ class Bridge:
             self._dead_letters.warning(
                 f"dead letter: {item.reason}", topic=message.topic, bytes=len(message.payload),
                 client_id=item.origin.client_id if item.origin else None, packet_id=packet_id)
-            self._report(message, item.reason)
+            self._reports.append((message, item.reason))
         if packet_id:
-            pending = self._acks.get(generation)
-            if pending is None:
-                pending = self._acks[generation] = []
-                if len(self._acks) == 1:
-                    asyncio.get_running_loop().call_soon(self._flush_acks)
-            pending.append(packet_id)
+            self._acks.setdefault(generation, []).append(packet_id)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks)
 
     def _flush_acks(self) -> None:
         """One write for the PUBACKs of a batch; those of an earlier connection are dropped (the broker has
-        already sent those messages again on the current one)."""
+        already sent those messages again on the current one). The error reports go after them: should one
+        make the broker end the connection, the acknowledgements are out already."""
+        self._flush_scheduled = False
         acks, self._acks = self._acks, {}
+        reports, self._reports = self._reports, []
         for generation, packet_ids in acks.items():
             self.client.acknowledge(packet_ids, generation)
+        for message, reason in reports:
+            self._report(message, reason)
 
     def _ack_now(self, message: Message) -> None:
         if message.packet_id:
@@ -207,12 +227,13 @@ class Bridge:
     # ---------------------------------------------------------------- out
 
     def _report(self, message: Message, reason: str) -> None:
-        """Tell the device: on citystream/errors/<topic>, and on its MQTT 5 response topic if it gave one."""
+        """Tell the device: on citystream/errors/<topic>, and on its MQTT 5 response topic if it gave one
+        there (see `reply_topic`)."""
         excerpt = message.payload[:ERROR_EXCERPT_CHARS].decode("utf-8", "replace")
         body = orjson.dumps({"code": 400, "type": "error", "message": reason, "topic": message.topic,
                              "payload": excerpt})
         self.client.publish(error_topic(message.topic), body)
-        response_topic = message.properties.get("response_topic")
+        response_topic = reply_topic(message.properties.get("response_topic"))
         if response_topic:
             self.client.publish(response_topic, body, correlation_data=message.properties.get("correlation_data"))
 

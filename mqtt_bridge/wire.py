@@ -207,13 +207,14 @@ def read_publish(flags: int, body: bytes) -> Message:
         props: dict[str, Any] = {}
         at += 1
     else:
+        rest = body[at:]  # properties and payload: the evidence for the dead letter if they cannot be read
         try:
             props, at = read_properties(body, at)
         except (ProtocolError, struct.error, IndexError) as exc:
-            return Message(topic, b"", qos, packet_id, bool(flags & 0x08), {},
+            return Message(topic, rest, qos, packet_id, bool(flags & 0x08), {},
                            unreadable=f"the PUBLISH packet's properties cannot be read ({exc or type(exc).__name__})")
         if at > len(body):
-            return Message(topic, b"", qos, packet_id, bool(flags & 0x08), {},
+            return Message(topic, rest, qos, packet_id, bool(flags & 0x08), {},
                            unreadable="the PUBLISH packet's properties run past its end")
     return Message(topic, body[at:], qos, packet_id, bool(flags & 0x08), props)
 

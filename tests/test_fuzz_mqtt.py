@@ -54,7 +54,8 @@ hostile = st.one_of(
         lambda t: t[0][:t[2]] + t[1] + t[0][t[2]:]),  # bytes spliced in: broken UTF-8, broken JSON
     st.integers(90, 6000).map(lambda n: _deep(n, b"[", b"]")),
     st.integers(90, 3000).map(lambda n: _deep(n, b'{"a": ', b"}")),
-    st.sampled_from([b'{"result": NaN}', b'{"result": 1e400}', b'{"result": ' + b"9" * 5000 + b"}",
+    st.sampled_from([b'{"result": NaN}', b'{"result": 1e400}', b'{"result": 1e99999999999999999999}',
+                     b'{"result": ' + b"9" * 5000 + b"}",
                      b'{"result": "\\ud800"}', b'{"result": "a\\u0000"}', b'{"result": "\xed\xa0\x80"}',
                      b"\xef\xbb\xbf{}", b"", b"null", b"[]", b'"x"']),
 )

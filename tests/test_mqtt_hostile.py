@@ -10,8 +10,14 @@ import time
 
 import httpx
 import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from citystream.embedded import EmbeddedMosquitto
+from mqtt_bridge.bridge import reply_topic
 from tests.mqtt_helpers import wait_for
 from tests.sta_helpers import create_datastream, values
 from tests.test_mqtt_bridge import dead_letters
@@ -25,10 +31,12 @@ POISON = {
     "latin-1": b'{"result": "gr\xfcn"}',
     "huge integer": b'{"result": ' + b"9" * 5000 + b"}",
     "NaN": b'{"result": NaN}',
+    "huge exponent": b'{"result": 1, "parameters": {"a": 1e99999999999999999999}}',
     "escaped NUL": b'{"result": "a\\u0000b"}',
 }
 REASONS = {"nested 5000": "nested", "nested 1100": "nested", "nested 101": "nested", "raw surrogate": "UTF-8",
            "raw surrogate result": "UTF-8", "latin-1": "UTF-8", "huge integer": "digits", "NaN": "NaN",
+           "huge exponent": "out of range",
            "escaped NUL": "NUL"}
 
 
@@ -70,3 +78,46 @@ def test_poison_messages_among_good_ones(sta: str, server_url: str, mosquitto_se
     time.sleep(1.0)
     assert len(dead_letters(server_url)) == len(POISON)
     assert stored() == [*range(2 * len(POISON)), 100]
+
+
+def test_a_response_topic_with_a_wildcard_does_not_loop_the_bridge(
+        sta: str, server_url: str, mosquitto_server: EmbeddedMosquitto) -> None:
+    """The bridge published its error report to the device's response topic `replies/#`; the broker ends
+    the connection of a client that publishes to a wildcard, the batch's PUBACKs (sent after the report)
+    were lost, and the window came back, to be stored again, for ever. Reports outside
+    citystream/errors/ are not sent now, and the PUBACKs go first."""
+    datastream = create_datastream(sta)
+    topic = f"v1.1/Datastreams({datastream})/Observations"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(mosquitto_server.sensor_username, mosquitto_server.sensor_password)
+    client.connect("127.0.0.1", mosquitto_server.port)
+    client.loop_start()
+    try:
+        for n in range(5):
+            client.publish(topic, orjson.dumps({"result": n}), qos=1).wait_for_publish(10)
+        for reply in ("replies/#", "citystream/errors/+", "v1.1/Things(1)"):
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = reply
+            client.publish(topic, b'{"result": 1, "bad": ', qos=1, properties=properties).wait_for_publish(10)
+        for n in range(5, 10):
+            client.publish(topic, orjson.dumps({"result": n}), qos=1).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    def stored() -> list[int]:
+        return sorted(o["result"] for o in values(sta, "Observations", **{"$top": 1000}))
+
+    wait_for(lambda: len(stored()) == 10, what="the 10 good messages")
+    time.sleep(2.0)
+    assert stored() == list(range(10))
+    assert len(dead_letters(server_url)) == 3
+
+
+@pytest.mark.parametrize(("requested", "allowed"), [
+    ("citystream/errors/device-7/replies", True), ("replies/#", False), ("citystream/errors/+", False),
+    ("v1.1/Things(1)", False), ("citystream/errors/" + "x" * 600, False), (None, False), ("", False),
+    ("$SYS/broker", False), ("citystream/errors/a\x00b", False),
+])
+def test_reply_topics(requested: str | None, allowed: bool) -> None:
+    assert reply_topic(requested) == (requested if allowed else None)

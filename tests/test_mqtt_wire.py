@@ -75,3 +75,52 @@ def test_packets_split_across_reads_are_framed_once_complete() -> None:
 
 def test_pubacks_of_a_batch_are_one_write_of_short_form_packets() -> None:
     assert wire.puback_packets([1, 65535]) == bytes([0x40, 2, 0, 1, 0x40, 2, 0xFF, 0xFF])
+
+
+@pytest.mark.parametrize(("properties", "reason"), [
+    (b"\x02\x7f\x00", "cannot be read"),  # property 0x7f does not exist
+    (b"\x05\x26\x00\x10ab", "cannot be read"),  # a user property whose key runs past the end
+    (b"\x40\x03\x00\x64ab", "run past"),  # 64 bytes of properties in a packet of fewer
+])
+def test_a_publish_with_unreadable_properties_is_handed_on_to_be_dead_lettered(properties: bytes,
+                                                                              reason: str) -> None:
+    """Before, it dropped the connection: the broker sent the same message again, for ever."""
+    body = struct.pack("!H", 17) + b"v1.1/Observations" + struct.pack("!H", 99) + properties + b'{"result": 1}'
+    message = wire.read_publish(0x02, body)
+    assert (message.topic, message.qos, message.packet_id) == ("v1.1/Observations", 1, 99)
+    assert message.unreadable is not None and reason in message.unreadable
+    assert message.payload == properties + b'{"result": 1}'  # the evidence
+
+
+def test_text_that_is_not_utf8_is_read_with_replacement_characters() -> None:
+    properties = b"\x0a\x26\x00\x02k\xff\x00\x03v\xfe1"
+    body = struct.pack("!H", 4) + b"t/\xffx" + properties + b"{}"
+    message = wire.read_publish(0x00, body)
+    assert message.unreadable is None and message.topic == "t/\ufffdx"
+    assert message.user_properties == [("k\ufffd", "v\ufffd1")]
+
+
+def test_a_failing_message_handler_keeps_the_connection() -> None:
+    async def run() -> tuple[list[str], bool]:
+        seen: list[str] = []
+
+        def handler(message: wire.Message) -> None:
+            seen.append(message.topic)
+            if message.topic == "boom":
+                raise RuntimeError("a bug")
+
+        protocol = wire.MqttProtocol(handler)
+
+        class Transport:
+            closed = False
+
+            def close(self) -> None:
+                self.closed = True
+
+        transport = Transport()
+        protocol.transport = transport  # type: ignore[assignment]
+        protocol.data_received(wire.publish_packet("boom", b"1") + wire.publish_packet("next", b"2"))
+        return seen, transport.closed
+
+    seen, closed = asyncio.run(run())
+    assert seen == ["boom", "next"] and not closed
