@@ -30,14 +30,17 @@ log = logging.getLogger("citystream.database")
 FAILURE_WINDOW_S = 30.0
 FAILURES_UNHEALTHY = 3
 """/health reports the pool unhealthy after this many connection-level failures within FAILURE_WINDOW_S."""
-_REQUEST_CAUSED = ("22", "23", "40", "42", "57014")
-"""SQLSTATE prefixes of errors that a request causes (bad data, conflicts, statement timeout): they say
-nothing about the health of the pool. Everything else (connection lost, server shutting down, a prepared
-statement missing, internal errors) does."""
+_CONNECTION_STATES = ("08", "26", "53", "57P", "58", "XX001", "XX002")
+"""SQLSTATEs that say something about the connection or the server rather than the request: connection
+exceptions, a prepared statement missing, insufficient resources, the server shutting down, system errors,
+corrupted data. What a request can cause (bad data, conflicts, timeouts, PostGIS's internal errors on odd
+geometries, program limits) is not counted: a client must not be able to make /health fail."""
 
 
 def connection_level(exc: psycopg.Error) -> bool:
-    return not (exc.sqlstate or "").startswith(_REQUEST_CAUSED)
+    if exc.sqlstate is None:  # raised by psycopg itself: only a lost or closed connection counts
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return exc.sqlstate.startswith(_CONNECTION_STATES)
 
 
 class GuardedConnection(AsyncConnection[Any]):

@@ -199,11 +199,20 @@ def parse_request_json(raw: bytes | str) -> Any:
         raise _too_deep() from None
     except ValueError:  # an integer with more digits than Python converts (4,300)
         raise BadRequest("malformed JSON: a number has too many digits") from None
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond what a decimal holds (1e99999999999)
+        raise BadRequest("malformed JSON: a number is out of range; numbers must fit a double") from None
     _check_depth(document, text)
     if "\\u" in text and _unstorable_text(document):
         raise BadRequest("text with the NUL character (\\u0000) or an unpaired surrogate (\\ud800-\\udfff) "
                          "cannot be stored; remove it")
     return document
+
+
+def parse_stored_json(text: str) -> Any:
+    """JSON that PostgreSQL rendered from stored data (a page to flatten, an entity to patch), numbers kept
+    as their text: the database's own output, so none of a request's checks (or its depth limit, which
+    data stored before the limit may exceed) apply."""
+    return json.loads(text, parse_float=JsonNumber)
 
 
 def _too_deep() -> BadRequest:

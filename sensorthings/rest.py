@@ -49,7 +49,7 @@ from sensorthings.errors import (
     ServiceUnavailable,
     StaError,
 )
-from sensorthings.fields import parse_observation_json, parse_request_json
+from sensorthings.fields import parse_observation_json, parse_request_json, parse_stored_json
 from sensorthings.interfaces import ChangeListener, ObservationSink
 from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.path import ResourcePath, parse_path
@@ -367,7 +367,7 @@ class StaApi:
                     query = options.next_query(options.skip + options.top, last_key)
                     head["@iot.nextLink"] = f"{base}/{resource}?{query}"
                 if options.result_format in ("CSV", "GeoJSON"):
-                    return self._flattened(options.result_format, parse_request_json(value), head)
+                    return self._flattened(options.result_format, parse_stored_json(value), head)
                 prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
                 return json_response(prefix + b'"value": ' + value.encode() + b"}")
             row = await self._fetch(conn, compiled)
@@ -655,7 +655,7 @@ class StaApi:
         if not isinstance(ops, list):
             raise BadRequest("a JSON Patch body is an array of operations, e.g. "
                              '[{"op": "replace", "path": "/name", "value": "x"}]')
-        current = parse_request_json(await self._entity_json(conn, entity, entity_id, ""))
+        current = parse_stored_json(await self._entity_json(conn, entity, entity_id, ""))
         document = {name: current.get(name) for name in entity.property_names}
         try:
             patched = jsonpatch.apply_patch(document, ops)

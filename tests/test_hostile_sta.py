@@ -77,6 +77,15 @@ def test_bytes_that_are_not_utf8(sta: str, method: str, path: str, body: bytes) 
     assert_serving(sta)
 
 
+@pytest.mark.parametrize("number", [b"1e99999999999999999999", b"-1e-99999999999999999999", b"9" * 5000])
+def test_numbers_beyond_range(sta: str, number: bytes) -> None:
+    """An exponent beyond what a decimal holds raised decimal.InvalidOperation: a 500 on every JSON body."""
+    before = counts(sta)
+    assert_error(send_raw("POST", sta, "Things", b'{"name": "x", "description": "y", "properties": {"a": '
+                          + number + b"}}"), 400, "number")
+    assert counts(sta) == before
+
+
 def test_escaped_lone_surrogates_are_still_refused(sta: str) -> None:
     assert_error(send_raw("POST", sta, "Things", b'{"name": "\\ud800", "description": "y"}'), 400, "surrogate")
 
