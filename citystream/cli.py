@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import http.client
 import ipaddress
 import logging
 import os
@@ -448,10 +449,33 @@ def _demo_child(sta_url: str, account: BrokerAddress, options: DemoOptions) -> C
     return CommandChild("demo", argv, env, stop_timeout=10.0)
 
 
+def _answering(host: str, port: int, timeout: float = 3.0) -> Callable[[], bool]:
+    """True while the API answers HTTP: `/`, which touches no database (a slow database must not count as
+    a stalled API), answered within `timeout`."""
+    target = _LOOPBACK_FOR.get(host, host)
+
+    def probe() -> bool:
+        connection = http.client.HTTPConnection(target, port, timeout=timeout)
+        try:
+            connection.request("GET", "/", headers={"User-Agent": "citystream-supervisor"})
+            connection.getresponse().read()
+            return True
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+    return probe
+
+
+_LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+"""Where to reach a server that listens on every address."""
+
+
 def _listening(host: str, port: int) -> Callable[[], bool]:
     """True once host:port accepts connections. uvicorn listens only after the app's start-up (database
     pool, ingest, bridge) has completed, so for the API this means ready."""
-    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    target = _LOOPBACK_FOR.get(host, host)
 
     def probe() -> bool:
         try:
@@ -479,7 +503,8 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
         base = _http_base(settings)
         try:
-            supervisor.start(_api_child(settings), ready=_listening(settings.host, settings.http_port))
+            supervisor.start(_api_child(settings), ready=_listening(settings.host, settings.http_port),
+                             alive=_answering(settings.host, settings.http_port))
             _banner([
                 f"  SensorThings API  {base}/v1.1",
                 f"  health            {base}/health",

@@ -539,6 +539,12 @@ class EmbeddedPostgres(_Service):
             self.stop()
             raise
 
+    def keep_port(self) -> None:
+        """Start on the port it runs on now, or fail (PortInUseError) rather than take another: for a
+        supervisor restarting the cluster under clients that know its address."""
+        if self._port is not None:
+            self._requested_port = self._port
+
     def _choose_port(self) -> int:
         if self._requested_port is not None:
             ensure_port_free(
@@ -851,6 +857,15 @@ def _plugin_cache_dir() -> Path:
     return Path(base) / "citystream"
 
 
+def _only_ours(path: Path) -> bool:
+    """Owned by us and writable by nobody else: the broker runs what the cache holds (a planted library
+    would run inside it), so a cache someone else could have written to is not used (HOME kept by sudo, a
+    shared XDG_CACHE_HOME)."""
+    info = path.lstat()
+    return (not stat.S_ISLNK(info.st_mode) and info.st_uid == os.geteuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
 def auth_plugin_library(broker: Path, cache_dir: Path | None = None) -> bytes:
     """The compiled plugin for this exact source, compiled once and then taken from `cache_dir` (default: the
     user's cache), since every start of a broker needs it and the tests start many.
@@ -867,9 +882,10 @@ def auth_plugin_library(broker: Path, cache_dir: Path | None = None) -> bytes:
     key.update("\0".join([*_PLUGIN_CFLAGS, platform.machine(), str(info.st_size), str(info.st_mtime_ns)]).encode())
     cached = cache / f"citystream_auth-{key.hexdigest()[:16]}.so"
     with contextlib.suppress(OSError):
-        library = cached.read_bytes()
-        if library.startswith(b"\x7fELF"):
-            return library
+        if _only_ours(cache) and _only_ours(cached):
+            library = cached.read_bytes()
+            if library.startswith(b"\x7fELF"):
+                return library
     with tempfile.TemporaryDirectory(prefix="citystream-plugin-") as private:
         built = Path(private) / "citystream_auth.so"
         compile_auth_plugin(built)

@@ -49,6 +49,10 @@ class RestartPolicy:
     stable: float = 60.0
     burst: int = 10
     window: float = 600.0
+    probe_every: float = 10.0
+    """Seconds between liveness probes of a child that has one."""
+    unresponsive_probes: int = 3
+    """Probes in a row without an answer after which the child is killed (and so restarted)."""
 
     def delay(self, failures: int, restarts: list[float], now: float) -> tuple[float, bool]:
         """(seconds until the next start, whether the rate limit set it) after `failures` short runs in a
@@ -104,7 +108,7 @@ class CommandChild(Child):
         log.info("stopping %s process %d", self.name, proc.pid, extra=fields)
         stop_child(proc, [(signal.SIGTERM, self.stop_timeout)])
         log.info("%s process %d %s", self.name, proc.pid, logs.describe_exit(proc.returncode),
-                            extra={**fields, **logs.exit_fields(proc.returncode)})
+                 extra={**fields, **logs.exit_fields(proc.returncode)})
 
 
 class ServiceChild(Child):
@@ -120,6 +124,7 @@ class ServiceChild(Child):
         self.service.stop()  # what is left of the dead one: its lock, its log file
         if isinstance(self.service, EmbeddedPostgres):
             _wait_for_orphans(self.service.pgdata)
+            self.service.keep_port()  # the API's pool has its address: a taken port is retried, not changed
         self.service.start()
 
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -127,13 +132,16 @@ class ServiceChild(Child):
 
 
 def _processes_in(directory: Path) -> list[int]:
-    """Processes whose working directory is `directory`."""
+    """PostgreSQL server processes working in `directory`: the `postgres` binary, of the account that owns the
+    directory (not an operator's shell or psql that happens to stand there)."""
     target = str(directory.resolve())
+    owner = directory.stat().st_uid
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if os.readlink(entry / "cwd") == target:
+                if (os.readlink(entry / "cwd") == target and entry.stat().st_uid == owner
+                        and (entry / "comm").read_text().strip() == "postgres"):
                     found.append(int(entry.name))
     return found
 
@@ -154,7 +162,7 @@ def _wait_for_orphans(pgdata: Path, timeout: float = 15.0) -> None:
     if not left:
         return
     log.warning("killing %d PostgreSQL processes the dead postmaster left behind", len(left),
-                           extra={"component": "PostgreSQL", "pids": left})
+                extra={"component": "PostgreSQL", "pids": left})
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -172,11 +180,15 @@ class _Watched:
 
     child: Child
     ready: Callable[[], bool] | None = None
+    alive: Callable[[], bool] | None = None
     started: float = dataclasses.field(default_factory=time.monotonic)
     failures: int = 0
     restarts: list[float] = dataclasses.field(default_factory=list)
     restart_at: float | None = None
     awaiting_ready: bool = False
+    next_probe: float = 0.0
+    unanswered: int = 0
+    """Liveness probes in a row that got no answer."""
 
 
 class Supervisor:
@@ -199,12 +211,16 @@ class Supervisor:
         self._watched.append(_Watched(child))
         self._log_started(child, "supervising")
 
-    def start(self, child: Child, ready: Callable[[], bool] | None = None, timeout: float = 120.0) -> None:
+    def start(self, child: Child, ready: Callable[[], bool] | None = None, timeout: float = 120.0,
+              alive: Callable[[], bool] | None = None) -> None:
         """Start `child` and watch it; with `ready`, first wait until it is ready. A child that dies before
-        it was ever ready is a start-up failure (a configuration error, say), not something to retry."""
+        it was ever ready is a start-up failure (a configuration error, say), not something to retry. With
+        `alive`, a probe that must keep answering: a child that stops answering for
+        `policy.unresponsive_probes` probes in a row is killed, and so restarted (a process can stall
+        without dying: an event loop held by native code)."""
         child.spawn()
         self._log_started(child, "started")
-        self._watched.append(_Watched(child, ready))
+        self._watched.append(_Watched(child, ready, alive, next_probe=time.monotonic() + self.policy.probe_every))
         deadline = time.monotonic() + timeout
         while ready is not None and not ready():
             proc = child.process()
@@ -240,8 +256,26 @@ class Supervisor:
             self._died(watched, proc, now)
         elif proc is not None and watched.awaiting_ready and watched.ready is not None and watched.ready():
             watched.awaiting_ready = False
+            watched.next_probe = now + self.policy.probe_every
             log.info("%s process %d is ready again", watched.child.name, proc.pid,
-                                extra={"component": watched.child.name, "child_pid": proc.pid})
+                     extra={"component": watched.child.name, "child_pid": proc.pid})
+        elif proc is not None and watched.alive is not None and not watched.awaiting_ready \
+                and now >= watched.next_probe:
+            self._probe(watched, proc)
+
+    def _probe(self, watched: _Watched, proc: subprocess.Popen[bytes]) -> None:
+        assert watched.alive is not None
+        answered = watched.alive()
+        watched.next_probe = time.monotonic() + self.policy.probe_every
+        watched.unanswered = 0 if answered else watched.unanswered + 1
+        if answered or watched.unanswered < self.policy.unresponsive_probes:
+            return
+        name = watched.child.name
+        log.error("%s process %d has not answered %d probes in a row; killing it", name, proc.pid,
+                  watched.unanswered, extra={"component": name, "child_pid": proc.pid})
+        watched.unanswered = 0
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()  # the next check sees it dead and restarts it
 
     def _died(self, watched: _Watched, proc: subprocess.Popen[bytes], now: float) -> None:
         ran = now - watched.started
@@ -262,8 +296,8 @@ class Supervisor:
         delay, limited = self.policy.delay(watched.failures, watched.restarts, now)
         if limited:
             log.warning("%s restarted %d times within %s: holding off", watched.child.name,
-                                   self.policy.burst, _seconds(self.policy.window),
-                                   extra={"component": watched.child.name, "restart_in_s": round(delay, 3)})
+                        self.policy.burst, _seconds(self.policy.window),
+                        extra={"component": watched.child.name, "restart_in_s": round(delay, 3)})
         watched.restart_at = now + delay
         return delay
 
@@ -274,12 +308,12 @@ class Supervisor:
         child = watched.child
         try:
             child.spawn()
-        except (EmbeddedServiceError, OSError) as exc:
-            watched.failures += 1
+        except Exception as exc:  # whatever a restart runs into (a port taken, a database dying again while
+            watched.failures += 1  # it boots): try again later; it must never end the supervisor
             delay = self._schedule(watched, time.monotonic())
             log.error("could not restart %s: %s; trying again in %s", child.name, exc, _seconds(delay),
-                                 extra={"component": child.name, "restart_in_s": round(delay, 3),
-                                        "consecutive_failures": watched.failures})
+                      extra={"component": child.name, "restart_in_s": round(delay, 3),
+                             "consecutive_failures": watched.failures})
             return
         watched.started = time.monotonic()
         watched.awaiting_ready = watched.ready is not None
@@ -290,4 +324,4 @@ class Supervisor:
         proc = child.process()
         pid = proc.pid if proc is not None else None
         log.info("%s %s process %s", what, child.name, pid,
-                            extra={"component": child.name, "child_pid": pid, **fields})
+                 extra={"component": child.name, "child_pid": pid, **fields})

@@ -417,6 +417,19 @@ def test_plugin_is_compiled_once_per_source_and_broker(tmp_path: Path, monkeypat
         auth_plugin_library(other_broker, cache)
 
 
+@pytest.mark.parametrize("loosen", ["file", "directory"])
+def test_a_cache_others_could_write_to_is_not_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      loosen: str) -> None:
+    """The broker runs what the cache holds: a library someone else could have planted is compiled anew."""
+    cache = tmp_path / "cache"
+    broker = find_mosquitto()
+    genuine = auth_plugin_library(broker, cache)
+    [cached] = cache.iterdir()
+    cached.write_bytes(b"\x7fELF planted")
+    (cached if loosen == "file" else cache).chmod(0o777 if loosen == "directory" else 0o666)
+    assert auth_plugin_library(broker, cache) == genuine
+
+
 def test_a_missing_compiler_is_a_clear_error_before_anything_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ import httpx
 import orjson
 import pytest
 
+from citystream.cli import _answering
 from citystream.embedded import find_free_port
 from citystream.supervisor import CommandChild, RestartPolicy, Supervisor
 from tests.mqtt_helpers import wait_for
@@ -268,3 +269,28 @@ def test_a_child_that_crashes_at_once_forever_does_not_spin(caplog: pytest.LogCa
     crashes = [r for r in caplog.records if "died from SIGSEGV" in r.getMessage()]
     assert len(crashes) == 4 and all(r.levelno == logging.ERROR for r in crashes)
     assert [r.__dict__["consecutive_failures"] for r in crashes] == [1, 2, 3, 4]
+
+
+def test_a_child_that_stops_answering_is_killed_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    """A process can stall without dying (an event loop held by native code): the liveness probe notices."""
+    caplog.set_level(logging.INFO, logger="citystream.supervisor")
+    port = find_free_port()
+    mute = ("import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(600)")  # accepts, never answers
+    stalled = CommandChild("stalled", [sys.executable, "-c", mute], {}, stop_timeout=1)
+    supervisor = Supervisor(RestartPolicy(first=0.05, probe_every=0.2, unresponsive_probes=2), interval=0.02)
+    supervisor.start(stalled, alive=_answering("127.0.0.1", port, timeout=0.3))
+    first = stalled.process()
+    assert first is not None
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline and not any("restarted stalled" in r.getMessage() for r in caplog.records):
+            for watched in supervisor._watched:
+                supervisor._check(watched, time.monotonic())
+            time.sleep(0.02)
+    finally:
+        supervisor.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"stalled process {first.pid} has not answered 2 probes in a row; killing it" in messages, messages
+    assert any(m.startswith(f"stalled process {first.pid} died from SIGKILL") for m in messages), messages
+    assert any(m.startswith("restarted stalled") for m in messages), messages
