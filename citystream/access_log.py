@@ -27,7 +27,8 @@ _WELL_FORMED_ID = re.compile(rb"[A-Za-z0-9._:+=/@-]{1,128}")
 """An incoming X-Request-ID we pass on: printable, no spaces, bounded (safe in a header and a log)."""
 _READS = frozenset(("GET", "HEAD"))
 MAX_QUERY_LOGGED = 2048
-"""Bytes of a query string kept in its record (hostile ones run to kilobytes: an 8 KiB CQL2 filter)."""
+"""Bytes of a query string or path kept in its record (hostile ones run to kilobytes: an 8 KiB CQL2 filter)."""
+MAX_USER_AGENT_LOGGED = 512
 
 _PREFIX = secrets.token_hex(6)
 _COUNTER = itertools.count(1)
@@ -78,13 +79,16 @@ class AccessLog:
             await send(message)
 
         token = request_id.set(rid)
+        failed = False
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
+            failed = True
             status = status or 500  # the error handler outside us answers 500
             raise
         finally:
-            request_id.reset(token)
+            if not failed:  # else the handler outside us logs the traceback and answers: with this id
+                request_id.reset(token)
             if self._wanted(scope["method"], status):
                 self._record(scope, status, sent, started, agent, rid)
 
@@ -100,19 +104,25 @@ class AccessLog:
         client = scope.get("client")
         fields: dict[str, Any] = {
             "method": scope["method"],
-            "path": scope["path"],
+            "path": _bounded_text(scope["path"]),
             "query": _bounded(scope["query_string"]),
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "response_bytes": sent,
             "client": client[0] if client else None,
-            "user_agent": agent.decode("latin-1"),
+            "user_agent": _bounded(agent[:MAX_USER_AGENT_LOGGED]),
             "request_id": rid,
         }
-        logs.log_fields(log, logging.INFO, f"{scope['method']} {scope['path']} {status}", fields)
+        logs.log_fields(log, logging.INFO, f"{scope['method']} {fields['path']} {status}", fields)
 
 
 def _bounded(query: bytes) -> str:
     if len(query) <= MAX_QUERY_LOGGED:
         return query.decode("latin-1")
     return query[:MAX_QUERY_LOGGED].decode("latin-1") + f"…({len(query)} bytes)"
+
+
+def _bounded_text(path: str) -> str:
+    if len(path) <= MAX_QUERY_LOGGED:
+        return path
+    return path[:MAX_QUERY_LOGGED] + f"…({len(path)} characters)"

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citystream.access_log import AccessLog
 from citystream.admin import admin_guard, admin_router
+from citystream.logs import request_id
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
@@ -121,6 +122,11 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error for %s %s", request.method, request.url.path)
-        return _json({"code": 500, "type": "error", "message": "internal server error; see the server log"}, 500)
+        response = _json({"code": 500, "type": "error", "message": "internal server error; see the server log"},
+                         500)
+        rid = request_id.get()  # the access log leaves it set for us: the record above carries it too
+        if rid is not None:
+            response.headers["X-Request-ID"] = rid
+        return response
 
     return app

@@ -19,6 +19,7 @@ import contextvars
 import faulthandler
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -93,20 +94,30 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(JsonFormatter):
-    """`2026-05-04T09:15:02.317Z INFO citystream.supervisor: API process 812 died ... child_pid=812`."""
+    """`2026-05-04T09:15:02.317Z INFO citystream.supervisor: API process 812 died ... child_pid=812`.
+
+    Control characters in messages and values are escaped (`\\n`), and a traceback's lines are indented: a
+    client's path or header must not be able to write a line that reads like a record of its own."""
 
     def fields_line(self, created: float, level: str, logger: str, message: str, pid: int | None,
                     fields: dict[str, Any], exception: str | None = None) -> bytes:
-        text = f"{self._clock.iso(created)} {level} {logger}: {message}"
+        text = f"{self._clock.iso(created)} {level} {logger}: {_escaped(message)}"
         if fields:
             text += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
         if exception:
-            text += "\n" + exception
+            text += "".join("\n  " + _escaped(line) for line in exception.split("\n"))
         return (text + "\n").encode(errors="replace")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
 def _text_value(value: Any) -> str:
-    text = str(value)
+    text = _escaped(str(value))
     return orjson.dumps(text).decode() if (not text or " " in text or '"' in text or "=" in text) else text
 
 

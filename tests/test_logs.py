@@ -176,3 +176,58 @@ def test_the_app_logs_its_requests(server_url: str, caplog: pytest.LogCaptureFix
     assert records["POST /v1.1/Things 201"]["request_id"] == response.headers["x-request-id"]
     path = response.headers["location"].split(server_url, 1)[1]
     assert records[f"DELETE {path} 200"]["request_id"] == "delete-1"
+
+
+def test_a_500_carries_its_request_id_in_the_header_and_the_traceback_record(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The records of exactly the requests that say "see the server log" must be findable by their id."""
+    from citystream.app import create_app
+    from citystream.settings import Settings
+
+    app = create_app(Settings(database_url=database_url), database_url)
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom)
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/boom", headers={"x-request-id": "trace-me"})
+
+    lines: list[dict[str, Any]] = []
+
+    class Formatted(logging.Handler):  # formats as the records are written, in the request's context
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(orjson.loads(logs.JsonFormatter().format(record)))
+
+    handler = Formatted()
+    logging.getLogger("citystream").addHandler(handler)
+    try:
+        caplog.set_level(logging.INFO)
+        response = asyncio.run(go())
+    finally:
+        logging.getLogger("citystream").removeHandler(handler)
+    assert response.status_code == 500 and response.headers["x-request-id"] == "trace-me"
+    failed = [line for line in lines if line["message"] == "unhandled error for GET /boom"]
+    assert failed and failed[0]["request_id"] == "trace-me" and "a bug" in failed[0]["exception"]
+    assert any(line["logger"] == "citystream.access" and line["status"] == 500 for line in lines)
+
+
+def test_text_records_cannot_be_forged_by_what_a_client_sends() -> None:
+    record = logging.LogRecord("citystream.access", logging.INFO, "", 0,
+                               "GET /x\n2026-01-01T00:00:00.000Z ERROR citystream.supervisor: forged\x1b[31m", (),
+                               None)
+    record.__dict__["user_agent"] = "evil\r\nagent"
+    line = logs.TextFormatter().format(record)
+    assert "\n" not in line and "\x1b" not in line and "\r" not in line
+    assert "\\n2026-01-01" in line and "\\x1b[31m" in line and "evil\\r\\nagent" in line
+
+
+def test_access_records_bound_what_they_keep(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="citystream.access")
+    _requests("all", ("GET", "/ok?" + "q" * 10_000, {"user-agent": "u" * 5000}), ("GET", "/" + "p" * 9000, {}))
+    first, second = _access(caplog)
+    assert len(first.__dict__["query"]) < 2100 and len(first.__dict__["user_agent"]) == 512
+    assert len(second.__dict__["path"]) < 2100 and second.getMessage().endswith("404")
