@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from sensorthings.errors import BadRequest
+from sensorthings.errors import BadRequest, ServiceUnavailable
 
 log = logging.getLogger("citystream.geo")
 
@@ -65,13 +65,20 @@ class Cql2TextParser:
         return value
 
     async def _parse(self, text: str) -> tuple[bool, Any]:
-        worker = await self._running()
+        try:
+            worker = await self._running()
+        except OSError as exc:  # no process to be had (out of processes or file descriptors)
+            log.error("cannot start the CQL2 parser process: %s", exc)
+            raise ServiceUnavailable("the CQL2 parser cannot be started right now; try again shortly") from None
         assert worker.stdin is not None and worker.stdout is not None
         data = text.encode()
         try:
             worker.stdin.write(_LENGTH.pack(len(data)) + data)
             await worker.stdin.drain()
             answer = await asyncio.wait_for(_read_frame(worker.stdout), self.timeout_s)
+        except asyncio.CancelledError:  # the request went away: its answer would be read by the next one
+            self._discard()
+            raise
         except TimeoutError:
             log.warning("a CQL2 text took the parser more than %.1f s; restarting it", self.timeout_s,
                         extra={"filter_chars": len(text)})
@@ -94,6 +101,12 @@ class Cql2TextParser:
                 sys.executable, "-m", "geo.cql2_text", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONSAFEPATH": "1"})  # not the cwd's geo/
         return self._worker
+
+    def _discard(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None and worker.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.kill()
 
     async def _kill(self) -> None:
         worker, self._worker = self._worker, None

@@ -44,3 +44,21 @@ def test_concurrent_requests_share_one_worker_and_the_cache() -> None:
 
     trees = asyncio.run(run())
     assert len({str(t) for t in trees}) == 3
+
+
+def test_a_request_that_goes_away_mid_parse_leaves_no_answer_for_the_next() -> None:
+    async def run() -> tuple[object, object]:
+        parser = Cql2TextParser(timeout_s=5.0)
+        try:
+            slow = asyncio.create_task(parser.to_json("x = " + "(1 * (" * 9 + "1 -" + "))" * 9))  # ~1 s
+            await asyncio.sleep(0.3)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            return await parser.to_json("name = 'next'"), await parser.to_json("name = 'after'")
+        finally:
+            await parser.close()
+
+    first, second = asyncio.run(run())
+    assert first == {"op": "=", "args": [{"property": "name"}, "next"]}
+    assert second == {"op": "=", "args": [{"property": "name"}, "after"]}
