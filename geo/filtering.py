@@ -1,7 +1,9 @@
 """CQL2 filters (OGC API – Features Part 3) compiled to SQL with bind parameters.
 
 CQL2 text is parsed by `cql2` (developmentseed's cql2-rs, which follows the CQL2 standard's grammar) into
-CQL2 JSON; CQL2 JSON is read as sent. This module walks the JSON tree and turns every literal into a bind
+CQL2 JSON, after the bounds below; the API runs that parser in a worker process (geo/cql2_text.py), tests
+and benchmarks in theirs (`parse_filter`). CQL2 JSON is read as sent. This module walks the JSON tree and
+turns every literal into a bind
 parameter (`param`); nothing from the filter is written into the SQL text. Types are checked against the
 collection's queryables before anything runs: a string property compared with a number is a 400, not a
 database error.
