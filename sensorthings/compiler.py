@@ -130,8 +130,13 @@ class Limits:
     exact_count_limit: int = 100_000
 
 
+def selectable_names(entity: Entity) -> tuple[str, ...]:
+    """What `$select` takes for `entity`: the id and selfLink annotations, properties, navigation properties."""
+    return ("id", "@iot.id", "@iot.selfLink", *entity.property_names, *entity.relations)
+
+
 def _select_names(entity: Entity, select: tuple[str, ...]) -> set[str]:
-    allowed = {"id", "@iot.id", "@iot.selfLink", *entity.property_names, *entity.relations}
+    allowed = set(selectable_names(entity))
     unknown = [name for name in select if name not in allowed]
     if unknown:
         raise BadRequest(f"$select: {entity.name} has no property {unknown[0]!r}; choose from "

@@ -48,6 +48,9 @@ class Relation:
     link_source_column: str = ""
     link_target_column: str = ""
     required: bool = False  # the source cannot exist without it (checked on create)
+    generated: bool = False
+    """A required target the writer generates when a create leaves it out (an Observation's
+    FeatureOfInterest, from its Thing's Location)."""
     delete_targets: bool = False  # deleting the source deletes the linked targets (link-table cascades)
     inverse_name: str = ""
     rank_column: str = ""
@@ -249,15 +252,17 @@ ENTITIES: dict[str, Entity] = {
 
 
 def _one_to_many(
-    parent: str, parent_nav: str, child: str, child_nav: str, column: str, *, child_requires_parent: bool
+    parent: str, parent_nav: str, child: str, child_nav: str, column: str, *, child_requires_parent: bool,
+    parent_generated: bool = False,
 ) -> None:
-    """Declare a one-to-many relation whose foreign key `column` lives in the child's table."""
+    """Declare a one-to-many relation whose foreign key `column` lives in the child's table;
+    `parent_generated`: a child created without its parent gets one generated (Relation.generated)."""
     ENTITIES[parent].relations[parent_nav] = Relation(
         parent_nav, parent, child, Storage.FK_ON_TARGET, column=column, inverse_name=child_nav
     )
     ENTITIES[child].relations[child_nav] = Relation(
         child_nav, child, parent, Storage.FK_ON_SOURCE, column=column, required=child_requires_parent,
-        inverse_name=parent_nav,
+        generated=parent_generated, inverse_name=parent_nav,
     )
 
 
@@ -293,7 +298,7 @@ _one_to_many(
 _one_to_many("Datastream", "Observations", "Observation", "Datastream", "datastream_id", child_requires_parent=False)
 _one_to_many(
     "FeatureOfInterest", "Observations", "Observation", "FeatureOfInterest", "feature_id",
-    child_requires_parent=True,
+    child_requires_parent=True, parent_generated=True,
 )
 
 _one_to_many("Thing", "MultiDatastreams", "MultiDatastream", "Thing", "thing_id", child_requires_parent=True)

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from sensorthings.batch import MAX_REQUESTS, METHODS
+from sensorthings.compiler import selectable_names
 from sensorthings.data_array import COMPONENTS
 from sensorthings.fields import GEOJSON_ENCODINGS, Field
 from sensorthings.model import ENTITIES, Entity, Relation, Storage
@@ -38,11 +39,6 @@ from sensorthings.writer import THING_LOCATIONS
 OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json;version=3.0"
 JSON = "application/json"
 MAX_AGE_SECONDS = 300
-SELECTABLE_ANNOTATIONS = ("id", "@iot.id", "@iot.selfLink")
-"""What `$select` takes besides properties and navigation properties (compiler._select_names)."""
-GENERATED_RELATIONS = frozenset({("Observation", "FeatureOfInterest")})
-"""Required to-one relations that a create may leave out because the writer generates them (an
-Observation's FeatureOfInterest, from its Thing's Location)."""
 DATA_ARRAY = "dataArray"
 DEEP_INSERT_LEVELS = 2
 """Levels of inline entities the create schemas describe (Thing > Datastreams > Observations), below them
@@ -170,8 +166,7 @@ def _create_schema(entity: Entity, via: Relation | None, level: int, schemas: di
         if relation.name in given:
             continue
         properties[relation.name] = _inline(relation, level, schemas)
-        if (relation.required and relation.name not in entity.exactly_one_of
-                and (entity.name, relation.name) not in GENERATED_RELATIONS):
+        if relation.required and relation.name not in entity.exactly_one_of and not relation.generated:
             required.append(relation.name)
     schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
     if required:
@@ -301,7 +296,7 @@ def _parameters(settings: ApiSettings) -> dict[str, Any]:
                                                "(`true` for all).", text, example="false"), "required": True},
     }
     for entity in ENTITIES.values():
-        names = [*SELECTABLE_ANNOTATIONS, *entity.property_names, *entity.relations]
+        names = list(selectable_names(entity))
         parameters[f"select-{entity.name}"] = _query(
             "$select", f"Only these properties of each {entity.name}.",
             {"type": "array", "minItems": 1, "items": {"type": "string", "enum": names}},

@@ -325,7 +325,7 @@ class Writer:
                 columns[relation.column] = via_id
             elif relation.name in body:
                 columns[relation.column] = await self._resolve_or_create(relation, body[relation.name], rel_where)
-            elif entity is OBSERVATION and relation.name == "FeatureOfInterest":
+            elif relation.generated:
                 continue  # generated from the stream's Thing once the stream is known (below)
             elif relation.required:
                 raise BadRequest(
