@@ -104,25 +104,18 @@ class AccessLog:
         client = scope.get("client")
         fields: dict[str, Any] = {
             "method": scope["method"],
-            "path": _bounded_text(scope["path"]),
-            "query": _bounded(scope["query_string"]),
+            "path": _bounded(scope["path"], MAX_QUERY_LOGGED),
+            "query": _bounded(scope["query_string"].decode("latin-1"), MAX_QUERY_LOGGED),
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "response_bytes": sent,
             "client": client[0] if client else None,
-            "user_agent": _bounded(agent[:MAX_USER_AGENT_LOGGED]),
+            "user_agent": agent[:MAX_USER_AGENT_LOGGED].decode("latin-1"),
             "request_id": rid,
         }
         logs.log_fields(log, logging.INFO, f"{scope['method']} {fields['path']} {status}", fields)
 
 
-def _bounded(query: bytes) -> str:
-    if len(query) <= MAX_QUERY_LOGGED:
-        return query.decode("latin-1")
-    return query[:MAX_QUERY_LOGGED].decode("latin-1") + f"…({len(query)} bytes)"
-
-
-def _bounded_text(path: str) -> str:
-    if len(path) <= MAX_QUERY_LOGGED:
-        return path
-    return path[:MAX_QUERY_LOGGED] + f"…({len(path)} characters)"
+def _bounded(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} characters)"

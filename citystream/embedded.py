@@ -42,9 +42,7 @@ from mqtt_bridge import identity
 __all__ = [
     "AUTH_PLUGIN_PACKAGES",
     "AUTH_PLUGIN_SOURCE",
-    "BRIDGE_SHARED_GROUP",
     "DEFAULT_ANONYMOUS_READ",
-    "DEFAULT_BRIDGE_CLIENT_ID",
     "DEFAULT_SENSOR_USER",
     "PLATFORM_MQTT_USER",
     "EmbeddedMosquitto",
@@ -790,10 +788,6 @@ DEFAULT_ANONYMOUS_READ = "v1.1/#"
 DEPLOY_MOSQUITTO_DIR = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 """deploy/mosquitto in a source checkout: the docker-compose copies of the generated config and ACL."""
 
-DEFAULT_BRIDGE_CLIENT_ID = identity.CLIENT_ID
-"""The MQTT bridge's client id (CITYSTREAM_MQTT_CLIENT_ID's default); the broker reserves it as a prefix."""
-BRIDGE_SHARED_GROUP = identity.SHARED_GROUP
-"""The bridge's MQTT 5 shared subscription group, which the broker reserves too."""
 
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 
@@ -1031,7 +1025,7 @@ def render_mosquitto_conf(
     anonymous: bool,
     header: str,
     auth_plugin: str,
-    bridge_client_id: str = DEFAULT_BRIDGE_CLIENT_ID,
+    bridge_client_id: str = identity.CLIENT_ID,
 ) -> str:
     """mosquitto.conf for CityStream's broker (embedded, and deploy/mosquitto/mosquitto.conf for compose).
 
@@ -1064,7 +1058,7 @@ def render_mosquitto_conf(
         f"plugin {auth_plugin}",
         f"plugin_opt_platform_user {PLATFORM_MQTT_USER}",
         f"plugin_opt_bridge_client_id {bridge_client_id}",
-        f"plugin_opt_bridge_group {BRIDGE_SHARED_GROUP}",
+        f"plugin_opt_bridge_group {identity.SHARED_GROUP}",
         "",
         "# -- persistence: sessions, subscriptions and queued QoS 1/2 messages survive a broker restart",
         "persistence true",
@@ -1226,7 +1220,7 @@ class EmbeddedMosquitto(_Service):
         sensor_username: str = DEFAULT_SENSOR_USER,
         sensor_password: str | None = None,
         anonymous_read: str = DEFAULT_ANONYMOUS_READ,
-        bridge_client_id: str = DEFAULT_BRIDGE_CLIENT_ID,
+        bridge_client_id: str = identity.CLIENT_ID,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port

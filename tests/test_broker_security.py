@@ -34,8 +34,6 @@ from paho.mqtt.properties import Properties
 from citystream.embedded import (
     AUTH_PLUGIN_PACKAGES,
     AUTH_PLUGIN_SOURCE,
-    BRIDGE_SHARED_GROUP,
-    DEFAULT_BRIDGE_CLIENT_ID,
     DEPLOY_AUTH_PLUGIN_PATH,
     DEPLOY_MOSQUITTO_DIR,
     PLATFORM_MQTT_USER,
@@ -48,6 +46,7 @@ from citystream.embedded import (
     render_mosquitto_conf,
 )
 from citystream.settings import Settings
+from mqtt_bridge import identity
 from mqtt_bridge.bridge import BridgeConfig
 from tests.conftest import make_service_dir, private_broker
 from tests.mqtt_helpers import wait_for
@@ -182,7 +181,7 @@ def broker() -> Iterator[EmbeddedMosquitto]:
 @pytest.fixture
 def bridge(broker: EmbeddedMosquitto) -> Iterator[Probe]:
     """The platform holding the bridge's client id and shared subscription, as the real bridge does."""
-    holder = Probe(broker, "platform", client_id=DEFAULT_BRIDGE_CLIENT_ID)
+    holder = Probe(broker, "platform", client_id=identity.CLIENT_ID)
     assert holder.connected
     assert holder.subscribe(BRIDGE_FILTER) == [1]
     yield holder
@@ -213,7 +212,7 @@ def assert_still_the_bridge(broker: EmbeddedMosquitto, holder: Probe) -> None:
 def test_others_cannot_connect_with_the_bridges_client_ids(
     broker: EmbeddedMosquitto, bridge: Probe, account: str, protocol: int
 ) -> None:
-    for client_id in (DEFAULT_BRIDGE_CLIENT_ID, f"{DEFAULT_BRIDGE_CLIENT_ID}-w2"):
+    for client_id in (identity.CLIENT_ID, f"{identity.CLIENT_ID}-w2"):
         thief = Probe(broker, account, client_id=client_id, protocol=protocol)
         assert not thief.connected and "authori" in str(thief.connack).lower(), (client_id, str(thief.connack))
     assert_still_the_bridge(broker, bridge)
@@ -223,24 +222,24 @@ def test_mosquitto_sub_cannot_take_over_the_bridge_session(broker: EmbeddedMosqu
     """The attack as reported: `mosquitto_sub -i citystream-bridge ...`; also over WebSocket."""
     for account in ("anonymous", "sensor"):
         result = subprocess.run(
-            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-i", DEFAULT_BRIDGE_CLIENT_ID,
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-i", identity.CLIENT_ID,
              *cli_auth(broker, account), "-t", "v1.1/#", "-C", "1", "-W", "5"],
             capture_output=True, text=True, timeout=30)
         assert result.returncode != 0 and "not authorised" in result.stderr, result
     assert broker.websocket_port is not None
-    web = Probe(broker, "anonymous", client_id=DEFAULT_BRIDGE_CLIENT_ID, port=broker.websocket_port,
+    web = Probe(broker, "anonymous", client_id=identity.CLIENT_ID, port=broker.websocket_port,
                 transport="websockets")
     assert not web.connected
     log = broker.log_path.read_text()
-    assert f"Client {DEFAULT_BRIDGE_CLIENT_ID} already connected" not in log
-    assert f"citystream_auth: refused client id {DEFAULT_BRIDGE_CLIENT_ID} to an anonymous client" in log
+    assert f"Client {identity.CLIENT_ID} already connected" not in log
+    assert f"citystream_auth: refused client id {identity.CLIENT_ID} to an anonymous client" in log
     assert_still_the_bridge(broker, bridge)
 
 
 def test_extended_authentication_is_no_way_around(broker: EmbeddedMosquitto, bridge: Probe) -> None:
     """MQTT 5 extended authentication skips the basic-auth check the plugin hooks into; without a plugin that
     implements a method, Mosquitto refuses every such CONNECT ("Bad authentication method")."""
-    sneaky = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=DEFAULT_BRIDGE_CLIENT_ID, protocol=V5)
+    sneaky = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=identity.CLIENT_ID, protocol=V5)
     properties = Properties(PacketTypes.CONNECT)
     properties.AuthenticationMethod = "SCRAM-SHA-256"
     answer: queue.Queue[Any] = queue.Queue()
@@ -258,10 +257,10 @@ def test_extended_authentication_is_no_way_around(broker: EmbeddedMosquitto, bri
 
 def test_the_platform_may_use_them_with_its_password(broker: EmbeddedMosquitto, bridge: Probe) -> None:
     """The plugin only refuses: the password file still checks the platform's password."""
-    worker = Probe(broker, "platform", client_id=f"{DEFAULT_BRIDGE_CLIENT_ID}-w2")
+    worker = Probe(broker, "platform", client_id=f"{identity.CLIENT_ID}-w2")
     assert worker.connected
     worker.close()
-    impostor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{DEFAULT_BRIDGE_CLIENT_ID}-w3",
+    impostor = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{identity.CLIENT_ID}-w3",
                            protocol=V5)
     impostor.username_pw_set(PLATFORM_MQTT_USER, "wrong")
     refused: queue.Queue[Any] = queue.Queue()
@@ -285,7 +284,7 @@ def test_the_configured_bridge_client_id_is_the_one_reserved() -> None:
         with EmbeddedMosquitto(root / "mosquitto", find_free_port(), bridge_client_id="meter-bridge") as custom:
             assert not Probe(custom, "anonymous", client_id="meter-bridge-w1").connected
             assert Probe(custom, "platform", client_id="meter-bridge").connected
-            free = Probe(custom, "anonymous", client_id=DEFAULT_BRIDGE_CLIENT_ID)
+            free = Probe(custom, "anonymous", client_id=identity.CLIENT_ID)
             assert free.connected
             free.close()
     finally:
@@ -372,7 +371,7 @@ def test_an_attacker_in_the_bridges_group_does_not_lose_observations(
     assert member.subscribe(BRIDGE_FILTER, "v1.1/Things(999999)") == [NOT_AUTHORIZED_V5, 1]
     old_member, _ = mosquitto_sub(broker, "anonymous", "-t", BRIDGE_FILTER, "-t", "v1.1/Things(999999)",
                                version="mqttv311")
-    thief = Probe(broker, "anonymous", client_id=DEFAULT_BRIDGE_CLIENT_ID)
+    thief = Probe(broker, "anonymous", client_id=identity.CLIENT_ID)
     assert not thief.connected
     try:
         n = 60
@@ -388,7 +387,7 @@ def test_an_attacker_in_the_bridges_group_does_not_lose_observations(
         assert stored() == list(range(n))
         assert member.drain() == []
         assert '{"result"' not in stop(old_member)
-        assert f"Client {DEFAULT_BRIDGE_CLIENT_ID} already connected" not in broker.log_path.read_text()
+        assert f"Client {identity.CLIENT_ID} already connected" not in broker.log_path.read_text()
     finally:
         member.close()
         stop(old_member)
@@ -492,9 +491,9 @@ def test_the_source_ships_and_quickstart_installs_the_build_packages() -> None:
 
 
 def test_names_match_the_bridge() -> None:
-    assert BridgeConfig().shared_group == BRIDGE_SHARED_GROUP
-    assert BridgeConfig().client_id == Settings().mqtt_client_id == DEFAULT_BRIDGE_CLIENT_ID
-    assert BRIDGE_FILTER.startswith(f"$share/{BRIDGE_SHARED_GROUP}/")
+    assert BridgeConfig().shared_group == identity.SHARED_GROUP
+    assert BridgeConfig().client_id == Settings().mqtt_client_id == identity.CLIENT_ID
+    assert BRIDGE_FILTER.startswith(f"$share/{identity.SHARED_GROUP}/")
 
 
 def test_conf_loads_the_plugin_with_its_options() -> None:
@@ -505,11 +504,11 @@ def test_conf_loads_the_plugin_with_its_options() -> None:
     start = conf.index("plugin /x/citystream_auth.so")
     assert conf[start + 1:start + 4] == [f"plugin_opt_platform_user {PLATFORM_MQTT_USER}",
                                          "plugin_opt_bridge_client_id meter-bridge",
-                                         f"plugin_opt_bridge_group {BRIDGE_SHARED_GROUP}"]
+                                         f"plugin_opt_bridge_group {identity.SHARED_GROUP}"]
     assert start < conf.index("listener 1883 127.0.0.1")
     deploy = (DEPLOY_MOSQUITTO_DIR / "mosquitto.conf").read_text().splitlines()
     assert f"plugin {DEPLOY_AUTH_PLUGIN_PATH}" in deploy
-    assert f"plugin_opt_bridge_client_id {DEFAULT_BRIDGE_CLIENT_ID}" in deploy
+    assert f"plugin_opt_bridge_client_id {identity.CLIENT_ID}" in deploy
 
 
 @pytest.mark.parametrize("client_id", ["", "two words", "line\nbreak", "tab\t", "x" * 1025])
