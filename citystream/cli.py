@@ -19,7 +19,6 @@ import ipaddress
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -270,7 +269,9 @@ def _database(settings: Settings, on_started: Callable[[EmbeddedPostgres], None]
         # An external URL may carry a password: show only where it points.
         yield settings.database_url, settings.database_url.rsplit("@", 1)[-1]
         return
-    pg = EmbeddedPostgres(settings.data_dir / "postgres")
+    # The API and broker ports are free now only because their servers start after the database.
+    pg = EmbeddedPostgres(settings.data_dir / "postgres",
+                          avoid_ports=(settings.http_port, settings.mqtt_port, settings.mqtt_ws_port))
     _say(f"starting PostgreSQL (data in {pg.data_dir})")
     with pg:
         _say(f"PostgreSQL ready at {pg.masked_dsn} (password in {pg.password_file})")
@@ -472,21 +473,6 @@ _LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 """Where to reach a server that listens on every address."""
 
 
-def _listening(host: str, port: int) -> Callable[[], bool]:
-    """True once host:port accepts connections. uvicorn listens only after the app's start-up (database
-    pool, ingest, bridge) has completed, so for the API this means ready."""
-    target = _LOOPBACK_FOR.get(host, host)
-
-    def probe() -> bool:
-        try:
-            with socket.create_connection((target, port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    return probe
-
-
 def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
     # Check every port we will need before starting anything, so a clash costs nothing.
     ensure_port_free(settings.host, settings.http_port, "HTTP", HTTP_PORT_HINT)
@@ -503,8 +489,10 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
         base = _http_base(settings)
         try:
-            supervisor.start(_api_child(settings), ready=_listening(settings.host, settings.http_port),
-                             alive=_answering(settings.host, settings.http_port))
+            # Ready means our API answers HTTP (uvicorn listens only after the app's start-up): a port that
+            # merely accepts connections may belong to another program.
+            answering = _answering(settings.host, settings.http_port)
+            supervisor.start(_api_child(settings), ready=answering, alive=answering)
             _banner([
                 f"  SensorThings API  {base}/v1.1",
                 f"  health            {base}/health",

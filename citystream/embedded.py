@@ -107,11 +107,21 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+_handed_out: set[int] = set()
+"""Ports find_free_port has returned in this process."""
+
+
 def find_free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel considers free on host (the OS picks it, so parallel callers rarely collide)."""
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port the kernel considers free on host, never one this process was given before: the kernel may
+    hand a just-released port out again, and two callers who each asked for "a free port" (HTTP and MQTT,
+    say) must not both get it before either server listens."""
+    while True:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def ensure_port_free(host: str, port: int, what: str, hint: str) -> None:
@@ -456,7 +466,8 @@ class EmbeddedPostgres(_Service):
     Layout: `pgdata/` (the cluster), `password` (the superuser's password, mode 0600, owned by whoever runs
     citystream; the service account cannot read it), `port` (the remembered port), `postgres.log`, `lock`.
     With `port=None` a free port is chosen on first start and reused on later starts while it is free,
-    so a DSN someone copied keeps working.
+    so a DSN someone copied keeps working. It is never one of `avoid_ports`: the ports the rest of the
+    platform was told to listen on, which are free now only because their servers start later.
 
     Authentication: TCP needs the password (scram-sha-256), because on a shared host any local user can
     reach a loopback port. The unix socket lives inside pgdata (mode 0700), and there `peer` admits only
@@ -469,11 +480,13 @@ class EmbeddedPostgres(_Service):
     name = "PostgreSQL"
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1", bin_dir: Path | None = None
+        self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1", bin_dir: Path | None = None,
+        avoid_ports: Collection[int] = (),
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.host = host
         self._requested_port = port
+        self._avoid_ports = frozenset(avoid_ports)
         self._port: int | None = port
         self._bin_dir = bin_dir
         self.pgdata = self.data_dir / "pgdata"
@@ -554,9 +567,11 @@ class EmbeddedPostgres(_Service):
             return self._requested_port
         with contextlib.suppress(OSError, ValueError):
             remembered = int(self._port_file.read_text().strip())
-            if port_is_free(self.host, remembered):
+            if remembered not in self._avoid_ports and port_is_free(self.host, remembered):
                 return remembered
         port = find_free_port(self.host)
+        while port in self._avoid_ports:  # the kernel may hand out a port that was just released
+            port = find_free_port(self.host)
         self._port_file.write_text(f"{port}\n")
         return port
 

@@ -193,6 +193,22 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restart(data_dir: Path, t
     _assert_all_gone(pids)
 
 
+def test_embedded_database_never_takes_the_api_port(data_dir: Path, tmp_path: Path) -> None:
+    """The cluster's remembered port is the one asked for HTTP (free now: the API starts after the
+    database): it takes another, and the API gets its port (a CI run once lost it this way)."""
+    http_port, mqtt_port = find_free_port(), find_free_port()
+    (data_dir / "postgres").mkdir(parents=True)
+    (data_dir / "postgres" / "port").write_text(f"{http_port}\n")
+    log = tmp_path / "up.log"
+    proc = _start_up(data_dir, http_port, mqtt_port, log)
+    try:
+        _wait_ready(f"http://127.0.0.1:{http_port}/v1.1", proc, log)
+        assert int((data_dir / "postgres" / "port").read_text()) != http_port
+    finally:
+        rc = _sigterm(proc, log)
+    assert rc == 0, log.read_text()[-4000:]
+
+
 def test_taken_http_port_is_reported_with_its_flag(data_dir: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
         blocker.bind(("127.0.0.1", 0))
