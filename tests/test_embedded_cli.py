@@ -107,13 +107,22 @@ def _start_up(data_dir: Path, http_port: int, mqtt_port: int, log: Path, *extra:
         )
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+_BANNER = "CityStream is up:"
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0,
+                announced: bool = True) -> None:
+    """Until `url` answers 200 and, with `announced`, the process has printed its banner (after its own
+    readiness check, so a client can be served a moment before it): a SIGTERM before the banner would
+    leave the banner out of the log."""
+    banners = log.read_text().count(_BANNER) if announced else 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"citystream up exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200 and (
+                    not announced or log.read_text().count(_BANNER) > banners):
                 return
         except httpx.HTTPError:
             pass

@@ -127,7 +127,7 @@ def test_a_crashed_api_is_restarted_and_nothing_else_moves(platform: Platform) -
     subprocess.run(["kill", "-SEGV", str(api)], check=True)
     wait_for(lambda: _supervisor_says(log, f"API process {api} died from SIGSEGV"), timeout=10,
              what="the supervisor to log the crash")
-    _wait_ready(f"http://127.0.0.1:{http_port}/health", proc, log, timeout=20)
+    _wait_ready(f"http://127.0.0.1:{http_port}/health", proc, log, timeout=20, announced=False)
     assert time.monotonic() - started < 15
     assert _child(proc.pid, "serve --supervised") != api
     assert _service_pid(data_dir) == services  # PostgreSQL and Mosquitto kept running
