@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from sensorthings.observation_ids import observation_id
+from sensorthings.model.observation_ids import observation_id
 
 GENERATOR_VERSION = 1
 START = datetime(2025, 1, 20, tzinfo=UTC)

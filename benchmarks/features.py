@@ -48,8 +48,8 @@ from geo.collections import COLLECTIONS  # noqa: E402
 from geo.filtering import compile_tree, parse_filter  # noqa: E402
 from geo.params import parse_items  # noqa: E402
 from geo.query import items_sql  # noqa: E402
-from sensorthings.compiler import SqlBuilder  # noqa: E402
-from sensorthings.migrate import apply_migrations  # noqa: E402
+from sensorthings.query.sql import SqlBuilder
+from sensorthings.schema.migrate import apply_migrations  # noqa: E402
 
 RATIO_TARGET = 1.5
 PAGE_SIZE, WALKED_OBSERVATIONS = 1000, 100_000

@@ -52,7 +52,7 @@ from benchmarks import loadgen  # noqa: E402
 from benchmarks.harness import BENCHMARKS, machine_info, percentile, platform_process, write_report  # noqa: E402
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port  # noqa: E402
 from ingest.store import COPY_COLUMNS  # noqa: E402
-from sensorthings.migrate import apply_migrations  # noqa: E402
+from sensorthings.schema.migrate import apply_migrations  # noqa: E402
 
 DATA = BENCHMARKS / ".data" / "ingest"
 BATCH = 5000

@@ -29,10 +29,10 @@ from psycopg import sql
 
 from citystream.embedded import EmbeddedPostgres
 from citystream.settings import Settings
-from sensorthings.compiler import Compiled, Limits, compile_collection, compile_count_estimate
-from sensorthings.migrate import apply_migrations
-from sensorthings.path import ResourcePath, parse_path
-from sensorthings.query import QueryOptions, parse_query
+from sensorthings.query.compiler import Compiled, Limits, compile_collection, compile_count_estimate
+from sensorthings.query.options import QueryOptions, parse_query
+from sensorthings.query.path import ResourcePath, parse_path
+from sensorthings.schema.migrate import apply_migrations
 
 SETTINGS = Settings.from_env()  # what `citystream serve` reads too (it inherits our environment)
 LIMITS = Limits(SETTINGS.default_top, SETTINGS.max_top, exact_count_limit=SETTINGS.exact_count_limit)
@@ -116,7 +116,7 @@ def probes(city: CityParams) -> list[Probe]:
 @dataclass(frozen=True)
 class Statement:
     """The SQL the server runs for one collection GET: the page statement and, when the exact count went
-    past the limit, the planner's count estimate (sensorthings.rest.StaApi.get/_count)."""
+    past the limit, the planner's count estimate (sensorthings.http.routes.StaApi.get/_count)."""
 
     compiled: Compiled
     path: ResourcePath

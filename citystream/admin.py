@@ -18,8 +18,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from ingest.dead_letters import list_dead_letters
 from mqtt_bridge.subscriptions import SubscriptionRegistry
-from sensorthings.errors import BadRequest, StaError
-from sensorthings.fields import is_ascii_digits
+from sensorthings.model.errors import BadRequest, StaError
+from sensorthings.model.times import is_ascii_digits
 
 MAX_LIMIT = 1000
 

@@ -19,9 +19,10 @@ from citystream.logs import request_id
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
-from sensorthings.errors import StaError
-from sensorthings.openapi import OPENAPI_MEDIA_TYPE
-from sensorthings.rest import StaApi, StaConfig, error_response, service_url
+from sensorthings.http.common import error_response, service_url
+from sensorthings.http.openapi import OPENAPI_MEDIA_TYPE
+from sensorthings.http.routes import StaApi, StaConfig
+from sensorthings.model.errors import StaError
 
 log = logging.getLogger("citystream")
 

@@ -248,7 +248,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def _migrate(dsn: str) -> list[str]:
-    from sensorthings.migrate import apply_migrations
+    from sensorthings.schema.migrate import apply_migrations
 
     applied = apply_migrations(dsn)
     for name in applied:

@@ -13,7 +13,7 @@ from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.bridge import Bridge, BridgeConfig
 from mqtt_bridge.notifier import Notifier
 from mqtt_bridge.subscriptions import SubscriptionRegistry
-from sensorthings.rest import VERSION
+from sensorthings.model import VERSION
 
 
 def ingest_config(settings: Settings) -> IngestConfig:

@@ -48,9 +48,9 @@ from geo.params import (
     query_string,
 )
 from geo.query import count_sql, csv_header, extent_sql, feature_sql, items_sql
-from sensorthings.compiler import SqlBuilder
-from sensorthings.errors import NotFound, StaError
-from sensorthings.rest import database_error, service_url
+from sensorthings.http.common import database_error, service_url
+from sensorthings.model.errors import NotFound, StaError
+from sensorthings.query.sql import SqlBuilder
 
 log = logging.getLogger("citystream.geo")
 

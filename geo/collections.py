@@ -17,9 +17,9 @@ from typing import Literal
 from psycopg import sql
 
 from geo.queryables import Kind, Queryable
-from sensorthings.fields import Field, Instant, Interval, Json, Result, Text
-from sensorthings.model import ENTITIES, Entity
-from sensorthings.writer import current_location_sql
+from sensorthings.model.entities import ENTITIES, Entity
+from sensorthings.model.kinds import Field, Instant, Interval, Json, Result, Text
+from sensorthings.write.derived import current_location_sql
 
 PropertyKind = Kind | Literal["json"]
 SOURCE = sql.Identifier("c")

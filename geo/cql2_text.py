@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from sensorthings.errors import BadRequest, ServiceUnavailable
+from sensorthings.model.errors import BadRequest, ServiceUnavailable
 
 log = logging.getLogger("citystream.geo")
 

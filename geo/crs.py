@@ -15,7 +15,7 @@ from psycopg import sql
 from pyproj import Transformer
 from pyproj.exceptions import ProjError
 
-from sensorthings.errors import BadRequest
+from sensorthings.model.errors import BadRequest
 
 OGC_CRS = "http://www.opengis.net/def/crs/"
 

@@ -30,8 +30,8 @@ from psycopg import sql
 
 from geo.queryables import SQL_TYPES, Kind, Queryable
 from geo.times import parse_instant
-from sensorthings.errors import BadRequest
-from sensorthings.fields import geometry_problem
+from sensorthings.model.errors import BadRequest
+from sensorthings.model.kinds import geometry_problem
 
 Param = Callable[[Any], sql.Composable]
 Operand = tuple[sql.Composable, Kind]

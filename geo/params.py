@@ -22,7 +22,7 @@ from geo.collections import Collection
 from geo.crs import CRS84, Crs, parse_crs
 from geo.queryables import Queryable
 from geo.times import parse_instant
-from sensorthings.errors import BadRequest
+from sensorthings.model.errors import BadRequest
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000

@@ -16,7 +16,7 @@ from geo.collections import Collection, Property
 from geo.crs import Crs
 from geo.params import Bbox, ItemsRequest
 from geo.queryables import Queryable
-from sensorthings.compiler import SqlBuilder, id_predicate
+from sensorthings.query.sql import SqlBuilder, id_predicate
 
 FilterCompiler = Callable[[Any, dict[str, Queryable], Callable[[Any], sql.Composable]], sql.Composable]
 """(parsed filter, queryables, param) -> a boolean SQL expression: geo.filtering.compile_tree."""

@@ -27,10 +27,10 @@ from psycopg_pool import AsyncConnectionPool
 from ingest import metrics
 from ingest.rows import data_array_row, parse_observation
 from ingest.store import Item, PartitionCache, write_batch
-from sensorthings.data_array import DataArray
-from sensorthings.errors import BadRequest, ServiceUnavailable
-from sensorthings.interfaces import Change, ChangeListener
-from sensorthings.results import OBSERVATION, STREAMS
+from sensorthings.model.errors import BadRequest, ServiceUnavailable
+from sensorthings.model.results import OBSERVATION, STREAMS
+from sensorthings.write.data_array import DataArray
+from sensorthings.write.ports import Change, ChangeListener
 
 log = logging.getLogger("citystream.ingest")
 RETRYABLE_STATES = ("40001", "40P01")  # serialization failure, deadlock
@@ -125,7 +125,7 @@ class IngestPipeline:
         """Like `offer`, waiting for room."""
         await self._queue.put(_Queued(item, done, source))
 
-    # ObservationSink (sensorthings.interfaces) for POST Observations
+    # ObservationSink (sensorthings.write.ports) for POST Observations
     async def create_observation(self, body: Any, *, parents: Mapping[str, int], base_url: str) -> tuple[int, str]:
         row = parse_observation(body, parents=parents, now=None)
         item = await self.submit(Item(row, render_base=base_url), "http")

@@ -1,7 +1,7 @@
 """One Observation payload -> one validated row, before it reaches the queue.
 
 Everything that can be checked without the database is checked here, with the same entity model and field
-kinds the REST writer uses (`sensorthings.writer.check_keys` / `parse_fields`), so a payload is judged the
+kinds the REST writer uses (`sensorthings.write.writer.check_keys` / `parse_fields`), so a payload is judged the
 same way whether it arrived over MQTT or HTTP. What needs the database (does the Datastream exist, does
 the result fit its observationType) is checked per batch in `store.py`.
 """
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sensorthings.data_array import FEATURE_COMPONENT
-from sensorthings.errors import BadRequest
-from sensorthings.model import ENTITIES, Relation
-from sensorthings.results import OBSERVATION, STREAM_NAMES, STREAMS
-from sensorthings.writer import check_keys, link_id, parse_fields
+from sensorthings.model.entities import ENTITIES, Relation
+from sensorthings.model.errors import BadRequest
+from sensorthings.model.results import OBSERVATION, STREAM_NAMES, STREAMS
+from sensorthings.write.bodies import check_keys, link_id, parse_fields
+from sensorthings.write.data_array import FEATURE_COMPONENT
 
 FEATURE_OF_INTEREST = ENTITIES["FeatureOfInterest"]
 FEATURE_RELATION = OBSERVATION.relation("FeatureOfInterest")
@@ -36,7 +36,7 @@ class ObservationRow:
 
     columns: dict[str, Any]
     stream: Relation
-    """Observation.Datastream or Observation.MultiDatastream (sensorthings.results.STREAMS)."""
+    """Observation.Datastream or Observation.MultiDatastream (sensorthings.model.results.STREAMS)."""
     stream_id: int
     feature_id: int | None = None
     new_feature: dict[str, Any] | None = None
@@ -72,7 +72,7 @@ def parse_observation(body: Any, *, parents: Mapping[str, int], now: datetime | 
 def data_array_row(components: tuple[str, ...], values: Any, stream: Relation, stream_id: int, where: str
                    ) -> ObservationRow:
     """One row of a Data Array (CreateObservations) whose components were checked once for the whole array
-    (`sensorthings.data_array`): the property values go through `parse_fields` as a body's would, and
+    (`sensorthings.write.data_array`): the property values go through `parse_fields` as a body's would, and
     `FeatureOfInterest/id` links the FeatureOfInterest."""
     if not isinstance(values, list) or len(values) != len(components):
         raise BadRequest(f"{where}: a row must be an array of {len(components)} values, one per component")

@@ -25,18 +25,18 @@ from psycopg.types.json import Jsonb
 
 from ingest.dead_letters import record_dead_letters
 from ingest.rows import FEATURE_OF_INTEREST, FEATURE_RELATION, ObservationRow, Origin
-from sensorthings import observation_ids
-from sensorthings.compiler import compile_created
-from sensorthings.model import Relation, Storage
-from sensorthings.results import OBSERVATION, STREAMS, result_error
-from sensorthings.writer import (
+from sensorthings.model import observation_ids
+from sensorthings.model.entities import Relation, Storage
+from sensorthings.model.results import OBSERVATION, STREAMS, result_error
+from sensorthings.query.compiler import compile_created
+from sensorthings.write.derived import (
     ObservationTouch,
     StreamFacts,
     StreamKey,
-    Writer,
     add_touch,
     create_partition,
     generated_features,
+    insert_row,
     stream_facts_sql,
     update_stream_summaries,
 )
@@ -202,11 +202,10 @@ async def _assign_features(conn: AsyncConnection[Any], items: list[Item], stream
                            now: datetime) -> None:
     """Create inline FeaturesOfInterest; give rows without one the FeatureOfInterest generated from the
     current Location of their stream's Thing (as a REST create does), generating it if need be."""
-    writer = Writer(conn, now)
     for item in items:
         assert item.row is not None
         if item.row.new_feature is not None:
-            item.row.feature_id = await writer.insert(FEATURE_OF_INTEREST, item.row.new_feature)
+            item.row.feature_id = await insert_row(conn, FEATURE_OF_INTEREST, item.row.new_feature)
             item.row.new_feature = None
     needing = [i for i in items if i.row and i.row.feature_id is None]
     ungenerated = {d.location_id for i in needing if i.row

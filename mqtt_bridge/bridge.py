@@ -31,8 +31,8 @@ from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
 from mqtt_bridge.topics import CREATE_FILTERS, ERROR_PREFIX, create_target, error_topic
 from mqtt_bridge.wire import Message, MqttClient
-from sensorthings.errors import StaError
-from sensorthings.fields import parse_observation_json
+from sensorthings.model.errors import StaError
+from sensorthings.model.json_values import parse_observation_json
 
 log = logging.getLogger("citystream.bridge")
 ERROR_EXCERPT_CHARS = 256

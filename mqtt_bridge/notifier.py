@@ -20,9 +20,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from mqtt_bridge.subscriptions import SubscriptionRegistry
 from mqtt_bridge.topics import entity_topics, property_topic, split_select
-from sensorthings.compiler import compile_changed, notified_relations
-from sensorthings.interfaces import Change
-from sensorthings.model import Entity, Relation, Storage
+from sensorthings.model.entities import Entity, Relation, Storage
+from sensorthings.query.compiler import compile_changed, notified_relations
+from sensorthings.write.ports import Change
 
 log = logging.getLogger("citystream.notify")
 NOTIFICATION_PROPERTY = ("citystream", "notification")

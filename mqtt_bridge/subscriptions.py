@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from paho.mqtt.client import topic_matches_sub
 
 from mqtt_bridge.topics import PREFIX, collection_topic, split_select
-from sensorthings.errors import StaError
+from sensorthings.model.errors import StaError
 
 SUBSCRIBE_TOPIC = "$SYS/broker/log/M/subscribe"
 UNSUBSCRIBE_TOPIC = "$SYS/broker/log/M/unsubscribe"

@@ -13,12 +13,12 @@ import functools
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
-from sensorthings import odata
-from sensorthings.errors import BadRequest, StaError
-from sensorthings.model import ENTITIES, Entity, Relation
-from sensorthings.path import parse_path
+from sensorthings.model import VERSION
+from sensorthings.model.entities import ENTITIES, Entity, Relation
+from sensorthings.model.errors import BadRequest, StaError
+from sensorthings.query import odata
+from sensorthings.query.path import parse_path
 
-VERSION = "v1.1"
 PREFIX = VERSION + "/"
 OBSERVATION = ENTITIES["Observation"]
 SELECT_MARK = "?$select="

@@ -47,7 +47,7 @@ def postgres_server() -> Iterator[EmbeddedPostgres]:
 
 @pytest.fixture(scope="session")
 def database_url(postgres_server: EmbeddedPostgres) -> str:
-    from sensorthings.migrate import apply_migrations
+    from sensorthings.schema.migrate import apply_migrations
 
     apply_migrations(postgres_server.dsn)
     return postgres_server.dsn

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from geo.cql2_text import Cql2TextParser
-from sensorthings.errors import BadRequest
+from sensorthings.model.errors import BadRequest
 
 
 def test_parses_reports_and_survives_a_crash_and_a_timeout() -> None:

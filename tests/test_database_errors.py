@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from sensorthings.rest import database_error
+from sensorthings.http.common import database_error
 
 
 def test_statement_timeout_is_503_naming_the_limit() -> None:

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from citystream.embedded import EmbeddedPostgres, find_free_port
-from sensorthings.migrate import apply_migrations
+from sensorthings.schema.migrate import apply_migrations
 from tests import fuzz_report
 from tests.conftest import make_service_dir
 from tests.ogc_city import build_city

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.rows import parse_observation
-from sensorthings.errors import StaError
-from sensorthings.fields import parse_observation_json, parse_request_json
+from sensorthings.model.errors import StaError
+from sensorthings.model.json_values import parse_observation_json, parse_request_json
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 NUMBER_TEXTS = st.one_of(

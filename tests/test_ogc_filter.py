@@ -12,8 +12,8 @@ from psycopg import sql
 
 from geo.filtering import compile_filter
 from geo.queryables import Queryable
-from sensorthings.compiler import SqlBuilder
-from sensorthings.errors import BadRequest
+from sensorthings.model.errors import BadRequest
+from sensorthings.query.sql import SqlBuilder
 from tests.ogc_city import OBSERVATIONS_PER_DATASTREAM, THINGS, City, coordinates, phenomenon_time
 from tests.sta_helpers import HTTP
 

@@ -11,10 +11,10 @@ import httpx
 import psycopg
 import pytest
 
-from sensorthings import observation_ids
-from sensorthings.compiler import compile_entity
-from sensorthings.migrate import apply_migrations, migration_files
-from sensorthings.path import parse_path
+from sensorthings.model import observation_ids
+from sensorthings.query.compiler import compile_entity
+from sensorthings.query.path import parse_path
+from sensorthings.schema.migrate import apply_migrations, migration_files
 
 
 def _post(sta: str, resource: str, body: dict[str, Any]) -> int:

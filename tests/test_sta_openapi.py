@@ -16,9 +16,9 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_openapi
 
 from citystream.settings import Settings
-from sensorthings import openapi
-from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
-from sensorthings.results import STREAMS
+from sensorthings.http import openapi
+from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity
+from sensorthings.model.results import STREAMS
 from tests.sta_helpers import (
     HTTP,
     create,

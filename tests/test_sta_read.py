@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sensorthings.rest import CONFORMANCE, DATA_ARRAY_CONFORMANCE, MQTT_CONFORMANCE
+from sensorthings.http.routes import CONFORMANCE, DATA_ARRAY_CONFORMANCE, MQTT_CONFORMANCE
 from tests.sta_helpers import (
     ENTITY_SETS,
     HTTP,

@@ -15,9 +15,9 @@ from urllib.parse import urlencode
 
 import orjson
 
-from sensorthings import odata
-from sensorthings.errors import BadRequest
-from sensorthings.fields import is_ascii_digits
+from sensorthings.model.errors import BadRequest
+from sensorthings.model.times import is_ascii_digits
+from sensorthings.query import odata
 
 MAX_SKIP = 2**62  # keeps $skip + $top + 1 inside PostgreSQL's bigint
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sensorthings.errors import BadRequest, NotFound
-from sensorthings.fields import Field, is_ascii_digits
-from sensorthings.model import ENTITY_SETS, Entity, Relation
+from sensorthings.model.entities import ENTITY_SETS, Entity, Relation
+from sensorthings.model.errors import BadRequest, NotFound
+from sensorthings.model.kinds import Field
+from sensorthings.model.times import is_ascii_digits
 
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z]+)(?:\((?P<key>[^()]*)\))?$")
 MAX_ID = 2**63 - 1

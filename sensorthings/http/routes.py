@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import random
 import re
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -23,42 +21,50 @@ import jsonpointer
 import orjson
 import psycopg
 from fastapi import APIRouter, Request, Response
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request as StarletteRequest
 from starlette.routing import Route
 
-from sensorthings import batch, openapi
-from sensorthings.compiler import (
+from sensorthings.http import batch, openapi
+from sensorthings.http.common import (
+    RETRYABLE,
+    database_error,
+    error_response,
+    json_response,
+    parse_json,
+    read_body,
+    service_url,
+)
+from sensorthings.http.reads import CompileCache
+from sensorthings.http.result_formats import to_csv, to_geojson
+from sensorthings.model import VERSION
+from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity
+from sensorthings.model.errors import (
+    BadRequest,
+    NotFound,
+    PartitionMissing,
+    ServiceUnavailable,
+    StaError,
+)
+from sensorthings.model.json_values import parse_stored_json
+from sensorthings.model.results import STREAMS
+from sensorthings.query.compiler import (
     Compiled,
     Limits,
-    compile_collection,
     compile_count_estimate,
-    compile_entity,
     compile_entity_by_id,
     compile_filtered_delete,
     compile_ids,
 )
-from sensorthings.data_array import read_data_arrays
-from sensorthings.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    PartitionMissing,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    StaError,
-)
-from sensorthings.fields import parse_observation_json, parse_request_json, parse_stored_json
-from sensorthings.interfaces import ChangeListener, ObservationSink
-from sensorthings.model import ENTITIES, ENTITY_SETS, Entity
-from sensorthings.path import ResourcePath, parse_path
-from sensorthings.query import QueryOptions, parse_query
-from sensorthings.result_formats import to_csv, to_geojson
-from sensorthings.results import STREAMS
-from sensorthings.writer import Writer, changed_fields, create_partition, link_id
+from sensorthings.query.options import QueryOptions, parse_query
+from sensorthings.query.path import ResourcePath, parse_path
+from sensorthings.write.bodies import link_id
+from sensorthings.write.data_array import read_data_arrays
+from sensorthings.write.derived import create_partition
+from sensorthings.write.ports import ChangeListener, ObservationSink
+from sensorthings.write.writer import Writer, changed_fields
 
-VERSION = "v1.1"
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 # Only what works completely.
 CONFORMANCE = [
@@ -79,9 +85,9 @@ MQTT_CONFORMANCE = [
 JSON_PATCH = "application/json-patch+json"
 OBSERVATION = ENTITIES["Observation"]
 WRITE_ATTEMPTS = 10  # each new month a request touches, and each deadlock it loses, costs one attempt
-RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock: the transaction is safe to run again
 T = TypeVar("T")
 BATCH = "$batch"
+CREATE_OBSERVATIONS = "CreateObservations"  # the Data Array extension's create resource (STA 1.1 §14.3)
 _CHANGE_SET: contextvars.ContextVar[tuple[AsyncConnection[Any], Writer] | None] = contextvars.ContextVar(
     "sta_change_set", default=None)
 """The transaction and writer of the $batch change set being executed: every write joins it."""
@@ -112,150 +118,6 @@ class StaConfig:
         return Limits(self.default_top, self.max_top, self.max_expand_depth, self.exact_count_limit)
 
 
-def service_url(request: Request, public_url: str | None) -> str:
-    """Absolute URL of the service root, honouring a configured public URL or X-Forwarded-* headers."""
-    if public_url:
-        return f"{public_url.rstrip('/')}/{VERSION}"
-    headers = request.headers
-    return _service_url(request.scope["scheme"], headers.get("host"), _server_netloc(request.scope),
-                        headers.get("x-forwarded-proto"), headers.get("x-forwarded-host"),
-                        headers.get("x-forwarded-prefix"))
-
-
-def _server_netloc(scope: MutableMapping[str, Any]) -> str:
-    """host[:port] of the listening socket, as Starlette's request.url gives it when there is no Host header."""
-    server = scope.get("server")
-    if not server:
-        return ""
-    host, port = server
-    return host if port in (None, _DEFAULT_PORTS.get(scope["scheme"])) else f"{host}:{port}"
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-@functools.lru_cache(maxsize=1024)
-def _service_url(scheme: str, host_header: str | None, server: str, forwarded_proto: str | None,
-                 forwarded_host: str | None, forwarded_prefix: str | None) -> str:
-    """Cached: every request computes it, and a service sees few distinct header combinations."""
-    proto = _forwarded(forwarded_proto, _PROTO) or scheme
-    host = _forwarded(forwarded_host, _HOST) or host_header or server
-    if not _HOST.fullmatch(host):
-        host = server
-    prefix = _forwarded(forwarded_prefix, _PREFIX) or ""
-    return f"{proto}://{host}{prefix.rstrip('/')}/{VERSION}"
-
-
-_PROTO = re.compile(r"https?")
-_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
-_PREFIX = re.compile(r"(/[A-Za-z0-9._~\-]+)*/?")
-
-
-def _forwarded(raw: str | None, valid: re.Pattern[str]) -> str | None:
-    """The first value of a forwarding header, ignored unless it is well-formed (it ends up in every link)."""
-    if raw is None:
-        return None
-    value = raw.split(",")[0].strip()
-    return value if valid.fullmatch(value) else None
-
-
-def parse_json(raw: bytes, *, observation: bool = False) -> Any:
-    """The request body; an Observation's through the fast reader the MQTT bridge uses too."""
-    if not raw.strip():
-        raise BadRequest("the request body is empty; send a JSON document")
-    return parse_observation_json(raw) if observation else parse_request_json(raw)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def json_response(body: bytes | str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(content=body, status_code=status, media_type="application/json", headers=headers)
-
-
-def error_response(error: StaError) -> Response:
-    return json_response(orjson.dumps(error.to_json()), error.status)
-
-
-def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:
-    """Map a database error caused by a request to a client-facing error (never a traceback)."""
-    if exc.sqlstate in RETRYABLE:
-        return ServiceUnavailable("the change collided with a concurrent one and was rolled back; send it again")
-    if isinstance(exc, errors.QueryCanceled):
-        return ServiceUnavailable(f"the query ran longer than the limit of {timeout_ms} ms; "
-                                  f"narrow it (smaller $top, fewer entities)")
-    if isinstance(exc, errors.ForeignKeyViolation | errors.UniqueViolation):
-        return Conflict(f"the change conflicts with the current data: {exc.diag.message_primary}")
-    if isinstance(exc, psycopg.IntegrityError):
-        return BadRequest(f"invalid value: {exc.diag.message_primary}")
-    if isinstance(exc, psycopg.DataError):
-        return BadRequest(f"a value in the request cannot be used: {exc.diag.message_primary or exc}; "
-                          f"check the numbers, times and ranges it contains")
-    if (exc.sqlstate or "").startswith("54"):  # program limit exceeded: too many arguments, too complex
-        return BadRequest("the request exceeds what the database can evaluate in one query (too many keys, "
-                          "values or nested terms); simplify it")
-    if isinstance(exc, psycopg.OperationalError):
-        return ServiceUnavailable("the database is not reachable right now; try again shortly")
-    raise exc
-
-
-CREATE_OBSERVATIONS = "CreateObservations"  # the Data Array extension's create resource (STA 1.1 §14.3)
-COLLECTION_ONLY = ("$filter", "$orderby", "$top", "$skip", "$skiptoken", "$count", "$resultFormat")
-MAX_STATEMENT_BYTES = 2 * 1024 * 1024
-CompiledRead = tuple[ResourcePath, QueryOptions, Compiled]
-
-
-def _compile_read(resource: str, query: str, base: str, limits: Limits) -> CompiledRead:
-    path = parse_path(resource)
-    params = parse_qsl(query, keep_blank_values=True)
-    if not path.is_collection:
-        misplaced = sorted({name for name, _ in params if name in COLLECTION_ONLY})
-        if misplaced:
-            raise BadRequest(f"{', '.join(misplaced)} applies to collections; {resource} is a single entity")
-    options = parse_query(params, default_top=limits.default_top, max_top=limits.max_top)
-    try:
-        compiled = (compile_collection(path, options, base, limits) if path.is_collection
-                    else compile_entity(path, base, options, limits))
-        size = len(compiled.query)  # renders the SQL text once
-    except RecursionError:
-        raise BadRequest("the query options are nested too deeply; simplify them") from None
-    if size > MAX_STATEMENT_BYTES:
-        raise BadRequest("the query options expand to an unreasonably large query; simplify them")
-    return path, options, compiled
-
-
-class CompileCache:
-    """Compiled GETs by URL, bounded by the total size of their SQL. Dashboards repeat the same requests,
-    and parsing plus compiling costs about as much as a small indexed query. Errors are never cached."""
-
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str, str, Limits], CompiledRead] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, resource: str, query: str, base: str, limits: Limits) -> CompiledRead:
-        key = (resource, query, base, limits)
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-            return found
-        entry = _compile_read(resource, query, base, limits)
-        self._entries[key] = entry
-        self._bytes += len(entry[2].query)
-        while self._bytes > self.max_bytes and self._entries:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= len(evicted[2].query)
-        return entry
 
 
 _SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
@@ -316,7 +178,7 @@ class StaApi:
             "Link": f'<{base}/api>; rel="service-desc"; type="{openapi.OPENAPI_MEDIA_TYPE}"'})
 
     async def api_document(self, request: Request) -> Response:
-        """GET /v1.1/api: the OpenAPI 3.0 document, generated from the entity model (sensorthings.openapi)."""
+        """GET /v1.1/api: the OpenAPI 3.0 document, generated from the entity model (sensorthings.http.openapi)."""
         return openapi.response(request, service_url(request, self.config.public_url), openapi.ApiSettings(
             self.config.default_top, self.config.max_top, create_observations=self.observations is not None,
             guarded_delete=self.bulk_guard is not None))
@@ -379,7 +241,7 @@ class StaApi:
 
     @staticmethod
     def _flattened(result_format: str, entities: list[dict[str, Any]], head: dict[str, Any]) -> Response:
-        """$resultFormat=CSV or GeoJSON: the page's entities flattened (sensorthings.result_formats)."""
+        """$resultFormat=CSV or GeoJSON: the page's entities flattened (sensorthings.http.result_formats)."""
         if result_format == "GeoJSON":
             return Response(to_geojson(entities, head), media_type="application/geo+json")
         headers = {"Link": f'<{head["@iot.nextLink"]}>; rel="next"'} if "@iot.nextLink" in head else None

@@ -25,7 +25,7 @@ from lark import (
 from lark.exceptions import VisitError
 from lark.tree import Meta
 
-from sensorthings.errors import BadRequest
+from sensorthings.model.errors import BadRequest
 
 GRAMMAR = r"""
 filter: expr

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from sensorthings.errors import BadRequest
-from sensorthings.fields import dumps_exact, parse_request_json
+from sensorthings.model.errors import BadRequest
+from sensorthings.model.json_values import dumps_exact, parse_request_json
 
 METHODS = frozenset({"GET", "POST", "PATCH", "PUT", "DELETE"})
 MAX_REQUESTS = 1000

@@ -10,9 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sensorthings.errors import StaError
-from sensorthings.fields import RESULT_BOOLEAN, RESULT_JSON, RESULT_NULL, RESULT_NUMBER, RESULT_STRING, result_columns
-from sensorthings.model import ENTITIES, Relation
+from sensorthings.model.entities import ENTITIES, Relation
+from sensorthings.model.errors import StaError
+from sensorthings.model.kinds import (
+    RESULT_BOOLEAN,
+    RESULT_JSON,
+    RESULT_NULL,
+    RESULT_NUMBER,
+    RESULT_STRING,
+    result_columns,
+)
 
 OBSERVATION = ENTITIES["Observation"]
 STREAMS: tuple[Relation, ...] = tuple(OBSERVATION.relation(name) for name in OBSERVATION.exactly_one_of)
@@ -20,7 +27,7 @@ STREAMS: tuple[Relation, ...] = tuple(OBSERVATION.relation(name) for name in OBS
 STREAM_NAMES = " or ".join(r.name for r in STREAMS)
 
 _OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
-# Result types (sensorthings.fields RESULT_*) each observationType accepts; null is always accepted.
+# Result types (sensorthings.model.kinds RESULT_*) each observationType accepts; null is always accepted.
 # Types not listed here (OM_Observation, custom URIs) accept any JSON result.
 RESULT_TYPES: dict[str, tuple[frozenset[int], str]] = {
     _OM + "OM_Measurement": (frozenset({RESULT_NUMBER}), "a number"),

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sensorthings.errors import BadRequest
-from sensorthings.model import Relation
-from sensorthings.results import OBSERVATION, STREAM_NAMES, STREAMS
-from sensorthings.writer import link_id
+from sensorthings.model.entities import Relation
+from sensorthings.model.errors import BadRequest
+from sensorthings.model.results import OBSERVATION, STREAM_NAMES, STREAMS
+from sensorthings.write.bodies import link_id
 
 FEATURE = OBSERVATION.relation("FeatureOfInterest")
 FEATURE_COMPONENT = f"{FEATURE.name}/id"

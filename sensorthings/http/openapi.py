@@ -1,7 +1,7 @@
 """The OpenAPI 3.0 document of the SensorThings API (`GET /v1.1/api`), generated from the entity model.
 
 Entity sets, their properties (typed by each kind's `json_schema`), their navigation properties and which of
-those are to-one or to-many all come from sensorthings.model, so a new property or relation is in the
+those are to-one or to-many all come from sensorthings.model.entities, so a new property or relation is in the
 document without a line here. The document is the input of schemathesis fuzz runs, so it states what this
 server does rather than everything STA allows: the operations that can succeed, parameters with the values
 that are valid, and the statuses the handlers return, errors as `{"code", "type", "message"}` (errors.py).
@@ -27,14 +27,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sensorthings.batch import MAX_REQUESTS, METHODS
-from sensorthings.compiler import selectable_names
-from sensorthings.data_array import COMPONENTS
-from sensorthings.fields import GEOJSON_ENCODINGS, Field
-from sensorthings.model import ENTITIES, Entity, Relation, Storage
-from sensorthings.query import MAX_SKIP, RESULT_FORMATS
-from sensorthings.results import STREAMS
-from sensorthings.writer import THING_LOCATIONS
+from sensorthings.http.batch import MAX_REQUESTS, METHODS
+from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
+from sensorthings.model.kinds import GEOJSON_ENCODINGS, Field
+from sensorthings.model.results import STREAMS
+from sensorthings.query.compiler import selectable_names
+from sensorthings.query.options import MAX_SKIP, RESULT_FORMATS
+from sensorthings.write.data_array import COMPONENTS
+from sensorthings.write.writer import THING_LOCATIONS
 
 OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json;version=3.0"
 JSON = "application/json"

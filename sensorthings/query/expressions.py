@@ -27,10 +27,10 @@ import shapely
 import shapely.wkt
 from psycopg import sql
 
-from sensorthings import odata
-from sensorthings.errors import BadRequest
-from sensorthings.model import Entity, Relation
-from sensorthings.operand import Operand
+from sensorthings.model.entities import Entity, Relation
+from sensorthings.model.errors import BadRequest
+from sensorthings.model.operand import Operand
+from sensorthings.query import odata
 
 POLYMORPHIC = ("json", "result")
 SQL_OPS = {"eq": "=", "ne": "IS DISTINCT FROM", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}

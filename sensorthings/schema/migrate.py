@@ -6,7 +6,7 @@ from importlib import resources
 
 import psycopg
 
-MIGRATIONS_PACKAGE = "sensorthings"
+MIGRATIONS_PACKAGE = "sensorthings.schema"
 _LOCK_KEY = 0x5715_C17E  # serialises concurrent migrators (several bridge/app processes starting together)
 
 

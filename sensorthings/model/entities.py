@@ -15,17 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from sensorthings.fields import (
-    Field,
-    GeoJson,
-    Geometry,
-    Instant,
-    Interval,
-    Json,
-    JsonList,
-    Result,
-    Text,
-)
+from sensorthings.model.kinds import Field, GeoJson, Geometry, Instant, Interval, Json, JsonList, Result, Text
 
 
 class Storage(Enum):

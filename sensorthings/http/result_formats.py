@@ -14,8 +14,9 @@ import csv
 import io
 from typing import Any
 
-from sensorthings.fields import GeoJson, Geometry, dumps_exact
-from sensorthings.model import ENTITIES
+from sensorthings.model.entities import ENTITIES
+from sensorthings.model.json_values import dumps_exact
+from sensorthings.model.kinds import GeoJson, Geometry
 
 GEOMETRY_TYPES = frozenset({"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
                             "GeometryCollection"})

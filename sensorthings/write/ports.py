@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from sensorthings.model import Entity
-
-if TYPE_CHECKING:  # data_array imports the writer, which imports this module
-    from sensorthings.data_array import DataArray
+from sensorthings.model.entities import Entity
+from sensorthings.write.data_array import DataArray
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The STA HTTP surface: routes, `$batch`, result formats, the OpenAPI document, shared HTTP helpers."""
