@@ -2,7 +2,7 @@
 together (the client, the proxy and every log line of the request see the same id).
 
 A pure ASGI middleware, because it runs for every request: it only wraps `send` to see the status and
-count the body bytes, and costs a few microseconds plus one log record (see README, Logs).
+count the body bytes, and costs a few microseconds plus one log record (see docs/configuration.md, Logs).
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[st
 
     Why: the HTTP access log writes a record per request, and in a busy server the logging module's path
     (LogRecord, makeRecord, the handler chain and its lock) cost ~30 µs of CPU per record, a tenth of a
-    small GET; the direct path writes the same line for about a third of that (README, Logs).
+    small GET; the direct path writes the same line for about a third of that (docs/configuration.md, Logs).
     """
     if not logger.isEnabledFor(level):
         return

@@ -1,4 +1,3 @@
-"""The hot write path for Observations (validate -> queue -> batch -> binary COPY -> commit -> acknowledge).
-
-Empty until the MQTT/ingest issue: the foundation writes Observations through sensorthings.write.writer inside
-the request's transaction."""
+"""The hot write path for Observations (validate -> queue -> batch -> binary COPY -> commit -> acknowledge),
+for MQTT and for the REST routes (POST Observations, CreateObservations: their ObservationSink port). Its
+domain rules come from `sensorthings.write` (bodies and derived data), never from the REST writer."""

@@ -1,7 +1,7 @@
 """MQTT in and out for one platform process: creates over MQTT (STA §14.2) into the ingest pipeline, STA
 notifications (§14.1) out, and the broker log that says which notification topics have subscribers.
 
-Delivery guarantee (README "Real-time MQTT"): at-least-once for QoS 1. The bridge holds a persistent
+Delivery guarantee (docs/mqtt.md, "Real-time MQTT"): at-least-once for QoS 1. The bridge holds a persistent
 session (clean start off, session expiry set) and acknowledges a message (PUBACK) only after the batch
 holding it is committed — dead letter included for a payload that cannot be stored. If the bridge dies, the
 broker keeps every unacknowledged message in the session and redelivers it; messages committed but not yet

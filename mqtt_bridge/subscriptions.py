@@ -2,7 +2,7 @@
 
 Mosquitto does not tell clients who subscribed to what, and publishing every notification to every topic a
 change could concern (entity set, entity, each collection it belongs to, each `$select` variant) would
-multiply the broker's load by ten for nobody. The broker config (citystream/embedded.py, deploy/mosquitto)
+multiply the broker's load by ten for nobody. The broker config (citystream/embedded/, deploy/mosquitto)
 therefore logs subscribes, unsubscribes, connects and disconnects to `$SYS/broker/log/...`, which only the
 platform account may read; this registry follows that log and the notifier publishes only on topics that
 have a subscriber. Formats (Mosquitto 2.0, see EmbeddedMosquitto):
@@ -12,7 +12,7 @@ have a subscriber. Formats (Mosquitto 2.0, see EmbeddedMosquitto):
     $SYS/broker/log/N               "<ts>: New client connected from <addr> as <client id> (p5, c1, k60...)."
                                     "<ts>: Client <client id> disconnected." (and the other ways to leave)
 
-Limits, documented in the README: subscriptions made while no platform process was connected are not
+Limits, documented in docs/mqtt.md: subscriptions made while no platform process was connected are not
 known until the client subscribes again; a persistent session (c0) keeps its topics until it unsubscribes.
 """
 
