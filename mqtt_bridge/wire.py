@@ -63,7 +63,8 @@ class Message:
 
     @property
     def user_properties(self) -> list[tuple[str, str]]:
-        return self.properties.get("user_property", [])
+        found: list[tuple[str, str]] = self.properties.get("user_property", [])
+        return found
 
 
 # ------------------------------------------------------------------ encoding

@@ -234,7 +234,7 @@ def parse_geojson(value: Any, where: str) -> dict[str, Any]:
     if nested_deeper_than(geometry, MAX_GEOMETRY_DEPTH):  # PostGIS's GeoJSON reader stops at 32 levels
         raise BadRequest(f"{where} is nested more than {MAX_GEOMETRY_DEPTH} levels deep; GeoJSON geometries "
                          "need at most 5 (a MultiPolygon), GeometryCollections should not nest", field=where)
-    plain = json.loads(to_jsonb_text(geometry, where))
+    plain: dict[str, Any] = json.loads(to_jsonb_text(geometry, where))
     try:
         shape = shapely.geometry.shape(plain)
     except Exception as exc:  # shapely raises several types for malformed input
