@@ -140,7 +140,7 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
         rows = [i for i in rows if i.reason is None]
         await _check_features(conn, rows)
         rows = [i for i in rows if i.reason is None]
-        await _assign_features(conn, rows, streams, now)
+        await _assign_features(conn, rows, streams)
         rows = [i for i in rows if i.reason is None]
         if rows:
             await _copy(conn, rows, sequence_values)
@@ -198,8 +198,8 @@ async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None
             item.reason = f"there is no FeatureOfInterest with @iot.id {item.row.feature_id}"
 
 
-async def _assign_features(conn: AsyncConnection[Any], items: list[Item], streams: dict[StreamKey, StreamFacts],
-                           now: datetime) -> None:
+async def _assign_features(conn: AsyncConnection[Any], items: list[Item], streams: dict[StreamKey, StreamFacts]
+                           ) -> None:
     """Create inline FeaturesOfInterest; give rows without one the FeatureOfInterest generated from the
     current Location of their stream's Thing (as a REST create does), generating it if need be."""
     for item in items:
