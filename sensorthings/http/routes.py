@@ -1,7 +1,8 @@
 """The SensorThings API 1.1 REST surface: HTTP in, one SQL statement (reads) or one transaction (writes) out.
 
-This module only translates between HTTP and the pipeline: `path.parse_path` + `query.parse_query` ->
-`compiler` -> PostgreSQL -> bytes, and `writer.Writer` for changes. It holds no entity knowledge.
+This module only translates between HTTP and the pipeline: `http.reads` (`query.path.parse_path` +
+`query.options.parse_query` -> `query.compiler`) -> PostgreSQL -> bytes, and `write.writer.Writer` for
+changes. It holds no entity knowledge.
 """
 
 from __future__ import annotations
