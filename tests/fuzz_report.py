@@ -1,4 +1,4 @@
-"""Counts of the fuzz tier (tests/test_fuzz_*.py), printed at the end of the run by tests/conftest.py: cases
+"""Counts of the fuzz tier (tests/fuzz/test_fuzz_*.py), printed at the end of the run by tests/conftest.py: cases
 tried, server errors (5xx: must be 0), crashes (must be 0), messages stored and dead-lettered."""
 
 from __future__ import annotations

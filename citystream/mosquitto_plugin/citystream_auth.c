@@ -33,7 +33,7 @@
  * mosquitto_* functions at load time, so nothing is linked):
  *   cc -shared -fPIC -O2 -Wall -Wextra -o citystream_auth.so citystream_auth.c
  * citystream/embedded.py builds it on first use for `citystream up` and the tests; deploy/mosquitto/Dockerfile
- * builds it for docker-compose. Keep it warning-free (tests/test_broker_security.py compiles with -Werror).
+ * builds it for docker-compose. Keep it warning-free (tests/mqtt/test_broker_security.py compiles with -Werror).
  */
 #include <stdbool.h>
 #include <stdlib.h>

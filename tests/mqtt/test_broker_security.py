@@ -5,7 +5,7 @@ Without it, any client could join `$share/citystream/...` and be handed part of 
 (never stored, although the sensors were told they were delivered), or connect as `citystream-bridge` and
 take over the bridge's persistent session. Everything runs against a real Mosquitto with the real plugin;
 clients are paho-mqtt (MQTT 5 and 3.1.1) and mosquitto_sub/mosquitto_pub. The rest of the broker's rules
-(password file, ACL) are covered by tests/test_broker_config.py, which runs with the plugin loaded too.
+(password file, ACL) are covered by tests/mqtt/test_broker_config.py, which runs with the plugin loaded too.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ pytestmark = pytest.mark.skipif(
     reason="mosquitto-clients (mosquitto_pub, mosquitto_sub) not installed",
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BRIDGE_FILTER = "$share/citystream/v1.1/+/Observations"  # what the bridge subscribes to (one of its filters)
 NOT_AUTHORIZED_V5 = 0x87
 FAILURE_V311 = 0x80

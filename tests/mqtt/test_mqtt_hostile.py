@@ -18,9 +18,9 @@ from paho.mqtt.properties import Properties
 
 from citystream.embedded import EmbeddedMosquitto
 from mqtt_bridge.bridge import reply_topic
+from tests.mqtt.test_mqtt_bridge import dead_letters
 from tests.mqtt_helpers import wait_for
 from tests.sta_helpers import create_datastream, values
-from tests.test_mqtt_bridge import dead_letters
 
 POISON = {
     "nested 5000": b'{"result": 1, "parameters": ' + b"[" * 5000 + b"]" * 5000 + b"}",

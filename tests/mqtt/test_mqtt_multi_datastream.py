@@ -12,8 +12,8 @@ import orjson
 
 from citystream.embedded import EmbeddedMosquitto
 from tests.mqtt_helpers import Subscriber, mosquitto_pub, wait_for, wait_until_learned
+from tests.sta.test_sta_multi_datastream import create_multi, multi_body, new_properties
 from tests.sta_helpers import create, create_datastream, create_thing_with_location, read, values
-from tests.test_sta_multi_datastream import create_multi, multi_body, new_properties
 
 
 def stored(sta: str, multi: int) -> list[Any]:

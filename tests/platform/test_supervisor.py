@@ -25,7 +25,7 @@ from citystream.cli import _answering
 from citystream.embedded import find_free_port
 from citystream.supervisor import CommandChild, RestartPolicy, Supervisor
 from tests.mqtt_helpers import wait_for
-from tests.test_embedded_cli import (
+from tests.platform.test_embedded_cli import (
     _assert_all_gone,
     _service_pids,
     _sigterm,
