@@ -185,7 +185,7 @@ def render_mosquitto_acl(
     _check_topic_filter(anonymous_read, "CITYSTREAM_MQTT_ANONYMOUS_READ")
     lines = [
         "# Mosquitto ACL of CityStream, rendered by citystream.embedded.render_mosquitto_acl: change it there",
-        "# (tests/mqtt/test_broker_config.py checks that deploy/mosquitto/acl is up to date).",
+        "# (tests/unit/test_broker_config_rendering.py checks that deploy/mosquitto/acl is up to date).",
         "# Nothing is allowed that no line below grants. Read rules apply on delivery: a subscription to a",
         "# topic filter is always granted, but only messages the subscriber may read reach it.",
         "",
@@ -364,8 +364,9 @@ def render_deploy_mosquitto_files() -> dict[str, str]:
         header=(
             "Mosquitto for docker-compose.yml (the image deploy/mosquitto/Dockerfile builds, which has the\n"
             "plugin), rendered by citystream.embedded.render_deploy_mosquitto_files();\n"
-            "tests/mqtt/test_broker_config.py checks that this file is up to date. The password file is created at\n"
-            "container start by entrypoint.sh. The ports are published on 127.0.0.1 only (see docker-compose.yml)."
+            "tests/unit/test_broker_config_rendering.py checks that this file is up to date. The password file\n"
+            "is created at container start by entrypoint.sh. The ports are published on 127.0.0.1 only (see\n"
+            "docker-compose.yml)."
         ),
         auth_plugin=DEPLOY_AUTH_PLUGIN_PATH,
     )

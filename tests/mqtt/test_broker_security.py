@@ -6,6 +6,7 @@ Without it, any client could join `$share/citystream/...` and be handed part of 
 take over the bridge's persistent session. Everything runs against a real Mosquitto with the real plugin;
 clients are paho-mqtt (MQTT 5 and 3.1.1) and mosquitto_sub/mosquitto_pub. The rest of the broker's rules
 (password file, ACL) are covered by tests/mqtt/test_broker_config.py, which runs with the plugin loaded too.
+The plugin's configuration, which needs no broker, is checked in tests/unit/test_broker_plugin_config.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import shutil
 import subprocess
 import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +33,6 @@ from paho.mqtt.properties import Properties
 
 from citystream.embedded import (
     AUTH_PLUGIN_PACKAGES,
-    AUTH_PLUGIN_SOURCE,
-    DEPLOY_AUTH_PLUGIN_PATH,
-    DEPLOY_MOSQUITTO_DIR,
     PLATFORM_MQTT_USER,
     EmbeddedMosquitto,
     EmbeddedServiceError,
@@ -43,22 +40,18 @@ from citystream.embedded import (
     compile_auth_plugin,
     find_free_port,
     find_mosquitto,
-    render_mosquitto_conf,
 )
-from citystream.settings import Settings
 from mqtt_bridge import identity
-from mqtt_bridge.bridge import BridgeConfig
 from tests.conftest import make_service_dir, private_broker
 from tests.mqtt_helpers import wait_for
 from tests.sta_helpers import create_datastream
+from tests.unit.test_broker_plugin_config import BRIDGE_FILTER
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto_pub") is None or shutil.which("mosquitto_sub") is None,
     reason="mosquitto-clients (mosquitto_pub, mosquitto_sub) not installed",
 )
 
-REPO = Path(__file__).resolve().parents[2]
-BRIDGE_FILTER = "$share/citystream/v1.1/+/Observations"  # what the bridge subscribes to (one of its filters)
 NOT_AUTHORIZED_V5 = 0x87
 FAILURE_V311 = 0x80
 V5, V311 = mqtt.MQTTv5, mqtt.MQTTv311
@@ -476,57 +469,7 @@ def test_a_missing_header_names_its_package(tmp_path: Path, hidden: str, header:
     assert f"apt-get install {AUTH_PLUGIN_PACKAGES}" in message
 
 
-def test_the_source_ships_and_quickstart_installs_the_build_packages() -> None:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["package-data"]["citystream"]
-    source = AUTH_PLUGIN_SOURCE.relative_to(REPO / "citystream")
-    assert any(source.match(pattern) for pattern in patterns), patterns
-    quickstart = (REPO / "scripts" / "quickstart.sh").read_text()
-    for package in AUTH_PLUGIN_PACKAGES.split():
-        assert f" {package}" in quickstart, package
-    assert "mosquitto_broker.h" in quickstart  # system_ready checks the headers too
-
-
 # ----------------------------------------------------------------------------------- configuration
-
-
-def test_names_match_the_bridge() -> None:
-    assert BridgeConfig().shared_group == identity.SHARED_GROUP
-    assert BridgeConfig().client_id == Settings().mqtt_client_id == identity.CLIENT_ID
-    assert BRIDGE_FILTER.startswith(f"$share/{identity.SHARED_GROUP}/")
-
-
-def test_conf_loads_the_plugin_with_its_options() -> None:
-    conf = render_mosquitto_conf(
-        host="127.0.0.1", port=1883, websocket_port=None, persistence_location="/x/", password_file="/x/p",
-        acl_file="/x/a", log_file=None, run_as="mosquitto", anonymous=True, header="h",
-        auth_plugin="/x/citystream_auth.so", bridge_client_id="meter-bridge").splitlines()
-    start = conf.index("plugin /x/citystream_auth.so")
-    assert conf[start + 1:start + 4] == [f"plugin_opt_platform_user {PLATFORM_MQTT_USER}",
-                                         "plugin_opt_bridge_client_id meter-bridge",
-                                         f"plugin_opt_bridge_group {identity.SHARED_GROUP}"]
-    assert start < conf.index("listener 1883 127.0.0.1")
-    deploy = (DEPLOY_MOSQUITTO_DIR / "mosquitto.conf").read_text().splitlines()
-    assert f"plugin {DEPLOY_AUTH_PLUGIN_PATH}" in deploy
-    assert f"plugin_opt_bridge_client_id {identity.CLIENT_ID}" in deploy
-
-
-@pytest.mark.parametrize("client_id", ["", "two words", "line\nbreak", "tab\t", "x" * 1025])
-def test_a_bad_bridge_client_id_is_refused_before_start(tmp_path: Path, client_id: str) -> None:
-    with pytest.raises(EmbeddedServiceError, match="CITYSTREAM_MQTT_CLIENT_ID"):
-        EmbeddedMosquitto(tmp_path, find_free_port(), bridge_client_id=client_id)
-
-
-def test_compose_builds_its_broker_with_the_plugin() -> None:
-    """docker-compose's mqtt service is built from deploy/mosquitto/Dockerfile, which compiles the same source
-    and installs it where deploy/mosquitto/mosquitto.conf loads it from. (No Docker engine runs here.)"""
-    compose = (REPO / "docker-compose.yml").read_text()
-    assert "dockerfile: deploy/mosquitto/Dockerfile" in compose
-    dockerfile = (DEPLOY_MOSQUITTO_DIR / "Dockerfile").read_text()
-    assert AUTH_PLUGIN_SOURCE.relative_to(REPO).as_posix() in dockerfile
-    assert DEPLOY_AUTH_PLUGIN_PATH in dockerfile
-    for package in ("mosquitto-dev", "libmosquitto-dev", "gcc", "libc6-dev"):
-        assert package in dockerfile
 
 
 def test_the_plugin_refuses_to_start_without_its_options(tmp_path: Path) -> None:

@@ -11,13 +11,11 @@ import time
 import httpx
 import orjson
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from citystream.embedded import EmbeddedMosquitto
-from mqtt_bridge.bridge import reply_topic
 from tests.mqtt.test_mqtt_bridge import dead_letters
 from tests.mqtt_helpers import wait_for
 from tests.sta_helpers import create_datastream, values
@@ -112,12 +110,3 @@ def test_a_response_topic_with_a_wildcard_does_not_loop_the_bridge(
     time.sleep(2.0)
     assert stored() == list(range(10))
     assert len(dead_letters(server_url)) == 3
-
-
-@pytest.mark.parametrize(("requested", "allowed"), [
-    ("citystream/errors/device-7/replies", True), ("replies/#", False), ("citystream/errors/+", False),
-    ("v1.1/Things(1)", False), ("citystream/errors/" + "x" * 600, False), (None, False), ("", False),
-    ("$SYS/broker", False), ("citystream/errors/a\x00b", False),
-])
-def test_reply_topics(requested: str | None, allowed: bool) -> None:
-    assert reply_topic(requested) == (requested if allowed else None)

@@ -18,7 +18,6 @@ import httpx
 import psycopg
 import pytest
 
-from citystream.cli import build_parser, settings_from
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port
 
 _SCRIPT = Path(sys.executable).with_name("citystream")
@@ -351,16 +350,6 @@ def test_embedded_postgres_requires_its_password(
     ):
         with pytest.raises(psycopg.OperationalError, match="password"):
             psycopg.connect(dsn, connect_timeout=5, passfile=os.devnull).close()
-
-
-def test_mqtt_host_flag_and_environment() -> None:
-    parser = build_parser()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("CITYSTREAM_MQTT_HOST", raising=False)
-        assert settings_from(parser.parse_args(["up", "--host", "0.0.0.0"])).mqtt_host == "127.0.0.1"
-        assert settings_from(parser.parse_args(["up", "--mqtt-host", "0.0.0.0"])).mqtt_host == "0.0.0.0"
-        mp.setenv("CITYSTREAM_MQTT_HOST", "::")
-        assert settings_from(parser.parse_args(["up"])).mqtt_host == "::"
 
 
 def test_exposed_http_keeps_the_anonymous_broker_on_loopback(

@@ -4,14 +4,12 @@ Observations, id lookups that touch one partition, and the TimescaleDB path wher
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from sensorthings.model import observation_ids
 from sensorthings.query.compiler import compile_entity
 from sensorthings.query.path import parse_path
 from sensorthings.schema.migrate import apply_migrations, migration_files
@@ -137,17 +135,6 @@ def test_observation_moved_to_another_month_is_found_and_still_pruned(sta: str, 
     assert read.status_code == 200
     assert read.json()["phenomenonTime"] == "2024-09-20T08:00:00Z"
     assert len(_explain(database_url, f"Observations({observation})")) == 1
-
-
-def test_observation_ids_encode_their_day() -> None:
-    when = datetime(2024, 5, 1, 13, 30, tzinfo=UTC)
-    identifier = observation_ids.observation_id(42, when)
-    lower, upper = observation_ids.day_bounds(identifier)
-    assert lower == datetime(2024, 5, 1, tzinfo=UTC) and upper == datetime(2024, 5, 2, tzinfo=UTC)
-    assert identifier < 2**53
-    assert observation_ids.observation_id(43, when) > identifier
-    early = observation_ids.observation_id(1, datetime(1850, 1, 1, tzinfo=UTC))
-    assert observation_ids.day_bounds(early)[0] is None
 
 
 def test_timescaledb_hypertable_where_the_extension_exists(database_url: str) -> None:
