@@ -18,6 +18,9 @@ from datetime import UTC, datetime, timedelta
 DAY_BITS = 16
 _DAYS = 1 << DAY_BITS
 EPOCH = datetime(1900, 1, 1, tzinfo=UTC)
+RELOCATIONS_TABLE = "observation_relocations"
+"""Observations whose phenomenon time moved to another day than their id encodes: (id, day_start)."""
+RELOCATED_DAY_COLUMN = "day_start"
 
 
 def day_index(time: datetime) -> int:

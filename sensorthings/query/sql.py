@@ -45,7 +45,9 @@ def id_predicate(entity: Entity, alias: sql.Identifier, entity_id: int, b: SqlBu
         return condition
     lower, upper = observation_ids.day_bounds(entity_id)
     time_col = qualified(alias, entity.partition_column)
-    relocated = sql.SQL("(SELECT r.day_start FROM observation_relocations r WHERE r.id = {})").format(id_param)
+    relocated = sql.SQL("(SELECT r.{} FROM {} r WHERE r.id = {})").format(
+        sql.Identifier(observation_ids.RELOCATED_DAY_COLUMN), sql.Identifier(observation_ids.RELOCATIONS_TABLE),
+        id_param)
     parts = [condition]
     # The bounds are always parameters (NULL at the clamped extremes), so that one compiled statement
     # serves every id (compile_entity_by_id).

@@ -1,0 +1,116 @@
+"""Statements the write side and its listeners run: the ids a path addresses, the filtered DELETE of a
+collection, and the JSON (as GET renders it) of entities just created (ingest's 201 bodies) or changed (MQTT
+notifications), from templates compiled once per entity."""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+
+from psycopg import sql
+
+from sensorthings.model import observation_ids
+from sensorthings.model.entities import Entity, Relation, Storage
+from sensorthings.query.addressed import matching_rows, parent_exists
+from sensorthings.query.compiled import Compiled
+from sensorthings.query.entity_json import entity_json
+from sensorthings.query.options import QueryOptions
+from sensorthings.query.path import ResourcePath
+from sensorthings.query.sql import SqlBuilder, qualified, step_conditions
+
+
+def compile_filtered_delete(path: ResourcePath, options: QueryOptions) -> Compiled:
+    """DELETE of every entity of a collection path that passes `$filter`, in one statement that returns how
+    many went, or NULL when an entity the path names before its last step does not exist. Link-table
+    cascades the model declares (a Location's HistoricalLocations) go first, as for a single delete."""
+    b = SqlBuilder("")
+    entity, e = path.entity, b.alias()
+    matching = sql.SQL("SELECT {e}.id FROM {table} {e} WHERE {cond}").format(
+        e=e, table=sql.Identifier(entity.table), cond=matching_rows(path, options, e, b))
+    steps: list[sql.Composable] = []
+    for n, relation in enumerate(r for r in entity.relations.values() if r.delete_targets):
+        steps.append(sql.SQL("cascade{n} AS (DELETE FROM {target} WHERE id IN (SELECT {tcol} FROM {link} "
+                             "WHERE {scol} IN ({matching})))").format(
+            n=sql.SQL(str(n)), target=sql.Identifier(relation.target_entity.table),
+            tcol=sql.Identifier(relation.link_target_column), link=sql.Identifier(relation.link_table),
+            scol=sql.Identifier(relation.link_source_column), matching=matching))
+    gone = b.alias()
+    steps.append(sql.SQL("gone AS (DELETE FROM {table} {g} WHERE {g}.id IN ({matching}) RETURNING {g}.id)").format(
+        table=sql.Identifier(entity.table), g=gone, matching=matching))
+    if entity.partition_column:
+        steps.append(sql.SQL("relocated AS (DELETE FROM {} WHERE id IN (SELECT id FROM gone))").format(
+            sql.Identifier(observation_ids.RELOCATIONS_TABLE)))
+    statement = sql.SQL("WITH {} SELECT CASE WHEN {} THEN (SELECT count(*) FROM gone) END").format(
+        sql.SQL(", ").join(steps), parent_exists(path, b))
+    return Compiled(statement, b.params)
+
+
+@functools.lru_cache(maxsize=64)
+def _created_template(entity: Entity, base_url: str) -> tuple[Compiled, tuple[str, str, str]]:
+    b = SqlBuilder(base_url)
+    e = b.alias()
+    names = tuple(f"p{len(b.params) + n}" for n in range(3))  # the names b.param gives the next three
+    ids, earliest, latest = b.param(None), b.param(None), b.param(None)
+    assert all(name in b.params for name in names)
+    condition = sql.SQL("{} = ANY({})").format(qualified(e, "id"), ids)
+    if entity.partition_column:
+        time_col = qualified(e, entity.partition_column)
+        condition = sql.SQL("{} AND {} >= {} AND {} <= {}").format(condition, time_col, earliest, time_col, latest)
+    statement = sql.SQL("SELECT {}, {}::text FROM {} {} WHERE {}").format(
+        qualified(e, "id"), entity_json(entity, e, b, ()), sql.Identifier(entity.table), e, condition)
+    return Compiled(statement, b.params, rendered=statement.as_bytes(None)), (names[0], names[1], names[2])
+
+
+def compile_created(entity: Entity, ids: list[int], base_url: str, earliest: datetime, latest: datetime
+                    ) -> Compiled:
+    """(id, JSON as GET renders it) of entities just created in this transaction: the 201 bodies of an ingest
+    batch in one statement. `earliest`/`latest` bound the partition column (the batch's phenomenon times), so
+    that a time-partitioned table is searched only in the partitions the batch wrote to."""
+    template, (ids_name, earliest_name, latest_name) = _created_template(entity, base_url)
+    params = {**template.params, ids_name: ids, earliest_name: earliest, latest_name: latest}
+    return Compiled(template.statement, params, rendered=template.rendered)
+
+
+def compile_ids(path: ResourcePath) -> Compiled:
+    """Ids of the entities a path addresses (used by writes to resolve `Things(1)/Locations(2)`)."""
+    b = SqlBuilder("")
+    e = b.alias()
+    statement = sql.SQL("SELECT {}.id FROM {} {} WHERE {}").format(
+        e, sql.Identifier(path.entity.table), e, step_conditions(path.steps, e, b))
+    return Compiled(statement, b.params)
+
+
+def notified_relations(entity: Entity) -> list[Relation]:
+    """Relations whose other end lists this entity in a collection (`Datastreams(1)/Observations`): a
+    change of the entity is also notified on that collection's topic (STA §14.1)."""
+    return [r for r in entity.relations.values()
+            if r.inverse.to_many and r.storage in (Storage.FK_ON_SOURCE, Storage.LINK_TABLE)]
+
+
+def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple[str, ...] = ()) -> Compiled:
+    """For each of `ids`: the id, the ids of related entities per `notified_relations` (one array each) and
+    the entity's JSON exactly as GET renders it (with `select` as `$select`), for MQTT notifications. From a
+    statement compiled once per entity, base URL and select: the notifier runs it for every batch."""
+    template, ids_name = _changed_template(entity, base_url, select)
+    return Compiled(template.statement, {**template.params, ids_name: ids}, rendered=template.rendered)
+
+
+@functools.lru_cache(maxsize=256)
+def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...]) -> tuple[Compiled, str]:
+    b = SqlBuilder(base_url)
+    e = b.alias()
+    related: list[sql.Composable] = []
+    for relation in notified_relations(entity):
+        if relation.storage is Storage.FK_ON_SOURCE:
+            related.append(sql.SQL("ARRAY[{}]").format(qualified(e, relation.column)))
+        else:
+            related.append(sql.SQL("ARRAY(SELECT l.{} FROM {} l WHERE l.{} = {})").format(
+                sql.Identifier(relation.link_target_column), sql.Identifier(relation.link_table),
+                sql.Identifier(relation.link_source_column), qualified(e, "id")))
+    rendered = entity_json(entity, e, b, select)
+    ids_name = f"p{len(b.params)}"  # the name b.param gives the next one
+    statement = sql.SQL("SELECT {id}, {related} {json}::text FROM {table} {e} WHERE {id} = ANY({ids})").format(
+        id=qualified(e, "id"), related=sql.SQL("").join(sql.SQL("{}, ").format(r) for r in related),
+        json=rendered, table=sql.Identifier(entity.table), e=e, ids=b.param(None))
+    assert ids_name in b.params
+    return Compiled(statement, b.params, rendered=statement.as_bytes(None)), ids_name
