@@ -19,7 +19,7 @@ from psycopg import sql
 from geo.queryables import Kind, Queryable
 from sensorthings.model.entities import ENTITIES, Entity
 from sensorthings.model.kinds import Field, Instant, Interval, Json, Result, Text
-from sensorthings.write.derived import current_location_sql
+from sensorthings.write.derived import CURRENT_LOCATION_ID, current_location_sql
 
 PropertyKind = Kind | Literal["json"]
 SOURCE = sql.Identifier("c")
@@ -146,6 +146,17 @@ def _table(entity: Entity, alias: str) -> sql.Composable:
     return sql.SQL("{} AS {}").format(sql.Identifier(entity.table), sql.Identifier(alias))
 
 
+def _key(entity: Entity, relation: str, alias: str) -> sql.Composable:
+    """`alias.<foreign key>` of a to-one relation of `entity` (Datastream.Thing: `e.thing_id`)."""
+    return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(entity.relation(relation).column))
+
+
+def _column(entity: Entity, name: str, alias: str, part: int = 0) -> sql.Composable:
+    """`alias.<column>` of a property; `part` picks one of several columns (an interval's end: 1)."""
+    field = _field(entity, name)
+    return field.col(sql.Identifier(alias), field.columns[part])
+
+
 def _field(entity: Entity, name: str) -> Field:
     return entity.fields_by_name[name]
 
@@ -178,24 +189,25 @@ def interval_bounds(entity: Entity, name: str, alias: str, description: str) -> 
 
 def _current_location(thing_alias: str, alias: str) -> sql.Composable:
     """LEFT JOIN of the Thing's current Location (the newest link), aliased `alias`."""
-    return sql.SQL("LEFT JOIN LATERAL ({}) {cur} ON true LEFT JOIN {} ON {loc}.id = {cur}.location_id").format(
+    return sql.SQL("LEFT JOIN LATERAL ({}) {cur} ON true LEFT JOIN {} ON {loc}.id = {cur}.{current}").format(
         current_location_sql(sql.SQL("{}.id").format(sql.Identifier(thing_alias))),
-        _table(LOCATION, alias), cur=sql.Identifier(f"{alias}_link"), loc=sql.Identifier(alias))
+        _table(LOCATION, alias), cur=sql.Identifier(f"{alias}_link"), loc=sql.Identifier(alias),
+        current=CURRENT_LOCATION_ID)
 
 
 def _latest_observation(datastream_alias: str, alias: str, *, required: bool) -> sql.Composable:
     """The newest Observation of a Datastream (by phenomenonTime start; served by the datastream/time index)."""
-    latest = sql.SQL("(SELECT o.* FROM {} WHERE o.datastream_id = {}.id "
-                     "ORDER BY o.phenomenon_time_start DESC LIMIT 1) {}").format(
-        _table(OBSERVATION, "o"), sql.Identifier(datastream_alias), sql.Identifier(alias))
+    latest = sql.SQL("(SELECT o.* FROM {} WHERE {} = {}.id ORDER BY {} DESC LIMIT 1) {}").format(
+        _table(OBSERVATION, "o"), _key(OBSERVATION, "Datastream", "o"), sql.Identifier(datastream_alias),
+        _column(OBSERVATION, "phenomenonTime", "o"), sql.Identifier(alias))
     if required:
         return sql.SQL("CROSS JOIN LATERAL {}").format(latest)
     return sql.SQL("LEFT JOIN LATERAL {} ON true").format(latest)
 
 
 def _join_observed_property_and_unit(datastream_alias: str) -> sql.Composable:
-    return sql.SQL("JOIN {} ON op.id = {}.observed_property_id").format(
-        _table(OBSERVED_PROPERTY, "op"), sql.Identifier(datastream_alias))
+    return sql.SQL("JOIN {} ON op.id = {}").format(
+        _table(OBSERVED_PROPERTY, "op"), _key(DATASTREAM, "ObservedProperty", datastream_alias))
 
 
 def _unit(datastream_alias: str, key: str, what: str) -> Property:
@@ -221,9 +233,9 @@ def _result_and_time(alias: str, result_name: str, time_name: str) -> tuple[Prop
 # ---------------------------------------------------------------------------------------------- the collections
 
 def _things() -> Collection:
-    observed = sql.SQL(
-        "ARRAY(SELECT DISTINCT op.name FROM {} JOIN {} ON op.id = ds.observed_property_id "
-        "WHERE ds.thing_id = e.id ORDER BY 1)").format(_table(DATASTREAM, "ds"), _table(OBSERVED_PROPERTY, "op"))
+    observed = sql.SQL("ARRAY(SELECT DISTINCT {} FROM {} JOIN {} ON op.id = {} WHERE {} = e.id ORDER BY 1)").format(
+        _column(OBSERVED_PROPERTY, "name", "op"), _table(DATASTREAM, "ds"), _table(OBSERVED_PROPERTY, "op"),
+        _key(DATASTREAM, "ObservedProperty", "ds"), _key(DATASTREAM, "Thing", "ds"))
     return Collection(
         "things", "Things", "Sensor platforms (SensorThings Things) at their current Location.",
         THING,
@@ -242,8 +254,8 @@ def _things() -> Collection:
 
 def _datastreams() -> Collection:
     phenomenon_start, phenomenon_end = interval_bounds(DATASTREAM, "phenomenonTime", "e", "Datastream's phenomenonTime")
-    located = sql.SQL("{} JOIN {} ON t.id = e.thing_id {}").format(
-        _table(DATASTREAM, "e"), _table(THING, "t"), _current_location("t", "loc"))
+    located = sql.SQL("{} JOIN {} ON t.id = {} {}").format(
+        _table(DATASTREAM, "e"), _table(THING, "t"), _key(DATASTREAM, "Thing", "e"), _current_location("t", "loc"))
     geometry = sql.SQL("coalesce({}, {})").format(_field(DATASTREAM, "observedArea").col(sql.Identifier("e")),
                                                   _geometry(LOCATION, "location", "loc"))
     return Collection(
@@ -261,7 +273,7 @@ def _datastreams() -> Collection:
             _unit("e", "symbol", "unit of measurement: symbol"),
             _unit("e", "name", "unit of measurement: name"),
             _unit("e", "definition", "unit of measurement: definition"),
-            Property("thing", "integer", sql.SQL("e.thing_id"), "the @iot.id of its Thing"),
+            Property("thing", "integer", _key(DATASTREAM, "Thing", "e"), "the @iot.id of its Thing"),
             from_model(THING, "name", "t", as_name="thingName", description="name of its Thing"),
             phenomenon_start,
             phenomenon_end,
@@ -280,22 +292,23 @@ def _latest() -> Collection:
         "latest", "Latest values",
         "One point per Datastream with its latest Observation: a map of current conditions.",
         DATASTREAM,
-        sql.SQL("{} JOIN {} ON t.id = e.thing_id {} {} {} JOIN {} ON f.id = lo.feature_id").format(
-            _table(DATASTREAM, "e"), _table(THING, "t"), _current_location("t", "loc"),
-            _join_observed_property_and_unit("e"), _latest_observation("e", "lo", required=True),
-            _table(FEATURE, "f")),
+        sql.SQL("{} JOIN {} ON t.id = {} {} {} {} JOIN {} ON f.id = {}").format(
+            _table(DATASTREAM, "e"), _table(THING, "t"), _key(DATASTREAM, "Thing", "e"),
+            _current_location("t", "loc"), _join_observed_property_and_unit("e"),
+            _latest_observation("e", "lo", required=True), _table(FEATURE, "f"),
+            _key(OBSERVATION, "FeatureOfInterest", "lo")),
         sql.SQL("ST_PointOnSurface(coalesce({}, {}))").format(feature_geometry, _geometry(LOCATION, "location", "loc")),
         (
             from_model(DATASTREAM, "name", "e", as_name="datastreamName", description="name of the Datastream"),
             _observed_property("the ObservedProperty's name"),
             _unit("e", "symbol", "unit of measurement: symbol"),
             _unit("e", "name", "unit of measurement: name"),
-            Property("thing", "integer", sql.SQL("e.thing_id"), "the @iot.id of its Thing"),
+            Property("thing", "integer", _key(DATASTREAM, "Thing", "e"), "the @iot.id of its Thing"),
             from_model(THING, "name", "t", as_name="thingName", description="name of its Thing"),
             Property("observation", "integer", sql.SQL("lo.id"), "the @iot.id of the latest Observation"),
             *_result_and_time("lo", "result", "phenomenonTime"),
         ),
-        time_start=sql.SQL("lo.phenomenon_time_start"),
+        time_start=_column(OBSERVATION, "phenomenonTime", "lo"),
         time_description="the latest Observation's phenomenonTime (its start)",
     )
 
@@ -303,17 +316,19 @@ def _latest() -> Collection:
 def _observations() -> Collection:
     phenomenon = _field(OBSERVATION, "phenomenonTime")
     start, end = (phenomenon.col(sql.Identifier("e"), c) for c in phenomenon.columns)
-    result_number = sql.SQL("CASE WHEN e.result_type = 1 THEN e.result_number END")
+    result = _field(OBSERVATION, "result")
+    assert isinstance(result, Result)
+    result_number = result.number_sql(sql.Identifier("e"))
     return Collection(
         "observations", "Observations",
         "Every Observation at its FeatureOfInterest; `datetime` selects by the start of its phenomenonTime.",
         OBSERVATION,
-        sql.SQL("{} JOIN {} ON f.id = e.feature_id JOIN {} ON d.id = e.datastream_id {}").format(
-            _table(OBSERVATION, "e"), _table(FEATURE, "f"), _table(DATASTREAM, "d"),
-            _join_observed_property_and_unit("d")),
+        sql.SQL("{} JOIN {} ON f.id = {} JOIN {} ON d.id = {} {}").format(
+            _table(OBSERVATION, "e"), _table(FEATURE, "f"), _key(OBSERVATION, "FeatureOfInterest", "e"),
+            _table(DATASTREAM, "d"), _key(OBSERVATION, "Datastream", "e"), _join_observed_property_and_unit("d")),
         _geometry(FEATURE, "feature", "f"),
         (
-            Property("datastream", "integer", sql.SQL("e.datastream_id"), "the @iot.id of its Datastream"),
+            Property("datastream", "integer", _key(OBSERVATION, "Datastream", "e"), "the @iot.id of its Datastream"),
             from_model(DATASTREAM, "name", "d", as_name="datastreamName", description="name of its Datastream"),
             _observed_property("the ObservedProperty's name"),
             _unit("d", "symbol", "unit of measurement: symbol"),
@@ -322,17 +337,19 @@ def _observations() -> Collection:
             Property("phenomenonTime", "datetime", start, "phenomenonTime (its start, for an interval)"),
             Property("phenomenonTimeEnd", "datetime", end, "end of the phenomenonTime, for an interval"),
             from_model(OBSERVATION, "resultTime", "e", description="resultTime"),
-            Property("featureOfInterest", "integer", sql.SQL("e.feature_id"),
+            Property("featureOfInterest", "integer", _key(OBSERVATION, "FeatureOfInterest", "e"),
                      "the @iot.id of its FeatureOfInterest"),
         ),
         time_start=start,  # the start only (see the description): an interval could not prune partitions
         time_description="the start of the Observation's phenomenonTime",
         countable=False,
         extent_from=sql.SQL(  # the whole table would be read otherwise
-            "(SELECT ST_Extent(f.feature_geom) AS geom, "
-            "(SELECT min(ds.phenomenon_time_start) FROM {ds}) AS t0, "
-            "(SELECT max(coalesce(ds.phenomenon_time_end, ds.phenomenon_time_start)) FROM {ds}) AS t1 "
-            "FROM {f}) AS x").format(ds=_table(DATASTREAM, "ds"), f=_table(FEATURE, "f")),
+            "(SELECT ST_Extent({geometry}) AS geom, "
+            "(SELECT min({start}) FROM {ds}) AS t0, "
+            "(SELECT max(coalesce({end}, {start})) FROM {ds}) AS t1 "
+            "FROM {f}) AS x").format(
+            ds=_table(DATASTREAM, "ds"), f=_table(FEATURE, "f"), geometry=_geometry(FEATURE, "feature", "f"),
+            start=_column(DATASTREAM, "phenomenonTime", "ds"), end=_column(DATASTREAM, "phenomenonTime", "ds", 1)),
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.types.json import Jsonb
 
 from ingest.dead_letters import record_dead_letters
@@ -30,6 +30,9 @@ from sensorthings.model.entities import Relation, Storage
 from sensorthings.model.results import OBSERVATION, STREAMS, result_error
 from sensorthings.query.compiler import compile_created
 from sensorthings.write.derived import (
+    PHENOMENON_END,
+    PHENOMENON_START,
+    RESULT_TIME,
     ObservationTouch,
     StreamFacts,
     StreamKey,
@@ -41,31 +44,21 @@ from sensorthings.write.derived import (
     update_stream_summaries,
 )
 
-# Columns of the observations table in COPY order, with their PostgreSQL types for the binary format.
+# The Observation's id, its field columns and its foreign keys: its stream (STREAMS order), then its
+# FeatureOfInterest (the order of every COPY row), each with its PostgreSQL type for the binary format.
+_FOREIGN_KEYS = [*(r.column for r in STREAMS), FEATURE_RELATION.column]
+_FIELD_COLUMNS = [c for f in OBSERVATION.fields for c in f.columns]
 COPY_COLUMNS: list[tuple[str, str]] = [
     ("id", "int8"),
-    ("phenomenon_time_start", "timestamptz"),
-    ("phenomenon_time_end", "timestamptz"),
-    ("result_time", "timestamptz"),
-    ("result_type", "int2"),
-    ("result_number", "float8"),
-    ("result_string", "text"),
-    ("result_boolean", "bool"),
-    ("result_json", "jsonb"),
-    ("result_quality", "jsonb"),
-    ("valid_time_start", "timestamptz"),
-    ("valid_time_end", "timestamptz"),
-    ("parameters", "jsonb"),
-    ("datastream_id", "int8"),
-    ("multi_datastream_id", "int8"),
-    ("feature_id", "int8"),
+    *((c, kind) for f in OBSERVATION.fields for c, kind in zip(f.columns, f.column_types, strict=True)),
+    *((c, "int8") for c in _FOREIGN_KEYS),
 ]
-# id, then the Observation's field columns, then its stream columns (STREAMS order) and its FeatureOfInterest
-# (the order of every COPY row).
-_FOREIGN_KEYS = [*(r.column for r in STREAMS), FEATURE_RELATION.column]
-_FIELD_COLUMNS = [name for name, _ in COPY_COLUMNS[1:-len(_FOREIGN_KEYS)]]
 _JSONB_POSITIONS = [i for i, (_, kind) in enumerate(COPY_COLUMNS) if kind == "jsonb"]
-_COPY_SQL = "COPY observations ({}) FROM STDIN (FORMAT BINARY)".format(", ".join(c for c, _ in COPY_COLUMNS))
+_COPY_SQL = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.Identifier(OBSERVATION.table), sql.SQL(", ").join(sql.Identifier(c) for c, _ in COPY_COLUMNS)
+).as_bytes(None)
+_FEATURES_SQL = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE").format(
+    sql.Identifier(FEATURE_OF_INTEREST.table)).as_bytes(None)
 
 
 def _as_is(text: str) -> str:
@@ -90,17 +83,14 @@ class Item:
     transaction: one statement per batch instead of a query per request."""
 
 
-def check_columns_match_model() -> None:
-    """The COPY column list must be exactly the model's Observation columns (fails at import otherwise)."""
-    model = {"id"} | {c for f in OBSERVATION.fields for c in f.columns} | {
-        r.column for r in OBSERVATION.relations.values() if r.storage is Storage.FK_ON_SOURCE}
-    listed = {c for c, _ in COPY_COLUMNS}
-    layout = [COPY_COLUMNS[0][0], *(c for c, _ in COPY_COLUMNS[-len(_FOREIGN_KEYS):])]
-    if model != listed or layout != ["id", *_FOREIGN_KEYS]:
-        raise RuntimeError(f"ingest COPY columns differ from the Observation model: {sorted(model ^ listed)}")
+def check_foreign_keys_match_model() -> None:
+    """Every foreign key of an Observation must have its place in a COPY row (fails at import otherwise)."""
+    model = {r.column for r in OBSERVATION.relations.values() if r.storage is Storage.FK_ON_SOURCE}
+    if model != set(_FOREIGN_KEYS):
+        raise RuntimeError(f"ingest COPY foreign keys differ from the Observation model: {sorted(model)}")
 
 
-check_columns_match_model()
+check_foreign_keys_match_model()
 
 
 class PartitionCache:
@@ -114,7 +104,7 @@ class PartitionCache:
         for item in items:
             if item.row is None or item.reason is not None:
                 continue
-            start: datetime = item.row.columns["phenomenon_time_start"]
+            start: datetime = item.row.columns[PHENOMENON_START]
             utc = start.astimezone(UTC)
             key = (utc.year, utc.month)
             if key not in self._months:
@@ -189,8 +179,7 @@ async def _check_features(conn: AsyncConnection[Any], items: list[Item]) -> None
     wanted = sorted({i.row.feature_id for i in items if i.row and i.row.feature_id is not None})
     if not wanted:
         return
-    cursor = await conn.execute(
-        "SELECT id FROM features_of_interest WHERE id = ANY(%s) ORDER BY id FOR KEY SHARE", (wanted,))
+    cursor = await conn.execute(_FEATURES_SQL, (wanted,))
     found = {int(f) for (f,) in await cursor.fetchall()}
     for item in items:
         assert item.row is not None
@@ -231,7 +220,7 @@ async def _copy(conn: AsyncConnection[Any], items: list[Item], sequence_values: 
             row = item.row
             assert row is not None
             columns = row.columns
-            item.id = observation_ids.observation_id(sequence_value, columns["phenomenon_time_start"])
+            item.id = observation_ids.observation_id(sequence_value, columns[PHENOMENON_START])
             values = [item.id, *field_values(columns),
                       *(row.stream_id if row.stream is stream else None for stream in STREAMS), row.feature_id]
             for position in _JSONB_POSITIONS:
@@ -246,7 +235,7 @@ async def _render(conn: AsyncConnection[Any], items: list[Item]) -> None:
         if item.render_base is not None:
             by_base.setdefault(item.render_base, []).append(item)
     for base, wanted in by_base.items():
-        starts = [i.row.columns["phenomenon_time_start"] for i in wanted if i.row is not None]
+        starts = [i.row.columns[PHENOMENON_START] for i in wanted if i.row is not None]
         ids = [i.id for i in wanted if i.id is not None]
         compiled = compile_created(OBSERVATION, ids, base, min(starts), max(starts))
         # Planned anew each time (not prepared): a plan cached while the month's partition was small (or
@@ -263,6 +252,6 @@ def _touches(items: list[Item]) -> dict[StreamKey, ObservationTouch]:
         row = item.row
         assert row is not None
         columns = row.columns
-        add_touch(touched, (row.stream, row.stream_id), columns["phenomenon_time_start"],
-                  columns["phenomenon_time_end"], columns["result_time"], row.feature_id)
+        add_touch(touched, (row.stream, row.stream_id), columns[PHENOMENON_START],
+                  columns[PHENOMENON_END], columns[RESULT_TIME], row.feature_id)
     return touched

@@ -85,6 +85,9 @@ class Entity:
     result_types_field: str = ""
     """On a stream: the property that says which results its Observations may have (observationType, or
     multiObservationDataTypes with one type per component)."""
+    generated_from_column: str = ""
+    """On an entity the writer generates (FeatureOfInterest): the column holding the id of the Location it
+    was generated from, unique, so that concurrent writers share one (not an STA property)."""
 
     def field(self, name: str) -> Field | None:
         for candidate in self.fields:
@@ -127,10 +130,10 @@ class Entity:
 
 def _entity(
     name: str, set_name: str, table: str, *fields: Field, id_sequence: str = "", partition_column: str = "",
-    exactly_one_of: tuple[str, ...] = (), result_types_field: str = "",
+    exactly_one_of: tuple[str, ...] = (), result_types_field: str = "", generated_from_column: str = "",
 ) -> Entity:
     return Entity(name, set_name, table, tuple(fields), {}, id_sequence, partition_column, exactly_one_of,
-                  result_types_field)
+                  result_types_field, generated_from_column)
 
 
 COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
@@ -223,6 +226,7 @@ ENTITIES: dict[str, Entity] = {
             Text("encodingType", "encoding_type", required=True),
             GeoJson("feature", "feature", required=True, geometry_column="feature_geom"),
             Json("properties", "properties"),
+            generated_from_column="generated_from_location_id",
         ),
         _entity(
             "MultiDatastream",

@@ -37,6 +37,8 @@ class Field:
     defaults_to_now: bool = False  # absent on create: the server's time (Observation.phenomenonTime)
     server_maintained: bool = False  # kept up to date from Observations; a PUT that omits it keeps it
     null_is_a_value: ClassVar[bool] = False  # JSON null is a legitimate value even where required
+    column_types: ClassVar[tuple[str, ...]] = ("text",)
+    """PostgreSQL type of each of `columns`, in order (what a binary COPY declares)."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -99,6 +101,7 @@ class Text(Field):
 
 @dataclass(frozen=True)
 class Json(Field):
+    column_types = ("jsonb",)
     """Free JSON stored as jsonb. `object_only` for properties/parameters/unitOfMeasurement."""
 
     object_only: bool = True
@@ -155,6 +158,7 @@ def _json_path(value: sql.Composable, subpath: tuple[str, ...], param: Param) ->
 @dataclass(frozen=True)
 class Instant(Field):
     expression_kind = "datetime"
+    column_types = ("timestamptz",)
 
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("sta_time({})").format(self.col(alias))
@@ -179,6 +183,7 @@ class Interval(Field):
     Observation.phenomenonTime, which may be an instant (end stays NULL)."""
 
     instant_allowed: bool = False
+    column_types = ("timestamptz", "timestamptz")
 
     @functools.cached_property
     def columns(self) -> tuple[str, ...]:
@@ -276,6 +281,7 @@ class GeoJson(Field):
     """GeoJSON kept as sent (jsonb, what STA returns) beside a PostGIS geometry (SRID 4326, GiST-indexed)."""
 
     geometry_column: str = ""
+    column_types = ("jsonb", "geometry")
 
     @functools.cached_property
     def columns(self) -> tuple[str, ...]:
@@ -313,6 +319,7 @@ class Geometry(Field):
     """A geometry kept only as PostGIS geometry and rendered as GeoJSON (Datastream.observedArea)."""
 
     expression_kind = "geometry"
+    column_types = ("geometry",)
 
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("ST_AsGeoJSON({})::json").format(self.col(alias))
@@ -343,10 +350,19 @@ class Result(Field):
     (rendered back verbatim) and a double in `result_number` for comparisons and ordering."""
 
     null_is_a_value = True
+    column_types = ("int2", "float8", "text", "bool", "jsonb")
 
     @functools.cached_property
     def columns(self) -> tuple[str, ...]:
         return ("result_type", "result_number", "result_string", "result_boolean", "result_json")
+
+    json_column: ClassVar[str] = "result_json"
+    """Where a JSON object or array result is kept (as the text it was sent as)."""
+
+    def number_sql(self, alias: sql.Identifier) -> sql.Composable:
+        """The result as a double where it is a number, else NULL (for filters on numeric results)."""
+        return sql.SQL("CASE WHEN {} = {} THEN {} END").format(
+            self.col(alias, "result_type"), sql.Literal(RESULT_NUMBER), self.col(alias, "result_number"))
 
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL(

@@ -22,6 +22,13 @@ OBSERVATION = ENTITIES["Observation"]
 LOCATION = ENTITIES["Location"]
 FEATURE_OF_INTEREST = ENTITIES["FeatureOfInterest"]
 HISTORICAL_LOCATION = ENTITIES["HistoricalLocation"]
+_THING_LOCATIONS = ENTITIES["Thing"].relation("Locations")
+PHENOMENON_START, PHENOMENON_END = OBSERVATION.fields_by_name["phenomenonTime"].columns
+RESULT_TIME = OBSERVATION.fields_by_name["resultTime"].column
+FEATURE_COLUMN = OBSERVATION.relation("FeatureOfInterest").column
+"""The Observation columns a stream summary is widened by (add_touch)."""
+_GENERATED_FROM = sql.Identifier(FEATURE_OF_INTEREST.generated_from_column)
+_FEATURE_GEOMETRY = sql.Identifier(FEATURE_OF_INTEREST.fields_by_name["feature"].columns[1])
 
 
 def _copied_columns(target: Entity, source: Entity) -> tuple[list[str], list[str]]:
@@ -49,14 +56,18 @@ class ObservationTouch:
     feature_ids: set[int] = field(default_factory=set)
 
 
+CURRENT_LOCATION_ID = sql.Identifier("current_location_id")
+"""The column of current_location_sql."""
+
+
 def current_location_sql(thing_id: sql.Composable) -> sql.Composable:
-    """The id of the current Location of the Thing `thing_id` - its newest link - for a LATERAL join."""
-    return sql.SQL("SELECT tl.location_id FROM thing_locations tl WHERE tl.thing_id = {} "
-                   "ORDER BY tl.location_id DESC LIMIT 1").format(thing_id)
-
-
-CURRENT_LOCATION = current_location_sql(sql.SQL("d.thing_id"))
-"""The current Location of the Thing of Datastream `d`."""
+    """The id of the current Location of the Thing `thing_id` - its newest link - for a LATERAL join,
+    as CURRENT_LOCATION_ID."""
+    return sql.SQL("SELECT tl.{location} AS {current} FROM {links} tl WHERE tl.{thing} = {id} "
+                   "ORDER BY tl.{location} DESC LIMIT 1").format(
+        location=sql.Identifier(_THING_LOCATIONS.link_target_column), current=CURRENT_LOCATION_ID,
+        links=sql.Identifier(_THING_LOCATIONS.link_table), thing=sql.Identifier(_THING_LOCATIONS.link_source_column),
+        id=thing_id)
 
 
 class StreamFacts(NamedTuple):
@@ -75,13 +86,16 @@ def stream_facts_sql(stream: Relation) -> bytes:
     """(id, StreamFacts...) of the streams whose ids are the one parameter, KEY SHARE locked in id order (a
     concurrent DELETE waits for the writer's commit instead of breaking its foreign keys)."""
     target = stream.target_entity
+    thing = sql.SQL("d.{}").format(sql.Identifier(target.relation("Thing").column))
     return sql.SQL(
-        "SELECT d.id, to_jsonb(d.{types}), loc.location_id, f.id FROM {table} d"
+        "SELECT d.id, to_jsonb(d.{types}), loc.{current}, f.id FROM {table} d"
         " LEFT JOIN LATERAL ({location}) loc ON true"
-        " LEFT JOIN features_of_interest f ON f.generated_from_location_id = loc.location_id"
+        " LEFT JOIN {features} f ON f.{generated_from} = loc.{current}"
         " WHERE d.id = ANY(%s) ORDER BY d.id FOR KEY SHARE OF d").format(
         types=sql.Identifier(target.fields_by_name[target.result_types_field].column),
-        table=sql.Identifier(target.table), location=CURRENT_LOCATION).as_bytes(None)
+        table=sql.Identifier(target.table), location=current_location_sql(thing),
+        features=sql.Identifier(FEATURE_OF_INTEREST.table), generated_from=_GENERATED_FROM,
+        current=CURRENT_LOCATION_ID).as_bytes(None)
 
 
 async def stream_facts(conn: AsyncConnection[Any], stream: Relation, stream_id: int) -> StreamFacts | None:
@@ -97,16 +111,18 @@ async def generated_features(conn: AsyncConnection[Any], location_ids: Iterable[
     wanted = sorted(set(location_ids))
     if not wanted:
         return {}
-    query = "SELECT generated_from_location_id, id FROM features_of_interest WHERE generated_from_location_id = ANY(%s)"
+    query = sql.SQL("SELECT {column}, id FROM {features} WHERE {column} = ANY(%s)").format(
+        column=_GENERATED_FROM, features=sql.Identifier(FEATURE_OF_INTEREST.table))
     found = {int(loc): int(f) for loc, f in await (await conn.execute(query, (wanted,))).fetchall()}
     missing = [loc for loc in wanted if loc not in found]
     if not missing:
         return found
     targets, sources = _copied_columns(FEATURE_OF_INTEREST, LOCATION)
     await conn.execute(sql.SQL(
-        "INSERT INTO {feature} ({targets}, generated_from_location_id) SELECT {sources}, id FROM {location} "
-        "WHERE id = ANY(%(l)s) ORDER BY id ON CONFLICT (generated_from_location_id) DO NOTHING").format(
+        "INSERT INTO {feature} ({targets}, {generated_from}) SELECT {sources}, id FROM {location} "
+        "WHERE id = ANY(%(l)s) ORDER BY id ON CONFLICT ({generated_from}) DO NOTHING").format(
         feature=sql.Identifier(FEATURE_OF_INTEREST.table), location=sql.Identifier(LOCATION.table),
+        generated_from=_GENERATED_FROM,
         targets=sql.SQL(", ").join(map(sql.Identifier, targets)),
         sources=sql.SQL(", ").join(map(sql.Identifier, sources))), {"l": missing})
     rows = await (await conn.execute(query, (missing,))).fetchall()
@@ -142,26 +158,32 @@ async def update_stream_summaries(conn: AsyncConnection[Any], touched: dict[Stre
             {"id": stream_id, "ps": t.start, "pe": t.end, "rs": t.result_start, "re": t.result_end, "fid": f}
             for f in (list[int | None](sorted(t.feature_ids)) or [None]))
     for stream, rows in by_stream.items():
-        await conn.execute(_summary_update(stream.target_entity.table), (orjson.dumps(rows).decode(),))
+        await conn.execute(_summary_update(stream.target_entity), (orjson.dumps(rows).decode(),))
 
 
 @functools.cache
-def _summary_update(table: str) -> bytes:
+def _summary_update(stream: Entity) -> bytes:
+    phenomenon_start, phenomenon_end = stream.fields_by_name["phenomenonTime"].columns
+    result_start, result_end = stream.fields_by_name["resultTime"].columns
     return sql.SQL(
-        "WITH u AS (SELECT v.id, min(ps) ps, max(pe) pe, min(rs) rs, max(re) re, ST_Collect(f.feature_geom) area"
+        "WITH u AS (SELECT v.id, min(ps) ps, max(pe) pe, min(rs) rs, max(re) re, ST_Collect(f.{geometry}) area"
         "       FROM json_to_recordset(%s::json) AS v(id bigint, ps timestamptz, pe timestamptz,"
         "                                             rs timestamptz, re timestamptz, fid bigint)"
-        "       LEFT JOIN features_of_interest f ON f.id = v.fid GROUP BY v.id),"
+        "       LEFT JOIN {features} f ON f.id = v.fid GROUP BY v.id),"
         " locked AS (SELECT d.id FROM {table} d WHERE d.id IN (SELECT id FROM u) ORDER BY d.id"
         "            FOR NO KEY UPDATE)"
         " UPDATE {table} d SET"
-        "  phenomenon_time_start = LEAST(d.phenomenon_time_start, u.ps),"
-        "  phenomenon_time_end = GREATEST(d.phenomenon_time_end, u.pe),"
-        "  result_time_start = LEAST(d.result_time_start, u.rs),"
-        "  result_time_end = GREATEST(d.result_time_end, u.re),"
-        "  observed_area = CASE WHEN u.area IS NULL THEN d.observed_area"
-        "                  ELSE ST_ConvexHull(ST_Collect(d.observed_area, u.area)) END"
-        " FROM u JOIN locked USING (id) WHERE d.id = u.id").format(table=sql.Identifier(table)).as_bytes(None)
+        "  {ps} = LEAST(d.{ps}, u.ps),"
+        "  {pe} = GREATEST(d.{pe}, u.pe),"
+        "  {rs} = LEAST(d.{rs}, u.rs),"
+        "  {re} = GREATEST(d.{re}, u.re),"
+        "  {area} = CASE WHEN u.area IS NULL THEN d.{area}"
+        "           ELSE ST_ConvexHull(ST_Collect(d.{area}, u.area)) END"
+        " FROM u JOIN locked USING (id) WHERE d.id = u.id").format(
+        table=sql.Identifier(stream.table), features=sql.Identifier(FEATURE_OF_INTEREST.table),
+        geometry=_FEATURE_GEOMETRY, ps=sql.Identifier(phenomenon_start), pe=sql.Identifier(phenomenon_end),
+        rs=sql.Identifier(result_start), re=sql.Identifier(result_end),
+        area=sql.Identifier(stream.fields_by_name["observedArea"].column)).as_bytes(None)
 
 
 def add_touch(touched: dict[StreamKey, ObservationTouch], stream: StreamKey, start: datetime, end: datetime | None,

@@ -18,14 +18,19 @@ from psycopg import AsyncConnection, sql
 from sensorthings.model import observation_ids
 from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.model.errors import BadRequest, NotFound, PartitionMissing
-from sensorthings.model.kinds import GeoJson, JsonList
+from sensorthings.model.kinds import GeoJson, JsonList, Result
 from sensorthings.model.results import STREAMS, result_error, stream_of
 from sensorthings.query.sql import SqlBuilder, id_predicate
 from sensorthings.write.bodies import check_keys, column_value, link_id, parse_fields
 from sensorthings.write.derived import (
+    FEATURE_COLUMN,
+    FEATURE_OF_INTEREST,
     HISTORICAL_LOCATION,
     LOCATION,
     OBSERVATION,
+    PHENOMENON_END,
+    PHENOMENON_START,
+    RESULT_TIME,
     ObservationTouch,
     StreamKey,
     add_touch,
@@ -36,8 +41,26 @@ from sensorthings.write.derived import (
 )
 from sensorthings.write.ports import Change
 
-THING_LOCATIONS = ENTITIES["Thing"].relation("Locations")
+THING = ENTITIES["Thing"]
+THING_LOCATIONS = THING.relation("Locations")
 LOCATION_THINGS = THING_LOCATIONS.inverse
+LOCATION_HISTORY = LOCATION.relation("HistoricalLocations")
+_result = OBSERVATION.fields_by_name["result"]
+assert isinstance(_result, Result)
+RESULT: Result = _result
+_RELOCATIONS = sql.Identifier(observation_ids.RELOCATIONS_TABLE)
+_FORGET_RELOCATION = sql.SQL("DELETE FROM {} WHERE id = %s").format(_RELOCATIONS)
+# What _record_history runs per relocated Thing.
+_LOCK_THING = sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR NO KEY UPDATE").format(sql.Identifier(THING.table))
+_UNLINK_OTHER_LOCATIONS = sql.SQL("DELETE FROM {} WHERE {thing} = %s AND {location} <> ALL(%s)").format(
+    sql.Identifier(THING_LOCATIONS.link_table), thing=sql.Identifier(THING_LOCATIONS.link_source_column),
+    location=sql.Identifier(THING_LOCATIONS.link_target_column))
+_INSERT_HISTORICAL_LOCATION = sql.SQL("INSERT INTO {} ({}, {}) VALUES (%(t)s, %(thing)s) RETURNING id").format(
+    sql.Identifier(HISTORICAL_LOCATION.table), sql.Identifier(HISTORICAL_LOCATION.fields_by_name["time"].column),
+    sql.Identifier(HISTORICAL_LOCATION.relation("Thing").column))
+_LINK_HISTORY = sql.SQL("INSERT INTO {} ({}, {}) SELECT unnest(%s::bigint[]), %s").format(
+    sql.Identifier(LOCATION_HISTORY.link_table), sql.Identifier(LOCATION_HISTORY.link_source_column),
+    sql.Identifier(LOCATION_HISTORY.link_target_column))
 
 
 class Writer:
@@ -229,8 +252,8 @@ class Writer:
     def _touch(self, columns: dict[str, Any]) -> None:
         stream = stream_of(columns)
         assert stream is not None
-        add_touch(self._touched, stream, columns["phenomenon_time_start"],
-                  columns["phenomenon_time_end"], columns.get("result_time"), columns.get("feature_id"))
+        add_touch(self._touched, stream, columns[PHENOMENON_START],
+                  columns[PHENOMENON_END], columns.get(RESULT_TIME), columns.get(FEATURE_COLUMN))
 
     # ---------------------------------------------------------------- links
 
@@ -342,8 +365,9 @@ class Writer:
                 await self._update_columns(entity, entity_id, columns)
         if entity is LOCATION and any(isinstance(f, GeoJson) and f.column in columns for f in entity.fields):
             # A FeatureOfInterest generated from the old position must not be reused for the new one.
-            await self.conn.execute("UPDATE features_of_interest SET generated_from_location_id = NULL "
-                                    "WHERE generated_from_location_id = %s", (entity_id,))
+            await self.conn.execute(sql.SQL("UPDATE {} SET {generated} = NULL WHERE {generated} = %s").format(
+                sql.Identifier(FEATURE_OF_INTEREST.table),
+                generated=sql.Identifier(FEATURE_OF_INTEREST.generated_from_column)), (entity_id,))
         for relation, ids in relinks:
             for target_id in ids:
                 await self.link(relation, entity_id, target_id)
@@ -384,19 +408,19 @@ class Writer:
             raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
         day = observation_ids.day_start(new_time)
         if observation_ids.day_bounds(entity_id)[0] == day:
-            await self.conn.execute("DELETE FROM observation_relocations WHERE id = %s", (entity_id,))
+            await self.conn.execute(_FORGET_RELOCATION, (entity_id,))
         else:
-            await self.conn.execute(
-                "INSERT INTO observation_relocations (id, day_start) VALUES (%s, %s) "
-                "ON CONFLICT (id) DO UPDATE SET day_start = EXCLUDED.day_start", (entity_id, day))
+            await self.conn.execute(sql.SQL(
+                "INSERT INTO {} (id, {day}) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET {day} = EXCLUDED.{day}"
+            ).format(_RELOCATIONS, day=sql.Identifier(observation_ids.RELOCATED_DAY_COLUMN)), (entity_id, day))
 
     async def _after_observation_update(self, observation_id: int, changed: dict[str, Any], where: str) -> None:
         """Widen the stream's summary by the updated Observation; when its result or its stream changed, the
         result must still fit the stream."""
-        keys = ("phenomenon_time_start", "phenomenon_time_end", "result_time", "feature_id", "result_type",
-                "result_string", "result_json", *(r.column for r in STREAMS))
-        # result_json as its stored text, as a create holds it (not decoded and written again)
-        selected = [sql.SQL("{}::text").format(sql.Identifier(k)) if k == "result_json" else sql.Identifier(k)
+        keys = (PHENOMENON_START, PHENOMENON_END, RESULT_TIME, FEATURE_COLUMN, *RESULT.columns,
+                *(r.column for r in STREAMS))
+        # a JSON result as its stored text, as a create holds it (not decoded and written again)
+        selected = [sql.SQL("{}::text").format(sql.Identifier(k)) if k == RESULT.json_column else sql.Identifier(k)
                     for k in keys]
         b = SqlBuilder("")
         row = await self._fetch_one(sql.SQL("SELECT {} FROM {} e WHERE {}").format(
@@ -431,7 +455,7 @@ class Writer:
         if cursor.rowcount == 0:
             raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
         if entity.partition_column:
-            await self.conn.execute("DELETE FROM observation_relocations WHERE id = %s", (entity_id,))
+            await self.conn.execute(_FORGET_RELOCATION, (entity_id,))
 
     # ---------------------------------------------------------------- finish
 
@@ -448,18 +472,12 @@ class Writer:
             # Serialise concurrent relocations of one Thing, so that the last one wins instead of each
             # keeping its own Location (every statement below then sees the others' committed links).
             # NO KEY UPDATE: it must not conflict with the KEY SHARE locks the link rows' foreign keys hold.
-            await self.conn.execute("SELECT 1 FROM things WHERE id = %s FOR NO KEY UPDATE", (thing_id,))
+            await self.conn.execute(_LOCK_THING, (thing_id,))
             if thing_id not in self._new_things:
-                await self.conn.execute(
-                    "DELETE FROM thing_locations WHERE thing_id = %s AND location_id <> ALL(%s)",
-                    (thing_id, sorted(location_ids)))
-            row = await self._fetch_one(sql.SQL(
-                "INSERT INTO historical_locations (time, thing_id) VALUES (%(t)s, %(thing)s) RETURNING id"),
-                {"t": self.now, "thing": thing_id})
+                await self.conn.execute(_UNLINK_OTHER_LOCATIONS, (thing_id, sorted(location_ids)))
+            row = await self._fetch_one(_INSERT_HISTORICAL_LOCATION, {"t": self.now, "thing": thing_id})
             self.changes.append(Change(HISTORICAL_LOCATION, int(row[0]), created=True, links={"Thing": thing_id}))
-            await self.conn.execute(
-                "INSERT INTO location_historical_locations (location_id, historical_location_id) "
-                "SELECT unnest(%s::bigint[]), %s", (sorted(location_ids), row[0]))
+            await self.conn.execute(_LINK_HISTORY, (sorted(location_ids), row[0]))
         self._located.clear()
 
     async def _update_datastream_summaries(self) -> None:
