@@ -6,8 +6,8 @@
   set, whose requests carry a `Content-ID`.
 
 Within a change set a URL may start with `$<id>`, and a body may link `{"@iot.id": "$<id>"}`: the entity
-that request `<id>` of the same change set created. Executing the requests is the REST layer's job
-(rest.py); this module reads, binds references and writes.
+that request `<id>` of the same change set created. Executing the requests is `http/batch_dispatch.py`'s
+job (through the routes' handlers); this module reads, binds references and writes.
 """
 
 from __future__ import annotations

@@ -2,34 +2,28 @@
 
 This module only translates between HTTP and the pipeline: `http.reads` (`query.path.parse_path` +
 `query.options.parse_query` -> `query.compiler`) -> PostgreSQL -> bytes, and `write.writer.Writer` for
-changes. It holds no entity knowledge.
+changes (in the transactions of `http.transactions`). It holds no entity knowledge. A `$batch` runs its
+requests through these handlers (`http.batch_dispatch`); a JSON Patch body is applied by `http.json_patch`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-import jsonpatch
-import jsonpointer
 import orjson
 import psycopg
 from fastapi import APIRouter, Request, Response
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from starlette.requests import Request as StarletteRequest
 from starlette.routing import Route
 
-from sensorthings.http import batch, openapi
+from sensorthings.http import openapi, transactions
+from sensorthings.http.batch_dispatch import BATCH, BatchDispatch
 from sensorthings.http.common import (
-    RETRYABLE,
     database_error,
     error_response,
     json_response,
@@ -37,17 +31,13 @@ from sensorthings.http.common import (
     read_body,
     service_url,
 )
+from sensorthings.http.json_patch import JSON_PATCH, apply_json_patch, patch_operations
 from sensorthings.http.reads import CompileCache
 from sensorthings.http.result_formats import to_csv, to_geojson
+from sensorthings.http.transactions import in_change_set
 from sensorthings.model import VERSION
 from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity
-from sensorthings.model.errors import (
-    BadRequest,
-    NotFound,
-    PartitionMissing,
-    ServiceUnavailable,
-    StaError,
-)
+from sensorthings.model.errors import BadRequest, NotFound, StaError
 from sensorthings.model.json_values import parse_stored_json
 from sensorthings.model.results import STREAMS
 from sensorthings.query.compiler import (
@@ -62,9 +52,8 @@ from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
 from sensorthings.write.bodies import link_id
 from sensorthings.write.data_array import read_data_arrays
-from sensorthings.write.derived import create_partition
 from sensorthings.write.ports import ChangeListener, ObservationSink
-from sensorthings.write.writer import Writer, changed_fields
+from sensorthings.write.writer import Writer
 
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 # Only what works completely.
@@ -83,23 +72,9 @@ MQTT_CONFORMANCE = [
     CONFORMANCE_BASE + "create-observations-via-mqtt/observations-creation",
     CONFORMANCE_BASE + "receive-updates-via-mqtt/receive-updates",
 ]
-JSON_PATCH = "application/json-patch+json"
 OBSERVATION = ENTITIES["Observation"]
-WRITE_ATTEMPTS = 10  # each new month a request touches, and each deadlock it loses, costs one attempt
 T = TypeVar("T")
-BATCH = "$batch"
 CREATE_OBSERVATIONS = "CreateObservations"  # the Data Array extension's create resource (STA 1.1 §14.3)
-_CHANGE_SET: contextvars.ContextVar[tuple[AsyncConnection[Any], Writer] | None] = contextvars.ContextVar(
-    "sta_change_set", default=None)
-"""The transaction and writer of the $batch change set being executed: every write joins it."""
-
-
-class _ChangeSetFailed(Exception):
-    """A request of a change set failed: the change set's transaction rolls back."""
-
-    def __init__(self, response: batch.BatchResponse) -> None:
-        super().__init__(response.status)
-        self.response = response
 
 
 @dataclass(frozen=True)
@@ -283,33 +258,9 @@ class StaApi:
         return str(row[0])
 
     async def _write(self, work: Callable[[AsyncConnection[Any], Writer], Awaitable[T]]) -> T:
-        """Run `work` in one transaction, with the writer's side effects applied before commit. A missing
-        time partition is created outside the transaction and the whole request is retried, as is a
-        transaction chosen as a deadlock or serialization victim; a failed attempt leaves nothing behind."""
-        shared = _CHANGE_SET.get()
-        if shared is not None:  # inside a $batch change set: its transaction, its commit, its retries
-            return await work(*shared)
-        for attempt in range(WRITE_ATTEMPTS):
-            try:
-                async with self.pool.connection() as conn, conn.transaction():
-                    writer = Writer(conn, datetime.now(UTC))
-                    result = await work(conn, writer)
-                    await writer.finish()
-                if self.listener is not None and self.listener.listening and writer.changes:
-                    self.listener.changed(writer.changes)
-                return result
-            except PartitionMissing as missing:
-                try:
-                    async with self.pool.connection() as conn:
-                        await create_partition(conn, missing.time)
-                except psycopg.Error as exc:
-                    if exc.sqlstate not in RETRYABLE:
-                        raise
-            except psycopg.Error as exc:
-                if exc.sqlstate not in RETRYABLE or attempt == WRITE_ATTEMPTS - 1:
-                    raise
-            await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        raise ServiceUnavailable("the change could not be applied because of concurrent changes; send it again")
+        """Run `work` in one transaction, retried as needed, joining a $batch change set's
+        (sensorthings.http.transactions)."""
+        return await transactions.write(self.pool, self.listener, work)
 
     # ---------------------------------------------------------------- writes
 
@@ -329,7 +280,7 @@ class StaApi:
                              "use PATCH or PUT to change an entity")
         entity, relation = path.entity, path.last.relation
         if (entity is OBSERVATION and self.observations is not None and not _creates_stream(body)
-                and _CHANGE_SET.get() is None):  # in a change set it must join the change set's transaction
+                and not in_change_set()):  # in a change set it must join the change set's transaction
             return await self._post_observation(path, body, base)
 
         async def create(conn: AsyncConnection[Any], writer: Writer) -> tuple[int, str]:
@@ -360,7 +311,7 @@ class StaApi:
         Observation's selfLink, or "error" and the reason for a row that was not stored."""
         if self.observations is None:
             raise BadRequest("CreateObservations needs the ingest path, which this server runs without")
-        if _CHANGE_SET.get() is not None:
+        if in_change_set():
             raise BadRequest("CreateObservations cannot be part of a change set; send it outside one")
         document = parse_json(await read_body(request, self.config.max_body_bytes))
         base = service_url(request, self.config.public_url)
@@ -368,103 +319,12 @@ class StaApi:
         links = [f"{base}/{OBSERVATION.set_name}({r})" if isinstance(r, int) else f"error {r}" for r in results]
         return json_response(orjson.dumps(links), 201)
 
-    # ---------------------------------------------------------------- $batch
-
     async def _batch(self, request: Request) -> Response:
-        """POST $batch: the requests in order, each as if sent alone, except that a change set's requests
-        share one transaction (all or nothing) and may name entities created before them as `$<id>`."""
+        """POST $batch, its requests through `handle` and its change sets through `_write`
+        (sensorthings.http.batch_dispatch)."""
         raw = await read_body(request, self.config.max_body_bytes)
-        content_type = request.headers.get("content-type", "")
         service_path = urlsplit(service_url(request, self.config.public_url)).path
-        multipart = content_type.lower().startswith("multipart/mixed")
-        if multipart:
-            items = batch.read_multipart(raw, content_type, service_path)
-        elif content_type.lower().startswith("application/json") or not content_type:
-            items = batch.read_json(raw, service_path)
-        else:
-            raise BadRequest("$batch takes application/json (OData JSON batch) or multipart/mixed")
-        results: list[batch.BatchResponse | list[batch.BatchResponse]] = []
-        for item in items:
-            if isinstance(item, batch.BatchRequest):
-                results.append(await self._batch_request(request, item, {}, service_path))
-            else:
-                results.append(await self._change_set(request, item, service_path))
-        if multipart:
-            body, media_type = batch.write_multipart(results)
-            return Response(body, media_type=media_type)
-        flat = [r for result in results for r in (result if isinstance(result, list) else [result])]
-        return json_response(batch.write_json(flat))
-
-    async def _change_set(self, outer: Request, change_set: batch.ChangeSet, service_path: str
-                          ) -> batch.BatchResponse | list[batch.BatchResponse]:
-        """All of a change set's answers, or, when one request fails, the failed one's answer (multipart)
-        followed by 424 for the others (JSON); nothing of it is committed then."""
-        async def work(conn: AsyncConnection[Any], writer: Writer) -> list[batch.BatchResponse]:
-            token = _CHANGE_SET.set((conn, writer))
-            try:
-                created: dict[str, str] = {}
-                answers = []
-                for item in change_set.requests:
-                    if item.method == "GET":
-                        raise _ChangeSetFailed(_batch_error(400, "a change set may not contain GET requests", item))
-                    answer = await self._batch_request(outer, item, created, service_path)
-                    if answer.status >= 400:
-                        raise _ChangeSetFailed(answer)
-                    location = answer.headers.get("location")
-                    if location and item.id:
-                        created[item.id] = batch.relative_url(location, service_path)
-                    answers.append(answer)
-                return answers
-            finally:
-                _CHANGE_SET.reset(token)
-
-        try:
-            answers = await self._write(work)
-        except _ChangeSetFailed as failed:
-            failed.response.group = change_set.id
-            if not change_set.id:  # multipart: one answer for the change set
-                return failed.response
-            others = [_batch_error(424, f"not applied: request {failed.response.id} of atomicityGroup "
-                                        f"{change_set.id} failed", item, change_set.id)
-                      for item in change_set.requests if item.id != failed.response.id]
-            return [failed.response, *others]
-        for answer in answers:
-            answer.group = change_set.id
-        return answers
-
-    async def _batch_request(self, outer: Request, item: batch.BatchRequest, created: dict[str, str],
-                             service_path: str) -> batch.BatchResponse:
-        """One request of a batch, through the same handlers as a request of its own."""
-        url = item.url
-        if url.split("?")[0] == BATCH:
-            return _batch_error(400, "$batch cannot be nested in a batch", item)
-        if url.startswith("$"):
-            reference, _, rest = url[1:].partition("/")
-            target = created.get(reference.split("?")[0])
-            if target is None:
-                return _batch_error(400, f"{url!r} refers to ${reference}, which no earlier request of this "
-                                         "change set created", item)
-            url = target + ("/" + rest if rest else "")
-        resource, _, query = url.partition("?")
-        body = item.body
-        if created and b'"$' in body:
-            try:
-                body = batch.bind_references(body, created)
-            except KeyError as missing:
-                return _batch_error(400, f"the body refers to ${missing.args[0]}, which no earlier request of "
-                                         "this change set created", item)
-        headers = [(k, v) for k, v in outer.scope["headers"] if k not in (b"content-type", b"content-length")]
-        headers += [(b"content-type", item.content_type.encode()), (b"content-length", str(len(body)).encode())]
-        scope = {**outer.scope, "method": item.method, "path": f"{service_path}/{resource}",
-                 "raw_path": f"{service_path}/{resource}".encode(), "query_string": query.encode(),
-                 "headers": headers}
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        response = await self.handle(StarletteRequest(scope, receive), unquote(resource))
-        kept = {k: v for k, v in response.headers.items() if k in ("location", "content-type", "link")}
-        return batch.BatchResponse(response.status_code, kept, bytes(response.body), item.id)
+        return await BatchDispatch(self.handle, self._write).run(request, raw, service_path)
 
     async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
         """POST …/Collection/$ref adds a link; PUT …/SingleNavigation/$ref sets one."""
@@ -514,21 +374,11 @@ class StaApi:
 
     async def _apply_json_patch(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, ops: Any
                                 ) -> dict[str, Any]:
-        """Apply RFC 6902 operations to the entity's properties; return the properties that changed."""
-        if not isinstance(ops, list):
-            raise BadRequest("a JSON Patch body is an array of operations, e.g. "
-                             '[{"op": "replace", "path": "/name", "value": "x"}]')
+        """Apply RFC 6902 operations to the entity's properties as stored now (sensorthings.http.json_patch);
+        return the properties that changed."""
+        operations = patch_operations(ops)
         current = parse_stored_json(await self._entity_json(conn, entity, entity_id, ""))
-        document = {name: current.get(name) for name in entity.property_names}
-        try:
-            patched = jsonpatch.apply_patch(document, ops)
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError) as exc:
-            raise BadRequest(f"JSON Patch cannot be applied: {exc}; paths address properties such as "
-                             f"/{entity.property_names[0]}") from None
-        unknown = set(patched) - set(entity.property_names)
-        if unknown:
-            raise BadRequest(f"JSON Patch may only change properties of {entity.name}, not {', '.join(unknown)}")
-        return changed_fields(document, patched, entity.property_names)
+        return apply_json_patch(entity, current, operations)
 
     async def delete(self, request: Request, resource: str) -> Response:
         path = parse_path(resource)
@@ -580,11 +430,6 @@ class StaApi:
 
         await self._write(delete)
         return json_response(orjson.dumps({"deleted": deleted[0]}))
-
-
-def _batch_error(status: int, message: str, item: batch.BatchRequest, group: str = "") -> batch.BatchResponse:
-    body = orjson.dumps({"code": status, "type": "error", "message": message})
-    return batch.BatchResponse(status, {"content-type": "application/json"}, body, item.id, group)
 
 
 __all__ = ["CONFORMANCE", "DATA_ARRAY_CONFORMANCE", "MQTT_CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig",

@@ -1,0 +1,199 @@
+"""The command line of `citystream`: its commands, flags and help texts, and the Settings and demo options
+they give (environment first, flags over it).
+
+Apart from cli.py, which runs the commands: what a user can type is read in one place, without the
+machinery behind it, and tests build the parser without starting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from citystream.settings import Settings
+
+HTTP_PORT_HINT = "choose another with --http-port (or CITYSTREAM_HTTP_PORT)"
+MQTT_PORT_HINT = "choose another with --mqtt-port (or CITYSTREAM_MQTT_PORT)"
+MQTT_WS_PORT_HINT = "choose another with --mqtt-ws-port (or CITYSTREAM_MQTT_WS_PORT)"
+
+ENV_HELP = """\
+environment (flags override these):
+  CITYSTREAM_DATABASE_URL   external PostgreSQL with PostGIS, e.g. postgresql://user:pw@db:5432/citystream;
+                            unset: `up` and `migrate` use a private cluster under --data-dir
+  CITYSTREAM_MQTT_URL       external MQTT broker, e.g. mqtt://user:password@broker:1883; unset: `up` starts
+                            Mosquitto with accounts `citystream` (the platform) and a sensor account
+  CITYSTREAM_MQTT_HOST      address the embedded Mosquitto listens on (default 127.0.0.1, whatever --host is)
+  CITYSTREAM_MQTT_SENSOR_USER, CITYSTREAM_MQTT_SENSOR_PASSWORD
+                            the embedded broker's sensor account (default `sensor`, password generated once
+                            and kept in DATA_DIR/mosquitto/sensor-password)
+  CITYSTREAM_MQTT_ANONYMOUS_READ
+                            topic filter anonymous MQTT clients may read (default v1.1/#; empty: refused)
+  CITYSTREAM_HOST, CITYSTREAM_HTTP_PORT, CITYSTREAM_MQTT_PORT, CITYSTREAM_MQTT_WS_PORT, CITYSTREAM_DATA_DIR,
+  CITYSTREAM_PUBLIC_URL,
+  CITYSTREAM_DEFAULT_TOP, CITYSTREAM_MAX_TOP, CITYSTREAM_MAX_BODY_BYTES, CITYSTREAM_STATEMENT_TIMEOUT_MS,
+  CITYSTREAM_DB_POOL_SIZE
+  CITYSTREAM_LOG_FORMAT     json (default: one object per line on stdout) or text
+  CITYSTREAM_LOG_LEVEL      debug, info (default), warning or error
+  CITYSTREAM_ACCESS_LOG     HTTP access records: all (default), writes (not GET/HEAD, and errors) or off
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citystream",
+        description=(
+            "CityStream: OGC SensorThings API 1.1 on PostgreSQL/PostGIS and Mosquitto.\n"
+            "Run `citystream up` for a complete local platform; `citystream COMMAND --help` for details."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_http(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it)")
+        p.add_argument("--http-port", type=int, help="HTTP port of the API (default 8080)")
+
+    def add_data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            help="where the embedded PostgreSQL and Mosquitto keep their data (default ./.citystream)",
+        )
+
+    up = sub.add_parser(
+        "up",
+        help="start the whole platform: PostgreSQL, Mosquitto, migrations, HTTP API",
+        description=(
+            "Start everything needed, in the foreground. Without CITYSTREAM_DATABASE_URL a private "
+            "PostgreSQL cluster runs under DATA_DIR/postgres (on a free loopback port it remembers); without "
+            "CITYSTREAM_MQTT_URL a private Mosquitto runs under DATA_DIR/mosquitto on --mqtt-host:--mqtt-port "
+            "(loopback unless --mqtt-host says otherwise). "
+            "Migrations are applied, then the API is served on --host:--http-port. Each part runs in a "
+            "process of its own and is started again if it dies (logged with the reason), the others "
+            "untouched. Ctrl-C or SIGTERM stops the demo, the API, then Mosquitto, then PostgreSQL. Data is "
+            "kept in DATA_DIR between runs."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_http(up)
+    up.add_argument("--mqtt-port", type=int, help="port of the embedded Mosquitto (default 1883)")
+    up.add_argument(
+        "--mqtt-ws-port", type=int, help="MQTT over WebSocket port of the embedded Mosquitto (default 9001)"
+    )
+    up.add_argument(
+        "--mqtt-host",
+        help=(
+            "address the embedded Mosquitto listens on (default 127.0.0.1, independent of --host). Anonymous "
+            "clients may read v1.1/# there (CITYSTREAM_MQTT_ANONYMOUS_READ) and MQTT is not encrypted: expose "
+            "it only on a trusted network"
+        ),
+    )
+    up.add_argument("--demo", action="store_true",
+                    help="also run the demo city: create it (once) and publish its observations over MQTT")
+    add_demo_options(up)
+    add_data_dir(up)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the HTTP API only, against CITYSTREAM_DATABASE_URL",
+        description=(
+            "Serve the HTTP API against the database in CITYSTREAM_DATABASE_URL (required). Starts nothing "
+            "else and does not migrate: run `citystream migrate` first. For containers and managed databases."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_http(serve)
+    serve.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # run by `up`: no banner
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply pending database migrations and exit",
+        description=(
+            "Apply pending schema migrations to CITYSTREAM_DATABASE_URL, or, when it is unset, to the "
+            "embedded cluster in DATA_DIR/postgres (started for the purpose and stopped again). "
+            "Safe to run repeatedly."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_dir(migrate)
+
+    bridge = sub.add_parser(
+        "bridge",
+        help="run MQTT bridge processes (create over MQTT, notifications) without the HTTP API",
+        description=(
+            "Connect to CITYSTREAM_MQTT_URL (the platform account) and CITYSTREAM_DATABASE_URL (both required) "
+            "and store the Observations published on the STA create topics; publish STA notifications. "
+            "Bridges share the stream through an MQTT 5 shared subscription, also with the bridge inside "
+            "`citystream up`/`serve`. Each worker keeps a persistent session (client id "
+            "CITYSTREAM_MQTT_CLIENT_ID-wN): run the same number of workers again after a stop, since a "
+            "session without its worker holds its share of the stream until the worker returns."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bridge.add_argument("--workers", type=int, default=1, help="bridge processes to run (default 1)")
+    bridge.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+
+    demo = sub.add_parser(
+        "demo",
+        help="create the demo city and publish its observations over MQTT to a running platform",
+        description=(
+            "Create a small Hamburg-like city (bike counters, e-charging and bike-share stations, air quality, "
+            "noise, traffic counts) through the STA API at --url and publish its observations over MQTT, with "
+            "an accelerated clock. The MQTT account is taken from --mqtt-url (a URL without password: "
+            "CITYSTREAM_MQTT_SENSOR_USER and CITYSTREAM_MQTT_SENSOR_PASSWORD), else from the embedded broker "
+            "in DATA_DIR (the sensor account of `citystream up`)."
+        ),
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--url", help="STA service root (default http://127.0.0.1:HTTP_PORT/v1.1)")
+    demo.add_argument("--mqtt-url", help="mqtt://user:password@host:port of a sensor account")
+    demo.add_argument("--http-port", type=int, help="port of the running platform (default 8080)")
+    demo.add_argument("--mqtt-port", type=int, help="port of the embedded Mosquitto (default 1883)")
+    add_demo_options(demo)
+    add_data_dir(demo)
+    return parser
+
+
+def add_demo_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--demo-speed", type=float, default=60.0,
+                   help="how much faster than real time the demo clock runs (default 60; 1 = real time)")
+    p.add_argument("--demo-seed", type=int, default=1, help="seed of the demo city's values (default 1)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("citystream")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Environment first, then every flag that was given."""
+    settings = Settings.from_env()
+    overrides: dict[str, Any] = {}
+    for name in ("host", "http_port", "mqtt_host", "mqtt_port", "mqtt_ws_port", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return dataclasses.replace(settings, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoOptions:
+    speed: float
+    seed: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoOptions:
+        return cls(args.demo_speed, args.demo_seed)
