@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any
 from urllib.parse import urlencode
 
 from psycopg import sql
@@ -97,28 +98,72 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
 
 
 def merge_expands(items: tuple[ExpandItem, ...]) -> list[ExpandItem]:
-    """One item per navigation property: `Datastreams/Sensor,Datastreams/ObservedProperty` expands
-    Datastreams once with both inside (as FROST does), instead of writing the key twice."""
+    """One item per navigation property, as FROST does: `Datastreams/Sensor,Datastreams/ObservedProperty`
+    expands Datastreams once with both inside, and pygeoapi's `Observations($select=@iot.id;$orderby=…),
+    Observations/FeatureOfInterest($select=feature)` expands Observations once, with the options of the
+    first and the nested $expand of the second. An option that one item gives is taken, the same value twice
+    is fine; only the same option with two different values is refused. The nested $expand lists are
+    joined, and merged in turn one level down (where this runs again)."""
     merged: dict[str, ExpandItem] = {}
     for item in items:
         earlier = merged.get(item.path)
         if earlier is None:
-            merged[item.path] = item
+            merged[item.path] = replace(item, texts=_texts_of(item))
             continue
-        if replace(earlier, expand=(), texts=()) != replace(item, expand=(), texts=()):
-            raise BadRequest(f"$expand names {item.path} twice with different options; give its options once")
-        merged[item.path] = replace(earlier, expand=earlier.expand + item.expand,
-                                    texts=_merged_texts(earlier.texts, item.texts))
+        options: dict[str, Any] = {}
+        for option in fields(ExpandItem):
+            if option.name in ("path", "expand", "texts"):
+                continue
+            mine, theirs = getattr(earlier, option.name), getattr(item, option.name)
+            if repr(mine) == repr(theirs) or theirs == option.default:  # repr: 1 and true are not one value
+                continue
+            if mine != option.default:
+                raise BadRequest(
+                    f"$expand names {item.path} twice with different ${option.name} "
+                    f"({_option_text(earlier, option.name)} and {_option_text(item, option.name)}); "
+                    f"give ${option.name} of {item.path} once, or the same in both")
+            options[option.name] = theirs
+        merged[item.path] = replace(earlier, **options, expand=earlier.expand + item.expand,
+                                    texts=_merged_texts(earlier, item))
     return list(merged.values())
 
 
-def _merged_texts(first: tuple[tuple[str, str], ...], second: tuple[tuple[str, str], ...]
-                  ) -> tuple[tuple[str, str], ...]:
-    """Nested option texts of two merged expand items; their $expand lists are joined."""
-    texts = dict(first)
-    for key, value in second:
-        texts[key] = f"{texts[key]},{value}" if key == "$expand" and key in texts else value
+def _merged_texts(first: ExpandItem, second: ExpandItem) -> tuple[tuple[str, str], ...]:
+    """The option texts of two merged expand items, for the nextLink of the merged collection: each option
+    as the item that gave it wrote it, and their $expand lists joined."""
+    texts = dict(_texts_of(first))
+    for key, value in _texts_of(second):
+        if key == "$expand" and key in texts:
+            texts[key] = f"{texts[key]},{value}"
+        else:
+            texts.setdefault(key, value)
     return tuple(texts.items())
+
+
+def _texts_of(item: ExpandItem) -> tuple[tuple[str, str], ...]:
+    """The option texts of `item`, with its $expand written out when it has none of its own: a path item
+    (`Observations/FeatureOfInterest($select=feature)`) nests without having written `$expand=`."""
+    if not item.expand or any(key == "$expand" for key, _ in item.texts):
+        return item.texts
+    return (*item.texts, ("$expand", ",".join(_expand_text(nested) for nested in item.expand)))
+
+
+def _expand_text(item: ExpandItem) -> str:
+    """One $expand entry written out: `FeatureOfInterest($select=feature;$top=5)`."""
+    options = [f"{key}={value}" for key, value in _texts_of(item)]
+    if item.top is not None:
+        options.append(f"$top={item.top}")
+    if item.skip:
+        options.append(f"$skip={item.skip}")
+    if item.count:
+        options.append("$count=true")
+    return f"{item.path}({';'.join(options)})" if options else item.path
+
+
+def _option_text(item: ExpandItem, name: str) -> str:
+    """An option's value for an error message: as written when the text is kept, shortened."""
+    text = dict(item.texts).get(f"${name}", str(getattr(item, name)).lower())
+    return repr(text if len(text) <= 60 else text[:57] + "…")
 
 
 def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Composable, item: ExpandItem,

@@ -88,12 +88,15 @@ def parse_path(path: str) -> ResourcePath:
         relation = previous.entity.relations.get(name)
         if relation is None:
             field = previous.entity.field(name)
-            if field is None or key is not None:
-                raise BadRequest(
+            if field is None:  # an unknown resource, as OData 4.01 §11.2.6 (and FROST) answer it
+                raise NotFound(
                     f"{previous.entity.name} has no property or navigation property {name!r}; "
                     f"properties: {', '.join(previous.entity.property_names)}; "
                     f"navigation: {', '.join(previous.entity.relations)}"
                 )
+            if key is not None:
+                raise BadRequest(f"{name} is a property of {previous.entity.name}, not a collection; "
+                                 f"drop the ({key})")
             return _after_property(steps, field, segments[index + 1 :])
         if key is not None and not relation.to_many:
             raise BadRequest(f"{name} is a single entity; drop the ({key})")

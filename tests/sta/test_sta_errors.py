@@ -440,7 +440,7 @@ def test_unknown_or_misplaced_path_segment_is_4xx_naming_it(sta: str, path: str)
 
 def test_unknown_path_segment_message_names_it(sta: str) -> None:
     thing = create(sta, "Things", thing_body())
-    assert_error(get(sta, f"Things({thing})/foo"), 400, "foo")
+    assert_error(get(sta, f"Things({thing})/foo"), 404, "foo")
 
 
 @pytest.mark.parametrize("key", ["'a'", "a", "1.5", "-1", "", "1,2", "0x10", " 1", "1 "])
