@@ -1,8 +1,12 @@
 """A typed SQL value inside a query expression ($filter, $orderby).
 
-`kind` is one of: number, string, boolean, datetime, date, time, interval, geometry, json, result, null.
-`json` and `result` values have no single type; `views` says how to read them as each concrete kind
-(NULL when the stored value has another type, so a comparison on it is false)."""
+`kind` is one of: number, string, boolean, datetime, date, time, interval, duration, geometry, json, result,
+null. `json` and `result` values have no single type; `views` says how to read them as each concrete kind
+(NULL when the stored value has another type, so a comparison on it is false).
+
+An `interval` has a start (`value`) and an `end`. A `duration` (a PostgreSQL interval) may be a span of
+durations too: `value` is the shortest, `end` the longest (`resultTime sub phenomenonTime` on an interval
+phenomenonTime), or None for one exact duration."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ class Operand:
     kind: str
     value: sql.Composable  # the value (the start, for an interval)
     views: Mapping[str, sql.Composable] = field(default_factory=dict)
-    end: sql.Composable | None = None  # the end of an interval
+    end: sql.Composable | None = None  # the end of an interval (the longest of a span of durations)
+    calendar: bool = False  # a duration counting years or months, which have no fixed length
 
 
 def json_operand(value: sql.Composable) -> Operand:

@@ -9,13 +9,15 @@ Semantics follow OData as STA uses it: a comparison involving a missing value is
 `not`), `ne` is true when exactly one side is missing, interval properties compare by their bounds, and a
 result compared with a string literal matches string results by text and numeric results by number when
 the literal is numeric (`result gt '3'`), and two JSON values compare for (in)equality as JSON.
+Times take durations (`now() sub duration'P1D'`, `resultTime sub phenomenonTime gt duration'PT1H'`) with
+interval arithmetic: an interval shifted by a duration keeps its length, and an interval in a difference
+gives a span of durations, compared by its bounds as intervals are (`_time_arithmetic`).
 Work is bounded: option text is capped (odata.MAX_EXPRESSION_CHARS), `in` takes a value on its left (so
 no SQL is copied exponentially), and too-deep nesting is a 400.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -31,12 +33,24 @@ from sensorthings.model.entities import Entity, Relation
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.operand import Operand
 from sensorthings.query import odata
+from sensorthings.query.functions import call_function
 
 POLYMORPHIC = ("json", "result")
 SQL_OPS = {"eq": "=", "ne": "IS DISTINCT FROM", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 MIRROR = {"eq": "eq", "ne": "ne", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
 ARITHMETIC = {"add": "+", "sub": "-", "mul": "*"}
 ORDERABLE = ("number", "string", "boolean", "datetime", "date", "time")
+TEMPORAL = ("datetime", "date", "interval", "duration")
+TIMES = ("datetime", "interval")
+ARITHMETIC_TAKES = {
+    "add": "two numbers, a datetime (or interval) and a duration, or two durations",
+    "sub": "two numbers, a datetime (or interval) and then a duration, two datetimes, or two durations",
+    "mul": "two numbers, or a duration and a number",
+    "div": "two numbers, or a duration and then a number",
+    "mod": "two numbers",
+}
+CALENDAR = ("counts years or months, which have no fixed length, so it cannot be compared, ordered or scaled; "
+            "compare the times instead, e.g. phenomenonTime lt now() sub duration'P1M'")
 
 
 class Builder(Protocol):
@@ -101,6 +115,10 @@ class ExpressionCompiler:
             return [operand.views["number"], operand.views["string"]]
         if operand.kind == "json":
             return [operand.value]
+        if operand.kind == "duration":  # a span of durations orders by its shortest, as an interval by its start
+            if operand.calendar:
+                raise BadRequest(f"{self.option}: {_describe(expr)} {CALENDAR}")
+            return [operand.value]
         if operand.kind not in ORDERABLE:
             raise BadRequest(f"{self.option}: cannot order by {_describe(expr)}, a {operand.kind} value")
         return [operand.value]
@@ -141,9 +159,13 @@ class ExpressionCompiler:
         if isinstance(expr, odata.Path):
             return self._path(expr)
         if isinstance(expr, odata.Function):
-            return _call(self, expr)
+            return call_function(self, expr)
         if isinstance(expr, odata.Arithmetic):
-            left, right = self._number(expr.left), self._number(expr.right)
+            left_operand, right_operand = self.value(expr.left), self.value(expr.right)
+            if left_operand.kind in TEMPORAL or right_operand.kind in TEMPORAL:
+                return self._time_arithmetic(expr, left_operand, right_operand)
+            left = self.as_kind(left_operand, "number", expr.left)
+            right = self.as_kind(right_operand, "number", expr.right)
             if expr.op == "div":
                 return Operand("number", sql.SQL("({}::double precision / NULLIF({}, 0))").format(left, right))
             if expr.op == "mod":
@@ -151,11 +173,63 @@ class ExpressionCompiler:
                                .format(left, right))
             return Operand("number", sql.SQL("({} {} {})").format(left, sql.SQL(ARITHMETIC[expr.op]), right))
         if isinstance(expr, odata.Negate):
-            return Operand("number", sql.SQL("(-{})").format(self._number(expr.operand)))
+            operand = self.value(expr.operand)
+            if operand.kind == "duration":
+                return _negated(operand)
+            return Operand("number", sql.SQL("(-{})").format(self.as_kind(operand, "number", expr.operand)))
         return Operand("boolean", self._term(expr))
 
-    def _number(self, expr: odata.Expr) -> sql.Composable:
-        return self.as_kind(self.value(expr), "number", expr)
+    # ------------------------------------------------------------------ time arithmetic
+
+    def _time_arithmetic(self, expr: odata.Arithmetic, left: Operand, right: Operand) -> Operand:
+        """OData arithmetic on DateTimeOffset and Duration, as interval arithmetic on the bounds.
+
+        datetime ± duration is a datetime, reckoned in UTC whatever the session's time zone (a day is 24 hours,
+        a month a calendar month); an interval ± duration is the interval shifted, both bounds; datetime -
+        datetime is the exact duration between them. Where an interval takes part in a difference, the
+        result is the span of durations its bounds give (`resultTime sub phenomenonTime`: from resultTime -
+        end, the shortest, to resultTime - start), which compares by its bounds as an interval does: `gt d`
+        means every one of them is longer than d, `lt d` every one shorter. Each bound's SQL is used once.
+        """
+        op = expr.op
+        if "null" in (left.kind, right.kind):
+            return Operand("null", sql.SQL("NULL"))
+        left, right = self._lift_date(left), self._lift_date(right)
+        if op in ("add", "sub") and left.kind in TIMES and right.kind == "duration":
+            return _shifted(op, left, right)
+        if op == "add" and left.kind == "duration" and right.kind in TIMES:
+            return _shifted(op, right, left)
+        if op in ("add", "sub") and left.kind == right.kind == "duration":
+            lower, upper = _bounds(op, left, right, lambda a, b: sql.SQL("({} {} {})").format(
+                a, sql.SQL(ARITHMETIC[op]), b))
+            return Operand("duration", lower, end=upper, calendar=left.calendar or right.calendar)
+        if op == "sub" and left.kind in TIMES and right.kind in TIMES:
+            lower, upper = _bounds(op, left, right, lambda a, b: sql.SQL("({} - {})").format(a, b))
+            return Operand("duration", lower, end=upper)
+        if op in ("mul", "div") and left.kind == "duration" and right.kind not in TEMPORAL:
+            return self._scaled(op, left, right, expr.right)
+        if op == "mul" and right.kind == "duration" and left.kind not in TEMPORAL:
+            return self._scaled(op, right, left, expr.left)
+        raise BadRequest(f"{self.option}: cannot {op} {_describe(expr.left)} (a {left.kind} value) and "
+                         f"{_describe(expr.right)} (a {right.kind} value); {op} takes {ARITHMETIC_TAKES[op]}")
+
+    def _scaled(self, op: str, duration: Operand, number: Operand, number_expr: odata.Expr) -> Operand:
+        if duration.calendar:
+            raise BadRequest(f"{self.option}: a duration that {CALENDAR}")
+        factor = sql.SQL("({})::double precision").format(self.as_kind(number, "number", number_expr))
+        template = sql.SQL("({} * {})" if op == "mul" else "({} / NULLIF({}, 0))")
+        if duration.end is None:
+            return Operand("duration", template.format(duration.value, factor))
+        # A span of durations: its bounds swap with a negative factor, which only a literal tells here (a
+        # least()/greatest() of both would copy the SQL of the bounds twice on every level of nesting).
+        if not (isinstance(number_expr, odata.Literal) and isinstance(number_expr.value, int | Decimal)
+                and not isinstance(number_expr.value, bool)):
+            raise BadRequest(f"{self.option}: a span of durations (from an interval such as phenomenonTime) can "
+                             f"only be scaled by a number literal, e.g. {op} 2")
+        lower, upper = template.format(duration.value, factor), template.format(duration.end, factor)
+        if number_expr.value < 0:
+            lower, upper = upper, lower
+        return Operand("duration", lower, end=upper)
 
     def as_kind(self, operand: Operand, kind: str, expr: odata.Expr | None = None) -> sql.Composable:
         """The operand read as `kind` (a JSON value or result of another type reads as NULL)."""
@@ -205,6 +279,11 @@ class ExpressionCompiler:
                 raise BadRequest(f"{self.option}: {value.wkt!r} is not valid WKT with finite coordinates, "
                                  f"e.g. POINT(10 53.5)")
             return Operand("geometry", sql.SQL("ST_GeomFromText({}, 4326)").format(self.b.param(shape.wkt)))
+        if isinstance(value, odata.Duration):  # a bound timedelta, as a PostgreSQL interval
+            if value.months:
+                return Operand("duration", sql.SQL("(make_interval(months => {}::integer) + {}::interval)").format(
+                    self.b.param(value.months), self.b.param(value.delta)), calendar=True)
+            return Operand("duration", sql.SQL("{}::interval").format(self.b.param(value.delta)))
         raise BadRequest(f"{self.option}: {value!r} literals are not supported")
 
     def _path(self, path: odata.Path) -> Operand:
@@ -257,6 +336,8 @@ class ExpressionCompiler:
                 return sql.SQL("false")
             test = _is_null(other)
             return test if op == "eq" else sql.SQL("(NOT {})").format(test)
+        if left.kind == "duration" or right.kind == "duration":
+            return self._compare_duration(op, left, right)
         if left.kind == "interval" or right.kind == "interval":
             return self._compare_interval(op, left, right)
         if {left.kind, right.kind} == {"date", "datetime"}:
@@ -313,13 +394,60 @@ class ExpressionCompiler:
             other_start, other_end = other.value, other.end or other.value
         else:
             other_start = other_end = self.as_kind(other, "datetime")
-        start, end = left.value, left.end or left.value
-        if op in ("gt", "ge"):
-            return sql.SQL("({} {} {})").format(start, sql.SQL(SQL_OPS[op]), other_end)
-        if op in ("lt", "le"):
-            return sql.SQL("({} {} {})").format(end, sql.SQL(SQL_OPS[op]), other_start)
-        equal = sql.SQL("({} = {} AND {} = {})").format(start, other_start, end, other_end)
-        return equal if op == "eq" else sql.SQL("(NOT coalesce({}, false))").format(equal)
+        return _compare_bounds(op, left.value, left.end or left.value, other_start, other_end)
+
+    def _compare_duration(self, op: str, left: Operand, right: Operand) -> sql.Composable:
+        """Durations compare with durations; a span of durations by its bounds, as an interval does."""
+        for operand in (left, right):
+            if operand.kind != "duration":
+                raise BadRequest(f"{self.option}: cannot compare a {operand.kind} value with a duration; a "
+                                 f"duration compares with another duration, e.g. duration'PT1H'")
+            if operand.calendar:
+                raise BadRequest(f"{self.option}: a duration that {CALENDAR}")
+        if left.end is None and right.end is None:
+            return sql.SQL("({} {} {})").format(left.value, sql.SQL(SQL_OPS[op]), right.value)
+        return _compare_bounds(op, left.value, left.end or left.value, right.value, right.end or right.value)
+
+
+def _compare_bounds(op: str, start: sql.Composable, end: sql.Composable, other_start: sql.Composable,
+                    other_end: sql.Composable) -> sql.Composable:
+    """Compare [start, end] with [other_start, other_end]: gt means all after, lt all before, eq the same."""
+    if op in ("gt", "ge"):
+        return sql.SQL("({} {} {})").format(start, sql.SQL(SQL_OPS[op]), other_end)
+    if op in ("lt", "le"):
+        return sql.SQL("({} {} {})").format(end, sql.SQL(SQL_OPS[op]), other_start)
+    equal = sql.SQL("({} = {} AND {} = {})").format(start, other_start, end, other_end)
+    return equal if op == "eq" else sql.SQL("(NOT coalesce({}, false))").format(equal)
+
+
+Bound = Callable[[sql.Composable, sql.Composable], sql.Composable]
+
+
+def _bounds(op: str, left: Operand, right: Operand, combine: Bound) -> tuple[sql.Composable, sql.Composable | None]:
+    """The lower and upper bound of `left op right` (add or sub) on operands that may be ranges (an interval,
+    a span of durations: `end` set); the upper bound is None when both are exact. Each bound's SQL is used
+    once (only an exact operand's is copied), so nesting grows the SQL linearly."""
+    left_end = left.value if left.end is None else left.end
+    right_end = right.value if right.end is None else right.end
+    exact = left.end is None and right.end is None
+    if op == "sub":  # [a, b] - [c, d] = [a - d, b - c]
+        return combine(left.value, right_end), None if exact else combine(left_end, right.value)
+    return combine(left.value, right.value), None if exact else combine(left_end, right_end)
+
+
+def _shifted(op: str, instant: Operand, duration: Operand) -> Operand:
+    """A datetime or interval plus/minus a duration, reckoned in UTC (so a day is 24 hours and a month a
+    calendar month, whatever the session's time zone); an interval keeps both bounds."""
+    lower, upper = _bounds(op, instant, duration, lambda t, d: sql.SQL(
+        "(((({}) AT TIME ZONE 'UTC') {} {}) AT TIME ZONE 'UTC')").format(t, sql.SQL(ARITHMETIC[op]), d))
+    return Operand("datetime", lower) if upper is None else Operand("interval", lower, end=upper)
+
+
+def _negated(duration: Operand) -> Operand:
+    if duration.end is None:
+        return Operand("duration", sql.SQL("(-{})").format(duration.value), calendar=duration.calendar)
+    return Operand("duration", sql.SQL("(-{})").format(duration.end), end=sql.SQL("(-{})").format(duration.value),
+                   calendar=duration.calendar)
 
 
 def _is_null(operand: Operand) -> sql.Composable:
@@ -336,108 +464,11 @@ def _describe(expr: odata.Expr) -> str:
     if isinstance(expr, odata.Function):
         return f"{expr.name}(…)"
     if isinstance(expr, odata.Literal):
-        return repr(expr.value)
+        return str(expr.value) if isinstance(expr.value, odata.Duration) else repr(expr.value)
+    if isinstance(expr, odata.Arithmetic):
+        text = f"({_describe(expr.left)} {expr.op} {_describe(expr.right)})"
+        return text if len(text) <= 80 else "the expression"
     return "the expression"
 
 
 # ---------------------------------------------------------------------------------------- functions
-
-Render = Callable[..., sql.Composable]
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    args: tuple[str, ...]  # kinds of the arguments
-    result: str
-    render: Render
-
-
-def _f(template: str) -> Render:
-    return lambda *args: sql.SQL(template).format(*args)
-
-
-def _utc_part(part: str) -> Render:
-    return lambda x: sql.SQL("extract({} FROM ({} AT TIME ZONE 'UTC'))::double precision").format(sql.SQL(part), x)
-
-
-_GEO_PREDICATES = {
-    "geo.intersects": "ST_Intersects", "st_equals": "ST_Equals", "st_disjoint": "ST_Disjoint",
-    "st_touches": "ST_Touches", "st_within": "ST_Within", "st_overlaps": "ST_Overlaps", "st_crosses": "ST_Crosses",
-    "st_intersects": "ST_Intersects", "st_contains": "ST_Contains",
-}
-
-FUNCTIONS: dict[str, list[FunctionSpec]] = {
-    "substringof": [FunctionSpec(("string", "string"), "boolean", _f("(strpos({1}, {0}) > 0)"))],
-    "contains": [FunctionSpec(("string", "string"), "boolean", _f("(strpos({0}, {1}) > 0)"))],
-    "startswith": [FunctionSpec(("string", "string"), "boolean", _f("starts_with({0}, {1})"))],
-    "endswith": [FunctionSpec(("string", "string"), "boolean", _f("(right({0}, char_length({1})) = {1})"))],
-    "length": [FunctionSpec(("string",), "number", _f("char_length({0})::double precision"))],
-    "indexof": [FunctionSpec(("string", "string"), "number", _f("(strpos({0}, {1}) - 1)::double precision"))],
-    "substring": [
-        FunctionSpec(("string", "number"), "string", _f("substr({0}, greatest(({1})::int, 0) + 1)")),
-        FunctionSpec(("string", "number", "number"), "string",
-                     _f("substr({0}, greatest(({1})::int, 0) + 1, greatest(({2})::int, 0))")),
-    ],
-    # Case mapping by ICU's root collation covers every script, whatever the database's collation is; the
-    # result goes back to the default collation so that comparing it orders as everything else does.
-    "tolower": [FunctionSpec(("string",), "string", _f('(lower({0} COLLATE "und-x-icu") COLLATE "default")'))],
-    "toupper": [FunctionSpec(("string",), "string", _f('(upper({0} COLLATE "und-x-icu") COLLATE "default")'))],
-    "trim": [FunctionSpec(("string",), "string", _f("btrim({0})"))],
-    "concat": [FunctionSpec(("string", "string"), "string", _f("({0} || {1})"))],
-    "year": [FunctionSpec(("datetime",), "number", _utc_part("year"))],
-    "month": [FunctionSpec(("datetime",), "number", _utc_part("month"))],
-    "day": [FunctionSpec(("datetime",), "number", _utc_part("day"))],
-    "hour": [FunctionSpec(("datetime",), "number", _utc_part("hour"))],
-    "minute": [FunctionSpec(("datetime",), "number", _utc_part("minute"))],
-    "second": [FunctionSpec(("datetime",), "number",
-                            _f("floor(extract(second FROM ({0} AT TIME ZONE 'UTC')))::double precision"))],
-    "fractionalseconds": [FunctionSpec(("datetime",), "number",
-                                       _f("(mod(extract(microseconds FROM {0})::bigint, 1000000) / 1e6)"
-                                          "::double precision"))],
-    "date": [FunctionSpec(("datetime",), "date", _f("({0} AT TIME ZONE 'UTC')::date"))],
-    "time": [FunctionSpec(("datetime",), "time", _f("({0} AT TIME ZONE 'UTC')::time"))],
-    "totaloffsetminutes": [FunctionSpec(("datetime",), "number", _f("(0 * extract(epoch FROM {0}))"))],
-    "now": [FunctionSpec((), "datetime", _f("now()"))],
-    "mindatetime": [FunctionSpec((), "datetime", _f("'-infinity'::timestamptz")),
-                    FunctionSpec(("interval",), "datetime", _f("{0}"))],
-    "maxdatetime": [FunctionSpec((), "datetime", _f("'infinity'::timestamptz")),
-                    FunctionSpec(("interval_end",), "datetime", _f("{0}"))],
-    "round": [FunctionSpec(("number",), "number", _f("round(({0})::numeric)::double precision"))],
-    "floor": [FunctionSpec(("number",), "number", _f("floor({0})::double precision"))],
-    "ceiling": [FunctionSpec(("number",), "number", _f("ceil({0})::double precision"))],
-    "geo.distance": [FunctionSpec(("geometry", "geometry"), "number", _f("ST_Distance({0}, {1})"))],
-    "geo.length": [FunctionSpec(("geometry",), "number", _f("ST_Length({0})"))],
-    "st_relate": [FunctionSpec(("geometry", "geometry", "string"), "boolean", _f("ST_Relate({0}, {1}, {2})"))],
-    **{name: [FunctionSpec(("geometry", "geometry"), "boolean", _f(f"{function}({{0}}, {{1}})"))]
-       for name, function in _GEO_PREDICATES.items()},
-}
-
-
-def _call(compiler: ExpressionCompiler, call: odata.Function) -> Operand:
-    specs = FUNCTIONS.get(call.name)
-    if specs is None:
-        raise BadRequest(f"{compiler.option}: unknown function {call.name}(); known: {', '.join(sorted(FUNCTIONS))}")
-    spec = next((s for s in specs if len(s.args) == len(call.args)), None)
-    if call.name == "st_relate" and spec is not None:
-        pattern = call.args[2]
-        if not (isinstance(pattern, odata.Literal) and isinstance(pattern.value, str)
-                and re.fullmatch(r"[TF*012]{9}", pattern.value)):
-            raise BadRequest(f"{compiler.option}: st_relate() takes a DE-9IM pattern literal of 9 characters "
-                             f"from T F * 0 1 2, e.g. 'T*T***T**'")
-    if spec is None:
-        arities = " or ".join(str(len(s.args)) for s in specs)
-        raise BadRequest(f"{compiler.option}: {call.name}() takes {arities} argument(s), got {len(call.args)}")
-    args = []
-    for kind, expr in zip(spec.args, call.args, strict=True):
-        operand = compiler.value(expr)
-        if kind == "interval_end":
-            if operand.kind != "interval":
-                raise BadRequest(f"{compiler.option}: {call.name}() takes a time interval such as phenomenonTime")
-            args.append(operand.end or operand.value)
-        elif kind == "interval":
-            if operand.kind != "interval":
-                raise BadRequest(f"{compiler.option}: {call.name}() takes a time interval such as phenomenonTime")
-            args.append(operand.value)
-        else:
-            args.append(compiler.as_kind(operand, kind, expr))
-    return Operand(spec.result, spec.render(*args))

@@ -8,7 +8,7 @@ parameter, so no user text ever becomes SQL.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from lark.exceptions import VisitError
 from lark.tree import Meta
 
 from sensorthings.model.errors import BadRequest
+from sensorthings.model.times import parse_duration
 
 GRAMMAR = r"""
 filter: expr
@@ -124,7 +125,15 @@ class Geo:
 
 @dataclass(frozen=True)
 class Duration:
+    """An ISO 8601 duration literal, e.g. duration'P1DT2H30M': `months` (years count 12) keep their calendar
+    meaning, `delta` is the exact rest (a day is 24 hours)."""
+
     text: str
+    months: int = 0
+    delta: timedelta = timedelta(0)
+
+    def __str__(self) -> str:
+        return f"duration'{self.text}'"
 
 
 @dataclass(frozen=True)
@@ -218,9 +227,10 @@ def _time_value(text: str) -> datetime:
 
 
 class _ToAst(Transformer[Token, Any]):
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, option: str = "filter") -> None:
         super().__init__()
         self.text = text
+        self.option = option
 
     def _written(self, meta: Meta) -> str:
         """The option's value exactly as the client wrote it (after `$name=`)."""
@@ -257,7 +267,9 @@ class _ToAst(Transformer[Token, Any]):
         return Literal(Geo(text[text.index("'") + 1 : -1]))
 
     def duration(self, c: list[Token]) -> Literal:
-        return Literal(Duration(_unquote(str(c[0])[len("duration"):])))
+        text = _unquote(str(c[0])[len("duration"):])
+        months, delta = parse_duration(text, f"${self.option}")
+        return Literal(Duration(text, months, delta))
 
     # expressions
     def path(self, c: list[Token]) -> Path:
@@ -372,7 +384,7 @@ def parse(option: str, text: str) -> Any:
         raise BadRequest(f"${option} is longer than {MAX_EXPRESSION_CHARS} characters; simplify it")
     try:
         tree = _PARSER.parse(text, start=option)
-        return _ToAst(text).transform(tree)
+        return _ToAst(text, option).transform(tree)
     except RecursionError:
         raise BadRequest(f"${option} is nested too deeply; simplify it") from None
     except VisitError as exc:
