@@ -427,6 +427,7 @@ class StaApi:
             if row is None or row[0] is None:
                 raise NotFound(f"nothing found at {path.entity.set_name}: an entity named in the path does not exist")
             deleted.append(int(row[0]))
+            writer.observations_removed(row[1])  # their streams' summaries narrow before commit
 
         await self._write(delete)
         return json_response(orjson.dumps({"deleted": deleted[0]}))

@@ -142,7 +142,8 @@ _STREAM_SUMMARIES = (
     Interval("phenomenonTime", "phenomenon_time", server_maintained=True),
     Interval("resultTime", "result_time", server_maintained=True),
 )
-"""What a Datastream and a MultiDatastream summarise of their Observations (widened on every write)."""
+"""What a Datastream and a MultiDatastream summarise of their Observations (widened by every write, narrowed
+by REST writes that take Observations away: write/summaries.py)."""
 
 
 ENTITIES: dict[str, Entity] = {

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from typing import Any, NamedTuple
 
 from psycopg import sql
 
 from sensorthings.model import observation_ids
-from sensorthings.model.entities import Entity, Relation, Storage
+from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.query.addressed import matching_rows, parent_exists
 from sensorthings.query.compiled import Compiled
 from sensorthings.query.entity_json import entity_json
@@ -18,11 +19,69 @@ from sensorthings.query.options import QueryOptions
 from sensorthings.query.path import ResourcePath
 from sensorthings.query.sql import SqlBuilder, qualified, step_conditions
 
+_OBSERVATION = ENTITIES["Observation"]
+_OBSERVATION_FEATURE = _OBSERVATION.relation("FeatureOfInterest")
+_STREAMS = tuple(_OBSERVATION.relation(name) for name in _OBSERVATION.exactly_one_of)
+_PHENOMENON_START, _PHENOMENON_END = _OBSERVATION.fields_by_name["phenomenonTime"].columns
+_RESULT_TIME = _OBSERVATION.fields_by_name["resultTime"].column
+SUMMARY_COLUMNS: tuple[str, ...] = (_PHENOMENON_START, _PHENOMENON_END, _RESULT_TIME, _OBSERVATION_FEATURE.column,
+                                    *(r.column for r in _STREAMS))
+"""The Observation columns its stream's summary (phenomenonTime, resultTime, observedArea) is made of."""
+
+
+class RemovedFromStream(NamedTuple):
+    """What Observations that left one stream (deleted, or moved away) had contributed to its summary."""
+
+    stream: Relation
+    stream_id: int
+    start: datetime
+    end: datetime
+    result_start: datetime | None
+    result_end: datetime | None
+    feature_ids: list[int]
+
+
+_REMOVED_KEYS = ("start", "end", "resultStart", "resultEnd", "features")
+"""The keys of the objects of `removed_streams`, besides the stream's relation name."""
+
+
+def removed_streams(observations: sql.Composable) -> sql.Composable:
+    """A scalar subquery over `observations` (a FROM item with the SUMMARY_COLUMNS): one JSON object per stream
+    of those Observations with their extent there (read by `read_removed`), NULL when there are none."""
+    o = sql.Identifier("o")
+    streams = [sql.SQL("{}.{} AS {}").format(o, sql.Identifier(r.column), sql.Identifier(r.name)) for r in _STREAMS]
+    start, end = (sql.SQL("{}.{}").format(o, sql.Identifier(c)) for c in (_PHENOMENON_START, _PHENOMENON_END))
+    result_time = sql.SQL("{}.{}").format(o, sql.Identifier(_RESULT_TIME))
+    return sql.SQL(
+        "(SELECT json_agg(s) FROM (SELECT {streams}, min({start}) AS {k0}, max(coalesce({end}, {start})) AS {k1},"
+        " min({result}) AS {k2}, max({result}) AS {k3}, array_agg(DISTINCT {o}.{feature}) AS {k4}"
+        " FROM {observation_rows} {o} GROUP BY {groups}) s)").format(
+        streams=sql.SQL(", ").join(streams), start=start, end=end, result=result_time, o=o,
+        feature=sql.Identifier(_OBSERVATION_FEATURE.column), observation_rows=observations,
+        **{f"k{n}": sql.Identifier(k) for n, k in enumerate(_REMOVED_KEYS)},
+        groups=sql.SQL(", ").join(sql.SQL("{}.{}").format(o, sql.Identifier(r.column)) for r in _STREAMS))
+
+
+def read_removed(value: Any) -> list[RemovedFromStream]:
+    """The decoded JSON of `removed_streams` (None when there were no rows), as RemovedFromStream."""
+    removed: list[RemovedFromStream] = []
+    for row in value or ():
+        stream = next(r for r in _STREAMS if row[r.name] is not None)
+        start, end, result_start, result_end = (None if row[k] is None else datetime.fromisoformat(row[k])
+                                                for k in _REMOVED_KEYS[:4])
+        assert start is not None and end is not None  # phenomenonTime is required
+        removed.append(RemovedFromStream(stream, int(row[stream.name]), start, end, result_start, result_end,
+                                         [int(f) for f in row[_REMOVED_KEYS[4]]]))
+    return removed
+
 
 def compile_filtered_delete(path: ResourcePath, options: QueryOptions) -> Compiled:
     """DELETE of every entity of a collection path that passes `$filter`, in one statement that returns how
-    many went, or NULL when an entity the path names before its last step does not exist. Link-table
-    cascades the model declares (a Location's HistoricalLocations) go first, as for a single delete."""
+    many went, or NULL when an entity the path names before its last step does not exist, and (see
+    `removed_streams`, NULL for none) what the Observations it deletes took from their streams' summaries:
+    the Observations themselves, or those of deleted FeaturesOfInterest, which the foreign key cascades to.
+    Link-table cascades the model declares (a Location's HistoricalLocations) go first, as for a single
+    delete."""
     b = SqlBuilder("")
     entity, e = path.entity, b.alias()
     matching = sql.SQL("SELECT {e}.id FROM {table} {e} WHERE {cond}").format(
@@ -35,13 +94,22 @@ def compile_filtered_delete(path: ResourcePath, options: QueryOptions) -> Compil
             tcol=sql.Identifier(relation.link_target_column), link=sql.Identifier(relation.link_table),
             scol=sql.Identifier(relation.link_source_column), matching=matching))
     gone = b.alias()
-    steps.append(sql.SQL("gone AS (DELETE FROM {table} {g} WHERE {g}.id IN ({matching}) RETURNING {g}.id)").format(
-        table=sql.Identifier(entity.table), g=gone, matching=matching))
+    returned = [sql.SQL("{}.id").format(gone)]
+    removed: sql.Composable = sql.SQL("NULL::json")
+    if entity is _OBSERVATION:
+        returned += [sql.SQL("{}.{}").format(gone, sql.Identifier(c)) for c in SUMMARY_COLUMNS]
+        removed = removed_streams(sql.Identifier("gone"))
+    elif entity is _OBSERVATION_FEATURE.target_entity:  # read before the cascade (the statement's snapshot)
+        removed = removed_streams(sql.SQL("(SELECT {} FROM {} WHERE {} IN (SELECT id FROM gone))").format(
+            sql.SQL(", ").join(map(sql.Identifier, SUMMARY_COLUMNS)), sql.Identifier(_OBSERVATION.table),
+            sql.Identifier(_OBSERVATION_FEATURE.column)))
+    steps.append(sql.SQL("gone AS (DELETE FROM {table} {g} WHERE {g}.id IN ({matching}) RETURNING {returned})").format(
+        table=sql.Identifier(entity.table), g=gone, matching=matching, returned=sql.SQL(", ").join(returned)))
     if entity.partition_column:
         steps.append(sql.SQL("relocated AS (DELETE FROM {} WHERE id IN (SELECT id FROM gone))").format(
             sql.Identifier(observation_ids.RELOCATIONS_TABLE)))
-    statement = sql.SQL("WITH {} SELECT CASE WHEN {} THEN (SELECT count(*) FROM gone) END").format(
-        sql.SQL(", ").join(steps), parent_exists(path, b))
+    statement = sql.SQL("WITH {} SELECT CASE WHEN {} THEN (SELECT count(*) FROM gone) END, {}").format(
+        sql.SQL(", ").join(steps), parent_exists(path, b), removed)
     return Compiled(statement, b.params)
 
 

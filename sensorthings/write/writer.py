@@ -3,7 +3,9 @@
 The writer walks request JSON with the entity model: fields are validated by their kinds, relations are
 linked by `@iot.id` or created inline (deep insert), and the side effects STA requires are applied before
 commit — HistoricalLocations when a Thing's Locations change, a FeatureOfInterest generated from the
-Thing's Location, and the Datastream summaries (once per Datastream per request, never per row).
+Thing's Location, and the Datastream summaries (once per Datastream per request, never per row): widened by
+new and changed Observations, narrowed again where Observations were changed, moved or deleted
+(write/summaries.py).
 Any error raises StaError; the caller's transaction then rolls back, so nothing partial remains.
 """
 
@@ -21,6 +23,7 @@ from sensorthings.model.errors import BadRequest, NotFound, PartitionMissing
 from sensorthings.model.kinds import GeoJson, JsonList, Result
 from sensorthings.model.results import STREAMS, result_error, stream_of
 from sensorthings.query.sql import SqlBuilder, id_predicate
+from sensorthings.query.write_statements import SUMMARY_COLUMNS
 from sensorthings.write.bodies import check_keys, column_value, link_id, parse_fields
 from sensorthings.write.derived import (
     FEATURE_COLUMN,
@@ -31,15 +34,12 @@ from sensorthings.write.derived import (
     PHENOMENON_END,
     PHENOMENON_START,
     RESULT_TIME,
-    ObservationTouch,
-    StreamKey,
-    add_touch,
     generated_features,
     insert_row,
     stream_facts,
-    update_stream_summaries,
 )
 from sensorthings.write.ports import Change
+from sensorthings.write.summaries import StreamSummaries
 
 THING = ENTITIES["Thing"]
 THING_LOCATIONS = THING.relation("Locations")
@@ -69,7 +69,7 @@ class Writer:
         self.now = now
         self._new_things: set[int] = set()
         self._located: dict[int, set[int]] = {}  # thing id -> Locations newly linked in this request
-        self._touched: dict[StreamKey, ObservationTouch] = {}
+        self.summaries = StreamSummaries(conn)
         self._partitions: set[tuple[int, int]] = set()
         self.changes: list[Change] = []
         """What this request created or updated, for notifications after commit."""
@@ -154,7 +154,7 @@ class Writer:
         if entity is ENTITIES["Thing"]:
             self._new_things.add(new_id)
         if entity is OBSERVATION:
-            self._touch(columns)
+            self.summaries.gained(columns)
         return new_id
 
     async def _resolve_or_create(self, relation: Relation, value: Any, where: str) -> int:
@@ -249,12 +249,6 @@ class Writer:
         columns[feature.column] = (facts.generated_feature_id
                                    or (await generated_features(self.conn, [location_id]))[location_id])
 
-    def _touch(self, columns: dict[str, Any]) -> None:
-        stream = stream_of(columns)
-        assert stream is not None
-        add_touch(self._touched, stream, columns[PHENOMENON_START],
-                  columns[PHENOMENON_END], columns.get(RESULT_TIME), columns.get(FEATURE_COLUMN))
-
     # ---------------------------------------------------------------- links
 
     async def link(self, relation: Relation, source_id: int, target_id: int, *, rank: int | None = None) -> bool:
@@ -290,6 +284,8 @@ class Writer:
         if relation.name in entity.exactly_one_of:
             assignments.update({entity.relation(other).column: None for other in entity.exactly_one_of
                                 if other != relation.name})
+        if entity is OBSERVATION:
+            await self.summaries.leaving(entity_id, assignments)
         b = SqlBuilder("")
         settings = [sql.SQL("{} = {}").format(sql.Identifier(c), b.param(v)) for c, v in assignments.items()]
         await self.conn.execute(sql.SQL("UPDATE {} e SET {} WHERE {}").format(
@@ -358,11 +354,16 @@ class Writer:
                 raise BadRequest(f"{rel_where}: {name} cannot be changed in an update; link entities with "
                                  f"POST {entity.set_name}({entity_id})/{name}/$ref", field=rel_where)
 
+        if entity is OBSERVATION:
+            await self.summaries.leaving(entity_id, columns)
         if columns:
             if entity.partition_column and entity.partition_column in columns:
                 await self._move_partitioned(entity, entity_id, columns)
             else:
                 await self._update_columns(entity, entity_id, columns)
+        if entity is FEATURE_OF_INTEREST and any(c in columns for f in entity.fields if isinstance(f, GeoJson)
+                                                 for c in f.columns):
+            await self.summaries.feature_reshaped(entity_id)
         if entity is LOCATION and any(isinstance(f, GeoJson) and f.column in columns for f in entity.fields):
             # A FeatureOfInterest generated from the old position must not be reused for the new one.
             await self.conn.execute(sql.SQL("UPDATE {} SET {generated} = NULL WHERE {generated} = %s").format(
@@ -435,7 +436,12 @@ class Writer:
             error = result_error(facts.result_types if facts else None, columns)
             if error is not None:
                 raise BadRequest(f"{where}: {error}", field=f"{where}.result")
-        self._touch(columns)
+        self.summaries.gained(columns)
+
+    def observations_removed(self, removed: Any) -> None:
+        """Observations were deleted by a statement of their own (compile_filtered_delete): `removed` is what
+        it reports they took from their streams' summaries."""
+        self.summaries.removed_by_statement(removed)
 
     # ---------------------------------------------------------------- delete
 
@@ -449,11 +455,21 @@ class Writer:
                     target=sql.Identifier(relation.target_entity.table),
                     tcol=sql.Identifier(relation.link_target_column), link=sql.Identifier(relation.link_table),
                     scol=sql.Identifier(relation.link_source_column)), {"id": entity_id})
+        if entity is FEATURE_OF_INTEREST:
+            await self.summaries.feature_deleting(entity_id)
         b = SqlBuilder("")
-        cursor = await self.conn.execute(sql.SQL("DELETE FROM {} e WHERE {}").format(
-            sql.Identifier(entity.table), id_predicate(entity, sql.Identifier("e"), entity_id, b)), b.params)
+        returning: sql.Composable = sql.SQL("")
+        if entity is OBSERVATION:
+            returning = sql.SQL(" RETURNING {}").format(sql.SQL(", ").join(map(sql.Identifier, SUMMARY_COLUMNS)))
+        cursor = await self.conn.execute(sql.SQL("DELETE FROM {} e WHERE {}{}").format(
+            sql.Identifier(entity.table), id_predicate(entity, sql.Identifier("e"), entity_id, b), returning),
+            b.params)
         if cursor.rowcount == 0:
             raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
+        if entity is OBSERVATION:
+            row = await cursor.fetchone()
+            assert row is not None  # one row went
+            self.summaries.left(dict(zip(SUMMARY_COLUMNS, row, strict=True)))
         if entity.partition_column:
             await self.conn.execute(_FORGET_RELOCATION, (entity_id,))
 
@@ -463,7 +479,7 @@ class Writer:
         """Apply the per-request side effects before commit. Idempotent: a second call finds nothing to do
         (POST calls it early so that the entity it returns already shows them)."""
         await self._record_history()
-        await self._update_datastream_summaries()
+        await self.summaries.apply()
 
     async def _record_history(self) -> None:
         """A Thing that got new Locations gets a HistoricalLocation; an existing Thing's earlier Locations are
@@ -479,10 +495,6 @@ class Writer:
             self.changes.append(Change(HISTORICAL_LOCATION, int(row[0]), created=True, links={"Thing": thing_id}))
             await self.conn.execute(_LINK_HISTORY, (sorted(location_ids), row[0]))
         self._located.clear()
-
-    async def _update_datastream_summaries(self) -> None:
-        await update_stream_summaries(self.conn, self._touched)
-        self._touched.clear()
 
 
 def _fixed_links(relation: Relation) -> BadRequest:
