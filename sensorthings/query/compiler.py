@@ -45,7 +45,8 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
                        ) -> Compiled:
     """Columns: value JSON text, more-rows flag, count up to `limits.exact_count_limit + 1` (or NULL),
     parent-exists flag, and the keyset of the page's last row as JSON text (or NULL when the order is not
-    keyset-safe; the caller then continues with $skip)."""
+    keyset-safe; the caller then continues with $skip alone). After a `$skiptoken` the page starts at its
+    position and `$skip` is not applied (`options.offset`)."""
     b = SqlBuilder(base_url)
     entity = path.entity
     e, p = b.alias(), b.alias()
@@ -70,13 +71,13 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
     if options.result_format == "dataArray":
         if path.ref:
             raise BadRequest("$resultFormat=dataArray cannot be combined with $ref")
-        value = data_array_value(entity, options, p, b.param(options.skip + options.top), b)
+        value = data_array_value(entity, options, p, b.param(options.offset + options.top), b)
     else:
         item = (ref_json(entity, p, b) if path.ref
                 else entity_json(entity, p, b, options.select, options.expand, limits))
         value = sql.SQL("(SELECT coalesce(json_agg({item} ORDER BY {p}.sta_n) FILTER (WHERE {p}.sta_n <= {last}),"
                         " '[]'::json) FROM page {p})").format(item=item, p=p,
-                                                             last=b.param(options.skip + options.top))
+                                                             last=b.param(options.offset + options.top))
     count = (
         sql.SQL("(SELECT count(*) FROM (SELECT 1 FROM {} {} WHERE {} LIMIT {}) AS counted)").format(
             sql.Identifier(entity.table), e, where(with_keyset=False), b.param(limits.exact_count_limit + 1))
@@ -94,8 +95,8 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         " (SELECT sta_key FROM page WHERE sta_n = {last})::text"
     ).format(
         e=e, keys=sql.SQL(", ").join(keys), table=sql.Identifier(entity.table), cond=where(),
-        last_key=last_key, limit=b.param(options.top + 1), skip=b.param(options.skip), value=value,
-        last=b.param(options.skip + options.top), top=b.param(options.top), count=count,
+        last_key=last_key, limit=b.param(options.top + 1), skip=b.param(options.offset), value=value,
+        last=b.param(options.offset + options.top), top=b.param(options.top), count=count,
         parent=parent_exists(path, b),
     )
     return Compiled(statement, b.params)

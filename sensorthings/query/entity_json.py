@@ -204,8 +204,10 @@ def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Compo
 
 
 def _expand_query(item: ExpandItem, top: int) -> str:
-    """The query of the nextLink of an expanded collection: its own options with the next $skip."""
-    options = [*item.texts, ("$top", str(top)), ("$skip", str(item.skip + top))]
+    """The query of the nextLink of an expanded collection, as FROST writes it: its own options, `$top` only
+    when the item gave one (`top`, clamped), and `$skip` = the rows delivered so far. (Masterportal drops a
+    link whose `$top` is not above its `$skip`, so a default page size must not appear as a `$top`.)"""
+    options = [*item.texts, *([("$top", str(top))] if item.top is not None else []), ("$skip", str(item.skip + top))]
     if item.count:
         options.append(("$count", "true"))
     return urlencode(options, safe="$(),'/:").replace("+", "%20")

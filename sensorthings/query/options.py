@@ -39,15 +39,23 @@ class QueryOptions:
     result_format: str | None = None  # "dataArray" (STA 1.1 §14.3), "CSV", "GeoJSON", or None for JSON
     passthrough: tuple[tuple[str, str], ...] = field(default=())
     """The options as received, minus $skip/$top/$skiptoken, kept for building `@iot.nextLink`."""
+    top_given: bool = False
+    """Whether the request gave `$top` (then `top` is it, clamped to the maximum) or `top` is the default."""
+
+    @property
+    def offset(self) -> int:
+        """The rows the statement passes over (SQL OFFSET): `$skip`, unless a `$skiptoken` gives the position;
+        then `$skip` only counts the rows delivered before it and is not applied again."""
+        return 0 if self.skiptoken is not None else self.skip
 
     def next_query(self, next_skip: int, last_key: str | None) -> str:
-        """The query of `@iot.nextLink`: a keyset `$skiptoken` after `last_key` when the order allows it,
-        else the next `$skip`."""
-        items = [*self.passthrough, ("$top", str(self.top))]
+        """The query of `@iot.nextLink`, as FROST writes it for walkers that read it (Masterportal stops at
+        a link whose `$top` is not above its `$skip`): the options, `$top` only when the request gave it
+        (clamped), `$skip` = the rows delivered so far (`next_skip`), and, when the order allows it, a keyset
+        `$skiptoken` after `last_key` that gives the position (so a late page costs what the first does)."""
+        items = [*self.passthrough, *([("$top", str(self.top))] if self.top_given else []), ("$skip", str(next_skip))]
         if last_key is not None:
             items.append(("$skiptoken", encode_skiptoken(last_key, self._orderby_text)))
-        else:
-            items.append(("$skip", str(next_skip)))
         return urlencode(items, safe="$(),'/:").replace("+", "%20")
 
     @property
@@ -115,9 +123,7 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
         raise BadRequest(f"$resultFormat={result_format} is not supported; supported: {', '.join(RESULT_FORMATS)}")
 
     skiptoken = None
-    if "$skiptoken" in seen:
-        if skip:
-            raise BadRequest("$skiptoken and $skip cannot be combined; follow @iot.nextLink as given")
+    if "$skiptoken" in seen:  # the position; a $skip beside it is the count delivered so far (`offset`)
         skiptoken = decode_skiptoken(seen["$skiptoken"], seen.get("$orderby", ""))
 
     return QueryOptions(
@@ -127,5 +133,5 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
         select=expression("select") or (),  # type: ignore[arg-type]
         expand=expression("expand") or (),  # type: ignore[arg-type]
         result_format=result_format,
-        passthrough=tuple(passthrough),
+        passthrough=tuple(passthrough), top_given="$top" in seen,
     )

@@ -37,7 +37,7 @@ def test_pygeoapi_datastreams_expand_merges_into_one_observations_item() -> None
     assert (feature.path, feature.select) == ("FeatureOfInterest", ("feature",))
     assert next_query(observations) == {"$select": ["@iot.id"], "$orderby": ["phenomenonTime desc"],
                                         "$expand": ["FeatureOfInterest($select=feature)"],
-                                        "$top": ["100"], "$skip": ["100"]}
+                                        "$skip": ["100"]}  # no $top: the item gave none
 
 
 def test_options_are_taken_from_whichever_item_gives_them() -> None:
