@@ -4,6 +4,9 @@ flattened for spreadsheets and GIS tools.
 Flattening names a value by its path: `name`, `Datastream/name`, `Datastreams/0/name` for the first entity
 of an expanded collection. Navigation links are left out (a CSV cell cannot be followed); JSON objects that
 are property values (`properties`, `unitOfMeasurement`, a geometry) stay whole, as JSON text in CSV.
+An optional property without a value is absent from the JSON (a GeoJSON Feature leaves it out too); in
+CSV it is an empty cell, and an entity shown whole (no `$select`) has a column for each of its properties
+even where no row has a value, so that every page of a collection has the same header.
 The page itself comes from the one SQL statement of the normal JSON answer; this reshapes at most
 `$top` entities.
 """
@@ -14,7 +17,7 @@ import csv
 import io
 from typing import Any
 
-from sensorthings.model.entities import ENTITIES
+from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.model.json_values import dumps_exact
 from sensorthings.model.kinds import GeoJson, Geometry
 
@@ -27,25 +30,57 @@ RELATIONS = frozenset(name for entity in ENTITIES.values() for name in entity.re
 """Keys whose values are expanded entities (flattened further) rather than property values (kept whole)."""
 
 
-def flatten(entity: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """One entity with its expanded relations as path -> value, in the order of the JSON."""
+def flatten(entity: dict[str, Any], prefix: str = "", *, every_property: bool = False) -> dict[str, Any]:
+    """One entity with its expanded relations as path -> value, in the order of the JSON; `every_property`:
+    with a None value for each absent property of an entity shown whole, in the model's order."""
+    if every_property:
+        entity = _with_absent_properties(entity)
     flat: dict[str, Any] = {}
     for key, value in entity.items():
         if key.endswith("@iot.navigationLink") or key.endswith("@iot.nextLink"):
             continue
         if key in RELATIONS and isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
+            flat.update(flatten(value, f"{prefix}{key}/", every_property=every_property))
         elif key in RELATIONS and isinstance(value, list):
             for n, item in enumerate(value):
-                flat.update(flatten(item, f"{prefix}{key}/{n}/"))
+                flat.update(flatten(item, f"{prefix}{key}/{n}/", every_property=every_property))
         else:
             flat[prefix + key] = value
     return flat
 
 
+def _with_absent_properties(entity: dict[str, Any]) -> dict[str, Any]:
+    """`entity` with its absent properties as None, in the model's order, when it is shown whole; as it is
+    otherwise (a `$select` names what it wants, and no more columns are made up for it)."""
+    kind = _shown_whole(entity)
+    if kind is None or all(name in entity for name in kind.property_names):
+        return entity
+    complete = {key: entity[key] for key in ("@iot.id", "@iot.selfLink")}
+    complete.update((name, entity.get(name)) for name in kind.property_names)
+    complete.update((key, value) for key, value in entity.items() if key not in complete)
+    return complete
+
+
+def _shown_whole(entity: dict[str, Any]) -> Entity | None:
+    """The entity type of `entity` when it is rendered without `$select`: its id, its selfLink (which names
+    its entity set) and every navigation property (as a link or expanded; of an Observation's two streams,
+    the one it has). None otherwise."""
+    link = entity.get("@iot.selfLink")
+    if "@iot.id" not in entity or not isinstance(link, str):
+        return None
+    kind = ENTITY_SETS.get(link.rsplit("/", 1)[-1].split("(", 1)[0])
+    if kind is None:
+        return None
+    shown = {name for name in kind.relations if name in entity or f"{name}@iot.navigationLink" in entity}
+    streams = set(kind.exactly_one_of)
+    if not set(kind.relations) - streams <= shown or (streams and not streams & shown):
+        return None
+    return kind
+
+
 def to_csv(entities: list[dict[str, Any]]) -> bytes:
     """A header row of every path that occurs (in order of first appearance), then a row per entity."""
-    rows = [flatten(e) for e in entities]
+    rows = [flatten(e, every_property=True) for e in entities]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")

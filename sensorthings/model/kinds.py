@@ -51,6 +51,12 @@ class Field:
         """SQL expression rendering this property as its JSON value."""
         return self.col(alias)
 
+    def json_text_sql(self, alias: sql.Identifier) -> sql.Composable:
+        """SQL whose text output is this property's JSON text (a json, jsonb or text value), NULL where the
+        property has no value: what the entity's JSON text is spliced from (query/entity_json.py), so that
+        an absent optional property is left out. Here: the value of `json_sql` as a JSON string."""
+        return sql.SQL("to_json({})").format(self.json_sql(alias))
+
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         """Validate a JSON value from a request; return column -> Python value (None clears)."""
         raise NotImplementedError
@@ -108,6 +114,12 @@ class Json(Field):
 
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("{}::json").format(self.col(alias))
+
+    def json_text_sql(self, alias: sql.Identifier) -> sql.Composable:
+        """The jsonb itself (its text is the JSON; no cast to json, which would parse it again). A stored
+        JSON `null` of an optional property counts as no value (the API stores SQL NULL for null; data
+        loaded by other means might not)."""
+        return self.col(alias) if self.required else sql.SQL("NULLIF({}, 'null'::jsonb)").format(self.col(alias))
 
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if self.object_only and value is not None and not isinstance(value, dict):
@@ -290,6 +302,9 @@ class GeoJson(Field):
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("{}::json").format(self.col(alias))
 
+    def json_text_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return self.col(alias)
+
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if value is None:
             return self.null_columns()
@@ -323,6 +338,9 @@ class Geometry(Field):
 
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("ST_AsGeoJSON({})::json").format(self.col(alias))
+
+    def json_text_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return sql.SQL("ST_AsGeoJSON({})").format(self.col(alias))  # GeoJSON text, not parsed as json here
 
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if value is None:
@@ -368,6 +386,18 @@ class Result(Field):
         return sql.SQL(
             "CASE {t} WHEN 1 THEN {s}::json WHEN 2 THEN to_json({s}) WHEN 3 THEN to_json({b}) "
             "WHEN 4 THEN {j}::json ELSE 'null'::json END"
+        ).format(
+            t=self.col(alias, "result_type"),
+            s=self.col(alias, "result_string"),
+            b=self.col(alias, "result_boolean"),
+            j=self.col(alias, "result_json"),
+        )
+
+    def json_text_sql(self, alias: sql.Identifier) -> sql.Composable:
+        """As `json_sql`, as text (a number's exact text is its JSON); never NULL: a null result is `null`."""
+        return sql.SQL(
+            "CASE {t} WHEN 1 THEN {s} WHEN 2 THEN to_json({s})::text WHEN 3 THEN {b}::text "
+            "WHEN 4 THEN {j}::text ELSE 'null' END"
         ).format(
             t=self.col(alias, "result_type"),
             s=self.col(alias, "result_string"),

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -44,27 +47,31 @@ def _select_names(entity: Entity, select: tuple[str, ...]) -> set[str]:
 def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tuple[str, ...] = (),
                 expand: tuple[ExpandItem, ...] = (), limits: Limits = Limits(), depth: int = 0) -> sql.Composable:
     """The entity as STA JSON: @iot.id, @iot.selfLink, properties and navigation links (only those named
-    in `select`, when given), with the `expand`ed related entities inline."""
+    in `select`, when given), with the `expand`ed related entities inline. An optional property without a
+    value is left out (as FROST does; `null` broke pygeoapi), as is an expanded to-one entity that the row
+    does not have (an Observation's Datastream when it belongs to a MultiDatastream)."""
     chosen = _select_names(entity, select)
 
     def wanted(name: str) -> bool:
         return not chosen or name in chosen
 
     link = self_link(entity, alias, b)
-    pairs: list[sql.Composable] = []
+    pairs: list[_Pair] = []
     if wanted("@iot.id") or "id" in chosen:
-        pairs += [sql.Literal("@iot.id"), qualified(alias, "id")]
+        pairs.append(_Pair.of("@iot.id", qualified(alias, "id")))
     if wanted("@iot.selfLink"):
-        pairs += [sql.Literal("@iot.selfLink"), link]
+        pairs.append(_Pair.link("@iot.selfLink", link))
     for f in entity.fields:
         if wanted(f.name):
-            pairs += [sql.Literal(f.name), f.json_sql(alias)]
+            always = f.required or f.null_is_a_value or f.defaults_to_now  # NOT NULL columns
+            pairs.append(_Pair(sql.Literal(f.name), json.dumps(f.name), partial(f.json_sql, alias),
+                               partial(f.json_text_sql, alias), optional=not always))
     expanded = {item.path for item in expand}
-    navigation: list[tuple[str, list[sql.Composable]]] = [
-        (name, [sql.Literal(f"{name}@iot.navigationLink"), sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))])
+    navigation: list[tuple[str, _Pair]] = [
+        (name, _Pair.link(f"{name}@iot.navigationLink", sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))))
         for name in entity.relations if wanted(name) and name not in expanded]
-    expanded_pairs: list[sql.Composable] = []
-    extras: list[tuple[str, sql.Composable]] = []
+    expanded_pairs: list[_Pair] = []
+    extras: list[_Pair] = []
     for item in merge_expands(expand):
         relation = entity.relations.get(item.path)
         if relation is None:
@@ -73,28 +80,106 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         if depth + 1 > limits.max_expand_depth:
             raise BadRequest(f"$expand is nested deeper than the limit of {limits.max_expand_depth} levels")
         value, more = _expanded(relation, alias, link, item, b, limits, depth + 1)
-        expanded_pairs += [sql.Literal(relation.name), value]
-        extras += more
+        expanded_pairs.append(_Pair.of(relation.name, value, optional=not relation.to_many))
+        extras += [_Pair.of(key, extra, optional=True) for key, extra in more]
 
     streams = [entity.relation(name) for name, _ in navigation if name in entity.exactly_one_of]
     if streams and len(streams) == len(entity.exactly_one_of):
         # An Observation links the stream it has (the database holds exactly one), not the other: one pair
         # whose key and link follow the row, in the place of the first. (A CASE over one object per stream
         # tripled the planning time of an Observation's JSON.)
-        switch = [by_relation(alias, streams, lambda r: sql.Literal(f"{r.name}@iot.navigationLink")),
-                  sql.SQL("{} || {}").format(link, by_relation(alias, streams, lambda r: sql.Literal(f"/{r.name}")))]
+        url = sql.SQL("{} || {}").format(link, by_relation(alias, streams, lambda r: sql.Literal(f"/{r.name}")))
+        switch = _Pair(by_relation(alias, streams, lambda r: sql.Literal(f"{r.name}@iot.navigationLink")),
+                       by_relation(alias, streams, lambda r: sql.Literal(json.dumps(f"{r.name}@iot.navigationLink"))),
+                       lambda: url, lambda: sql.SQL("to_json({})").format(url))
         navigation = [(name, switch if name == streams[0].name else pair) for name, pair in navigation
                       if name == streams[0].name or name not in entity.exactly_one_of]
     else:  # $select names only some of them: each link where the row has that stream, left out elsewhere
         navigation = [(name, pair) for name, pair in navigation if name not in entity.exactly_one_of]
-        extras += [(f"{r.name}@iot.navigationLink",
-                    sql.SQL("CASE WHEN {} IS NOT NULL THEN to_json({} || {}) END").format(
-                        qualified(alias, r.column), link, sql.Literal(f"/{r.name}"))) for r in streams]
-    links = [part for _, pair in navigation for part in pair]
-    obj = sql.SQL("json_build_object({})").format(sql.SQL(", ").join([*pairs, *links, *expanded_pairs]))
-    for key, value in extras:
-        obj = sql.SQL("sta_json_with({}, {}, {})").format(obj, sql.Literal(key), value)
-    return obj
+        extras += [_Pair.of(f"{r.name}@iot.navigationLink", value, optional=True) for r in streams
+                   for value in [sql.SQL("CASE WHEN {} IS NOT NULL THEN to_json({} || {}) END").format(
+                       qualified(alias, r.column), link, sql.Literal(f"/{r.name}"))]]
+    return _json_object([*pairs, *(pair for _, pair in navigation), *expanded_pairs, *extras])
+
+
+_CONCAT_MAX_ARGS = 100
+"""PostgreSQL's limit on the arguments of one function call (FUNC_MAX_ARGS)."""
+
+_OPEN, _CLOSE, _CLOSE_AS_TEXT, _CAT = sql.SQL("("), sql.SQL(")"), sql.SQL(")::text"), sql.SQL(" || ")
+_Chunk = str | sql.Composable
+"""A piece of an entity's JSON text: literal text (str) or SQL whose text output is spliced in."""
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One key of an entity's JSON: the key (SQL giving the name, and the name as JSON text), its value as
+    json_build_object takes it (`value`), and SQL whose text output is the value's JSON text (`text`); an
+    `optional` key is left out where that text is NULL. The two are built on demand: only one is used."""
+
+    key: sql.Composable
+    key_text: _Chunk
+    value: Callable[[], sql.Composable]
+    text: Callable[[], sql.Composable]
+    optional: bool = False
+
+    @staticmethod
+    def of(name: str, value: sql.Composable, optional: bool = False) -> _Pair:
+        """A key whose value is json (or a number), NULL where `optional` and absent."""
+        return _Pair(sql.Literal(name), json.dumps(name), lambda: value, lambda: value, optional)
+
+    @staticmethod
+    def link(name: str, url: sql.Composable) -> _Pair:
+        return _Pair(sql.Literal(name), json.dumps(name), lambda: url, lambda: sql.SQL("to_json({})").format(url))
+
+
+def _json_object(pairs: list[_Pair]) -> sql.Composable:
+    """The JSON object of `pairs`, written as json_build_object writes it (`{"k" : v, …}`).
+
+    Without optional keys, json_build_object itself. With them, the object's text is spliced in one
+    concat() call per row, which skips the NULL parts of absent keys, and cast to json once: one parse of
+    the row's text, cheaper than json_build_object's per-argument work (and than one sta_json_with, a parse
+    each, per optional key), and the keys keep their order. (json_strip_nulls is no way out: it would also
+    strip the nulls inside free JSON values such as properties, parameters and results.)"""
+    if not any(p.optional for p in pairs):
+        return sql.SQL("json_build_object({})").format(sql.SQL(", ").join(
+            part for p in pairs for part in (p.key, p.value())))
+    leading_comma = pairs[0].optional  # no key is sure to come first: each gets ", " and the first is cut off
+    chunks: list[_Chunk] = [] if leading_comma else ["{"]
+    for n, p in enumerate(pairs):
+        head: list[_Chunk] = [", " if n or leading_comma else "", p.key_text, " : "]
+        if p.optional:  # NULL as a whole where the value is NULL, so concat() leaves the key out
+            value = sql.Composed([_OPEN, p.text(), _CLOSE_AS_TEXT])
+            chunks.append(sql.Composed([_OPEN, _CAT.join(_composed([*head, value])), _CLOSE]))
+        else:
+            chunks += [*head, p.text()]
+    if leading_comma:
+        return sql.SQL("('{{' || substr({}, 3) || '}}')::json").format(_concat(_composed(chunks)))
+    return sql.SQL("{}::json").format(_concat(_composed([*chunks, "}"])))
+
+
+def _composed(chunks: list[_Chunk]) -> list[sql.Composable]:
+    """`chunks` as SQL: adjacent literal texts joined into one literal, empty ones dropped."""
+    out: list[sql.Composable] = []
+    literal = ""
+    for chunk in chunks:
+        if isinstance(chunk, str):
+            literal += chunk
+            continue
+        if literal:
+            out.append(sql.Literal(literal))
+            literal = ""
+        out.append(chunk)
+    if literal:
+        out.append(sql.Literal(literal))
+    return out
+
+
+def _concat(parts: list[sql.Composable]) -> sql.Composable:
+    """concat() of `parts` (NULLs skipped), nested when there are more than one call may take."""
+    while len(parts) > _CONCAT_MAX_ARGS:
+        parts = [sql.SQL("concat({})").format(sql.SQL(", ").join(parts[i:i + _CONCAT_MAX_ARGS]))
+                 for i in range(0, len(parts), _CONCAT_MAX_ARGS)]
+    return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
 
 
 def merge_expands(items: tuple[ExpandItem, ...]) -> list[ExpandItem]:
