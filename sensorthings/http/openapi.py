@@ -278,11 +278,13 @@ def _entity_set_paths(entity: Entity, settings: ApiSettings) -> dict[str, Any]:
     for f in entity.fields:
         prop = f"{one}/{f.name}"
         value = _value_schema(entity, f, reading=True)
+        absent = {"204": {"description": "The property has no value"}} if _may_be_null(f) and not f.null_is_a_value \
+            else {}
         paths[prop] = {"parameters": with_id, **_operation(
             "get", prop, tag, f"The {name}'s {f.name}",
             {"200": {"description": f"{{\"{f.name}\": value}}", "content": _json(
                 {"type": "object", "required": [f.name], "additionalProperties": False,
-                 "properties": {f.name: value}})}, **_errors(400, 404, 503)})}
+                 "properties": {f.name: value}})}, **absent, **_errors(400, 404, 503)})}
         raw = f.json_schema(reading=True)
         content = _json(raw) if f.is_object_value else {"text/plain": {"schema": {"type": "string"}}}
         empty = {"204": {"description": "The value is null"}} if _may_be_null(f) else {}

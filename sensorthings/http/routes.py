@@ -213,6 +213,8 @@ class StaApi:
             raise NotFound(f"nothing found at {resource}")
         if path.value:
             return self._raw_value(path, row[0])
+        if row[0] is None:  # a property without a value: OData 4.01 §11.2.6, as FROST answers it
+            return Response(status_code=204)
         return json_response(row[0])
 
     @staticmethod

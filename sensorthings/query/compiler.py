@@ -149,7 +149,8 @@ def compile_count_estimate(path: ResourcePath, options: QueryOptions) -> Compile
 
 def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | None = None,
                    limits: Limits = _DEFAULT_LIMITS) -> Compiled:
-    """One row (JSON text) when the addressed entity exists, no row otherwise."""
+    """One row (JSON text) when the addressed entity exists, no row otherwise; for a property without a
+    value, one row holding NULL."""
     b = SqlBuilder(base_url)
     e = b.alias()
     entity = path.entity
@@ -161,8 +162,13 @@ def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | No
             name = path.members[-1]
         else:
             value, name = field.json_sql(e), field.name
-        body = (sql.SQL("{}::text").format(value) if path.value
-                else sql.SQL("json_build_object({}, {})::text").format(sql.Literal(name), value))
+        if path.value:
+            body = sql.SQL("{}::text").format(value)
+        elif field.null_is_a_value or path.members:  # a member of a JSON value: null where it is missing
+            body = sql.SQL("json_build_object({}, {})::text").format(sql.Literal(name), value)
+        else:  # a property without a value is absent (NULL: the caller answers 204), as in the entity's JSON
+            body = sql.SQL("CASE WHEN {v} IS NOT NULL THEN json_build_object({}, {v})::text END").format(
+                sql.Literal(name), v=value)
     else:
         rendered = (ref_json(entity, e, b) if path.ref else
                     entity_json(entity, e, b, options.select if options else (), options.expand if options else (),

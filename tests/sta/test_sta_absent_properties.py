@@ -263,6 +263,18 @@ def test_the_value_of_an_absent_property_is_no_content(sta: str) -> None:
     assert get(sta, f"Observations({observation})/resultTime/$value").status_code == 204
 
 
+def test_the_path_to_an_absent_property_is_no_content(sta: str) -> None:
+    datastream = create_datastream(sta)
+    observation = create_observation(sta, datastream, None, "2024-05-01T10:00:00Z")
+    for path in (f"Observations({observation})/resultTime", f"Observations({observation})/parameters",
+                 f"Datastreams({datastream})/properties"):
+        answer = get(sta, path)
+        assert (answer.status_code, answer.content) == (204, b""), path
+    assert read(sta, f"Observations({observation})/result") == {"result": None}  # null is a result
+    assert read(sta, f"Observations({observation})/phenomenonTime") == {"phenomenonTime": "2024-05-01T10:00:00Z"}
+    assert get(sta, "Observations(999999999)/resultTime").status_code == 404
+
+
 # ------------------------------------------------------------------ Data Array, CSV, GeoJSON
 
 
