@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from citystream.access_log import AccessLog
 from citystream.admin import admin_guard, admin_router
 from citystream.logs import request_id
+from citystream.mqtt_websocket import PATH as MQTT_WEBSOCKET_PATH
+from citystream.mqtt_websocket import MqttWebSocketRelay, RelayConfig
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
@@ -63,6 +65,14 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
                                          statement_timeout_ms=settings.statement_timeout_ms))
     app.add_route("/ogcapi", ogc.state.landing, include_in_schema=False)
     app.mount("/ogcapi", ogc)
+    # MQTT over WebSocket on the HTTP port (Masterportal's default wss://<host>/mqtt), relayed to the broker.
+    mqtt_ws = MqttWebSocketRelay(RelayConfig(settings.mqtt_ws_url, settings.mqtt_ws_max_message_bytes))
+    # An ASGI app, not a `func(websocket)` endpoint: Starlette runs it as one (FastAPI's annotation says otherwise).
+    app.router.add_websocket_route(MQTT_WEBSOCKET_PATH, mqtt_ws)  # type: ignore[arg-type]
+    app.add_route(MQTT_WEBSOCKET_PATH, mqtt_ws.http, methods=["GET", "HEAD"], include_in_schema=False)
+    if not mqtt_ws.enabled:
+        log.info("MQTT over WebSocket at %s is disabled: no broker WebSocket URL (CITYSTREAM_MQTT_WS_URL)",
+                 MQTT_WEBSOCKET_PATH)
 
     @app.get("/", include_in_schema=False)
     async def landing(request: Request) -> Response:

@@ -67,6 +67,7 @@ def _server(settings: Settings, database_url: str) -> uvicorn.Server:
         log_level=settings.log_level,
         log_config=None,  # uvicorn's records go through citystream.logs like everyone else's
         access_log=False,  # citystream.access_log logs requests, at a fraction of uvicorn's cost per line
+        ws_max_size=settings.mqtt_ws_max_message_bytes,  # /mqtt: refused before uvicorn buffers more
     )
     return uvicorn.Server(config)
 

@@ -30,6 +30,8 @@ environment (flags override these):
                             and kept in DATA_DIR/mosquitto/sensor-password)
   CITYSTREAM_MQTT_ANONYMOUS_READ
                             topic filter anonymous MQTT clients may read (default v1.1/#; empty: refused)
+  CITYSTREAM_MQTT_WS_URL    the broker's WebSocket listener that /mqtt on the HTTP port relays to (ws:// or
+                            wss://; `up` sets it to the embedded broker's); unset: /mqtt is off
   CITYSTREAM_HOST, CITYSTREAM_HTTP_PORT, CITYSTREAM_MQTT_PORT, CITYSTREAM_MQTT_WS_PORT, CITYSTREAM_DATA_DIR,
   CITYSTREAM_PUBLIC_URL,
   CITYSTREAM_DEFAULT_TOP, CITYSTREAM_MAX_TOP, CITYSTREAM_MAX_BODY_BYTES, CITYSTREAM_STATEMENT_TIMEOUT_MS,

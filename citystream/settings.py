@@ -33,6 +33,18 @@ def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _ws_url_env(name: str) -> str | None:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    from citystream.mqtt_websocket import check_upstream_url  # here: settings load without websockets
+
+    try:
+        return check_upstream_url(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the platform can be told. Defaults are the embedded, loopback-only set-up."""
@@ -48,6 +60,11 @@ class Settings:
     mqtt_host: str = "127.0.0.1"
     mqtt_ws_port: int = 9001
     """MQTT over WebSocket port of the embedded Mosquitto (same address as mqtt_host)."""
+    mqtt_ws_url: str | None = None
+    """The broker's MQTT-over-WebSocket listener that `/mqtt` on the HTTP port relays to (ws:// or wss://).
+    None: `/mqtt` is disabled and says so. `citystream up` sets it to its private broker's listener."""
+    mqtt_ws_max_message_bytes: int = 1024 * 1024
+    """Largest WebSocket message `/mqtt` relays either way; a larger one closes its connection (1009)."""
     mqtt_sensor_user: str = "sensor"
     """Account of the embedded Mosquitto that sensors publish Observations with."""
     mqtt_sensor_password: str | None = field(default=None, repr=False)
@@ -105,6 +122,9 @@ class Settings:
             mqtt_port=_int_env("CITYSTREAM_MQTT_PORT", base.mqtt_port),
             mqtt_host=env.get("CITYSTREAM_MQTT_HOST", base.mqtt_host),
             mqtt_ws_port=_int_env("CITYSTREAM_MQTT_WS_PORT", base.mqtt_ws_port),
+            mqtt_ws_url=_ws_url_env("CITYSTREAM_MQTT_WS_URL"),
+            mqtt_ws_max_message_bytes=_int_env("CITYSTREAM_MQTT_WS_MAX_MESSAGE_BYTES",
+                                               base.mqtt_ws_max_message_bytes),
             mqtt_sensor_user=env.get("CITYSTREAM_MQTT_SENSOR_USER") or base.mqtt_sensor_user,
             mqtt_sensor_password=env.get("CITYSTREAM_MQTT_SENSOR_PASSWORD") or None,
             mqtt_anonymous_read=env.get("CITYSTREAM_MQTT_ANONYMOUS_READ", base.mqtt_anonymous_read),

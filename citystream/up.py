@@ -178,6 +178,7 @@ def _api_child(settings: Settings) -> CommandChild:
         "CITYSTREAM_HOST": settings.host,
         "CITYSTREAM_HTTP_PORT": str(settings.http_port),
         "CITYSTREAM_MQTT_PUBLIC_URLS": ",".join(settings.mqtt_public_urls),
+        "CITYSTREAM_MQTT_WS_URL": settings.mqtt_ws_url,
     })
     return CommandChild("API", [*_self_command(), "serve", "--supervised"], env)
 
@@ -214,6 +215,12 @@ _LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 """Where to reach a server that listens on every address."""
 
 
+def _embedded_ws_url(settings: Settings) -> str:
+    """The embedded Mosquitto's WebSocket listener, as the API process reaches it."""
+    host = _LOOPBACK_FOR.get(settings.mqtt_host, settings.mqtt_host)
+    return f"ws://{f'[{host}]' if ':' in host else host}:{settings.mqtt_ws_port}"
+
+
 def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
     # Check every port we will need before starting anything, so a clash costs nothing.
     ensure_port_free(settings.host, settings.http_port, "HTTP", HTTP_PORT_HINT)
@@ -227,6 +234,8 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
         if not settings.mqtt_url and not settings.mqtt_public_urls:  # the embedded broker: announce both listeners
             ws = dataclasses.replace(sensor, port=settings.mqtt_ws_port).url.replace("mqtt://", "ws://", 1)
             settings = dataclasses.replace(settings, mqtt_public_urls=(sensor.url, ws))
+        if not settings.mqtt_url:  # /mqtt on the HTTP port relays to the embedded broker's WebSocket listener
+            settings = dataclasses.replace(settings, mqtt_ws_url=_embedded_ws_url(settings))
         settings = dataclasses.replace(settings, database_url=database_url, mqtt_url=mqtt_url)
         base = _http_base(settings)
         try:
@@ -238,6 +247,8 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
                 f"  SensorThings API  {base}/v1.1",
                 f"  health            {base}/health",
                 *shown_mqtt,
+                f"  MQTT on HTTP port {base.replace('http', 'ws', 1)}/mqtt (relayed to the broker)"
+                if settings.mqtt_ws_url else "  MQTT on HTTP port off (set CITYSTREAM_MQTT_WS_URL)",
                 f"  PostgreSQL        {shown_db}",
                 f"  data directory    {settings.data_dir.absolute()}",
             ])

@@ -5,10 +5,12 @@
 #
 # Debian 12 / Ubuntu 24.04 (or newer): installs PostgreSQL >= 15 with the matching PostGIS 3, Mosquitto,
 # mosquitto-clients, GDAL, python3-venv, and a C compiler with the Mosquitto headers (gcc, libc6-dev,
-# mosquitto-dev, libmosquitto-dev: the embedded broker's plugin is compiled on its first start) with
-# apt-get (as root, or through sudo). Without either it prints the exact apt-get line to run and exits
-# non-zero. Then creates .venv in the repository and installs CityStream with its test extras. Every step
-# is skipped when already done, so a second run takes seconds.
+# mosquitto-dev, libmosquitto-dev: the embedded broker's plugin is compiled on its first start), and
+# Node.js with npm when `node` or `npm` is missing (nodejs, npm: the test suite's JavaScript MQTT client)
+# with apt-get (as root, or through sudo). Without either it prints the exact apt-get line to run and exits
+# non-zero. Then creates .venv in the repository and installs CityStream with its test extras, and MQTT.js
+# for the tests (`npm ci` in tests/clients/js, versions pinned by its package-lock.json). Every step is
+# skipped when already done, so a second run takes seconds.
 # --no-start stops after the install; any other arguments go to `citystream up` (e.g. --http-port 9090).
 # As root, PostgreSQL and Mosquitto run as their system users; if those cannot enter the repository (e.g. it
 # lives under /root, mode 0700) and no --data-dir or CITYSTREAM_DATA_DIR is given, the data goes to
@@ -61,12 +63,18 @@ plugin_build_ok() {
         && [[ -f /usr/include/mosquitto_broker.h && -f /usr/include/mosquitto_plugin.h ]]
 }
 
+node_ok() {
+    # Node.js and npm for the JavaScript test clients (tests/clients/js: MQTT.js).
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
+}
+
 system_ready() {
     [[ -n "$(pg_major_installed)" ]] \
         && { command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; } \
         && command -v mosquitto_pub >/dev/null 2>&1 \
         && command -v ogrinfo >/dev/null 2>&1 \
         && plugin_build_ok \
+        && node_ok \
         && python_ok
 }
 
@@ -86,8 +94,8 @@ install_system_packages() {
     elif command -v sudo >/dev/null 2>&1 && { [[ -t 0 ]] || sudo -n true 2>/dev/null; }; then can_root=1
     fi
     command -v apt-get >/dev/null 2>&1 || die "no apt-get: install PostgreSQL >= 15 with PostGIS 3, Mosquitto, \
-mosquitto-clients, the Mosquitto development headers, a C compiler, GDAL and Python >= 3.11 with venv by hand, \
-then run this script again"
+mosquitto-clients, the Mosquitto development headers, a C compiler, GDAL, Node.js with npm and Python >= 3.11 \
+with venv by hand, then run this script again"
 
     local major pkgs
     major="$(pg_major_installed)"
@@ -101,7 +109,7 @@ then run this script again"
         if ! [[ "$major" =~ ^[0-9]+$ ]]; then
             ((can_root)) || die "cannot tell which PostgreSQL this system offers; as root run: apt-get update && \
 apt-get install postgresql postgresql-15-postgis-3 mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev \
-gcc libc6-dev gdal-bin python3-venv"
+gcc libc6-dev gdal-bin python3-venv nodejs npm"
             die "apt offers no 'postgresql' package; add a repository with PostgreSQL >= 15"
         fi
         ((major >= 15)) || die "this system's PostgreSQL is $major; CityStream needs >= 15 (Debian 12, \
@@ -110,6 +118,10 @@ Ubuntu 24.04, or the PostgreSQL project's apt repository)"
     # gcc only recommends libc6-dev, and --no-install-recommends is used: both are named.
     pkgs=(postgresql "postgresql-$major" "postgresql-$major-postgis-3" mosquitto mosquitto-clients mosquitto-dev
         libmosquitto-dev gcc libc6-dev gdal-bin python3-venv python3-pip)
+    # Only what is missing: a Node.js from elsewhere (NodeSource, nvm) brings its own npm, and Debian's npm
+    # package would conflict with NodeSource's nodejs.
+    command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+    command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 
     if ((!can_root)); then
         say "missing system packages and no root or sudo; as root run:"
@@ -133,7 +145,7 @@ Ubuntu 24.04, or the PostgreSQL project's apt repository)"
         as_root /etc/init.d/mosquitto stop || true
     fi
     system_ready || die "packages installed, but PostgreSQL >= 15 with PostGIS, Mosquitto, the Mosquitto \
-headers, a C compiler, GDAL or Python >= 3.11 with venv are still missing"
+headers, a C compiler, GDAL, Node.js with npm or Python >= 3.11 with venv are still missing"
 }
 
 if system_ready; then
@@ -158,6 +170,26 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" || ! -x "$venv/bin/citystrea
     echo "$want" >"$stamp"
 else
     say "$venv up to date"
+fi
+
+# ---------------------------------------------------------------------------- JavaScript test clients
+
+# MQTT.js, the client Masterportal uses, for tests/clients/test_mqtt_js.py; the platform itself needs no
+# Node.js, so a failure here is a warning (those tests are then skipped), not the end of the quickstart.
+js="$repo/tests/clients/js"
+js_stamp="$js/node_modules/.citystream-install"
+js_want="$(cat "$js/package.json" "$js/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if ! node_ok; then
+    say "warning: no node/npm; the MQTT.js tests (tests/clients/test_mqtt_js.py) will be skipped"
+elif [[ -f "$js_stamp" && "$(cat "$js_stamp")" == "$js_want" ]]; then
+    say "JavaScript test clients up to date"
+else
+    say "installing the JavaScript test clients (npm ci in tests/clients/js)"
+    if (cd "$js" && npm ci --no-audit --no-fund --loglevel=error >&2); then
+        echo "$js_want" >"$js_stamp"
+    else
+        say "warning: npm ci failed in $js; the MQTT.js tests will be skipped until it succeeds"
+    fi
 fi
 
 # ---------------------------------------------------------------------------- data directory
