@@ -100,7 +100,9 @@ def parse_query(params: list[tuple[str, str]], *, default_top: int, max_top: int
         if name not in KNOWN:
             raise BadRequest(f"unknown query option {name}; supported: {', '.join(sorted(KNOWN))}")
         if name in seen:
-            raise BadRequest(f"{name} is given twice; give it once")
+            if seen[name] == value:  # the same twice (pygeoapi re-sends its $expand with every nextLink)
+                continue
+            raise BadRequest(f"{name} is given twice with different values; give it once")
         seen[name] = value
         if name not in ("$top", "$skip", "$skiptoken"):
             passthrough.append((name, value))

@@ -12,6 +12,7 @@ from mqtt_bridge.topics import create_target
 from sensorthings.model.errors import BadRequest, NotFound
 from sensorthings.query import odata
 from sensorthings.query.entity_json import _expand_query, merge_expands
+from sensorthings.query.options import parse_query
 from sensorthings.query.path import parse_path
 
 
@@ -129,3 +130,12 @@ def test_create_topics_with_unknown_names_are_still_refused_as_bad_requests(topi
     create_target.cache_clear()
     with pytest.raises(BadRequest, match="is not a create topic"):
         create_target(topic)
+
+
+def test_a_system_option_repeated_with_the_same_value_is_taken_once() -> None:
+    """pygeoapi follows a nextLink with its $expand appended again; a different value is still refused."""
+    same = parse_query([("$expand", "Datastream"), ("$top", "5"), ("$expand", "Datastream")], default_top=100,
+                       max_top=1000)
+    assert [item.path for item in same.expand] == ["Datastream"] and same.top == 5
+    with pytest.raises(BadRequest, match=r"\$top is given twice with different values"):
+        parse_query([("$top", "5"), ("$top", "6")], default_top=100, max_top=1000)
