@@ -127,7 +127,8 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        message = "no such resource; the SensorThings API is at /v1.1" if exc.status_code == 404 else exc.detail
+        message = ("no such resource; the SensorThings API is at /v1.1 (and, for 1.0 clients, /v1.0)"
+                   if exc.status_code == 404 else exc.detail)
         return _json({"code": exc.status_code, "type": "error", "message": message}, exc.status_code)
 
     @app.exception_handler(Exception)

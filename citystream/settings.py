@@ -14,6 +14,7 @@ from pathlib import Path
 from citystream import logs
 from citystream.access_log import MODES as ACCESS_LOG_MODES
 from mqtt_bridge import identity
+from sensorthings.model import VERSIONS
 
 
 def _int_env(name: str, default: int) -> int:
@@ -69,8 +70,9 @@ class Settings:
     """Account of the embedded Mosquitto that sensors publish Observations with."""
     mqtt_sensor_password: str | None = field(default=None, repr=False)
     """Its password. None: generated once and kept in DATA_DIR/mosquitto/sensor-password."""
-    mqtt_anonymous_read: str = "v1.1/#"
-    """Topic filter anonymous MQTT clients may read; "" refuses anonymous clients."""
+    mqtt_anonymous_read: str = " ".join(f"{version}/#" for version in VERSIONS)
+    """Topic filters (separated by single spaces) anonymous MQTT clients may read, by default the STA topics
+    of every version ("v1.0/# v1.1/#"); "" refuses anonymous clients."""
     data_dir: Path = field(default_factory=lambda: Path(".citystream"))
     public_url: str | None = None
     """External base URL (e.g. https://iot.example.org) used in selfLinks. None: taken from the request,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from paho.mqtt.client import topic_matches_sub
 
-from mqtt_bridge.topics import PREFIX, collection_topic, split_select
+from mqtt_bridge.topics import PREFIXES, collection_topic, split_select
 from sensorthings.model.errors import StaError
 
 SUBSCRIBE_TOPIC = "$SYS/broker/log/M/subscribe"
@@ -84,6 +84,13 @@ class SubscriptionRegistry:
         if self._by_client.pop(client, None):
             self._rebuild()
 
+    def covers(self, version: str) -> bool:
+        """True when some subscription may match a topic of `version` (`v1.0/…`): the notifier renders a
+        version only for its subscribers."""
+        prefix = f"{version}/"
+        return (any(t.startswith(prefix) for t in self._exact)
+                or any(b == "#" or b.startswith((prefix, "+/")) for b, _ in self._wildcards))
+
     def filters(self) -> list[str]:
         return sorted({f for filters in self._by_client.values() for f in filters})
 
@@ -113,7 +120,7 @@ def _concerns_sta(topic_filter: str) -> bool:
     """Filters that can match a notification topic, with a `$select` that parses (others are ignored)."""
     if topic_filter.startswith("$"):
         return False  # $SYS, and $share groups (the bridge's own create subscriptions)
-    if not (topic_filter.startswith((PREFIX, "+/")) or topic_filter == "#"):
+    if not (topic_filter.startswith((*PREFIXES, "+/")) or topic_filter == "#"):
         return False
     if "?$select=" in topic_filter:
         try:

@@ -71,10 +71,10 @@ class EmbeddedMosquitto(_Service):
     Accounts (the ACL is `render_mosquitto_acl`, the same text as deploy/mosquitto/acl):
       - `citystream` (PLATFORM_MQTT_USER), the platform: readwrite `#`, read `$SYS/#`. Its password is
         generated once and kept in `platform-password`; connect with `platform_url`.
-      - the sensor account (`sensor_username`, default `sensor`): write `v1.1/Observations` and
-        `v1.1/+/Observations`, read `v1.1/#` and `citystream/errors/#`. Its password is the one given, or
-        generated once and kept in `sensor-password`.
-      - anonymous clients: read `anonymous_read` (default `v1.1/#`) and nothing else; "" refuses them.
+      - the sensor account (`sensor_username`, default `sensor`): write `v1.x/Observations` and
+        `v1.x/+/Observations` (each version served), read `v1.x/#` and `citystream/errors/#`. Its password
+        is the one given, or generated once and kept in `sensor-password`.
+      - anonymous clients: read `anonymous_read` (default `v1.0/# v1.1/#`) and nothing else; "" refuses them.
     Only the platform account may connect with a client id starting with `bridge_client_id` (the bridge's,
     default `citystream-bridge`, whose workers add `-w1`...) or subscribe in the bridge's shared subscription
     group (`$share/citystream/...`): the citystream_auth plugin (AUTH_PLUGIN_SOURCE, compiled on first use and

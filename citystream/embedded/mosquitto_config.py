@@ -22,11 +22,16 @@ from pathlib import Path
 
 from citystream.embedded.processes import EmbeddedServiceError
 from mqtt_bridge import identity
+from mqtt_bridge.topics import CREATE_FILTERS
+from sensorthings.model import VERSIONS
 
 PLATFORM_MQTT_USER = "citystream"
 """The platform's own Mosquitto account (MQTT bridge, notifications, $SYS log reader)."""
 DEFAULT_SENSOR_USER = "sensor"
-DEFAULT_ANONYMOUS_READ = "v1.1/#"
+STA_TOPIC_TREES = tuple(f"{version}/#" for version in VERSIONS)
+"""The STA topics of every version served (`v1.0/#`, `v1.1/#`)."""
+DEFAULT_ANONYMOUS_READ = " ".join(STA_TOPIC_TREES)
+"""What anonymous clients may read: topic filters separated by single spaces."""
 
 DEPLOY_MOSQUITTO_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 """deploy/mosquitto in a source checkout: the docker-compose copies of the generated config and ACL."""
@@ -182,7 +187,8 @@ def render_mosquitto_acl(
             f"MQTT sensor user name {sensor_username!r} must be letters, digits, . _ @ - and not "
             f"{PLATFORM_MQTT_USER!r} (CITYSTREAM_MQTT_SENSOR_USER)"
         )
-    _check_topic_filter(anonymous_read, "CITYSTREAM_MQTT_ANONYMOUS_READ")
+    for topic_filter in anonymous_read.split(" ") if anonymous_read else ():
+        _check_topic_filter(topic_filter, "CITYSTREAM_MQTT_ANONYMOUS_READ")
     lines = [
         "# Mosquitto ACL of CityStream, rendered by citystream.embedded.render_mosquitto_acl: change it there",
         "# (tests/unit/test_broker_config_rendering.py checks that deploy/mosquitto/acl is up to date).",
@@ -193,7 +199,7 @@ def render_mosquitto_acl(
     if anonymous_read:
         lines += [
             "# Anonymous clients (no user name): read only.",
-            f"topic read {anonymous_read}",
+            *(f"topic read {topic_filter}" for topic_filter in anonymous_read.split(" ")),
         ]
     else:
         lines += ["# Anonymous clients are refused (allow_anonymous false), so there is no rule for them."]
@@ -205,13 +211,12 @@ def render_mosquitto_acl(
         "topic readwrite #",
         "topic read $SYS/#",
         "",
-        "# Sensors: create Observations (v1.1/+/Observations covers Datastreams(id)/Observations and",
-        "# FeaturesOfInterest(id)/Observations), read the STA topics and the bridge's error reports, which it",
-        "# publishes under citystream/errors/<the topic the bad message was sent to>.",
+        "# Sensors: create Observations under every STA version (v1.1/+/Observations covers",
+        "# Datastreams(id)/Observations and FeaturesOfInterest(id)/Observations), read the STA topics and the",
+        "# bridge's error reports, which it publishes under citystream/errors/<the topic the bad message was sent to>.",
         f"user {sensor_username}",
-        "topic write v1.1/Observations",
-        "topic write v1.1/+/Observations",
-        "topic read v1.1/#",
+        *(f"topic write {topic_filter}" for topic_filter in CREATE_FILTERS),
+        *(f"topic read {tree}" for tree in STA_TOPIC_TREES),
         "topic read citystream/errors/#",
     ]
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ import psycopg
 from fastapi import Request, Response
 from psycopg import errors
 
-from sensorthings.model import VERSION
+from sensorthings.model import LATEST
 from sensorthings.model.errors import (
     BadRequest,
     Conflict,
@@ -26,10 +26,16 @@ from sensorthings.model.json_values import parse_observation_json, parse_request
 RETRYABLE = ("40001", "40P01")  # serialization failure, deadlock: the transaction is safe to run again
 
 
-def service_url(request: Request, public_url: str | None) -> str:
-    """Absolute URL of the service root, honouring a configured public URL or X-Forwarded-* headers."""
+def service_url(request: Request, public_url: str | None, version: str = LATEST) -> str:
+    """Absolute URL of the service root of `version`, honouring a configured public URL or X-Forwarded-*
+    headers."""
+    return f"{platform_url(request, public_url)}/{version}"
+
+
+def platform_url(request: Request, public_url: str | None) -> str:
+    """Absolute URL under which the versions of the service are (`…/v1.0`, `…/v1.1`)."""
     if public_url:
-        return f"{public_url.rstrip('/')}/{VERSION}"
+        return public_url.rstrip("/")
     headers = request.headers
     return _service_url(request.scope["scheme"], headers.get("host"), _server_netloc(request.scope),
                         headers.get("x-forwarded-proto"), headers.get("x-forwarded-host"),
@@ -57,7 +63,7 @@ def _service_url(scheme: str, host_header: str | None, server: str, forwarded_pr
     if not _HOST.fullmatch(host):
         host = server
     prefix = _forwarded(forwarded_prefix, _PREFIX) or ""
-    return f"{proto}://{host}{prefix.rstrip('/')}/{VERSION}"
+    return f"{proto}://{host}{prefix.rstrip('/')}"
 
 
 _PROTO = re.compile(r"https?")

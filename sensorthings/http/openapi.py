@@ -43,6 +43,7 @@ from sensorthings.http.openapi_schemas import (
     _schemas,
     _value_schema,
 )
+from sensorthings.model import LATEST
 from sensorthings.model.entities import ENTITIES, Entity, Storage
 from sensorthings.query.compiler import selectable_names
 from sensorthings.query.options import MAX_SKIP, RESULT_FORMATS
@@ -63,6 +64,8 @@ class ApiSettings:
     """The ingest path is wired, so POST CreateObservations can succeed."""
     guarded_delete: bool = True
     """Filtered DELETE is for operators: a bearer token, or a loopback client when none is configured."""
+    version: str = LATEST
+    """The API version described (model.VERSIONS): its properties only."""
 
 
 def _parameter(name: str) -> dict[str, str]:
@@ -108,7 +111,7 @@ def _parameters(settings: ApiSettings) -> dict[str, Any]:
                                                "(`true` for all).", text, example="false"), "required": True},
     }
     for entity in ENTITIES.values():
-        names = list(selectable_names(entity))
+        names = list(selectable_names(entity, settings.version))
         parameters[f"select-{entity.name}"] = _query(
             "$select", f"Only these properties of each {entity.name}.",
             {"type": "array", "minItems": 1, "items": {"type": "string", "enum": names}},
@@ -275,7 +278,7 @@ def _entity_set_paths(entity: Entity, settings: ApiSettings) -> dict[str, Any]:
                                                 many=False),
                              **_link_write("delete", unlink, tag, f"Remove a link from the {name}'s {relation.name}",
                                            None)}
-    for f in entity.fields:
+    for f in entity.fields_in(settings.version):
         prop = f"{one}/{f.name}"
         value = _value_schema(entity, f, reading=True)
         absent = {"204": {"description": "The property has no value"}} if _may_be_null(f) and not f.null_is_a_value \
@@ -331,7 +334,7 @@ def document(root: str, settings: ApiSettings = ApiSettings()) -> dict[str, Any]
     """The OpenAPI document for a service root URL; built once per URL and settings (read-only for callers)."""
     components: dict[str, Any] = {
         "parameters": _parameters(settings),
-        "schemas": _schemas(),
+        "schemas": _schemas(settings.version),
         "responses": {
             "BadRequest": _error_response("The request is invalid; the message says what to fix"),
             "Forbidden": _error_response("Operators only: send Authorization: Bearer <token>"),
@@ -346,9 +349,9 @@ def document(root: str, settings: ApiSettings = ApiSettings()) -> dict[str, Any]
                                                            "description": "CITYSTREAM_ADMIN_TOKEN"}}
     return {
         "openapi": "3.0.3",
-        "info": {"title": "CityStream SensorThings API", "version": "1.1",
-                 "description": "OGC SensorThings API 1.1 (with MultiDatastream, Data Array and batch requests), "
-                                "generated from the entity model.",
+        "info": {"title": "CityStream SensorThings API", "version": settings.version.removeprefix("v"),
+                 "description": f"OGC SensorThings API {settings.version.removeprefix('v')} (with MultiDatastream, "
+                                "Data Array and batch requests), generated from the entity model.",
                  "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}},
         "servers": [{"url": root}],
         "tags": [{"name": "Service"}, *({"name": e.set_name} for e in ENTITIES.values())],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sensorthings.http.batch import MAX_REQUESTS, METHODS
+from sensorthings.model import LATEST, VERSIONS
 from sensorthings.model.entities import ENTITIES, Entity, Relation
 from sensorthings.model.kinds import GEOJSON_ENCODINGS, Field
 from sensorthings.model.results import STREAMS
@@ -66,9 +67,9 @@ def _create_name(entity: Entity, via: Relation | None = None, level: int = 0) ->
 # ---------------------------------------------------------------------------------------------- schemas
 
 
-def _entity_schema(entity: Entity) -> dict[str, Any]:
+def _entity_schema(entity: Entity, version: str) -> dict[str, Any]:
     properties: dict[str, Any] = {"@iot.id": _ID, "@iot.selfLink": _URI}
-    properties |= {f.name: _value_schema(entity, f, reading=True) for f in entity.fields}
+    properties |= {f.name: _value_schema(entity, f, reading=True) for f in entity.fields_in(version)}
     for relation in entity.relations.values():
         properties[f"{relation.name}@iot.navigationLink"] = _URI
         target = _schema(relation.target)
@@ -87,37 +88,38 @@ def _collection_schema(items: dict[str, Any]) -> dict[str, Any]:
             "properties": {"@iot.count": _COUNT, "@iot.nextLink": _URI, "value": {"type": "array", "items": items}}}
 
 
-def _inline(relation: Relation, level: int, schemas: dict[str, Any]) -> dict[str, Any]:
+def _inline(relation: Relation, level: int, schemas: dict[str, Any], version: str) -> dict[str, Any]:
     """A related entity in a create at `level`: a link to an existing one, or a new one (deep insert)."""
     item: dict[str, Any] = _schema("Link")
     if level < DEEP_INSERT_LEVELS:
         # A to-one target, or an item of an ordered list, is created on its own and then linked.
         via = relation.inverse if relation.to_many and not relation.rank_column else None
-        item = {"anyOf": [item, _schema(_create(relation.target_entity, via, level + 1, schemas))]}
+        item = {"anyOf": [item, _schema(_create(relation.target_entity, via, level + 1, schemas, version))]}
     if not relation.to_many:
         return item
     return {"type": "array", "items": item, **({"minItems": 1} if relation.required else {})}
 
 
-def _create(entity: Entity, via: Relation | None, level: int, schemas: dict[str, Any]) -> str:
+def _create(entity: Entity, via: Relation | None, level: int, schemas: dict[str, Any], version: str) -> str:
     """Add the create schema of `entity` (with the ones it nests) to `schemas`; return its name."""
     name = _create_name(entity, via, level)
     if name not in schemas:
-        schemas[name] = _create_schema(entity, via, level, schemas)
+        schemas[name] = _create_schema(entity, via, level, schemas, version)
     return name
 
 
-def _create_schema(entity: Entity, via: Relation | None, level: int, schemas: dict[str, Any]) -> dict[str, Any]:
+def _create_schema(entity: Entity, via: Relation | None, level: int, schemas: dict[str, Any], version: str
+                   ) -> dict[str, Any]:
     """The body of a create (writer.create): properties, relations linked or inline, no other key."""
     given = {via.name} if via is not None else set()
     if via is not None and via.name in entity.exactly_one_of:
         given |= set(entity.exactly_one_of)  # the stream is the URL's; naming the other one too is a 400
-    properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields}
+    properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields_in(version)}
     required = [f.name for f in entity.fields if f.required and not f.server_maintained]
     for relation in entity.relations.values():
         if relation.name in given:
             continue
-        properties[relation.name] = _inline(relation, level, schemas)
+        properties[relation.name] = _inline(relation, level, schemas, version)
         if relation.required and relation.name not in entity.exactly_one_of and not relation.generated:
             required.append(relation.name)
     schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
@@ -129,10 +131,10 @@ def _create_schema(entity: Entity, via: Relation | None, level: int, schemas: di
     return schema
 
 
-def _update_schema(entity: Entity, *, replace: bool) -> dict[str, Any]:
+def _update_schema(entity: Entity, version: str, *, replace: bool) -> dict[str, Any]:
     """The body of a PATCH or (`replace`) PUT (writer.update): properties, and links to existing entities
     for to-one relations and a Thing's Locations."""
-    properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields}
+    properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields_in(version)}
     for relation in entity.relations.values():
         if not relation.to_many:
             properties[relation.name] = _schema("Link")
@@ -153,7 +155,8 @@ def _reference_body(target: Entity) -> dict[str, Any]:
     return {"anyOf": [_schema("Link"), link]}
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(version: str = LATEST) -> dict[str, Any]:
+    """The schemas of the document of API `version` (without the properties a later version added)."""
     schemas: dict[str, Any] = {
         "Error": {"type": "object", "required": ["code", "type", "message"],
                   "properties": {"code": {"type": "integer"}, "type": {"type": "string", "enum": ["error"]},
@@ -164,14 +167,19 @@ def _schemas() -> dict[str, Any]:
                       "properties": {"@iot.selfLink": _URI}},
         "ReferenceCollection": _collection_schema(_schema("Reference")),
         "ServiceRoot": {
-            "type": "object", "required": ["value", "serverSettings"],
+            "type": "object", "required": ["value", "serverSettings"] if version == LATEST else ["value"],
             "properties": {
                 "value": {"type": "array", "items": {
                     "type": "object", "required": ["name", "url"],
                     "properties": {"name": {"type": "string", "enum": [e.set_name for e in ENTITIES.values()]},
                                    "url": _URI}}},
-                "serverSettings": {"type": "object", "required": ["conformance"],
-                                   "properties": {"conformance": {"type": "array", "items": _URI}}}}},
+                "serverSettings": {
+                    "type": "object", "required": ["conformance", "versions"] if version == LATEST else ["versions"],
+                    "properties": {**({"conformance": {"type": "array", "items": _URI}} if version == LATEST else {}),
+                                   "versions": {"type": "array", "items": {
+                                       "type": "object", "required": ["name", "url"],
+                                       "properties": {"name": {"type": "string", "enum": list(VERSIONS)},
+                                                      "url": _URI}}}}}}},
         "DataArrayCollection": _collection_schema({
             "type": "object", "required": ["components", "dataArray"],
             "properties": {**{f"{s.name}@iot.navigationLink": _URI for s in STREAMS},
@@ -207,12 +215,12 @@ def _schemas() -> dict[str, Any]:
                                "headers": {"type": "object"}, "body": {}, "atomicityGroup": {"type": "string"}}}}}},
     }
     for entity in ENTITIES.values():
-        schemas[entity.name] = _entity_schema(entity)
+        schemas[entity.name] = _entity_schema(entity, version)
         schemas[f"{entity.name}Collection"] = _collection_schema(_schema(entity.name))
-        _create(entity, None, 0, schemas)
-        schemas[f"{entity.name}Patch"] = _update_schema(entity, replace=False)
-        schemas[f"{entity.name}Replace"] = _update_schema(entity, replace=True)
+        _create(entity, None, 0, schemas, version)
+        schemas[f"{entity.name}Patch"] = _update_schema(entity, version, replace=False)
+        schemas[f"{entity.name}Replace"] = _update_schema(entity, version, replace=True)
         for relation in entity.relations.values():
             if _creates_through(relation):
-                _create(relation.target_entity, relation.inverse, 0, schemas)
+                _create(relation.target_entity, relation.inverse, 0, schemas, version)
     return schemas

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from urllib.parse import parse_qsl
 
+from sensorthings.model import LATEST
 from sensorthings.model.errors import (
     BadRequest,
 )
@@ -18,8 +19,8 @@ MAX_STATEMENT_BYTES = 2 * 1024 * 1024
 CompiledRead = tuple[ResourcePath, QueryOptions, Compiled]
 
 
-def _compile_read(resource: str, query: str, base: str, limits: Limits) -> CompiledRead:
-    path = parse_path(resource)
+def _compile_read(resource: str, query: str, base: str, limits: Limits, version: str) -> CompiledRead:
+    path = parse_path(resource, version)
     params = parse_qsl(query, keep_blank_values=True)
     if not path.is_collection:
         misplaced = sorted({name for name, _ in params if name in COLLECTION_ONLY})
@@ -43,16 +44,18 @@ class CompileCache:
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str, str, Limits], CompiledRead] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str, Limits, str], CompiledRead] = OrderedDict()
         self._bytes = 0
 
-    def get(self, resource: str, query: str, base: str, limits: Limits) -> CompiledRead:
-        key = (resource, query, base, limits)
+    def get(self, resource: str, query: str, base: str, limits: Limits, version: str = LATEST) -> CompiledRead:
+        """The compiled read of `resource?query` under API `version` (the key keeps versions apart even
+        where a base URL would not)."""
+        key = (resource, query, base, limits, version)
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)
             return found
-        entry = _compile_read(resource, query, base, limits)
+        entry = _compile_read(resource, query, base, limits, version)
         self._entries[key] = entry
         self._bytes += len(entry[2].query)
         while self._bytes > self.max_bytes and self._entries:

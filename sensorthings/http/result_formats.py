@@ -17,6 +17,7 @@ import csv
 import io
 from typing import Any
 
+from sensorthings.model import LATEST
 from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.model.json_values import dumps_exact
 from sensorthings.model.kinds import GeoJson, Geometry
@@ -30,33 +31,36 @@ RELATIONS = frozenset(name for entity in ENTITIES.values() for name in entity.re
 """Keys whose values are expanded entities (flattened further) rather than property values (kept whole)."""
 
 
-def flatten(entity: dict[str, Any], prefix: str = "", *, every_property: bool = False) -> dict[str, Any]:
+def flatten(entity: dict[str, Any], prefix: str = "", *, every_property: bool = False, version: str = LATEST
+            ) -> dict[str, Any]:
     """One entity with its expanded relations as path -> value, in the order of the JSON; `every_property`:
-    with a None value for each absent property of an entity shown whole, in the model's order."""
+    with a None value for each absent property (that API `version` has) of an entity shown whole, in the
+    model's order."""
     if every_property:
-        entity = _with_absent_properties(entity)
+        entity = _with_absent_properties(entity, version)
     flat: dict[str, Any] = {}
     for key, value in entity.items():
         if key.endswith("@iot.navigationLink") or key.endswith("@iot.nextLink"):
             continue
         if key in RELATIONS and isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/", every_property=every_property))
+            flat.update(flatten(value, f"{prefix}{key}/", every_property=every_property, version=version))
         elif key in RELATIONS and isinstance(value, list):
             for n, item in enumerate(value):
-                flat.update(flatten(item, f"{prefix}{key}/{n}/", every_property=every_property))
+                flat.update(flatten(item, f"{prefix}{key}/{n}/", every_property=every_property, version=version))
         else:
             flat[prefix + key] = value
     return flat
 
 
-def _with_absent_properties(entity: dict[str, Any]) -> dict[str, Any]:
+def _with_absent_properties(entity: dict[str, Any], version: str) -> dict[str, Any]:
     """`entity` with its absent properties as None, in the model's order, when it is shown whole; as it is
     otherwise (a `$select` names what it wants, and no more columns are made up for it)."""
     kind = _shown_whole(entity)
-    if kind is None or all(name in entity for name in kind.property_names):
+    names = kind.property_names_in(version) if kind is not None else []
+    if kind is None or all(name in entity for name in names):
         return entity
     complete = {key: entity[key] for key in ("@iot.id", "@iot.selfLink")}
-    complete.update((name, entity.get(name)) for name in kind.property_names)
+    complete.update((name, entity.get(name)) for name in names)
     complete.update((key, value) for key, value in entity.items() if key not in complete)
     return complete
 
@@ -78,9 +82,9 @@ def _shown_whole(entity: dict[str, Any]) -> Entity | None:
     return kind
 
 
-def to_csv(entities: list[dict[str, Any]]) -> bytes:
+def to_csv(entities: list[dict[str, Any]], version: str = LATEST) -> bytes:
     """A header row of every path that occurs (in order of first appearance), then a row per entity."""
-    rows = [flatten(e, every_property=True) for e in entities]
+    rows = [flatten(e, every_property=True, version=version) for e in entities]
     columns = list(dict.fromkeys(key for row in rows for key in row))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")

@@ -35,7 +35,7 @@ from sensorthings.http.json_patch import JSON_PATCH, apply_json_patch, patch_ope
 from sensorthings.http.reads import CompileCache
 from sensorthings.http.result_formats import to_csv, to_geojson
 from sensorthings.http.transactions import in_change_set
-from sensorthings.model import VERSION
+from sensorthings.model import LATEST, VERSIONS
 from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity
 from sensorthings.model.errors import BadRequest, NotFound, StaError
 from sensorthings.model.json_values import parse_stored_json
@@ -50,7 +50,7 @@ from sensorthings.query.compiler import (
 )
 from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
-from sensorthings.write.bodies import link_id
+from sensorthings.write.bodies import check_version, link_id
 from sensorthings.write.data_array import read_data_arrays
 from sensorthings.write.ports import ChangeListener, ObservationSink
 from sensorthings.write.writer import Writer
@@ -74,6 +74,8 @@ MQTT_CONFORMANCE = [
 ]
 OBSERVATION = ENTITIES["Observation"]
 T = TypeVar("T")
+VERSION_SCOPE_KEY = "citystream.sta_version"
+"""Where a request's scope holds the API version it was addressed to (the requests of a $batch inherit it)."""
 CREATE_OBSERVATIONS = "CreateObservations"  # the Data Array extension's create resource (STA 1.1 §14.3)
 
 
@@ -107,6 +109,21 @@ def _creates_stream(body: Any) -> bool:
     return any(isinstance(s, dict) and "@iot.id" not in s for s in (body.get(r.name) for r in STREAMS))
 
 
+def request_version(request: Request) -> str:
+    """The API version (model.VERSIONS) a request was addressed to: `/v1.0/…` or `/v1.1/…`."""
+    version: str = request.scope.get(VERSION_SCOPE_KEY, LATEST)
+    return version
+
+
+def _versioned(version: str, endpoint: Callable[[Request], Awaitable[Response]]
+               ) -> Callable[[Request], Awaitable[Response]]:
+    """`endpoint` for the routes of `version`: the request's scope records the version first."""
+    async def versioned(request: Request) -> Response:
+        request.scope[VERSION_SCOPE_KEY] = version
+        return await endpoint(request)
+    return versioned
+
+
 def referenced_id(body: Any, target: Entity) -> int:
     """The id in a `$ref` body: {"@iot.id": n} or {"@iot.selfLink": ".../Things(n)"}."""
     if isinstance(body, dict) and "@iot.selfLink" in body:
@@ -122,7 +139,8 @@ def referenced_id(body: Any, target: Entity) -> int:
 
 
 class StaApi:
-    """Routes for `/v1.1`. Holds the connection pool and the limits; no entity knowledge."""
+    """Routes for `/v1.0` and `/v1.1` (model.VERSIONS), one store behind both. Holds the connection pool and
+    the limits; no entity knowledge (what differs between versions, the model says: Field.since)."""
 
     def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig,
                  observations: ObservationSink | None = None, listener: ChangeListener | None = None,
@@ -134,32 +152,45 @@ class StaApi:
         self.listener = listener
         self.compiled = CompileCache()
         self.router = APIRouter()
-        self.router.add_api_route(f"/{VERSION}", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
-        self.router.add_api_route(f"/{VERSION}/", self.service_root, methods=["GET", "HEAD"], include_in_schema=False)
-        self.router.add_api_route(f"/{VERSION}/api", self.api_document, methods=["GET", "HEAD"],
-                                  include_in_schema=False)
-        # A plain Starlette route: the handler reads the request itself, so FastAPI's parameter solving and
-        # route wrappers (~15% of a POST Observations' CPU) would buy nothing here.
-        self.router.routes.append(Route(f"/{VERSION}/{{resource:path}}", self._endpoint,
-                                        methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"],
-                                        include_in_schema=False))
+        for version in VERSIONS:
+            for root in (f"/{version}", f"/{version}/"):
+                self.router.routes.append(Route(root, _versioned(version, self.service_root), methods=["GET", "HEAD"],
+                                                include_in_schema=False))
+            self.router.routes.append(Route(f"/{version}/api", _versioned(version, self.api_document),
+                                            methods=["GET", "HEAD"], include_in_schema=False))
+            # A plain Starlette route: the handler reads the request itself, so FastAPI's parameter solving and
+            # route wrappers (~15% of a POST Observations' CPU) would buy nothing here.
+            self.router.routes.append(Route(f"/{version}/{{resource:path}}", _versioned(version, self._endpoint),
+                                            methods=["GET", "HEAD", "POST", "PATCH", "PUT", "DELETE"],
+                                            include_in_schema=False))
+
+    def _base(self, request: Request) -> str:
+        """The service root of the request's version: the base of every self, navigation and next link."""
+        return service_url(request, self.config.public_url, request_version(request))
 
     async def service_root(self, request: Request) -> Response:
-        base = service_url(request, self.config.public_url)
-        body = {
-            "value": [{"name": e.set_name, "url": f"{base}/{e.set_name}"} for e in ENTITIES.values()],
-            "serverSettings": self.server_settings(),
-        }
+        version = request_version(request)
+        base = self._base(request)
+        versions = [{"name": v, "url": service_url(request, self.config.public_url, v)} for v in VERSIONS]
+        body: dict[str, Any] = {
+            "value": [{"name": e.set_name, "url": f"{base}/{e.set_name}"} for e in ENTITIES.values()]}
+        # STA 1.1 §8.2 gives its root serverSettings with the conformance classes (all of them 1.1 classes);
+        # STA 1.0's root is only `value`, and its clients read nothing else: there the versions served go in
+        # a serverSettings of their own, and the conformance list stays where 1.1 defines it.
+        body["serverSettings"] = ({**self.server_settings(), "versions": versions} if version == LATEST
+                                  else {"versions": versions})
         return json_response(orjson.dumps(body), headers={
             "Link": f'<{base}/api>; rel="service-desc"; type="{openapi.OPENAPI_MEDIA_TYPE}"'})
 
     async def api_document(self, request: Request) -> Response:
-        """GET /v1.1/api: the OpenAPI 3.0 document, generated from the entity model (sensorthings.http.openapi)."""
-        return openapi.response(request, service_url(request, self.config.public_url), openapi.ApiSettings(
+        """GET /v1.x/api: the OpenAPI 3.0 document of that version, generated from the entity model
+        (sensorthings.http.openapi)."""
+        return openapi.response(request, self._base(request), openapi.ApiSettings(
             self.config.default_top, self.config.max_top, create_observations=self.observations is not None,
-            guarded_delete=self.bulk_guard is not None))
+            guarded_delete=self.bulk_guard is not None, version=request_version(request)))
 
     def server_settings(self) -> dict[str, Any]:
+        """The serverSettings of the 1.1 root: the conformance classes, and the MQTT endpoints."""
         settings: dict[str, Any] = {"conformance": list(CONFORMANCE)}
         if self.observations is not None:
             settings["conformance"].append(DATA_ARRAY_CONFORMANCE)
@@ -191,8 +222,9 @@ class StaApi:
         return await cursor.fetchone()
 
     async def get(self, request: Request, resource: str) -> Response:
-        base = service_url(request, self.config.public_url)
-        path, options, compiled = self.compiled.get(resource, request.url.query, base, self.config.limits)
+        base = self._base(request)
+        path, options, compiled = self.compiled.get(resource, request.url.query, base, self.config.limits,
+                                                    request_version(request))
         async with self.pool.connection() as conn:
             if path.is_collection:
                 value, more, count, parent_found, last_key = await self._fetch(conn, compiled)
@@ -205,7 +237,7 @@ class StaApi:
                     query = options.next_query(options.skip + options.top, last_key)
                     head["@iot.nextLink"] = f"{base}/{resource}?{query}"
                 if options.result_format in ("CSV", "GeoJSON"):
-                    return self._flattened(options.result_format, parse_stored_json(value), head)
+                    return self._flattened(options.result_format, parse_stored_json(value), head, path.version)
                 prefix = orjson.dumps(head)[:-1] + (b", " if head else b"")
                 return json_response(prefix + b'"value": ' + value.encode() + b"}")
             row = await self._fetch(conn, compiled)
@@ -218,12 +250,13 @@ class StaApi:
         return json_response(row[0])
 
     @staticmethod
-    def _flattened(result_format: str, entities: list[dict[str, Any]], head: dict[str, Any]) -> Response:
+    def _flattened(result_format: str, entities: list[dict[str, Any]], head: dict[str, Any], version: str
+                   ) -> Response:
         """$resultFormat=CSV or GeoJSON: the page's entities flattened (sensorthings.http.result_formats)."""
         if result_format == "GeoJSON":
             return Response(to_geojson(entities, head), media_type="application/geo+json")
         headers = {"Link": f'<{head["@iot.nextLink"]}>; rel="next"'} if "@iot.nextLink" in head else None
-        return Response(to_csv(entities), media_type="text/csv; charset=utf-8", headers=headers)
+        return Response(to_csv(entities, version), media_type="text/csv; charset=utf-8", headers=headers)
 
     async def _count(self, conn: AsyncConnection[Any], path: ResourcePath, options: QueryOptions, exact: int
                      ) -> int:
@@ -253,8 +286,9 @@ class StaApi:
             raise NotFound(f"nothing found at {described}")
         return int(row[0])
 
-    async def _entity_json(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, base: str) -> str:
-        row = await self._fetch(conn, compile_entity_by_id(entity, entity_id, base))
+    async def _entity_json(self, conn: AsyncConnection[Any], entity: Entity, entity_id: int, base: str,
+                           version: str = LATEST) -> str:
+        row = await self._fetch(conn, compile_entity_by_id(entity, entity_id, base, version))
         if row is None:  # deleted by a concurrent request since this one found it
             raise NotFound(f"no {entity.name} with @iot.id {entity_id}")
         return str(row[0])
@@ -271,12 +305,13 @@ class StaApi:
             return await self._batch(request)
         if resource == CREATE_OBSERVATIONS:
             return await self._create_observations(request)
-        path = parse_path(resource)
+        path = parse_path(resource, request_version(request))
         body = parse_json(await read_body(request, self.config.max_body_bytes),
                           observation=path.entity is OBSERVATION and not path.ref)
-        base = service_url(request, self.config.public_url)
+        base = self._base(request)
         if path.ref:
             return await self._link_reference(path, body, to_many=True)
+        check_version(path.entity, body, path.version)
         if not path.is_collection:
             raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
                              "use PATCH or PUT to change an entity")
@@ -292,7 +327,7 @@ class StaApi:
                 parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
                 new_id = await writer.create(entity, body, "body", relation.inverse, parent_id)
             await writer.finish()  # so the response shows the entity as committed (e.g. its summaries)
-            return new_id, await self._entity_json(conn, entity, new_id, base)
+            return new_id, await self._entity_json(conn, entity, new_id, base, path.version)
 
         new_id, created = await self._write(create)
         return json_response(created, 201, {"Location": f"{base}/{entity.set_name}({new_id})"})
@@ -316,7 +351,7 @@ class StaApi:
         if in_change_set():
             raise BadRequest("CreateObservations cannot be part of a change set; send it outside one")
         document = parse_json(await read_body(request, self.config.max_body_bytes))
-        base = service_url(request, self.config.public_url)
+        base = self._base(request)
         results = await self.observations.create_observations(read_data_arrays(document))
         links = [f"{base}/{OBSERVATION.set_name}({r})" if isinstance(r, int) else f"error {r}" for r in results]
         return json_response(orjson.dumps(links), 201)
@@ -325,7 +360,7 @@ class StaApi:
         """POST $batch, its requests through `handle` and its change sets through `_write`
         (sensorthings.http.batch_dispatch)."""
         raw = await read_body(request, self.config.max_body_bytes)
-        service_path = urlsplit(service_url(request, self.config.public_url)).path
+        service_path = urlsplit(self._base(request)).path
         return await BatchDispatch(self.handle, self._write).run(request, raw, service_path)
 
     async def _link_reference(self, path: ResourcePath, body: Any, *, to_many: bool) -> Response:
@@ -351,10 +386,10 @@ class StaApi:
         return await self._update(request, resource, replace=True)
 
     async def _update(self, request: Request, resource: str, *, replace: bool) -> Response:
-        path = parse_path(resource)
+        path = parse_path(resource, request_version(request))
         body = parse_json(await read_body(request, self.config.max_body_bytes),
                           observation=path.entity is OBSERVATION and not path.ref)
-        base = service_url(request, self.config.public_url)
+        base = self._base(request)
         if path.ref:
             if not replace:
                 raise BadRequest("use PUT …/$ref to set a single-valued link")
@@ -369,8 +404,9 @@ class StaApi:
         async def update(conn: AsyncConnection[Any], writer: Writer) -> str:
             entity_id = await self._resolve(conn, path)
             changes = await self._apply_json_patch(conn, entity, entity_id, body) if json_patch else body
-            await writer.update(entity, entity_id, changes, replace=replace)
-            return await self._entity_json(conn, entity, entity_id, base)
+            check_version(entity, changes, path.version)
+            await writer.update(entity, entity_id, changes, replace=replace, version=path.version)
+            return await self._entity_json(conn, entity, entity_id, base, path.version)
 
         return json_response(await self._write(update))
 
@@ -383,7 +419,7 @@ class StaApi:
         return apply_json_patch(entity, current, operations)
 
     async def delete(self, request: Request, resource: str) -> Response:
-        path = parse_path(resource)
+        path = parse_path(resource, request_version(request))
         if path.ref:
             relation = path.last.relation
             if relation is None or path.last.id is None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from sensorthings.model import in_version
+from sensorthings.model.errors import BadRequest
 from sensorthings.model.kinds import Field, GeoJson, Geometry, Instant, Interval, Json, JsonList, Result, Text
 
 
@@ -127,6 +129,30 @@ class Entity:
     def property_names(self) -> list[str]:
         return [f.name for f in self.fields]
 
+    @functools.cache  # noqa: B019 - entities are the model's singletons, versions a handful of strings
+    def fields_in(self, version: str) -> tuple[Field, ...]:
+        """The fields that `version` of the API has (Field.since)."""
+        return tuple(f for f in self.fields if in_version(f.since, version))
+
+    def field_in(self, name: str, version: str) -> Field | None:
+        """The field `name` as `version` has it; None also for one added later (see `newer_field`)."""
+        found = self.field(name)
+        return found if found is not None and in_version(found.since, version) else None
+
+    def property_names_in(self, version: str) -> list[str]:
+        return [f.name for f in self.fields_in(version)]
+
+    def newer_field(self, name: str, version: str) -> Field | None:
+        """The field `name` if a version after `version` added it: a client of an older version sent it."""
+        found = self.field(name)
+        return found if found is not None and not in_version(found.since, version) else None
+
+    def too_new(self, name: str, version: str, where: str) -> BadRequest:
+        """The error for a field of a later version used under `version`."""
+        since = self.fields_by_name[name].since
+        return BadRequest(f"{where}: {name} of a {self.name} is a {since} property, which {version} does not "
+                          f"have; use /{since} (the same entities are served there)")
+
 
 def _entity(
     name: str, set_name: str, table: str, *fields: Field, id_sequence: str = "", partition_column: str = "",
@@ -144,6 +170,13 @@ _STREAM_SUMMARIES = (
 )
 """What a Datastream and a MultiDatastream summarise of their Observations (widened by every write, narrowed
 by REST writes that take Observations away: write/summaries.py)."""
+
+
+def _properties_since_1_1() -> Json:
+    """`properties` of every entity but Thing: STA 1.0 (OGC 15-078r6) gives only a Thing properties, 1.1
+    (OGC 18-088) gives them to Location, Sensor, ObservedProperty, Datastream, FeatureOfInterest (and, in
+    the extension, MultiDatastream)."""
+    return Json("properties", "properties", since="v1.1")
 
 
 ENTITIES: dict[str, Entity] = {
@@ -165,7 +198,7 @@ ENTITIES: dict[str, Entity] = {
             Text("description", "description", required=True),
             Text("encodingType", "encoding_type", required=True),
             GeoJson("location", "location", required=True, geometry_column="location_geom"),
-            Json("properties", "properties"),
+            _properties_since_1_1(),
         ),
         _entity(
             "HistoricalLocation",
@@ -182,7 +215,7 @@ ENTITIES: dict[str, Entity] = {
             Text("observationType", "observation_type", required=True),
             Json("unitOfMeasurement", "unit_of_measurement", required=True),
             *_STREAM_SUMMARIES,
-            Json("properties", "properties"),
+            _properties_since_1_1(),
             result_types_field="observationType",
         ),
         _entity(
@@ -193,7 +226,7 @@ ENTITIES: dict[str, Entity] = {
             Text("description", "description", required=True),
             Text("encodingType", "encoding_type", required=True),
             Json("metadata", "metadata", required=True, object_only=False),
-            Json("properties", "properties"),
+            _properties_since_1_1(),
         ),
         _entity(
             "ObservedProperty",
@@ -202,7 +235,7 @@ ENTITIES: dict[str, Entity] = {
             Text("name", "name", required=True),
             Text("definition", "definition", required=True),
             Text("description", "description", required=True),
-            Json("properties", "properties"),
+            _properties_since_1_1(),
         ),
         _entity(
             "Observation",
@@ -226,7 +259,7 @@ ENTITIES: dict[str, Entity] = {
             Text("description", "description", required=True),
             Text("encodingType", "encoding_type", required=True),
             GeoJson("feature", "feature", required=True, geometry_column="feature_geom"),
-            Json("properties", "properties"),
+            _properties_since_1_1(),
             generated_from_column="generated_from_location_id",
         ),
         _entity(
@@ -239,7 +272,7 @@ ENTITIES: dict[str, Entity] = {
             JsonList("multiObservationDataTypes", "multi_observation_data_types", required=True, item_type=str),
             JsonList("unitOfMeasurements", "unit_of_measurements", required=True, item_type=dict),
             *_STREAM_SUMMARIES,
-            Json("properties", "properties"),
+            _properties_since_1_1(),
             result_types_field="multiObservationDataTypes",
         ),
     )

@@ -10,7 +10,7 @@ import functools
 
 from psycopg import sql
 
-from sensorthings.model import observation_ids
+from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import Entity
 from sensorthings.model.errors import BadRequest
 from sensorthings.query.addressed import matching_rows, parent_exists
@@ -46,8 +46,8 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
     """Columns: value JSON text, more-rows flag, count up to `limits.exact_count_limit + 1` (or NULL),
     parent-exists flag, and the keyset of the page's last row as JSON text (or NULL when the order is not
     keyset-safe; the caller then continues with $skip alone). After a `$skiptoken` the page starts at its
-    position and `$skip` is not applied (`options.offset`)."""
-    b = SqlBuilder(base_url)
+    position and `$skip` is not applied (`options.offset`). Rendered as the path's version has it."""
+    b = SqlBuilder(base_url, path.version)
     entity = path.entity
     e, p = b.alias(), b.alias()
     ranked = path.last.relation if path.last.relation is not None and path.last.relation.rank_column else None
@@ -117,7 +117,7 @@ def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, l
     if options.expand:
         raise BadRequest("$resultFormat=dataArray cannot be combined with $expand")
     components = options.select or DATA_ARRAY_COMPONENTS
-    allowed = ("id", *entity.property_names)
+    allowed = ("id", *entity.property_names_in(b.version))
     unknown = [c for c in components if c not in allowed]
     if unknown:
         raise BadRequest(f"$select: {unknown[0]!r} cannot be a Data Array component; choose from "
@@ -140,7 +140,7 @@ def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, l
 def compile_count_estimate(path: ResourcePath, options: QueryOptions) -> Compiled:
     """EXPLAIN of the rows a collection request matches: the planner's estimate, used for @iot.count when
     an exact count would exceed the configured limit (a count must never scan millions of rows)."""
-    b = SqlBuilder("")
+    b = SqlBuilder("", path.version)
     e = b.alias()
     statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} {} WHERE {}").format(
         sql.Identifier(path.entity.table), e, matching_rows(path, options, e, b))
@@ -151,7 +151,7 @@ def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | No
                    limits: Limits = _DEFAULT_LIMITS) -> Compiled:
     """One row (JSON text) when the addressed entity exists, no row otherwise; for a property without a
     value, one row holding NULL."""
-    b = SqlBuilder(base_url)
+    b = SqlBuilder(base_url, path.version)
     e = b.alias()
     entity = path.entity
     if path.prop is not None:
@@ -183,8 +183,8 @@ _TEMPLATE_ID = 3_141_592_653_589  # a dummy id whose value and day bounds appear
 
 
 @functools.lru_cache(maxsize=64)
-def _entity_template(entity: Entity, base_url: str) -> tuple[Compiled, dict[str, str]]:
-    compiled = compile_entity(ResourcePath((Step(entity, None, _TEMPLATE_ID),)), base_url)
+def _entity_template(entity: Entity, base_url: str, version: str) -> tuple[Compiled, dict[str, str]]:
+    compiled = compile_entity(ResourcePath((Step(entity, None, _TEMPLATE_ID),), version=version), base_url)
     lower, upper = observation_ids.day_bounds(_TEMPLATE_ID)
     roles: dict[str, str] = {}
     for name, value in compiled.params.items():
@@ -197,10 +197,10 @@ def _entity_template(entity: Entity, base_url: str) -> tuple[Compiled, dict[str,
     return compiled, roles
 
 
-def compile_entity_by_id(entity: Entity, entity_id: int, base_url: str) -> Compiled:
-    """`compile_entity` for `Set(id)` without options, from a statement compiled once per entity and base
-    URL (compiling costs ~0.5 ms; every POST, PATCH and PUT answers with the entity)."""
-    template, roles = _entity_template(entity, base_url)
+def compile_entity_by_id(entity: Entity, entity_id: int, base_url: str, version: str = LATEST) -> Compiled:
+    """`compile_entity` for `Set(id)` without options, from a statement compiled once per entity, base
+    URL and version (compiling costs ~0.5 ms; every POST, PATCH and PUT answers with the entity)."""
+    template, roles = _entity_template(entity, base_url, version)
     lower, upper = observation_ids.day_bounds(entity_id)
     values = {"id": entity_id, "lower": lower, "upper": upper}
     params = {k: values[roles[k]] if k in roles else v for k, v in template.params.items()}

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from psycopg import sql
 
+from sensorthings.model import LATEST
 from sensorthings.model.entities import Entity, Relation
 from sensorthings.model.errors import BadRequest
 from sensorthings.query.expressions import ExpressionCompiler
@@ -30,17 +31,20 @@ class Limits:
     exact_count_limit: int = 100_000
 
 
-def selectable_names(entity: Entity) -> tuple[str, ...]:
-    """What `$select` takes for `entity`: the id and selfLink annotations, properties, navigation properties."""
-    return ("id", "@iot.id", "@iot.selfLink", *entity.property_names, *entity.relations)
+def selectable_names(entity: Entity, version: str = LATEST) -> tuple[str, ...]:
+    """What `$select` takes for `entity` in `version`: the id and selfLink annotations, properties,
+    navigation properties."""
+    return ("id", "@iot.id", "@iot.selfLink", *entity.property_names_in(version), *entity.relations)
 
 
-def _select_names(entity: Entity, select: tuple[str, ...]) -> set[str]:
-    allowed = set(selectable_names(entity))
+def _select_names(entity: Entity, select: tuple[str, ...], version: str) -> set[str]:
+    allowed = set(selectable_names(entity, version))
     unknown = [name for name in select if name not in allowed]
+    if unknown and entity.newer_field(unknown[0], version) is not None:
+        raise entity.too_new(unknown[0], version, "$select")
     if unknown:
         raise BadRequest(f"$select: {entity.name} has no property {unknown[0]!r}; choose from "
-                         f"{', '.join(['id', *entity.property_names, *entity.relations])}")
+                         f"{', '.join(['id', *entity.property_names_in(version), *entity.relations])}")
     return set(select)
 
 
@@ -50,7 +54,7 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
     in `select`, when given), with the `expand`ed related entities inline. An optional property without a
     value is left out (as FROST does; `null` broke pygeoapi), as is an expanded to-one entity that the row
     does not have (an Observation's Datastream when it belongs to a MultiDatastream)."""
-    chosen = _select_names(entity, select)
+    chosen = _select_names(entity, select, b.version)
 
     def wanted(name: str) -> bool:
         return not chosen or name in chosen
@@ -61,7 +65,7 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         pairs.append(_Pair.of("@iot.id", qualified(alias, "id")))
     if wanted("@iot.selfLink"):
         pairs.append(_Pair.link("@iot.selfLink", link))
-    for f in entity.fields:
+    for f in entity.fields_in(b.version):
         if wanted(f.name):
             always = f.required or f.null_is_a_value or f.defaults_to_now  # NOT NULL columns
             pairs.append(_Pair(sql.Literal(f.name), json.dumps(f.name), partial(f.json_sql, alias),

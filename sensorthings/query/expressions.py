@@ -60,6 +60,9 @@ class Builder(Protocol):
 
     def alias(self) -> sql.Identifier: ...
 
+    @property
+    def version(self) -> str: ...
+
 
 JoinFn = Callable[[Relation, sql.Identifier, sql.Identifier], sql.Composable]
 
@@ -307,11 +310,14 @@ class ExpressionCompiler:
             if segment in ("id", "@iot.id") and not rest:
                 operand = Operand("number", sql.SQL("{}.id").format(alias))
             else:
-                field = entity.field(segment)
+                field = entity.field_in(segment, self.b.version)
+                if entity.newer_field(segment, self.b.version) is not None:
+                    raise entity.too_new(segment, self.b.version, f"{self.option}: {path}")
                 if field is None:
                     raise BadRequest(
                         f"{self.option}: {path}: {entity.name} has no property or relation {segment!r}; properties: "
-                        f"{', '.join(['id', *entity.property_names])}; relations: {', '.join(entity.relations)}")
+                        f"{', '.join(['id', *entity.property_names_in(self.b.version)])}; "
+                        f"relations: {', '.join(entity.relations)}")
                 operand = field.operand(alias, rest, self.b.param)
             return self._through(chain, operand) if chain else operand
         raise BadRequest(f"{self.option}: {path} ends at a relation; name one of its properties, e.g. {path}/id")

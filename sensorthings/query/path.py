@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sensorthings.model import LATEST
 from sensorthings.model.entities import ENTITY_SETS, Entity, Relation
 from sensorthings.model.errors import BadRequest, NotFound
 from sensorthings.model.kinds import Field
@@ -38,6 +39,7 @@ class ResourcePath:
     value: bool = False  # `$value` after a property
     members: tuple[str, ...] = ()  # a path into a JSON property (`properties/owner`)
     ref: bool = False  # `$ref` after an entity or collection
+    version: str = LATEST  # the API version the path was addressed under (model.VERSIONS)
 
     @property
     def last(self) -> Step:
@@ -61,8 +63,9 @@ def parse_id(key: str, where: str) -> int:
     return value
 
 
-def parse_path(path: str) -> ResourcePath:
-    """Parse and check a resource path relative to the service root (no leading version segment)."""
+def parse_path(path: str, version: str = LATEST) -> ResourcePath:
+    """Parse and check a resource path relative to the service root of `version` (no leading version
+    segment); a property that `version` does not have is unknown there."""
     segments = [s for s in path.strip("/").split("/")]
     if not segments or segments == [""]:
         raise BadRequest("empty resource path")
@@ -87,31 +90,33 @@ def parse_path(path: str) -> ResourcePath:
                              f"{previous.entity.set_name}(1)/{name}")
         relation = previous.entity.relations.get(name)
         if relation is None:
-            field = previous.entity.field(name)
+            field = previous.entity.field_in(name, version)
+            if previous.entity.newer_field(name, version) is not None:
+                raise NotFound(str(previous.entity.too_new(name, version, segment).message))
             if field is None:  # an unknown resource, as OData 4.01 §11.2.6 (and FROST) answer it
                 raise NotFound(
                     f"{previous.entity.name} has no property or navigation property {name!r}; "
-                    f"properties: {', '.join(previous.entity.property_names)}; "
+                    f"properties: {', '.join(previous.entity.property_names_in(version))}; "
                     f"navigation: {', '.join(previous.entity.relations)}"
                 )
             if key is not None:
                 raise BadRequest(f"{name} is a property of {previous.entity.name}, not a collection; "
                                  f"drop the ({key})")
-            return _after_property(steps, field, segments[index + 1 :])
+            return _after_property(steps, field, segments[index + 1 :], version)
         if key is not None and not relation.to_many:
             raise BadRequest(f"{name} is a single entity; drop the ({key})")
         steps.append(Step(relation.target_entity, relation, None if key is None else parse_id(key, segment)))
     else:
-        return ResourcePath(tuple(steps))
+        return ResourcePath(tuple(steps), version=version)
     rest = segments[index:]
     if not steps:
         raise BadRequest(f"{rest[0]} must follow an entity or collection")
     if rest == ["$ref"]:
-        return ResourcePath(tuple(steps), ref=True)
+        return ResourcePath(tuple(steps), ref=True, version=version)
     raise BadRequest(f"unexpected {'/'.join(rest)!r}; $value follows a property, $ref an entity or collection")
 
 
-def _after_property(steps: list[Step], field: Field, rest: list[str]) -> ResourcePath:
+def _after_property(steps: list[Step], field: Field, rest: list[str], version: str) -> ResourcePath:
     """`name`, `name/$value`, and for JSON properties a member path such as `properties/owner/$value`."""
     value = bool(rest) and rest[-1] == "$value"
     members = tuple(rest[:-1] if value else rest)
@@ -119,4 +124,4 @@ def _after_property(steps: list[Step], field: Field, rest: list[str]) -> Resourc
         raise BadRequest(f"unexpected {'/'.join(rest)!r} after the property {field.name}; only $value may follow")
     if any(not m or m.startswith("$") for m in members):
         raise BadRequest(f"unexpected {'/'.join(rest)!r} after the property {field.name}")
-    return ResourcePath(tuple(steps), prop=field, value=value, members=members)
+    return ResourcePath(tuple(steps), prop=field, value=value, members=members, version=version)

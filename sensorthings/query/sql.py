@@ -10,15 +10,17 @@ from typing import Any
 
 from psycopg import sql
 
-from sensorthings.model import observation_ids
+from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import Entity, Relation, Storage
 from sensorthings.query.path import Step
 
 
 class SqlBuilder:
-    """Collects bind parameters and hands out fresh table aliases for one statement."""
+    """Collects bind parameters and hands out fresh table aliases for one statement, which renders and
+    reads the entities as API `version` has them (model.VERSIONS)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, version: str = LATEST) -> None:
+        self.version = version
         self.params: dict[str, Any] = {}
         self._aliases = itertools.count()
         self.base = self.param(base_url)

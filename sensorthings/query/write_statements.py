@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from psycopg import sql
 
-from sensorthings.model import observation_ids
+from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.query.addressed import matching_rows, parent_exists
 from sensorthings.query.compiled import Compiled
@@ -82,7 +82,7 @@ def compile_filtered_delete(path: ResourcePath, options: QueryOptions) -> Compil
     the Observations themselves, or those of deleted FeaturesOfInterest, which the foreign key cascades to.
     Link-table cascades the model declares (a Location's HistoricalLocations) go first, as for a single
     delete."""
-    b = SqlBuilder("")
+    b = SqlBuilder("", path.version)
     entity, e = path.entity, b.alias()
     matching = sql.SQL("SELECT {e}.id FROM {table} {e} WHERE {cond}").format(
         e=e, table=sql.Identifier(entity.table), cond=matching_rows(path, options, e, b))
@@ -155,17 +155,20 @@ def notified_relations(entity: Entity) -> list[Relation]:
             if r.inverse.to_many and r.storage in (Storage.FK_ON_SOURCE, Storage.LINK_TABLE)]
 
 
-def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple[str, ...] = ()) -> Compiled:
+def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple[str, ...] = (),
+                    version: str = LATEST) -> Compiled:
     """For each of `ids`: the id, the ids of related entities per `notified_relations` (one array each) and
-    the entity's JSON exactly as GET renders it (with `select` as `$select`), for MQTT notifications. From a
-    statement compiled once per entity, base URL and select: the notifier runs it for every batch."""
-    template, ids_name = _changed_template(entity, base_url, select)
+    the entity's JSON exactly as GET of `version` renders it (with `select` as `$select`), for MQTT
+    notifications. From a statement compiled once per entity, base URL, select and version: the notifier runs
+    it for every batch."""
+    template, ids_name = _changed_template(entity, base_url, select, version)
     return Compiled(template.statement, {**template.params, ids_name: ids}, rendered=template.rendered)
 
 
 @functools.lru_cache(maxsize=256)
-def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...]) -> tuple[Compiled, str]:
-    b = SqlBuilder(base_url)
+def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...], version: str
+                      ) -> tuple[Compiled, str]:
+    b = SqlBuilder(base_url, version)
     e = b.alias()
     related: list[sql.Composable] = []
     for relation in notified_relations(entity):

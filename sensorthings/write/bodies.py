@@ -9,6 +9,7 @@ from typing import Any
 
 from psycopg import sql
 
+from sensorthings.model import LATEST
 from sensorthings.model.entities import Entity
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.kinds import GEOJSON_ENCODINGS, Field
@@ -40,6 +41,22 @@ def link_id(value: Any, where: str) -> int | None:
 
 
 
+def check_version(entity: Entity, body: Any, version: str, where: str = "body") -> None:
+    """Refuse a property that `version` of the API does not have (Field.since), anywhere in a (deep insert)
+    body: a v1.0 client sending a Location's `properties` is told to use /v1.1. Linked entities
+    (`{"@iot.id": n, …}`) are not read, so their other keys do not count. Nothing to do for the latest version."""
+    if version == LATEST or not isinstance(body, dict) or "@iot.id" in body:
+        return
+    for key, value in body.items():
+        if entity.newer_field(key, version) is not None:
+            raise entity.too_new(key, version, where)
+        relation = entity.relations.get(key)
+        if relation is not None:
+            for n, item in enumerate(value if isinstance(value, list) else [value]):
+                inner = f"{where}.{key}" + (f"[{n}]" if isinstance(value, list) else "")
+                check_version(relation.target_entity, item, version, inner)
+
+
 def check_keys(entity: Entity, body: dict[str, Any], where: str) -> None:
     """Reject keys that are neither a property nor a relation of `entity`, saying which ones exist."""
     allowed = entity.json_keys
@@ -55,12 +72,17 @@ def check_keys(entity: Entity, body: dict[str, Any], where: str) -> None:
             field=f"{where}.{key}")
 
 
-def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: bool, now: datetime | None
-                 ) -> dict[str, Any]:
-    """Column values for the fields in `body`; with `complete`, every field (create, PUT).
+def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: bool, now: datetime | None,
+                 version: str = LATEST) -> dict[str, Any]:
+    """Column values for the fields in `body`; with `complete`, every field that API `version` has (create,
+    PUT: a PUT under v1.0 leaves the properties only v1.1 shows as they are).
     (On the ingest hot path: it walks the body's few keys, not all fields, and optional fields that are
     absent come from one precomputed dict.)"""
     columns: dict[str, Any] = dict(entity.absent_optional_columns) if complete else {}
+    if complete and version != LATEST:
+        for newer in (f for f in entity.fields if f not in entity.fields_in(version)):
+            for column in newer.columns:
+                columns.pop(column, None)
     fields = entity.fields_by_name
     for name, value in body.items():
         f = fields.get(name)

@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
-from sensorthings.model import observation_ids
+from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.model.errors import BadRequest, NotFound, PartitionMissing
 from sensorthings.model.kinds import GeoJson, JsonList, Result
@@ -310,8 +310,8 @@ class Writer:
 
     # ---------------------------------------------------------------- update
 
-    async def update(self, entity: Entity, entity_id: int, body: Any, *, replace: bool, where: str = "body"
-                     ) -> None:
+    async def update(self, entity: Entity, entity_id: int, body: Any, *, replace: bool, where: str = "body",
+                     version: str = LATEST) -> None:
         """PATCH (only the fields sent change) or PUT (`replace`: fields not sent are reset)."""
         if not isinstance(body, dict):
             raise BadRequest(f"{where} must be a JSON object with the properties to change")
@@ -320,7 +320,7 @@ class Writer:
             if str(body.pop("@iot.id")) != str(entity_id):
                 raise BadRequest(f"{where}.@iot.id differs from the id in the URL; ids cannot change")
         check_keys(entity, body, where)
-        columns = parse_fields(entity, body, where, complete=replace, now=self.now)
+        columns = parse_fields(entity, body, where, complete=replace, now=self.now, version=version)
         relinks: list[tuple[Relation, list[int]]] = []
         for name, relation in entity.relations.items():
             if name not in body:

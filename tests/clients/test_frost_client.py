@@ -14,9 +14,10 @@ UNIT = {"name": "degree Celsius", "symbol": "°C", "definition": "http://unitsof
 TIMES = ["2024-05-01T10:00:00Z", "2024-05-01T10:05:00Z", "2024-05-01T10:10:00Z"]
 
 
-@pytest.fixture
-def service(sta: str) -> fsc.SensorThingsService:
-    return fsc.SensorThingsService(sta)
+@pytest.fixture(params=["v1.1", "v1.0"])
+def service(sta: str, request: pytest.FixtureRequest) -> fsc.SensorThingsService:
+    """The client on either version's root: many FROST layer configs still say 1.0 (the same store)."""
+    return fsc.SensorThingsService(sta.removesuffix("/v1.1") + "/" + request.param)
 
 
 def new_thing(service: fsc.SensorThingsService) -> fsc.Thing:

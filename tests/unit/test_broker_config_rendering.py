@@ -44,7 +44,7 @@ def test_settings_and_flags() -> None:
             mp.delenv(name, raising=False)
         default = settings_from(parser.parse_args(["up"]))
         assert (default.mqtt_ws_port, default.mqtt_sensor_user, default.mqtt_sensor_password,
-                default.mqtt_anonymous_read) == (9001, "sensor", None, "v1.1/#")
+                default.mqtt_anonymous_read) == (9001, "sensor", None, "v1.0/# v1.1/#")
         assert settings_from(parser.parse_args(["up", "--mqtt-ws-port", "9100"])).mqtt_ws_port == 9100
         mp.setenv("CITYSTREAM_MQTT_WS_PORT", "9200")
         mp.setenv("CITYSTREAM_MQTT_SENSOR_USER", "meter")
