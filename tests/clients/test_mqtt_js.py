@@ -149,18 +149,20 @@ def sensor(broker: EmbeddedMosquitto) -> dict[str, str]:
     return {"username": broker.sensor_username, "password": broker.sensor_password}
 
 
+@pytest.mark.parametrize("sta_version", ["v1.1", "v1.0"])
 def test_notifications_over_websocket_equal_the_get_of_their_self_link(
-        app: str, broker: EmbeddedMosquitto, sensor: dict[str, str]) -> None:
-    sta = f"{app}/v1.1"
+        app: str, broker: EmbeddedMosquitto, sensor: dict[str, str], sta_version: str) -> None:
+    """Topics and entities of both STA versions (Masterportal layer configs still say 1.0)."""
+    sta = f"{app}/{sta_version}"
     datastream = create_datastream(sta)
-    topic = f"v1.1/Datastreams({datastream})/Observations"
+    topic = f"{sta_version}/Datastreams({datastream})/Observations"
     subscribers: list[dict[str, Any]] = [
         {"name": f"{where}-v{version}-qos{qos}", "url": url, "protocolVersion": version,
-         "clientId": f"js-{where}-v{version}-q{qos}", "subscribe": {topic: qos}}
+         "clientId": f"js-{where}-v{version}-q{qos}-{sta_version}", "subscribe": {topic: qos}}
         for where, url in endpoints(app, broker).items() for version in (4, 5) for qos in (0, 1, 2)]
     publishers: list[dict[str, Any]] = [
         {"name": f"sensor-v{version}", "url": relay_url(app), "protocolVersion": version,
-         "clientId": f"js-sensor-v{version}", **sensor} for version in (4, 5)]
+         "clientId": f"js-sensor-v{version}-{sta_version}", **sensor} for version in (4, 5)]
     node = NodeClients(subscribers + publishers)
     try:
         for spec in subscribers:
