@@ -28,7 +28,6 @@ from sensorthings.write.bodies import check_keys, column_value, link_id, parse_f
 from sensorthings.write.derived import (
     FEATURE_COLUMN,
     FEATURE_OF_INTEREST,
-    HISTORICAL_LOCATION,
     LOCATION,
     OBSERVATION,
     PHENOMENON_END,
@@ -38,37 +37,25 @@ from sensorthings.write.derived import (
     insert_row,
     stream_facts,
 )
+from sensorthings.write.history import LocationHistory
 from sensorthings.write.ports import Change
 from sensorthings.write.summaries import StreamSummaries
 
 THING = ENTITIES["Thing"]
 THING_LOCATIONS = THING.relation("Locations")
 LOCATION_THINGS = THING_LOCATIONS.inverse
-LOCATION_HISTORY = LOCATION.relation("HistoricalLocations")
 _result = OBSERVATION.fields_by_name["result"]
 assert isinstance(_result, Result)
 RESULT: Result = _result
 _RELOCATIONS = sql.Identifier(observation_ids.RELOCATIONS_TABLE)
 _FORGET_RELOCATION = sql.SQL("DELETE FROM {} WHERE id = %s").format(_RELOCATIONS)
-# What _record_history runs per relocated Thing.
-_LOCK_THING = sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR NO KEY UPDATE").format(sql.Identifier(THING.table))
-_UNLINK_OTHER_LOCATIONS = sql.SQL("DELETE FROM {} WHERE {thing} = %s AND {location} <> ALL(%s)").format(
-    sql.Identifier(THING_LOCATIONS.link_table), thing=sql.Identifier(THING_LOCATIONS.link_source_column),
-    location=sql.Identifier(THING_LOCATIONS.link_target_column))
-_INSERT_HISTORICAL_LOCATION = sql.SQL("INSERT INTO {} ({}, {}) VALUES (%(t)s, %(thing)s) RETURNING id").format(
-    sql.Identifier(HISTORICAL_LOCATION.table), sql.Identifier(HISTORICAL_LOCATION.fields_by_name["time"].column),
-    sql.Identifier(HISTORICAL_LOCATION.relation("Thing").column))
-_LINK_HISTORY = sql.SQL("INSERT INTO {} ({}, {}) SELECT unnest(%s::bigint[]), %s").format(
-    sql.Identifier(LOCATION_HISTORY.link_table), sql.Identifier(LOCATION_HISTORY.link_source_column),
-    sql.Identifier(LOCATION_HISTORY.link_target_column))
 
 
 class Writer:
     def __init__(self, conn: AsyncConnection[Any], now: datetime) -> None:
         self.conn = conn
         self.now = now
-        self._new_things: set[int] = set()
-        self._located: dict[int, set[int]] = {}  # thing id -> Locations newly linked in this request
+        self.history = LocationHistory()
         self.summaries = StreamSummaries(conn)
         self._partitions: set[tuple[int, int]] = set()
         self.changes: list[Change] = []
@@ -152,7 +139,7 @@ class Writer:
         links |= {name: None for name in entity.exactly_one_of if name not in links}  # the stream it does not have
         self.changes.append(Change(entity, new_id, created=True, links=links))
         if entity is ENTITIES["Thing"]:
-            self._new_things.add(new_id)
+            self.history.thing_created(new_id)
         if entity is OBSERVATION:
             self.summaries.gained(columns)
         return new_id
@@ -268,9 +255,9 @@ class Writer:
             if cursor.rowcount == 0:
                 return False  # already linked: nothing changed, so no history either
             if relation is THING_LOCATIONS:
-                self._located.setdefault(source_id, set()).add(target_id)
+                self.history.located(source_id, target_id)
             elif relation is LOCATION_THINGS:
-                self._located.setdefault(target_id, set()).add(source_id)
+                self.history.located(target_id, source_id)
         elif relation.storage is Storage.FK_ON_TARGET:
             await self._set_fk(relation.target_entity, target_id, relation.inverse, source_id)
         else:
@@ -478,23 +465,8 @@ class Writer:
     async def finish(self) -> None:
         """Apply the per-request side effects before commit. Idempotent: a second call finds nothing to do
         (POST calls it early so that the entity it returns already shows them)."""
-        await self._record_history()
+        await self.history.record(self.conn, self.now, self.changes)
         await self.summaries.apply()
-
-    async def _record_history(self) -> None:
-        """A Thing that got new Locations gets a HistoricalLocation; an existing Thing's earlier Locations are
-        replaced, so that its Locations are always its current position (as FROST does)."""
-        for thing_id, location_ids in sorted(self._located.items()):
-            # Serialise concurrent relocations of one Thing, so that the last one wins instead of each
-            # keeping its own Location (every statement below then sees the others' committed links).
-            # NO KEY UPDATE: it must not conflict with the KEY SHARE locks the link rows' foreign keys hold.
-            await self.conn.execute(_LOCK_THING, (thing_id,))
-            if thing_id not in self._new_things:
-                await self.conn.execute(_UNLINK_OTHER_LOCATIONS, (thing_id, sorted(location_ids)))
-            row = await self._fetch_one(_INSERT_HISTORICAL_LOCATION, {"t": self.now, "thing": thing_id})
-            self.changes.append(Change(HISTORICAL_LOCATION, int(row[0]), created=True, links={"Thing": thing_id}))
-            await self.conn.execute(_LINK_HISTORY, (sorted(location_ids), row[0]))
-        self._located.clear()
 
 
 def _fixed_links(relation: Relation) -> BadRequest:
