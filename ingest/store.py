@@ -29,10 +29,8 @@ from sensorthings.model import observation_ids
 from sensorthings.model.entities import Relation, Storage
 from sensorthings.model.results import OBSERVATION, STREAMS, result_error
 from sensorthings.query.compiler import compile_created
+from sensorthings.query.write_statements import PHENOMENON_END, PHENOMENON_START, RESULT_TIME
 from sensorthings.write.derived import (
-    PHENOMENON_END,
-    PHENOMENON_START,
-    RESULT_TIME,
     ObservationTouch,
     StreamFacts,
     StreamKey,

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
+from sensorthings.model.results import STREAMS
 from sensorthings.query.addressed import matching_rows, parent_exists
 from sensorthings.query.compiled import Compiled
 from sensorthings.query.entity_json import entity_json
@@ -21,11 +22,11 @@ from sensorthings.query.sql import SqlBuilder, qualified, step_conditions
 
 _OBSERVATION = ENTITIES["Observation"]
 _OBSERVATION_FEATURE = _OBSERVATION.relation("FeatureOfInterest")
-_STREAMS = tuple(_OBSERVATION.relation(name) for name in _OBSERVATION.exactly_one_of)
-_PHENOMENON_START, _PHENOMENON_END = _OBSERVATION.fields_by_name["phenomenonTime"].columns
-_RESULT_TIME = _OBSERVATION.fields_by_name["resultTime"].column
-SUMMARY_COLUMNS: tuple[str, ...] = (_PHENOMENON_START, _PHENOMENON_END, _RESULT_TIME, _OBSERVATION_FEATURE.column,
-                                    *(r.column for r in _STREAMS))
+PHENOMENON_START, PHENOMENON_END = _OBSERVATION.fields_by_name["phenomenonTime"].columns
+RESULT_TIME = _OBSERVATION.fields_by_name["resultTime"].column
+FEATURE_COLUMN = _OBSERVATION_FEATURE.column
+SUMMARY_COLUMNS: tuple[str, ...] = (PHENOMENON_START, PHENOMENON_END, RESULT_TIME, FEATURE_COLUMN,
+                                    *(r.column for r in STREAMS))
 """The Observation columns its stream's summary (phenomenonTime, resultTime, observedArea) is made of."""
 
 
@@ -49,9 +50,9 @@ def removed_streams(observations: sql.Composable) -> sql.Composable:
     """A scalar subquery over `observations` (a FROM item with the SUMMARY_COLUMNS): one JSON object per stream
     of those Observations with their extent there (read by `read_removed`), NULL when there are none."""
     o = sql.Identifier("o")
-    streams = [sql.SQL("{}.{} AS {}").format(o, sql.Identifier(r.column), sql.Identifier(r.name)) for r in _STREAMS]
-    start, end = (sql.SQL("{}.{}").format(o, sql.Identifier(c)) for c in (_PHENOMENON_START, _PHENOMENON_END))
-    result_time = sql.SQL("{}.{}").format(o, sql.Identifier(_RESULT_TIME))
+    streams = [sql.SQL("{}.{} AS {}").format(o, sql.Identifier(r.column), sql.Identifier(r.name)) for r in STREAMS]
+    start, end = (sql.SQL("{}.{}").format(o, sql.Identifier(c)) for c in (PHENOMENON_START, PHENOMENON_END))
+    result_time = sql.SQL("{}.{}").format(o, sql.Identifier(RESULT_TIME))
     return sql.SQL(
         "(SELECT json_agg(s) FROM (SELECT {streams}, min({start}) AS {k0}, max(coalesce({end}, {start})) AS {k1},"
         " min({result}) AS {k2}, max({result}) AS {k3}, array_agg(DISTINCT {o}.{feature}) AS {k4}"
@@ -59,14 +60,14 @@ def removed_streams(observations: sql.Composable) -> sql.Composable:
         streams=sql.SQL(", ").join(streams), start=start, end=end, result=result_time, o=o,
         feature=sql.Identifier(_OBSERVATION_FEATURE.column), observation_rows=observations,
         **{f"k{n}": sql.Identifier(k) for n, k in enumerate(_REMOVED_KEYS)},
-        groups=sql.SQL(", ").join(sql.SQL("{}.{}").format(o, sql.Identifier(r.column)) for r in _STREAMS))
+        groups=sql.SQL(", ").join(sql.SQL("{}.{}").format(o, sql.Identifier(r.column)) for r in STREAMS))
 
 
 def read_removed(value: Any) -> list[RemovedFromStream]:
     """The decoded JSON of `removed_streams` (None when there were no rows), as RemovedFromStream."""
     removed: list[RemovedFromStream] = []
     for row in value or ():
-        stream = next(r for r in _STREAMS if row[r.name] is not None)
+        stream = next(r for r in STREAMS if row[r.name] is not None)
         start, end, result_start, result_end = (None if row[k] is None else datetime.fromisoformat(row[k])
                                                 for k in _REMOVED_KEYS[:4])
         assert start is not None and end is not None  # phenomenonTime is required

@@ -17,7 +17,13 @@ from psycopg import AsyncConnection, sql
 from sensorthings.model.entities import ENTITIES, Entity, Relation
 from sensorthings.model.kinds import GeoJson
 from sensorthings.query.sql import SqlBuilder
-from sensorthings.query.write_statements import RemovedFromStream
+from sensorthings.query.write_statements import (  # the Observation columns a stream summary is made of
+    FEATURE_COLUMN,
+    PHENOMENON_END,
+    PHENOMENON_START,
+    RESULT_TIME,
+    RemovedFromStream,
+)
 from sensorthings.write.bodies import column_value
 
 OBSERVATION = ENTITIES["Observation"]
@@ -25,10 +31,6 @@ LOCATION = ENTITIES["Location"]
 FEATURE_OF_INTEREST = ENTITIES["FeatureOfInterest"]
 HISTORICAL_LOCATION = ENTITIES["HistoricalLocation"]
 _THING_LOCATIONS = ENTITIES["Thing"].relation("Locations")
-PHENOMENON_START, PHENOMENON_END = OBSERVATION.fields_by_name["phenomenonTime"].columns
-RESULT_TIME = OBSERVATION.fields_by_name["resultTime"].column
-FEATURE_COLUMN = OBSERVATION.relation("FeatureOfInterest").column
-"""The Observation columns a stream summary is widened by (add_touch)."""
 _GENERATED_FROM = sql.Identifier(FEATURE_OF_INTEREST.generated_from_column)
 _FEATURE_GEOMETRY = sql.Identifier(FEATURE_OF_INTEREST.fields_by_name["feature"].columns[1])
 

@@ -12,14 +12,19 @@ from psycopg import AsyncConnection, sql
 
 from sensorthings.model.results import stream_of
 from sensorthings.query.sql import SqlBuilder, id_predicate
-from sensorthings.query.write_statements import SUMMARY_COLUMNS, RemovedFromStream, read_removed, removed_streams
-from sensorthings.write.derived import (
+from sensorthings.query.write_statements import (
     FEATURE_COLUMN,
-    FEATURE_OF_INTEREST,
-    OBSERVATION,
     PHENOMENON_END,
     PHENOMENON_START,
     RESULT_TIME,
+    SUMMARY_COLUMNS,
+    RemovedFromStream,
+    read_removed,
+    removed_streams,
+)
+from sensorthings.write.derived import (
+    FEATURE_OF_INTEREST,
+    OBSERVATION,
     ObservationTouch,
     StreamKey,
     add_touch,

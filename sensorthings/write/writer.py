@@ -23,16 +23,18 @@ from sensorthings.model.errors import BadRequest, NotFound, PartitionMissing
 from sensorthings.model.kinds import GeoJson, JsonList, Result
 from sensorthings.model.results import STREAMS, result_error, stream_of
 from sensorthings.query.sql import SqlBuilder, id_predicate
-from sensorthings.query.write_statements import SUMMARY_COLUMNS
-from sensorthings.write.bodies import check_keys, column_value, link_id, parse_fields
-from sensorthings.write.derived import (
+from sensorthings.query.write_statements import (
     FEATURE_COLUMN,
-    FEATURE_OF_INTEREST,
-    LOCATION,
-    OBSERVATION,
     PHENOMENON_END,
     PHENOMENON_START,
     RESULT_TIME,
+    SUMMARY_COLUMNS,
+)
+from sensorthings.write.bodies import check_keys, column_value, link_id, parse_fields
+from sensorthings.write.derived import (
+    FEATURE_OF_INTEREST,
+    LOCATION,
+    OBSERVATION,
     generated_features,
     insert_row,
     stream_facts,
