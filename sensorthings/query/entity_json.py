@@ -48,12 +48,32 @@ def _select_names(entity: Entity, select: tuple[str, ...], version: str) -> set[
     return set(select)
 
 
+def _property_segments(entity: Entity, select: tuple[str, ...], expand: tuple[ExpandItem, ...],
+                       version: str) -> tuple[tuple[str, ...], tuple[ExpandItem, ...]]:
+    """`select` and `expand` with the `$expand` paths that end in a property rather than a relation read as
+    selecting that property: `Datastreams?$expand=Thing/Locations/location` (Masterportal's pattern) is
+    `Thing($expand=Locations($select=location))`. OData wants the last segment to be a navigation property;
+    taking a property there costs nothing and serves clients written against servers that allowed it."""
+    properties = [item for item in expand if item.path not in entity.relations
+                  and item.path in entity.property_names_in(version)]
+    if not properties:
+        return select, expand
+    for item in properties:
+        if item != ExpandItem(item.path):
+            raise BadRequest(f"$expand: {item.path} is a property of {entity.name}, not a relation, so it takes "
+                             f"no options; write {entity.name}($select={item.path}) or drop the options")
+    names = tuple(item.path for item in properties)
+    return (*select, *(name for name in names if name not in select)) if select else names, \
+        tuple(item for item in expand if item not in properties)
+
+
 def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tuple[str, ...] = (),
                 expand: tuple[ExpandItem, ...] = (), limits: Limits = Limits(), depth: int = 0) -> sql.Composable:
     """The entity as STA JSON: @iot.id, @iot.selfLink, properties and navigation links (only those named
     in `select`, when given), with the `expand`ed related entities inline. An optional property without a
     value is left out (as FROST does; `null` broke pygeoapi), as is an expanded to-one entity that the row
     does not have (an Observation's Datastream when it belongs to a MultiDatastream)."""
+    select, expand = _property_segments(entity, select, expand, b.version)
     chosen = _select_names(entity, select, b.version)
 
     def wanted(name: str) -> bool:

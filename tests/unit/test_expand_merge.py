@@ -9,9 +9,11 @@ from urllib.parse import parse_qs
 import pytest
 
 from mqtt_bridge.topics import create_target
+from sensorthings.model import LATEST
+from sensorthings.model.entities import ENTITIES
 from sensorthings.model.errors import BadRequest, NotFound
 from sensorthings.query import odata
-from sensorthings.query.entity_json import _expand_query, merge_expands
+from sensorthings.query.entity_json import _expand_query, _property_segments, merge_expands
 from sensorthings.query.options import parse_query
 from sensorthings.query.path import parse_path
 
@@ -139,3 +141,18 @@ def test_a_system_option_repeated_with_the_same_value_is_taken_once() -> None:
     assert [item.path for item in same.expand] == ["Datastream"] and same.top == 5
     with pytest.raises(BadRequest, match=r"\$top is given twice with different values"):
         parse_query([("$top", "5"), ("$top", "6")], default_top=100, max_top=1000)
+
+
+def test_expand_path_ending_in_a_property_selects_it() -> None:
+    """Masterportal's `Thing/Locations/location`: the last segment is a property of Location, read as
+    `Locations($select=location)`; with a $select already there the property is added to it."""
+    location = ENTITIES["Location"]
+    (thing,) = odata.parse("expand", "Thing/Locations/location")
+    (locations,) = thing.expand
+    assert _property_segments(location, locations.select, locations.expand, LATEST) == (("location",), ())
+    (named,) = odata.parse("expand", "Locations($select=name;$expand=location,Things)")
+    select, expand = _property_segments(location, named.select, named.expand, LATEST)
+    assert select == ("name", "location") and [item.path for item in expand] == ["Things"]
+    (optioned,) = odata.parse("expand", "location($top=1)")
+    with pytest.raises(BadRequest, match="is a property of Location, not a relation"):
+        _property_segments(location, (), (optioned,), LATEST)
