@@ -29,12 +29,10 @@ from mqtt_bridge import identity
 from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
-from mqtt_bridge.topics import CREATE_FILTERS, ERROR_PREFIX, OBSERVATION, create_target, error_topic
+from mqtt_bridge.topics import CREATE_FILTERS, ERROR_PREFIX, create_target, error_topic
 from mqtt_bridge.wire import Message, MqttClient
-from sensorthings.model import LATEST, version_of
 from sensorthings.model.errors import StaError
 from sensorthings.model.json_values import parse_observation_json
-from sensorthings.write.bodies import check_version
 
 log = logging.getLogger("citystream.bridge")
 ERROR_EXCERPT_CHARS = 256
@@ -186,7 +184,6 @@ class Bridge:
         try:
             parents = create_target(message.topic)
             body = parse_observation_json(payload)
-            check_version(OBSERVATION, body, version_of(message.topic) or LATEST, "payload")
             row = parse_observation(body, parents=parents, now=None, where="payload")
         except StaError as exc:
             return Item(None, origin, exc.message, ticket=ticket)

@@ -50,7 +50,7 @@ from sensorthings.query.compiler import (
 )
 from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
-from sensorthings.write.bodies import check_version, link_id
+from sensorthings.write.bodies import link_id
 from sensorthings.write.data_array import read_data_arrays
 from sensorthings.write.ports import ChangeListener, ObservationSink
 from sensorthings.write.writer import Writer
@@ -311,7 +311,6 @@ class StaApi:
         base = self._base(request)
         if path.ref:
             return await self._link_reference(path, body, to_many=True)
-        check_version(path.entity, body, path.version)
         if not path.is_collection:
             raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
                              "use PATCH or PUT to change an entity")
@@ -404,7 +403,6 @@ class StaApi:
         async def update(conn: AsyncConnection[Any], writer: Writer) -> str:
             entity_id = await self._resolve(conn, path)
             changes = await self._apply_json_patch(conn, entity, entity_id, body) if json_patch else body
-            check_version(entity, changes, path.version)
             await writer.update(entity, entity_id, changes, replace=replace, version=path.version)
             return await self._entity_json(conn, entity, entity_id, base, path.version)
 

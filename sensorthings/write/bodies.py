@@ -41,22 +41,6 @@ def link_id(value: Any, where: str) -> int | None:
 
 
 
-def check_version(entity: Entity, body: Any, version: str, where: str = "body") -> None:
-    """Refuse a property that `version` of the API does not have (Field.since), anywhere in a (deep insert)
-    body: a v1.0 client sending a Location's `properties` is told to use /v1.1. Linked entities
-    (`{"@iot.id": n, …}`) are not read, so their other keys do not count. Nothing to do for the latest version."""
-    if version == LATEST or not isinstance(body, dict) or "@iot.id" in body:
-        return
-    for key, value in body.items():
-        if entity.newer_field(key, version) is not None:
-            raise entity.too_new(key, version, where)
-        relation = entity.relations.get(key)
-        if relation is not None:
-            for n, item in enumerate(value if isinstance(value, list) else [value]):
-                inner = f"{where}.{key}" + (f"[{n}]" if isinstance(value, list) else "")
-                check_version(relation.target_entity, item, version, inner)
-
-
 def check_keys(entity: Entity, body: dict[str, Any], where: str) -> None:
     """Reject keys that are neither a property nor a relation of `entity`, saying which ones exist."""
     allowed = entity.json_keys

@@ -160,20 +160,30 @@ def test_v11_properties_shown_under_v11_only(sta: str, v10: str) -> None:
     assert "properties" not in csv.splitlines()[0]
 
 
-def test_v11_properties_refused_in_v10_writes(sta: str, v10: str) -> None:
-    assert_error(post(v10, "Locations", location_body(properties={"k": 1})), 400, "v1.1 property", "/v1.1")
-    deep = thing_body(Datastreams=[datastream_body(Sensor=sensor_body(properties={"k": 1}),
+def test_v11_properties_in_v10_writes_are_stored(sta: str, v10: str) -> None:
+    """A client of FROST's /v1.0 may send a 1.1 `properties` (FROST has one model for both): it is stored,
+    shown under /v1.1 and left out under /v1.0, whatever way it came (create, deep insert, PATCH, JSON Patch)."""
+    created = post(v10, "Locations", location_body(properties={"k": 1}))
+    assert created.status_code == 201, created.text
+    assert "properties" not in created.json()
+    assert read(sta, f"Locations({created.json()['@iot.id']})")["properties"] == {"k": 1}
+    deep = thing_body(Datastreams=[datastream_body(Sensor=sensor_body(properties={"k": 2}),
                                                    ObservedProperty=observed_property_body())])
-    assert_error(post(v10, "Things", deep), 400, "Sensor", "v1.1 property")
-    assert read(sta, "Things", **{"$count": "true"})["@iot.count"] == 0  # nothing of the deep insert stayed
+    assert post(v10, "Things", deep).status_code == 201
+    assert [s["properties"] for s in read(sta, "Sensors")["value"]] == [{"k": 2}]
     ds = create_datastream(v10)
-    assert_error(patch(v10, f"Datastreams({ds})", {"properties": {"k": 1}}), 400, "v1.1 property")
-    assert_error(post(v10, f"Datastreams({ds})/Observations",
-                      {"result": 1, "FeatureOfInterest": feature_body(properties={"k": 1})}), 400, "v1.1 property")
+    assert patch(v10, f"Datastreams({ds})", {"properties": {"k": 3}}).status_code == 200
+    assert read(sta, f"Datastreams({ds})")["properties"] == {"k": 3}
+    observation = post(v10, f"Datastreams({ds})/Observations",
+                       {"result": 1, "FeatureOfInterest": feature_body(properties={"k": 4})})
+    assert observation.status_code == 201, observation.text
+    assert read(sta, f"Observations({observation.json()['@iot.id']})/FeatureOfInterest")["properties"] == {"k": 4}
     json_patch = HTTP.patch(f"{v10}/Datastreams({ds})", content=json.dumps(
-        [{"op": "add", "path": "/properties", "value": {"k": 1}}]),
+        [{"op": "add", "path": "/properties", "value": {"k": 5}}]),
         headers={"Content-Type": "application/json-patch+json"})
-    assert_error(json_patch, 400, "v1.1 property")
+    assert json_patch.status_code == 200, json_patch.text
+    assert "properties" not in json_patch.json()
+    assert read(sta, f"Datastreams({ds})")["properties"] == {"k": 5}
 
 
 def test_put_under_v10_keeps_v11_properties(sta: str, v10: str) -> None:
@@ -201,8 +211,8 @@ def test_batch_under_v10(sta: str, v10: str) -> None:
     assert answers["3"]["status"] == 200
     _all_under(listed, v10)
     assert "properties" not in listed["value"][0]["Locations"][0]
-    assert answers["4"]["status"] == 400 and "v1.1 property" in answers["4"]["body"]["message"]
-    assert read(sta, "Sensors", **{"$count": "true"})["@iot.count"] == 0
+    assert answers["4"]["status"] == 201 and "properties" not in answers["4"]["body"]
+    assert [s["properties"] for s in read(sta, "Sensors")["value"]] == [{"k": 1}]
 
 
 def test_create_observations_under_v10(v10: str) -> None:
