@@ -4,7 +4,9 @@
 //   node mqtt_clients.mjs '<config JSON>'
 //
 // config: {"clients": [{"name": "...", "url": "ws://host:port/path", "protocolVersion": 4 | 5,
-//           "clientId": "...", "username": "...", "password": "...", "subscribe": {"topic": qos, ...}}]}
+//           "clientId": "...", "username": "...", "password": "...",
+//           "subscribe": {"topic": qos | {"qos": 0-2, "rh": 0-2, "rap": bool, "nl": bool}, ...}}]}
+//   (rh, rap, nl: MQTT 5 retain handling, retain as published, no local)
 // Every client connects (no reconnects), then subscribes. Commands arrive on stdin, one JSON object a line:
 //   {"op": "publish", "client": NAME, "topic": T, "payload": TEXT, "qos": 0 | 1 | 2, "id": ANY}
 //   {"op": "end", "client": NAME}      a clean DISCONNECT of that client
@@ -41,7 +43,8 @@ for (const spec of config.clients) {
            sessionPresent: connack.sessionPresent });
     const topics = spec.subscribe ?? {};
     if (Object.keys(topics).length === 0) return;
-    const wanted = Object.fromEntries(Object.entries(topics).map(([topic, qos]) => [topic, { qos }]));
+    const wanted = Object.fromEntries(Object.entries(topics).map(
+      ([topic, options]) => [topic, typeof options === "number" ? { qos: options } : options]));
     client.subscribe(wanted, (err, granted) => {
       if (err) emit({ event: "error", client: name, message: String(err.message ?? err), code: err.code ?? null });
       else emit({ event: "subscribe", client: name, granted: granted.map((g) => [g.topic, g.qos]) });
