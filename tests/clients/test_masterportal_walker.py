@@ -2,87 +2,29 @@
 
 Masterportal (Hamburg's geoportal, FROST-era) follows every `@iot.nextLink`, the root one and each nested
 `<Nav>@iot.nextLink`, merges the pages of a nested one into its parent entity, and drops a link whose `$top`
-is not larger than its `$skip`: its rule for "the client asked for a fixed number". `MasterportalWalker` is
-a small Python implementation of that rule, run over the request patterns of the layer against a city whose
-counts need several pages at each level (default `$top` 100): 230 Things, one of them with 230 Datastreams,
-four Datastreams with 250 Observations, 230 HistoricalLocations. Every entity must arrive exactly once and
-every walk must end.
+is not larger than its `$skip`: its rule for "the client asked for a fixed number". `MasterportalWalker`
+(tests/clients/walker.py) is a small Python implementation of that rule, run over the request patterns of
+the layer against a city whose counts need several pages at each level (default `$top` 100): 230 Things, one
+of them with 230 Datastreams, four Datastreams with 250 Observations, 230 HistoricalLocations. Every entity
+must arrive exactly once and every walk must end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
+from tests.clients.walker import NEXT, MasterportalWalker, once
 from tests.conftest import empty_database
 from tests.sta_helpers import create, datastream_body, location_body, observed_property_body, sensor_body, thing_body
 
-NEXT = "@iot.nextLink"
 POLYGON = "POLYGON((9.895 53.495, 10.005 53.495, 10.005 53.555, 9.895 53.555, 9.895 53.495))"
 LATEST = "Observations($orderby=phenomenonTime desc;$top=1)"
 HISTORY_FROM = "2024-05-01T00:30:00Z"
-MAX_REQUESTS = 400  # far more than any walk below needs: more means the links never end
-
-
-@dataclass
-class MasterportalWalker:
-    """Masterportal's nextLink rule: follow every root and nested nextLink unless its `$top` <= its `$skip`,
-    and merge the pages of a nested one into the parent's array."""
-
-    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
-    requests: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-
-    @staticmethod
-    def follows(link: str) -> bool:
-        query = parse_qs(urlsplit(link).query)
-        top, skip = query.get("$top"), int(query.get("$skip", ["0"])[0])
-        return top is None or int(top[0]) > skip
-
-    def get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        self.requests.append(url)
-        assert len(self.requests) <= MAX_REQUESTS, "the walk does not end"
-        response = self.client.get(url, params=params)
-        assert response.status_code == 200, f"{url} -> {response.status_code} {response.text}"
-        body: dict[str, Any] = response.json()
-        return body
-
-    def collection(self, url: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Every page of a collection, nested nextLinks resolved in each entity."""
-        body = self.get(url, params)
-        entities: list[dict[str, Any]] = []
-        while True:
-            self.resolve(body["value"])
-            entities += body["value"]
-            link = body.get(NEXT)
-            if link is None:
-                return entities
-            if not self.follows(link):
-                self.dropped.append(link)
-                return entities
-            body = self.get(link)
-
-    def resolve(self, node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                self.resolve(item)
-            return
-        if not isinstance(node, dict):
-            return
-        for key in list(node):
-            if key.endswith(NEXT) and key != NEXT and isinstance(node.get(key[:-len(NEXT)]), list):
-                link = node.pop(key)
-                if self.follows(link):
-                    node[key[:-len(NEXT)]] += self.collection(link)
-                else:
-                    self.dropped.append(link)
-            else:
-                self.resolve(node[key])
 
 
 @dataclass(frozen=True)
@@ -147,11 +89,6 @@ def city(server_url: str, database_url: str) -> Iterator[City]:
     assert len(stations) == 220 and len(inside) == 66
     assert all(len(times) == 219 for times in history.values()) and len(history) == 4
     yield City(sta, things, stations, inside, latest, history, historical)
-
-
-def once(ids: list[int]) -> set[int]:
-    assert len(ids) == len(set(ids)), f"duplicates: {sorted(i for i in set(ids) if ids.count(i) > 1)}"
-    return set(ids)
 
 
 def assert_things_with_latest_values(city: City, things: list[dict[str, Any]], expected: set[int]) -> None:

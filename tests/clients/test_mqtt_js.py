@@ -16,16 +16,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import queue
 import re
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,75 +33,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from citystream.embedded import EmbeddedMosquitto, find_free_port
 from citystream.settings import Settings
 from mqtt_bridge import wire
-from tests.conftest import empty_database, make_service_dir, private_broker, running_app
+from tests.clients.node_mqtt import NodeClients, requires_mqtt_js
+from tests.clients.up import running_up
+from tests.conftest import empty_database, private_broker, running_app
 from tests.mqtt_helpers import wait_for, wait_until_learned
 from tests.sta_helpers import create_datastream, post
 
-JS = Path(__file__).resolve().parent / "js"
-NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(
-    NODE is None or not (JS / "node_modules" / "mqtt").is_dir(),
-    reason="needs node and MQTT.js: `npm ci` in tests/clients/js (scripts/quickstart.sh does it)")
+pytestmark = requires_mqtt_js
 
 MAX_MESSAGE = 1024 * 1024  # the relay's default, CITYSTREAM_MQTT_WS_MAX_MESSAGE_BYTES
-
-
-class NodeClients:
-    """One node process running MQTT.js clients (tests/clients/js/mqtt_clients.mjs); its events as dicts."""
-
-    def __init__(self, clients: list[dict[str, Any]]) -> None:
-        assert NODE is not None
-        self.proc = subprocess.Popen([NODE, str(JS / "mqtt_clients.mjs"), json.dumps({"clients": clients})],
-                                     cwd=JS, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                self.events.append(json.loads(line))
-
-    def of(self, event: str, client: str | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if e["event"] == event and (client is None or e["client"] == client)]
-
-    def wait(self, event: str, client: str, n: int = 1, timeout: float = 20.0) -> list[dict[str, Any]]:
-        def enough() -> list[dict[str, Any]]:
-            if self.proc.poll() is not None and len(self.of(event, client)) < n:
-                raise AssertionError(f"node exited ({self.proc.returncode}): {self.stderr()}")
-            found = self.of(event, client)
-            return found if len(found) >= n else []
-        return wait_for(enough, timeout, f"{n} {event} event(s) of {client} (events: {self.events[-5:]})")
-
-    def command(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-
-    def publish(self, client: str, topic: str, payload: str, qos: int, ident: str) -> dict[str, Any]:
-        self.command(op="publish", client=client, topic=topic, payload=payload, qos=qos, id=ident)
-        done = wait_for(lambda: [e for e in self.of("published", client) if e["id"] == ident],
-                        what=f"{client} to publish {ident}")
-        return done[0]
-
-    def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read()[-2000:]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.command(op="quit")
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -473,47 +407,22 @@ def test_a_client_that_vanishes_leaves_no_upstream_connection(app: str, broker: 
         log.close()
 
 
-def test_mqtt_on_the_http_port_of_citystream_up(tmp_path: Path) -> None:
+def test_mqtt_on_the_http_port_of_citystream_up() -> None:
     """`citystream up` as a user runs it, and an MQTT.js client where Masterportal looks by default:
     ws://<STA host>/mqtt; a POSTed Observation arrives there as the GET of its selfLink."""
-    root = make_service_dir("cs-js-up-")  # the service accounts must reach it when we run as root
-    http_port = find_free_port()
-    base = f"http://127.0.0.1:{http_port}"
-    log = tmp_path / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAM_")}  # the embedded services
-    argv = [str(Path(sys.executable).with_name("citystream")), "up", "--http-port", str(http_port), "--mqtt-port",
-            str(find_free_port()), "--mqtt-ws-port", str(find_free_port()), "--data-dir", str(root / "data")]
-    with open(log, "ab") as out:
-        up = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-    node: NodeClients | None = None
-    try:
-        def ready() -> bool:
-            if up.poll() is not None:
-                raise AssertionError(f"citystream up exited with {up.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                return httpx.get(f"{base}/health", timeout=2).status_code == 200 and "Press Ctrl-C" in log.read_text()
-            except httpx.HTTPError:
-                return False
-        wait_for(ready, timeout=90, what="citystream up")
-        assert f"MQTT on HTTP port ws://127.0.0.1:{http_port}/mqtt" in log.read_text()
-        sta = f"{base}/v1.1"
+    with running_up() as up:
+        assert f"MQTT on HTTP port ws://127.0.0.1:{up.http_port}/mqtt" in up.log_text()
+        sta = f"{up.base}/v1.1"
         datastream = create_datastream(sta)
         topic = f"v1.1/Datastreams({datastream})/Observations"
-        node = NodeClients([{"name": "portal", "url": f"ws://127.0.0.1:{http_port}/mqtt", "protocolVersion": 4,
+        node = NodeClients([{"name": "portal", "url": f"ws://127.0.0.1:{up.http_port}/mqtt", "protocolVersion": 4,
                              "clientId": "js-portal", "subscribe": {topic: 2}}])
-        assert node.wait("subscribe", "portal")[0]["granted"] == [[topic, 2]]
-        wait_until_learned(base, topic)
-        assert post(sta, f"Datastreams({datastream})/Observations", {"result": 7.25}).status_code == 201
-        body = orjson.loads(node.wait("message", "portal")[0]["payload"])
-        assert body["result"] == 7.25
-        assert body == httpx.get(body["@iot.selfLink"], timeout=10).json()
-    finally:
-        if node is not None:
-            node.close()
-        up.send_signal(signal.SIGTERM)
         try:
-            up.wait(60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            up.wait()
-        shutil.rmtree(root, ignore_errors=True)
+            assert node.wait("subscribe", "portal")[0]["granted"] == [[topic, 2]]
+            wait_until_learned(up.base, topic)
+            assert post(sta, f"Datastreams({datastream})/Observations", {"result": 7.25}).status_code == 201
+            body = orjson.loads(node.wait("message", "portal")[0]["payload"])
+            assert body["result"] == 7.25
+            assert body == httpx.get(body["@iot.selfLink"], timeout=10).json()
+        finally:
+            node.close()

@@ -19,22 +19,14 @@ links with limit 50, as an OGC API client does. What pygeoapi answers is compare
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
 from citystream.embedded import find_free_port
 from citystream.settings import Settings
+from tests.clients.pygeoapi_server import COLLECTIONS, Pygeoapi, running_pygeoapi, sta_all
 from tests.conftest import empty_database, running_app
 from tests.sta_helpers import (
     count,
@@ -49,17 +41,9 @@ from tests.sta_helpers import (
     values,
 )
 
-COLLECTIONS = ("Things", "Datastreams", "Observations", "Locations", "FeaturesOfInterest", "ObservedProperties")
-STRICTLY_NEEDED = {
-    "Locations": {"expand": "Things"},
-    "FeaturesOfInterest": {"expand": "Observations($select=@iot.id)"},
-    "Observations": {"time_field": "phenomenonTime"},
-}
-GEOMETRY_FROM_PROVIDER = ("Things", "Datastreams", "Observations", "ObservedProperties")
 MAX_TOP = 50
 PAGE = MAX_TOP  # one STA page per pygeoapi page
-MAX_ITEMS = 1000
-HAMBURG = [9.7, 53.3, 10.4, 53.8]
+GEOMETRY_FROM_PROVIDER = ("Things", "Datastreams", "Observations", "ObservedProperties")
 CENTRE = (9.98, 53.54, 10.0, 53.56)  # Rathausmarkt, Jungfernstieg and the Rathausmarkt features
 
 # name, lon, lat, Thing properties, Location properties
@@ -126,70 +110,6 @@ def build_city(sta: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ pygeoapi as its own server
 
 
-def pygeoapi_config(port: int, sta: str) -> dict[str, Any]:
-    resources = {}
-    for entity in COLLECTIONS:
-        provider = {"type": "feature", "name": "SensorThings", "data": sta, "entity": entity,
-                    **STRICTLY_NEEDED.get(entity, {})}
-        resources[entity] = {"type": "collection", "title": entity, "description": f"CityStream's {entity}",
-                             "keywords": [entity], "extents": {"spatial": {"bbox": HAMBURG}},
-                             "providers": [provider]}
-    return {
-        "server": {"bind": {"host": "127.0.0.1", "port": port}, "url": f"http://127.0.0.1:{port}",
-                   "mimetype": "application/json; charset=UTF-8", "encoding": "utf-8", "languages": ["en-US"],
-                   "pretty_print": False, "limits": {"default_items": 10, "max_items": MAX_ITEMS},
-                   "map": {"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png", "attribution": "OSM"}},
-        "logging": {"level": "WARNING"},
-        "metadata": {  # pygeoapi reads every one of these when it writes the OpenAPI document and pages
-            "identification": {"title": "CityStream through pygeoapi", "description": "test",
-                               "keywords": ["sensorthings"], "keywords_type": "theme",
-                               "terms_of_service": "https://example.org/terms", "url": "https://example.org"},
-            "license": {"name": "CC-BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"},
-            "provider": {"name": "CityStream", "url": "https://example.org"},
-            "contact": {key: "test" for key in ("name", "position", "address", "city", "stateorprovince",
-                                                 "postalcode", "country", "phone", "fax", "email", "url", "hours",
-                                                 "instructions", "role")},
-        },
-        "resources": resources,
-    }
-
-
-class Pygeoapi:
-    def __init__(self, url: str, log: Path, openapi_log: str) -> None:
-        self.url = url
-        self.log = log
-        self.openapi_log = openapi_log
-        self.http = httpx.Client(timeout=60)
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def get(self, path: str, status: int = 200, **params: Any) -> Any:
-        # httpx drops the query of a URL given with params: a link's own query goes without them
-        response = self.http.get(f"{self.url}/{path}", params={"f": "json", **params} if "?" not in path else None)
-        assert response.status_code == status, (
-            f"pygeoapi GET {response.url} -> {response.status_code} {response.text[:1000]}\n{self.log_tail()}")
-        return response.json()
-
-    def items(self, collection: str, **params: Any) -> list[dict[str, Any]]:
-        return self.get(f"collections/{collection}/items", **params)["features"]
-
-    def all_items(self, collection: str, **params: Any) -> list[dict[str, Any]]:
-        """Every item, page by page along pygeoapi's `next` links (limit 50)."""
-        body = self.get(f"collections/{collection}/items", limit=PAGE, **params)
-        features = list(body["features"])
-        while nexts := [link["href"] for link in body["links"] if link["rel"] == "next"]:
-            assert len(body["features"]) == PAGE, nexts
-            body = self.get(nexts[0].removeprefix(f"{self.url}/") + "&f=json")
-            features.extend(body["features"])
-        return features
-
-
-def pygeoapi_command() -> list[str]:
-    script = Path(sys.executable).with_name("pygeoapi")
-    return [str(script)] if script.exists() else [shutil.which("pygeoapi") or "pygeoapi"]
-
-
 @pytest.fixture(scope="module")
 def sta(database_url: str) -> Iterator[str]:
     """CityStream with max_top 50 on the emptied session database (in place of conftest's `sta`)."""
@@ -206,57 +126,11 @@ def city(sta: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def pygeoapi(sta: str, city: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pygeoapi]:
-    assert importlib.util.find_spec("pygeoapi"), "pygeoapi is in the `test` extras: pip install -e '.[test]'"
-    root = tmp_path_factory.mktemp("pygeoapi")
-    port = find_free_port()
-    config, openapi, log = root / "pygeoapi-config.yml", root / "pygeoapi-openapi.yml", root / "pygeoapi.log"
-    config.write_text(yaml.safe_dump(pygeoapi_config(port, sta), sort_keys=False))
-    env = {**os.environ, "PYGEOAPI_CONFIG": str(config), "PYGEOAPI_OPENAPI": str(openapi)}
-    # The provider reads the fields from STA here, so the city must exist first. Without the flag a failing
-    # collection stops the generation; with it pygeoapi drops the /items paths, which a test checks.
-    generated = subprocess.run([*pygeoapi_command(), "openapi", "generate", str(config), "--output-file",
-                                str(openapi), "--no-fail-on-invalid-collection"],
-                               env=env, capture_output=True, text=True, timeout=120)
-    assert generated.returncode == 0, generated.stderr
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "pygeoapi.flask_app", "run",
-                                    "--host", "127.0.0.1", "--port", str(port), "--no-reload", "--no-debugger"],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root)
-    server = Pygeoapi(f"http://127.0.0.1:{port}", log, generated.stderr)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"pygeoapi exited {process.returncode}:\n{server.log_tail()}"
-            try:
-                if httpx.get(f"{server.url}/?f=json", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"pygeoapi did not start:\n{server.log_tail()}"
-            time.sleep(0.2)
+    with running_pygeoapi(sta, tmp_path_factory.mktemp("pygeoapi"), page=PAGE) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 # ------------------------------------------------------------------ what STA says directly
-
-
-def sta_all(sta: str, entity: str, **params: Any) -> list[dict[str, Any]]:
-    """Every entity of a set in STA's default order (by id), following nextLinks."""
-    body = read(sta, entity, **params)
-    out = list(body["value"])
-    while "@iot.nextLink" in body:
-        response = httpx.get(body["@iot.nextLink"], timeout=30)
-        assert response.status_code == 200, response.text
-        body = response.json()
-        out.extend(body["value"])
-    return out
 
 
 def sta_geometry(sta: str, entity: str, item: dict[str, Any]) -> Any:
