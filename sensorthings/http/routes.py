@@ -312,7 +312,7 @@ class StaApi:
         if path.ref:
             return await self._link_reference(path, body, to_many=True)
         if not path.is_collection:
-            raise BadRequest("POST creates an entity in a collection, e.g. POST /v1.1/Things; "
+            raise BadRequest(f"POST creates an entity in a collection, e.g. POST /{path.version}/Things; "
                              "use PATCH or PUT to change an entity")
         entity, relation = path.entity, path.last.relation
         if (entity is OBSERVATION and self.observations is not None and not _creates_stream(body)
@@ -394,7 +394,7 @@ class StaApi:
                 raise BadRequest("use PUT …/$ref to set a single-valued link")
             return await self._link_reference(path, body, to_many=False)
         if path.is_collection or path.prop is not None:
-            raise BadRequest(f"{request.method} changes one entity, e.g. {request.method} /v1.1/Things(1)")
+            raise BadRequest(f"{request.method} changes one entity, e.g. {request.method} /{path.version}/Things(1)")
         entity = path.entity
         json_patch = request.headers.get("content-type", "").lower().startswith(JSON_PATCH)
         if json_patch and replace:
@@ -432,8 +432,8 @@ class StaApi:
         if path.is_collection and path.prop is None:
             return await self._delete_filtered(request, path)
         if path.prop is not None:
-            raise BadRequest("DELETE removes one entity, e.g. DELETE /v1.1/Things(1), or the entities of a "
-                             "collection that pass a $filter, e.g. DELETE /v1.1/Observations?$filter=…")
+            raise BadRequest(f"DELETE removes one entity, e.g. DELETE /{path.version}/Things(1), or the entities of "
+                             f"a collection that pass a $filter, e.g. DELETE /{path.version}/Observations?$filter=…")
 
         async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
             await writer.delete(path.entity, await self._resolve(conn, path))
@@ -450,7 +450,7 @@ class StaApi:
         params = parse_qsl(request.url.query, keep_blank_values=True)
         given = {name for name, _ in params}
         if "$filter" not in given:
-            raise BadRequest(f"DELETE on a collection needs $filter, e.g. DELETE /v1.1/{path.entity.set_name}"
+            raise BadRequest(f"DELETE on a collection needs $filter, e.g. DELETE /{path.version}/{path.entity.set_name}"
                              "?$filter=phenomenonTime lt 2020-01-01T00:00:00Z (use $filter=true to delete all)")
         if given - {"$filter"}:
             raise BadRequest(f"DELETE on a collection takes only $filter, not {', '.join(sorted(given - {'$filter'}))}")
