@@ -78,7 +78,7 @@ class Notifier:
 
     async def _notify(self, entity: Entity, changes: list[Change]) -> None:
         for version in VERSIONS:
-            if self.registry.covers(version):
+            if self.registry.covers(version) and entity.exists_in(version):  # no v1.0/Parties (Entity.since)
                 await self._notify_version(entity, changes, version)
 
     async def _notify_version(self, entity: Entity, changes: list[Change], version: str) -> None:

@@ -58,11 +58,14 @@ def create_target(topic: str) -> Mapping[str, int]:
 def entity_topics(entity: Entity, entity_id: int, related: Mapping[Relation, Iterable[int]],
                   version: str = LATEST) -> Iterator[str]:
     """Topics of `version` on which a created or updated entity is published: its entity set, itself, and
-    every collection it belongs to (`related` holds the ids of the entities at the other end)."""
+    every collection it belongs to (`related` holds the ids of the entities at the other end) that `version`
+    has (no `v1.0/Parties(1)/Datastreams`: Entity.since)."""
     prefix = f"{version}/"
     yield f"{prefix}{entity.set_name}"
     yield f"{prefix}{entity.set_name}({entity_id})"
     for relation, ids in related.items():
+        if relation.name not in entity.relations_in(version):
+            continue
         target = relation.target_entity.set_name
         for other in ids:
             yield f"{prefix}{target}({other})/{relation.inverse_name}"

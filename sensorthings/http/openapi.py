@@ -44,7 +44,7 @@ from sensorthings.http.openapi_schemas import (
     _value_schema,
 )
 from sensorthings.model import LATEST
-from sensorthings.model.entities import ENTITIES, Entity, Storage
+from sensorthings.model.entities import Entity, Storage, entity_sets_in
 from sensorthings.query.compiler import selectable_names
 from sensorthings.query.options import MAX_SKIP, RESULT_FORMATS
 
@@ -110,18 +110,19 @@ def _parameters(settings: ApiSettings) -> dict[str, Any]:
         "requiredFilter": {**_query("$filter", "Only the entities that pass this filter are deleted "
                                                "(`true` for all).", text, example="false"), "required": True},
     }
-    for entity in ENTITIES.values():
+    for entity in entity_sets_in(settings.version).values():
         names = list(selectable_names(entity, settings.version))
         parameters[f"select-{entity.name}"] = _query(
             "$select", f"Only these properties of each {entity.name}.",
             {"type": "array", "minItems": 1, "items": {"type": "string", "enum": names}},
             style="form", explode=False)
-        navigation = "|".join(map(re.escape, entity.relations))
+        relations = entity.relations_in(settings.version)
+        navigation = "|".join(map(re.escape, relations))
         item = rf"({navigation})(/[A-Za-z]+)*(\(.*\))?"
         parameters[f"expand-{entity.name}"] = _query(
-            "$expand", f"Related entities to include inline ({', '.join(entity.relations)}), each with nested "
+            "$expand", f"Related entities to include inline ({', '.join(relations)}), each with nested "
                        "options in parentheses, e.g. `Datastreams($top=1;$expand=Observations)`.",
-            {"type": "string", "pattern": f"^{item}(,{item})*$"}, example=next(iter(entity.relations)))
+            {"type": "string", "pattern": f"^{item}(,{item})*$"}, example=next(iter(relations)))
         formats = [f for f in RESULT_FORMATS if f != DATA_ARRAY or _applies_data_array(entity)]
         parameters[f"resultFormat-{entity.name}"] = _query(
             "$resultFormat", "Another encoding of the page: "
@@ -189,20 +190,21 @@ def _read_entity(entity: Entity, path: str, tag: str, summary: str) -> dict[str,
     return _operation("get", path, tag, summary, responses, _entity_parameters(entity))
 
 
-def _links(entity: Entity) -> dict[str, Any]:
+def _links(entity: Entity, version: str) -> dict[str, Any]:
     """OpenAPI links from a created entity to the operations on it, which fuzzers follow to real ids."""
     one = f"/{entity.set_name}({{id}})"
     targets = [*((method, one) for method in ("get", "patch", "put", "delete")),
-               *(("get", f"{one}/{name}") for name in entity.relations)]
+               *(("get", f"{one}/{name}") for name in entity.relations_in(version))]
     return {_operation_id(method, path): {"operationId": _operation_id(method, path),
                                           "parameters": {"id": "$response.body#/@iot.id"}}
             for method, path in targets}
 
 
-def _post(entity: Entity, path: str, tag: str, summary: str, body: str, *, parent: bool) -> dict[str, Any]:
+def _post(entity: Entity, path: str, tag: str, summary: str, body: str, *, parent: bool, version: str
+          ) -> dict[str, Any]:
     responses = {"201": {"description": f"The new {entity.name}; Location names it",
                          "headers": {"Location": {"schema": _URI, "description": "The new entity's URL"}},
-                         "content": _json(_schema(entity.name)), "links": _links(entity)},
+                         "content": _json(_schema(entity.name)), "links": _links(entity, version)},
                  **_errors(400, *((404,) if parent else ()), 409, 413, 503)}
     return _operation("post", path, tag, summary, responses, body=_json(_schema(body)))
 
@@ -236,7 +238,7 @@ def _entity_set_paths(entity: Entity, settings: ApiSettings) -> dict[str, Any]:
     paths: dict[str, Any] = {
         collection: {**_read_collection(entity, collection, tag, f"The {entity.set_name}", parent=False),
                      **_post(entity, collection, tag, f"Create a {name} (deep insert)", _create_name(entity),
-                             parent=False),
+                             parent=False, version=settings.version),
                      **filtered_delete},
         f"{collection}/$ref": _read_references(f"{collection}/$ref", tag, f"The selfLinks of the {entity.set_name}",
                                                _collection_parameters(entity, ref=True), many=True),
@@ -252,14 +254,14 @@ def _entity_set_paths(entity: Entity, settings: ApiSettings) -> dict[str, Any]:
         f"{one}/$ref": {"parameters": with_id, **_read_references(f"{one}/$ref", tag, f"The {name}'s selfLink",
                                                                   None, many=False)},
     }
-    for relation in entity.relations.values():
+    for relation in entity.relations_in(settings.version).values():
         target = relation.target_entity
         nav, ref = f"{one}/{relation.name}", f"{one}/{relation.name}/$ref"
         if relation.to_many:
             item: dict[str, Any] = _read_collection(target, nav, tag, f"The {name}'s {relation.name}", parent=True)
             if _creates_through(relation):
                 item |= _post(target, nav, tag, f"Create a {target.name} of the {name}",
-                              _create_name(target, relation.inverse), parent=True)
+                              _create_name(target, relation.inverse), parent=True, version=settings.version)
         else:
             item = _read_entity(target, nav, tag, f"The {name}'s {relation.name}")
         paths[nav] = {"parameters": with_id, **item}
@@ -307,7 +309,7 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
                                     "content": {OPENAPI_MEDIA_TYPE: {"schema": {"type": "object"}}}},
                             "304": {"description": "Not modified (If-None-Match)"}}),
     }
-    for entity in ENTITIES.values():
+    for entity in entity_sets_in(settings.version).values():
         paths.update(_entity_set_paths(entity, settings))
     paths["/$batch"] = _operation(
         "post", "/$batch", tag, "Several requests in one; a change set (atomicityGroup) all or nothing",
@@ -354,8 +356,8 @@ def document(root: str, settings: ApiSettings = ApiSettings()) -> dict[str, Any]
                                 "Data Array and batch requests), generated from the entity model.",
                  "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}},
         "servers": [{"url": root}],
-        "tags": [{"name": "Service"}, *({"name": e.set_name} for e in ENTITIES.values())],
         "paths": _paths(settings),
+        "tags": [{"name": "Service"}, *({"name": n} for n in entity_sets_in(settings.version))],
         "components": components,
     }
 

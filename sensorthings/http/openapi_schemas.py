@@ -12,7 +12,7 @@ from typing import Any
 
 from sensorthings.http.batch import MAX_REQUESTS, METHODS
 from sensorthings.model import LATEST, VERSIONS
-from sensorthings.model.entities import ENTITIES, Entity, Relation
+from sensorthings.model.entities import Entity, Relation, entity_sets_in
 from sensorthings.model.kinds import GEOJSON_ENCODINGS, Field
 from sensorthings.model.results import STREAMS
 from sensorthings.write.data_array import COMPONENTS
@@ -70,7 +70,7 @@ def _create_name(entity: Entity, via: Relation | None = None, level: int = 0) ->
 def _entity_schema(entity: Entity, version: str) -> dict[str, Any]:
     properties: dict[str, Any] = {"@iot.id": _ID, "@iot.selfLink": _URI}
     properties |= {f.name: _value_schema(entity, f, reading=True) for f in entity.fields_in(version)}
-    for relation in entity.relations.values():
+    for relation in entity.relations_in(version).values():
         properties[f"{relation.name}@iot.navigationLink"] = _URI
         target = _schema(relation.target)
         if relation.to_many:  # as $expand gives it
@@ -116,7 +116,7 @@ def _create_schema(entity: Entity, via: Relation | None, level: int, schemas: di
         given |= set(entity.exactly_one_of)  # the stream is the URL's; naming the other one too is a 400
     properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields_in(version)}
     required = [f.name for f in entity.fields if f.required and not f.server_maintained]
-    for relation in entity.relations.values():
+    for relation in entity.relations_in(version).values():
         if relation.name in given:
             continue
         properties[relation.name] = _inline(relation, level, schemas, version)
@@ -135,9 +135,9 @@ def _update_schema(entity: Entity, version: str, *, replace: bool) -> dict[str, 
     """The body of a PATCH or (`replace`) PUT (writer.update): properties, and links to existing entities
     for to-one relations and a Thing's Locations."""
     properties = {f.name: _value_schema(entity, f, reading=False) for f in entity.fields_in(version)}
-    for relation in entity.relations.values():
-        if not relation.to_many:
-            properties[relation.name] = _schema("Link")
+    for relation in entity.relations_in(version).values():
+        if not relation.to_many:  # null clears an optional link
+            properties[relation.name] = _nullable(_schema("Link")) if relation.optional else _schema("Link")
         elif relation is THING_LOCATIONS:
             properties[relation.name] = {"type": "array", "items": _schema("Link")}
     schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
@@ -171,7 +171,7 @@ def _schemas(version: str = LATEST) -> dict[str, Any]:
             "properties": {
                 "value": {"type": "array", "items": {
                     "type": "object", "required": ["name", "url"],
-                    "properties": {"name": {"type": "string", "enum": [e.set_name for e in ENTITIES.values()]},
+                    "properties": {"name": {"type": "string", "enum": list(entity_sets_in(version))},
                                    "url": _URI}}},
                 "serverSettings": {
                     "type": "object", "required": ["conformance", "versions"] if version == LATEST else ["versions"],
@@ -214,13 +214,13 @@ def _schemas(version: str = LATEST) -> dict[str, Any]:
                 "properties": {"id": {"type": "string"}, "status": {"type": "integer"},
                                "headers": {"type": "object"}, "body": {}, "atomicityGroup": {"type": "string"}}}}}},
     }
-    for entity in ENTITIES.values():
+    for entity in entity_sets_in(version).values():
         schemas[entity.name] = _entity_schema(entity, version)
         schemas[f"{entity.name}Collection"] = _collection_schema(_schema(entity.name))
         _create(entity, None, 0, schemas, version)
         schemas[f"{entity.name}Patch"] = _update_schema(entity, version, replace=False)
         schemas[f"{entity.name}Replace"] = _update_schema(entity, version, replace=True)
-        for relation in entity.relations.values():
+        for relation in entity.relations_in(version).values():
             if _creates_through(relation):
                 _create(relation.target_entity, relation.inverse, 0, schemas, version)
     return schemas

@@ -55,7 +55,7 @@ def flatten(entity: dict[str, Any], prefix: str = "", *, every_property: bool = 
 def _with_absent_properties(entity: dict[str, Any], version: str) -> dict[str, Any]:
     """`entity` with its absent properties as None, in the model's order, when it is shown whole; as it is
     otherwise (a `$select` names what it wants, and no more columns are made up for it)."""
-    kind = _shown_whole(entity)
+    kind = _shown_whole(entity, version)
     names = kind.property_names_in(version) if kind is not None else []
     if kind is None or all(name in entity for name in names):
         return entity
@@ -65,19 +65,20 @@ def _with_absent_properties(entity: dict[str, Any], version: str) -> dict[str, A
     return complete
 
 
-def _shown_whole(entity: dict[str, Any]) -> Entity | None:
+def _shown_whole(entity: dict[str, Any], version: str) -> Entity | None:
     """The entity type of `entity` when it is rendered without `$select`: its id, its selfLink (which names
-    its entity set) and every navigation property (as a link or expanded; of an Observation's two streams,
-    the one it has). None otherwise."""
+    its entity set) and every navigation property that API `version` has (as a link or expanded; of an
+    Observation's two streams, the one it has). None otherwise."""
     link = entity.get("@iot.selfLink")
     if "@iot.id" not in entity or not isinstance(link, str):
         return None
     kind = ENTITY_SETS.get(link.rsplit("/", 1)[-1].split("(", 1)[0])
     if kind is None:
         return None
-    shown = {name for name in kind.relations if name in entity or f"{name}@iot.navigationLink" in entity}
+    relations = kind.relations_in(version)
+    shown = {name for name in relations if name in entity or f"{name}@iot.navigationLink" in entity}
     streams = set(kind.exactly_one_of)
-    if not set(kind.relations) - streams <= shown or (streams and not streams & shown):
+    if not set(relations) - streams <= shown or (streams and not streams & shown):
         return None
     return kind
 

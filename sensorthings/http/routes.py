@@ -36,7 +36,7 @@ from sensorthings.http.reads import CompileCache
 from sensorthings.http.result_formats import to_csv, to_geojson
 from sensorthings.http.transactions import in_change_set
 from sensorthings.model import LATEST, VERSIONS
-from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity
+from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity, entity_sets_in
 from sensorthings.model.errors import BadRequest, NotFound, StaError
 from sensorthings.model.json_values import parse_stored_json
 from sensorthings.model.results import STREAMS
@@ -56,6 +56,8 @@ from sensorthings.write.ports import ChangeListener, ObservationSink
 from sensorthings.write.writer import Writer
 
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+# STAplus (OGC 22-022r1) core: the Party, Project and License entity types (URI as recalled, unchecked offline).
+STAPLUS_CONFORMANCE = "http://www.opengis.net/spec/sensorthings-staplus/1.0/conf/core"
 # Only what works completely.
 CONFORMANCE = [
     CONFORMANCE_BASE + "datamodel",
@@ -64,6 +66,7 @@ CONFORMANCE = [
     CONFORMANCE_BASE + "create-update-delete",
     CONFORMANCE_BASE + "batch-request/batch-request",
     CONFORMANCE_BASE + "multi-datastream",
+    STAPLUS_CONFORMANCE,
 ]
 # Data Array: $resultFormat=dataArray reads and POST CreateObservations, which needs the ingest path.
 DATA_ARRAY_CONFORMANCE = CONFORMANCE_BASE + "data-array/data-array"
@@ -173,7 +176,7 @@ class StaApi:
         base = self._base(request)
         versions = [{"name": v, "url": service_url(request, self.config.public_url, v)} for v in VERSIONS]
         body: dict[str, Any] = {
-            "value": [{"name": e.set_name, "url": f"{base}/{e.set_name}"} for e in ENTITIES.values()]}
+            "value": [{"name": name, "url": f"{base}/{name}"} for name in entity_sets_in(version)]}
         # STA 1.1 §8.2 gives its root serverSettings with the conformance classes (all of them 1.1 classes);
         # STA 1.0's root is only `value`, and its clients read nothing else: there the versions served go in
         # a serverSettings of their own, and the conformance list stays where 1.1 defines it.
@@ -469,5 +472,5 @@ class StaApi:
         return json_response(orjson.dumps({"deleted": deleted[0]}))
 
 
-__all__ = ["CONFORMANCE", "DATA_ARRAY_CONFORMANCE", "MQTT_CONFORMANCE", "ENTITY_SETS", "StaApi", "StaConfig",
-           "error_response"]
+__all__ = ["CONFORMANCE", "DATA_ARRAY_CONFORMANCE", "MQTT_CONFORMANCE", "STAPLUS_CONFORMANCE", "ENTITY_SETS", "StaApi",
+           "StaConfig", "error_response"]

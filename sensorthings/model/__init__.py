@@ -3,7 +3,8 @@ result types, Observation ids, errors. Imports nothing else of sensorthings."""
 
 VERSIONS = ("v1.0", "v1.1")
 """The STA versions served from the one store, oldest first, as they appear in URLs and MQTT topics. A field
-that a later version added names it in `Field.since`; everything else is the same in every version."""
+that a later version added names it in `Field.since`, an entity type (STAplus's) in `Entity.since`, and so
+the relations to it; everything else is the same in every version."""
 LATEST = VERSIONS[-1]
 VERSION = LATEST
 """The newest version served: the default wherever a caller names none."""

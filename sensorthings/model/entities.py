@@ -1,4 +1,5 @@
-"""The SensorThings API 1.1 entity model, as data.
+"""The SensorThings API 1.1 entity model, as data (with the MultiDatastream extension and STAplus's Party,
+Project and License, which only /v1.1 has: Entity.since).
 
 This is the single description of the entity types: their JSON properties (with storage and kind), their
 tables and their relations. The path parser, the query compiler, the writer, the service root and (later)
@@ -11,11 +12,13 @@ derived from that declaration, so the two ends can never disagree.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
-from sensorthings.model import in_version
+from sensorthings.model import VERSIONS, in_version
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.kinds import Field, GeoJson, Geometry, Instant, Interval, Json, JsonList, Result, Text
 
@@ -60,6 +63,12 @@ class Relation:
         return self.storage is not Storage.FK_ON_SOURCE
 
     @property
+    def optional(self) -> bool:
+        """A to-one link the source may be without, on its own (a STAplus Party, Project, License): an update
+        may clear it with null. Not a stream of an Observation, which must have exactly one of them."""
+        return not (self.to_many or self.required or self.name in self.source_entity.exactly_one_of)
+
+    @property
     def target_entity(self) -> Entity:
         return ENTITIES[self.target]
 
@@ -70,6 +79,11 @@ class Relation:
     @property
     def inverse(self) -> Relation:
         return ENTITIES[self.target].relation(self.inverse_name)
+
+    @property
+    def since(self) -> str:
+        """The STA version that has both ends (Entity.since): a relation to a STAplus entity is a v1.1 one."""
+        return max(self.source_entity.since, self.target_entity.since, key=VERSIONS.index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +104,9 @@ class Entity:
     generated_from_column: str = ""
     """On an entity the writer generates (FeatureOfInterest): the column holding the id of the Location it
     was generated from, unique, so that concurrent writers share one (not an STA property)."""
+    since: str = "v1.0"
+    """The STA version that has this entity type (model.VERSIONS): older versions have neither its entity
+    set nor the navigation properties to it (STAplus's Party, Project, License: v1.1 only)."""
 
     def field(self, name: str) -> Field | None:
         for candidate in self.fields:
@@ -99,6 +116,15 @@ class Entity:
 
     def relation(self, name: str) -> Relation:
         return self.relations[name]
+
+    def exists_in(self, version: str) -> bool:
+        return in_version(self.since, version)
+
+    @functools.cache  # noqa: B019 - entities are the model's singletons, versions a handful of strings
+    def relations_in(self, version: str) -> Mapping[str, Relation]:
+        """The navigation properties that `version` of the API has: those to entity types it has (read
+        after the model is complete)."""
+        return MappingProxyType({name: r for name, r in self.relations.items() if in_version(r.since, version)})
 
     @functools.cached_property
     def absent_optional_columns(self) -> dict[str, Any]:
@@ -147,19 +173,26 @@ class Entity:
         found = self.field(name)
         return found if found is not None and not in_version(found.since, version) else None
 
+    def newer_relation(self, name: str, version: str) -> Relation | None:
+        """The navigation property `name` if only a version after `version` has it (Relation.since)."""
+        found = self.relations.get(name)
+        return found if found is not None and not in_version(found.since, version) else None
+
     def too_new(self, name: str, version: str, where: str) -> BadRequest:
-        """The error for a field of a later version used under `version`."""
-        since = self.fields_by_name[name].since
-        return BadRequest(f"{where}: {name} of a {self.name} is a {since} property, which {version} does not "
+        """The error for a field or navigation property of a later version used under `version`."""
+        found = self.fields_by_name.get(name)
+        since, kind = (found.since, "property") if found else (self.relations[name].since, "navigation property")
+        return BadRequest(f"{where}: {name} of a {self.name} is a {since} {kind}, which {version} does not "
                           f"have; use /{since} (the same entities are served there)")
 
 
 def _entity(
     name: str, set_name: str, table: str, *fields: Field, id_sequence: str = "", partition_column: str = "",
     exactly_one_of: tuple[str, ...] = (), result_types_field: str = "", generated_from_column: str = "",
+    since: str = "v1.0",
 ) -> Entity:
     return Entity(name, set_name, table, tuple(fields), {}, id_sequence, partition_column, exactly_one_of,
-                  result_types_field, generated_from_column)
+                  result_types_field, generated_from_column, since)
 
 
 COMPLEX_OBSERVATION = "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_ComplexObservation"
@@ -177,6 +210,12 @@ def _properties_since_1_1() -> Json:
     (OGC 18-088) gives them to Location, Sensor, ObservedProperty, Datastream, FeatureOfInterest (and, in
     the extension, MultiDatastream)."""
     return Json("properties", "properties", since="v1.1")
+
+
+STAPLUS_SINCE = "v1.1"
+"""STAplus (OGC 22-022r1) extends the 1.1 data model: its entity types exist under /v1.1 only."""
+PARTY_ROLES = ("individual", "institutional")
+"""STAplus's PartyRoleCode: the only values of a Party's role."""
 
 
 ENTITIES: dict[str, Entity] = {
@@ -275,6 +314,45 @@ ENTITIES: dict[str, Entity] = {
             _properties_since_1_1(),
             result_types_field="multiObservationDataTypes",
         ),
+        # STAplus (OGC 22-022r1): who owns the data (Party), under which project and licence it is shared.
+        _entity(
+            "Party",
+            "Parties",
+            "parties",
+            Text("description", "description"),
+            Text("authId", "auth_id"),  # the principal's id in the platform's authentication (unique)
+            Text("role", "role", required=True, one_of=PARTY_ROLES),
+            Text("displayName", "display_name"),
+            since=STAPLUS_SINCE,
+        ),
+        _entity(
+            "Project",
+            "Projects",
+            "projects",
+            Text("name", "name", required=True),
+            Text("description", "description"),
+            Text("classification", "classification"),
+            Text("termsOfUse", "terms_of_use", required=True),
+            Text("privacyPolicy", "privacy_policy"),
+            Instant("creationTime", "creation_time", defaults_to_now=True),
+            Instant("startTime", "start_time"),
+            Instant("endTime", "end_time"),
+            Text("url", "url"),
+            Json("properties", "properties"),
+            since=STAPLUS_SINCE,
+        ),
+        _entity(
+            "License",
+            "Licenses",
+            "licenses",
+            Text("name", "name", required=True),
+            Text("definition", "definition", required=True),
+            Text("description", "description"),
+            Text("logo", "logo"),
+            Text("attributionText", "attribution_text"),
+            Json("properties", "properties"),
+            since=STAPLUS_SINCE,
+        ),
     )
 }
 
@@ -341,4 +419,22 @@ _one_to_many(
     child_requires_parent=False,
 )
 
+# STAplus: a Thing, Datastream or MultiDatastream may name its owner (Party), a stream its Project and its
+# License. The links are optional: deleting a Party, Project or License leaves the data in place, unlinked
+# (the foreign keys are ON DELETE SET NULL). An Observation reaches them through its stream.
+_one_to_many("Party", "Things", "Thing", "Party", "party_id", child_requires_parent=False)
+_one_to_many("Party", "Datastreams", "Datastream", "Party", "party_id", child_requires_parent=False)
+_one_to_many("Party", "MultiDatastreams", "MultiDatastream", "Party", "party_id", child_requires_parent=False)
+_one_to_many("Project", "Datastreams", "Datastream", "Project", "project_id", child_requires_parent=False)
+_one_to_many("Project", "MultiDatastreams", "MultiDatastream", "Project", "project_id", child_requires_parent=False)
+_one_to_many("License", "Datastreams", "Datastream", "License", "license_id", child_requires_parent=False)
+_one_to_many("License", "MultiDatastreams", "MultiDatastream", "License", "license_id", child_requires_parent=False)
+
 ENTITY_SETS: dict[str, Entity] = {e.set_name: e for e in ENTITIES.values()}
+"""Every entity set by name, in every version (see `entity_sets_in`)."""
+
+
+@functools.cache
+def entity_sets_in(version: str) -> Mapping[str, Entity]:
+    """The entity sets that `version` of the API has (Entity.since), in the model's order."""
+    return MappingProxyType({name: e for name, e in ENTITY_SETS.items() if e.exists_in(version)})

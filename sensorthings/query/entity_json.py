@@ -34,17 +34,17 @@ class Limits:
 def selectable_names(entity: Entity, version: str = LATEST) -> tuple[str, ...]:
     """What `$select` takes for `entity` in `version`: the id and selfLink annotations, properties,
     navigation properties."""
-    return ("id", "@iot.id", "@iot.selfLink", *entity.property_names_in(version), *entity.relations)
+    return ("id", "@iot.id", "@iot.selfLink", *entity.property_names_in(version), *entity.relations_in(version))
 
 
 def _select_names(entity: Entity, select: tuple[str, ...], version: str) -> set[str]:
     allowed = set(selectable_names(entity, version))
     unknown = [name for name in select if name not in allowed]
-    if unknown and entity.newer_field(unknown[0], version) is not None:
+    if unknown and (entity.newer_field(unknown[0], version) or entity.newer_relation(unknown[0], version)):
         raise entity.too_new(unknown[0], version, "$select")
     if unknown:
         raise BadRequest(f"$select: {entity.name} has no property {unknown[0]!r}; choose from "
-                         f"{', '.join(['id', *entity.property_names_in(version), *entity.relations])}")
+                         f"{', '.join(['id', *entity.property_names_in(version), *entity.relations_in(version)])}")
     return set(select)
 
 
@@ -93,14 +93,16 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
     expanded = {item.path for item in expand}
     navigation: list[tuple[str, _Pair]] = [
         (name, _Pair.link(f"{name}@iot.navigationLink", sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))))
-        for name in entity.relations if wanted(name) and name not in expanded]
+        for name in entity.relations_in(b.version) if wanted(name) and name not in expanded]
     expanded_pairs: list[_Pair] = []
     extras: list[_Pair] = []
     for item in merge_expands(expand):
-        relation = entity.relations.get(item.path)
+        relation = entity.relations_in(b.version).get(item.path)
+        if relation is None and entity.newer_relation(item.path, b.version):
+            raise entity.too_new(item.path, b.version, "$expand")
         if relation is None:
             raise BadRequest(f"$expand: {entity.name} has no relation {item.path!r}; "
-                             f"relations: {', '.join(entity.relations)}")
+                             f"relations: {', '.join(entity.relations_in(b.version))}")
         if depth + 1 > limits.max_expand_depth:
             raise BadRequest(f"$expand is nested deeper than the limit of {limits.max_expand_depth} levels")
         value, more = _expanded(relation, alias, link, item, b, limits, depth + 1)

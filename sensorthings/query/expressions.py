@@ -293,7 +293,7 @@ class ExpressionCompiler:
         entity, alias = self.entity, self.alias
         chain: list[_Join] = []
         for index, segment in enumerate(path.segments):
-            relation = entity.relations.get(segment)
+            relation = entity.relations_in(self.b.version).get(segment)
             if relation is not None:
                 target = self.b.alias()
                 step = _Join(relation, alias, target)
@@ -311,13 +311,13 @@ class ExpressionCompiler:
                 operand = Operand("number", sql.SQL("{}.id").format(alias))
             else:
                 field = entity.field_in(segment, self.b.version)
-                if entity.newer_field(segment, self.b.version) is not None:
+                if entity.newer_field(segment, self.b.version) or entity.newer_relation(segment, self.b.version):
                     raise entity.too_new(segment, self.b.version, f"{self.option}: {path}")
                 if field is None:
                     raise BadRequest(
                         f"{self.option}: {path}: {entity.name} has no property or relation {segment!r}; properties: "
                         f"{', '.join(['id', *entity.property_names_in(self.b.version)])}; "
-                        f"relations: {', '.join(entity.relations)}")
+                        f"relations: {', '.join(entity.relations_in(self.b.version))}")
                 operand = field.operand(alias, rest, self.b.param)
             return self._through(chain, operand) if chain else operand
         raise BadRequest(f"{self.option}: {path} ends at a relation; name one of its properties, e.g. {path}/id")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from sensorthings.model import LATEST
-from sensorthings.model.entities import ENTITY_SETS, Entity, Relation
+from sensorthings.model.entities import ENTITY_SETS, Entity, Relation, entity_sets_in
 from sensorthings.model.errors import BadRequest, NotFound
 from sensorthings.model.kinds import Field
 from sensorthings.model.times import is_ascii_digits
@@ -79,25 +79,27 @@ def parse_path(path: str, version: str = LATEST) -> ResourcePath:
             raise BadRequest(f"invalid path segment {segment!r}; expected e.g. Things, Things(1) or name")
         name, key = match.group("name"), match.group("key")
         if not steps:
-            entity = ENTITY_SETS.get(name)
+            entity = entity_sets_in(version).get(name)
             if entity is None:
-                raise NotFound(f"unknown entity set {name!r}; known: {', '.join(ENTITY_SETS)}")
+                newer = ENTITY_SETS.get(name)
+                hint = f"; {name} is a {newer.since} entity set, use /{newer.since}" if newer is not None else ""
+                raise NotFound(f"unknown entity set {name!r}{hint}; known: {', '.join(entity_sets_in(version))}")
             steps.append(Step(entity, None, None if key is None else parse_id(key, segment)))
             continue
         previous = steps[-1]
         if previous.is_collection:
             raise BadRequest(f"{segment!r} follows a collection; address one entity first, e.g. "
                              f"{previous.entity.set_name}(1)/{name}")
-        relation = previous.entity.relations.get(name)
+        relation = previous.entity.relations_in(version).get(name)
         if relation is None:
             field = previous.entity.field_in(name, version)
-            if previous.entity.newer_field(name, version) is not None:
+            if previous.entity.newer_field(name, version) or previous.entity.newer_relation(name, version):
                 raise NotFound(str(previous.entity.too_new(name, version, segment).message))
             if field is None:  # an unknown resource, as OData 4.01 §11.2.6 (and FROST) answer it
                 raise NotFound(
                     f"{previous.entity.name} has no property or navigation property {name!r}; "
                     f"properties: {', '.join(previous.entity.property_names_in(version))}; "
-                    f"navigation: {', '.join(previous.entity.relations)}"
+                    f"navigation: {', '.join(previous.entity.relations_in(version))}"
                 )
             if key is not None:
                 raise BadRequest(f"{name} is a property of {previous.entity.name}, not a collection; "

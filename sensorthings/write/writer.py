@@ -136,9 +136,9 @@ class Writer:
             if relation.to_many and relation.name in body:
                 await self._create_children(relation, new_id, body[relation.name], f"{where}.{relation.name}")
         await self._check_components(entity, new_id, where)
-        links: dict[str, int | None] = {r.name: columns[r.column] for r in entity.relations.values()
-                                        if r.storage is Storage.FK_ON_SOURCE and columns.get(r.column) is not None}
-        links |= {name: None for name in entity.exactly_one_of if name not in links}  # the stream it does not have
+        # every to-one link, None where it has none (the stream it does not have, an optional Party)
+        links: dict[str, int | None] = {r.name: columns.get(r.column) for r in entity.relations.values()
+                                        if r.storage is Storage.FK_ON_SOURCE}
         self.changes.append(Change(entity, new_id, created=True, links=links))
         if entity is ENTITIES["Thing"]:
             self.history.thing_created(new_id)
@@ -317,7 +317,9 @@ class Writer:
             rel_where = f"{where}.{name}"
             inline_hint = (f"{rel_where}: an update may only link existing entities with {{\"@iot.id\": n}}; "
                            f"create new related entities with POST")
-            if relation.storage is Storage.FK_ON_SOURCE:
+            if relation.storage is Storage.FK_ON_SOURCE and body[name] is None and relation.optional:
+                columns[relation.column] = None  # an optional link removed (a STAplus Party, Project, License)
+            elif relation.storage is Storage.FK_ON_SOURCE:
                 target_id = link_id(body[name], rel_where)
                 if target_id is None:
                     raise BadRequest(inline_hint, field=rel_where)

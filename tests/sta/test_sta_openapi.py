@@ -28,6 +28,7 @@ from tests.sta_helpers import (
     ids,
     location_body,
     observed_property_body,
+    patch,
     post,
     read,
     ref,
@@ -77,7 +78,7 @@ def test_the_landing_page_and_the_service_root_link_it(server_url: str) -> None:
 
 
 def small_city(sta: str) -> dict[str, int]:
-    """One entity of every set, linked: {entity set: id}."""
+    """One entity of every set, linked (STAplus's Party, Project and License too): {entity set: id}."""
     thing = create_thing_with_location(sta)
     datastream = create_datastream(sta, thing)
     observation = create_observation(sta, datastream, 1.5, "2024-05-01T10:00:00Z", resultTime="2024-05-01T10:00:00Z")
@@ -88,7 +89,14 @@ def small_city(sta: str) -> dict[str, int]:
         "unitOfMeasurements": [{"name": "degree Celsius"}], "Thing": ref(thing), "Sensor": ref(sensor),
         "ObservedProperties": [ref(observed)]})
     create(sta, f"MultiDatastreams({multi})/Observations", {"result": [2], "phenomenonTime": "2024-05-01T10:00:00Z"})
-    return {"Things": thing, "Locations": ids(sta, f"Things({thing})/Locations")[0],
+    staplus = {"Parties": create(sta, "Parties", {"role": "individual", "authId": "a", "displayName": "A"}),
+               "Projects": create(sta, "Projects", {"name": "p", "termsOfUse": "t", "properties": {"k": 1}}),
+               "Licenses": create(sta, "Licenses", {"name": "l", "definition": "https://example.org/l"})}
+    links = {"Party": ref(staplus["Parties"]), "Project": ref(staplus["Projects"]), "License": ref(staplus["Licenses"])}
+    for linked, body in ((f"Things({thing})", {"Party": links["Party"]}), (f"Datastreams({datastream})", links),
+                         (f"MultiDatastreams({multi})", links)):
+        assert patch(sta, linked, body).status_code == 200
+    return {**staplus, "Things": thing, "Locations": ids(sta, f"Things({thing})/Locations")[0],
             "HistoricalLocations": ids(sta, f"Things({thing})/HistoricalLocations")[0], "Datastreams": datastream,
             "Sensors": sensor, "ObservedProperties": observed, "Observations": observation,
             "FeaturesOfInterest": read(sta, f"Observations({observation})/FeatureOfInterest")["@iot.id"],

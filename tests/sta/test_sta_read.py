@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from sensorthings.http.routes import CONFORMANCE, DATA_ARRAY_CONFORMANCE, MQTT_CONFORMANCE
+from sensorthings.http.routes import CONFORMANCE, DATA_ARRAY_CONFORMANCE, MQTT_CONFORMANCE, STAPLUS_CONFORMANCE
 from tests.sta_helpers import (
     ENTITY_SETS,
     HTTP,
@@ -36,6 +36,10 @@ from tests.sta_helpers import (
 )
 
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
+STAPLUS_SETS = ("Parties", "Projects", "Licenses")
+"""The entity sets of STAplus, which /v1.1 serves besides ENTITY_SETS (those of both versions)."""
+STAPLUS_NAVIGATION = {"Thing": ("Party",), "Datastream": ("Party", "Project", "License")}
+"""The navigation properties STAplus adds to the entity types of full_tree (tests/sta/test_staplus.py)."""
 
 
 def parse_time(text: str) -> datetime:
@@ -69,9 +73,9 @@ SET_OF = {
 # ------------------------------------------------------------------ service root
 
 
-def test_service_root_lists_all_nine_entity_sets_with_absolute_urls(sta: str) -> None:
+def test_service_root_lists_all_twelve_entity_sets_with_absolute_urls(sta: str) -> None:
     body = read(sta, "")
-    assert sorted(item["name"] for item in body["value"]) == sorted(ENTITY_SETS)
+    assert sorted(item["name"] for item in body["value"]) == sorted(ENTITY_SETS + STAPLUS_SETS)
     for item in body["value"]:
         assert item["url"] == f"{sta}/{item['name']}"
 
@@ -87,7 +91,8 @@ def test_service_root_declares_exactly_the_implemented_conformance_classes(sta: 
     for uri in MQTT_CONFORMANCE:
         assert all(e.startswith("mqtt://") and "@" not in e for e in settings[uri]["endpoints"])
     assert len(set(conformance)) == len(conformance)
-    assert all(uri.startswith(CONFORMANCE_BASE) for uri in conformance)
+    assert STAPLUS_CONFORMANCE in conformance  # the one class of another standard (OGC 22-022r1)
+    assert all(uri.startswith(CONFORMANCE_BASE) for uri in conformance if uri != STAPLUS_CONFORMANCE)
     for core in ("datamodel", "resource-path/resource-path-to-entities", "create-update-delete"):
         assert CONFORMANCE_BASE + core in conformance
 
@@ -306,7 +311,8 @@ def test_every_entity_type_carries_every_navigation_link(sta: str) -> None:
         self_link = f"{sta}/{SET_OF[entity_type]}({entity_id})"
         assert body["@iot.selfLink"] == self_link
         links = {k for k in body if k.endswith("@iot.navigationLink")}
-        assert links == {f"{nav}@iot.navigationLink" for nav in NAVIGATION[entity_type]}, entity_type
+        navigation = (*NAVIGATION[entity_type], *STAPLUS_NAVIGATION.get(entity_type, ()))
+        assert links == {f"{nav}@iot.navigationLink" for nav in navigation}, entity_type
         for nav in NAVIGATION[entity_type]:
             assert body[f"{nav}@iot.navigationLink"] == f"{self_link}/{nav}"
 
@@ -340,7 +346,7 @@ def test_forwarded_headers_are_honoured_in_self_and_navigation_links(sta: str) -
 
 def test_forwarded_headers_are_honoured_in_the_service_root(sta: str) -> None:
     body = get(sta, "", headers=FORWARDED).json()
-    assert {item["url"] for item in body["value"]} == {f"{PUBLIC}/{name}" for name in ENTITY_SETS}
+    assert {item["url"] for item in body["value"]} == {f"{PUBLIC}/{name}" for name in ENTITY_SETS + STAPLUS_SETS}
 
 
 def test_forwarded_headers_are_honoured_in_the_location_header_and_next_link(sta: str) -> None:

@@ -115,7 +115,10 @@ def test_the_not_found_message_lists_the_properties_and_navigation() -> None:
         parse_path("Things(1)/nosuchprop")
     assert raised.value.message == (
         "Thing has no property or navigation property 'nosuchprop'; properties: name, description, properties; "
-        "navigation: Locations, HistoricalLocations, Datastreams, MultiDatastreams")
+        "navigation: Locations, HistoricalLocations, Datastreams, MultiDatastreams, Party")
+    with pytest.raises(NotFound) as raised:  # STAplus's Party is a v1.1 navigation property (Entity.since)
+        parse_path("Things(1)/nosuchprop", "v1.0")
+    assert raised.value.message.endswith("navigation: Locations, HistoricalLocations, Datastreams, MultiDatastreams")
 
 
 @pytest.mark.parametrize("path", ["Things(abc)", "Things(1)/name(1)", "Things(1)/na-me", "Things/name",
