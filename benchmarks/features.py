@@ -40,7 +40,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 
 from city import BBOX, START, CityParams, ensure_city  # noqa: E402
-from harness import REPO, api_server, machine_info, write_report  # noqa: E402
+from harness import CREDENTIALS, REPO, api_server, machine_info, reader_credential, write_report  # noqa: E402
 from query import WARMUP, Row, print_table, time_http  # noqa: E402
 
 from citystream.embedded import EmbeddedPostgres  # noqa: E402
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per request (20)")
     parser.add_argument("--walks", type=int, default=10,  # ~5 s each; 3 gave page 1 and page 100 3 samples apiece
                         help=f"timed walks through {WALKED_OBSERVATIONS:,} observations by next links (10)")
+    parser.add_argument("--credential", choices=CREDENTIALS, default="none",
+                        help="read anonymously (none), with an API key (key) or an OIDC token (jwt)")
     parser.add_argument("--data-dir", type=Path, default=REPO / "benchmarks" / ".data" / "query",
                         help="private PostgreSQL and cached city, shared with query.py (benchmarks/.data/query)")
     args = parser.parse_args(argv)
@@ -179,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
             machine = machine_info(conn)
             print(f"machine: {machine['nproc']} CPUs, {machine['memory']}, {machine['postgresql'].split(',')[0]}")
-            with api_server(dsn, args.data_dir / "server.log") as sta_root, \
-                    httpx.Client(timeout=120, headers={"Accept-Encoding": "identity"}) as client:
+            with reader_credential(args.credential, dsn) as (credential, server_env), \
+                    api_server(dsn, args.data_dir / "server.log", server_env) as sta_root, \
+                    httpx.Client(timeout=120, headers={"Accept-Encoding": "identity", **credential}) as client:
                 ogc = sta_root.rsplit("/", 1)[0] + "/ogcapi"
                 print(f"API {ogc}; {args.repeat} timed runs per request after {WARMUP} warm-up runs", flush=True)
                 rows = [run_page("1", f"observations: bbox + 3 days, limit={PAGE_SIZE}", "observations", filtered,
@@ -210,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"\nEXPLAIN (ANALYZE, BUFFERS) of {key}:\n{plan}")
         report = {
             "benchmark": "features",
-            "parameters": {**asdict(city), "repeat": args.repeat, "warmup": WARMUP, "walks": args.walks,
+            "parameters": {**asdict(city), "credential": args.credential, "repeat": args.repeat, "warmup": WARMUP,
+                           "walks": args.walks,
                            "page_size": PAGE_SIZE, "walked_observations": WALKED_OBSERVATIONS,
                            "bbox": quarter, "datetime": window},
             "targets": {"ratio_p50_max": RATIO_TARGET, "page_100_vs_page_1_max": 1.2},

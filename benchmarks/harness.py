@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +20,9 @@ from typing import Any
 import httpx
 import psycopg
 
+from citystream.auth.credentials import create_key
 from citystream.embedded import find_free_port
+from sensorthings.model.access import Role
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
@@ -64,12 +68,70 @@ def platform_process(args: list[str], env: dict[str, str], log_path: Path, ready
 
 
 @contextmanager
-def api_server(dsn: str, log_path: Path) -> Iterator[str]:
-    """`citystream serve` against `dsn`; yields the service URL."""
+def api_server(dsn: str, log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """`citystream serve` against `dsn` (with `extra_env`: an OIDC issuer, say); yields the service URL."""
     port = find_free_port()
-    env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_HOST": "127.0.0.1"}
+    env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_HOST": "127.0.0.1", **(extra_env or {})}
     with platform_process(["serve", "--http-port", str(port)], env, log_path, f"http://127.0.0.1:{port}/health"):
         yield f"http://127.0.0.1:{port}/v1.1"
+
+
+CREDENTIALS = ("none", "key", "jwt")
+"""How a read benchmark's client authenticates (--credential): anonymously, with an API key, with a JWT."""
+
+
+@contextmanager
+def reader_credential(kind: str, dsn: str) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """(client headers, server environment) for reading as `kind`: nothing; a new API key with the read
+    role; or an OIDC access token signed by a key pair made here, its JWKS served on loopback for the
+    server (the issuer a city's Keycloak would be)."""
+    if kind == "none":
+        yield {}, {}
+        return
+    if kind == "key":
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            token = create_key(conn, "benchmark reader", frozenset({Role.READ})).token
+        yield {"Authorization": f"Bearer {token}"}, {}
+        return
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key(), as_dict=True), "kid": "bench",
+           "use": "sig", "alg": "RS256"}
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    issuer = f"http://127.0.0.1:{server.server_port}/realms/bench"
+    claims = {"iss": issuer, "aud": "citystream", "sub": "bench", "exp": int(time.time()) + 7200,
+              "realm_access": {"roles": ["read"]}}
+    token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "bench"})
+    try:
+        yield {"Authorization": f"Bearer {token}"}, {
+            "CITYSTREAM_OIDC_JWKS_URL": f"http://127.0.0.1:{server.server_port}/jwks",
+            "CITYSTREAM_OIDC_ISSUER": issuer, "CITYSTREAM_OIDC_AUDIENCE": "citystream"}
+    finally:
+        server.shutdown()
+
+
+def write_headers(dsn: str) -> dict[str, str]:
+    """Headers of a new API key that may write (the platform refuses anonymous writes): the key path a
+    sensor operator's requests take."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        token = create_key(conn, "benchmark", frozenset({Role.CREATE, Role.READ})).token
+    return {"Authorization": f"Bearer {token}"}
 
 
 def machine_info(conn: psycopg.Connection[Any]) -> dict[str, Any]:

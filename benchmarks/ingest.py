@@ -49,7 +49,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import loadgen  # noqa: E402
-from benchmarks.harness import BENCHMARKS, machine_info, percentile, platform_process, write_report  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    BENCHMARKS,
+    machine_info,
+    percentile,
+    platform_process,
+    write_headers,
+    write_report,
+)
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port  # noqa: E402
 from ingest.store import COPY_COLUMNS  # noqa: E402
 from sensorthings.schema.migrate import apply_migrations  # noqa: E402
@@ -83,9 +90,9 @@ def truncate(dsn: str) -> None:
 # ------------------------------------------------------------------ the city
 
 
-def create_datastreams(sta: str, count: int) -> list[int]:
+def create_datastreams(sta: str, count: int, headers: dict[str, str]) -> list[int]:
     """`count` Datastreams on Things that have a Location (so FeaturesOfInterest are generated)."""
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=headers) as client:
         sensor = client.post(f"{sta}/Sensors", json={
             "name": "bench", "description": "bench", "encodingType": "text/html", "metadata": "https://x"})
         prop = client.post(f"{sta}/ObservedProperties", json={
@@ -333,11 +340,13 @@ def latency_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], rat
 # ------------------------------------------------------------------ (c) HTTP POST
 
 
-def http_run(sta: str, datastreams: list[int], clients: int, seconds: float) -> dict[str, Any]:
+def http_run(sta: str, datastreams: list[int], clients: int, seconds: float, headers: dict[str, str]
+             ) -> dict[str, Any]:
     """`clients` sequential clients (one keep-alive connection each, one request in flight) POST for
     `seconds`, all in one load process: at ~tens of µs of CPU per request it needs no second one."""
     with ProcessPoolExecutor(max_workers=1) as pool:
-        result = pool.submit(loadgen.post_observations, sta, datastreams, clients=clients, seconds=seconds).result()
+        result = pool.submit(loadgen.post_observations, sta, datastreams, clients=clients, seconds=seconds,
+                             authorization=headers["Authorization"]).result()
     others = {str(status): n for status, n in sorted(result.statuses.items()) if status != 201}
     return {"clients": clients, "created": result.created, "requests": result.requests, "other_statuses": others,
             "seconds": seconds, "obs_per_s": round(result.created / seconds),
@@ -354,7 +363,7 @@ def data_array_document(datastreams: list[int], rows: int, start: datetime) -> b
         for n, ds in enumerate(datastreams)])
 
 
-def create_observations_run(sta: str, datastreams: list[int], clients: int, seconds: float,
+def create_observations_run(sta: str, datastreams: list[int], clients: int, seconds: float, headers: dict[str, str],
                             rows: int) -> dict[str, Any]:
     """`clients` threads, each POSTing CreateObservations documents of `rows` rows back to back for `seconds`
     (one connection each). The documents are built before the clock starts; posting them costs the client
@@ -364,7 +373,7 @@ def create_observations_run(sta: str, datastreams: list[int], clients: int, seco
     created, errors, requests = [0] * clients, [0] * clients, [0] * clients
 
     def client(i: int, deadline: float) -> None:
-        with httpx.Client(timeout=300) as http:
+        with httpx.Client(timeout=300, headers=headers) as http:
             while time.perf_counter() < deadline:
                 response = http.post(f"{sta}/CreateObservations", content=documents[i],
                                      headers={"Content-Type": "application/json"})
@@ -437,22 +446,25 @@ def main(argv: list[str] | None = None) -> int:
                    "CITYSTREAM_HTTP_PORT": str(http_port)}
             with platform_process(["serve"], env, log_path, f"http://127.0.0.1:{http_port}/health"):
                 sta = f"http://127.0.0.1:{http_port}/v1.1"
-                datastreams = create_datastreams(sta, args.datastreams)
+                writer = write_headers(dsn)
+                datastreams = create_datastreams(sta, args.datastreams, writer)
                 print(f"{len(datastreams)} Datastreams ready; (a) COPY ceiling ...", flush=True)
                 ceiling = copy_ceiling(dsn, datastreams, args.copy_rows)
                 report["copy"] = ceiling
                 truncate(dsn)
                 create_datastreams_features = [
-                    httpx.post(f"{sta}/Datastreams({d})/Observations", json={"result": 0}) for d in datastreams]
+                    httpx.post(f"{sta}/Datastreams({d})/Observations", json={"result": 0}, headers=writer)
+                    for d in datastreams]
                 assert all(r.status_code == 201 for r in create_datastreams_features)
                 report["http"] = []
                 report["data_array"] = []
                 if not args.skip_http:
                     print("(c) HTTP POST ...", flush=True)
-                    report["http"] = [http_run(sta, datastreams, clients, args.http_seconds) for clients in (1, 32)]
+                    report["http"] = [http_run(sta, datastreams, clients, args.http_seconds, writer)
+                                      for clients in (1, 32)]
                     print("(d) CreateObservations ...", flush=True)
                     report["data_array"] = [
-                        create_observations_run(sta, datastreams, clients, args.http_seconds, DATA_ARRAY_ROWS)
+                        create_observations_run(sta, datastreams, clients, args.http_seconds, writer, DATA_ARRAY_ROWS)
                         for clients in (1, 2)]
             truncate(dsn)
             report["mqtt"], report["latency"] = [], None

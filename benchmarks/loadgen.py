@@ -542,13 +542,14 @@ class _HttpConnection(asyncio.Protocol):
         return await self._waiter
 
 
-async def _post(url: str, datastreams: Sequence[int], clients: int, seconds: float, first_client: int
-                ) -> HttpResult:
+async def _post(url: str, datastreams: Sequence[int], clients: int, seconds: float, first_client: int,
+                authorization: str | None) -> HttpResult:
     cpu_started = time.process_time()
     loop = asyncio.get_running_loop()
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = (f"POST {parts.path.rstrip('/')}/Observations HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+    credential = f"Authorization: {authorization}\r\n" if authorization else ""
+    head = (f"POST {parts.path.rstrip('/')}/Observations HTTP/1.1\r\nHost: {parts.netloc}\r\n{credential}"
             f"Content-Type: application/json\r\nContent-Length: ").encode()
     payloads = Payloads(datastreams)
     statuses: Counter[int] = Counter()
@@ -581,8 +582,9 @@ async def _post(url: str, datastreams: Sequence[int], clients: int, seconds: flo
 
 
 def post_observations(url: str, datastreams: Sequence[int], *, clients: int, seconds: float,
-                      first_client: int = 0) -> HttpResult:
+                      first_client: int = 0, authorization: str | None = None) -> HttpResult:
     """Process entry point: `clients` concurrent sequential clients, each on its own keep-alive connection,
     POST Observations to `url`/Observations (`url` is the service root, e.g. http://host:port/v1.1) for
-    `seconds`. Client n sends to Datastreams n, n+1, ... (mod their count), like ingest.py's old clients."""
-    return _run(_post(url, datastreams, clients, seconds, first_client))
+    `seconds`. Client n sends to Datastreams n, n+1, ... (mod their count), like ingest.py's old clients.
+    `authorization`: the Authorization header value of a key that may create."""
+    return _run(_post(url, datastreams, clients, seconds, first_client, authorization))

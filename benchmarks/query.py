@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import httpx
 import psycopg
 from city import START, CityParams, ensure_city
-from harness import REPO, api_server, machine_info, percentile, write_report
+from harness import CREDENTIALS, REPO, api_server, machine_info, percentile, reader_credential, write_report
 from psycopg import sql
 
 from citystream.embedded import EmbeddedPostgres
@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per request (20)")
     parser.add_argument("--page-walks", type=int, default=2,
                         help=f"timed walks through {PAGED_OBSERVATIONS:,} observations by @iot.nextLink (2)")
+    parser.add_argument("--credential", choices=CREDENTIALS, default="none",
+                        help="read anonymously (none), with an API key (key) or an OIDC token (jwt)")
     parser.add_argument("--data-dir", type=Path, default=REPO / "benchmarks" / ".data" / "query",
                         help="private PostgreSQL and cached city (benchmarks/.data/query)")
     args = parser.parse_args(argv)
@@ -284,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"city: generated {city.observations:,} observations in {generation:.1f} s")
             machine = machine_info(conn)
             print(f"machine: {machine['nproc']} CPUs, {machine['memory']}, {machine['postgresql'].split(',')[0]}")
-            with api_server(dsn, args.data_dir / "server.log") as base, \
-                    httpx.Client(timeout=120, headers={"Accept-Encoding": "identity"}) as client:
+            with reader_credential(args.credential, dsn) as (credential, server_env), \
+                    api_server(dsn, args.data_dir / "server.log", server_env) as base, \
+                    httpx.Client(timeout=120, headers={"Accept-Encoding": "identity", **credential}) as client:
                 print(f"API {base}; {args.repeat} timed runs per request after {WARMUP} warm-up runs", flush=True)
                 floor = http_floor(client, base, args.repeat)
                 print(f"  HTTP floor (GET /v1.1, no database): p50 {percentile(floor, 50):.1f} ms, "
@@ -315,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"EXPLAIN (ANALYZE, BUFFERS):\n{plan['plan']}")
         report = {
             "benchmark": "query",
-            "parameters": {**asdict(city), "repeat": args.repeat, "warmup": WARMUP, "page_walks": args.page_walks,
+            "parameters": {**asdict(city), "credential": args.credential, "repeat": args.repeat, "warmup": WARMUP,
+                           "page_walks": args.page_walks,
                            "page_size": PAGE_SIZE, "paged_observations": PAGED_OBSERVATIONS,
                            "limits": asdict(LIMITS)},
             "targets": {"ratio_p50_max": RATIO_TARGET, "latest_value_p95_ms_max": LATEST_P95_TARGET_MS},

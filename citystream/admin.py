@@ -1,15 +1,10 @@
 """Operator endpoints under /admin: dead letters of MQTT payloads that could not be stored, and the
-notification topics that have subscribers.
-
-They show what devices sent, so they are not public: with CITYSTREAM_ADMIN_TOKEN set they need
-`Authorization: Bearer <token>`; without it they answer only clients on the loopback interface.
+notification topics that have subscribers. They show what devices sent, so they need the admin role (an
+admin API key or user, an OIDC token with admin, or CITYSTREAM_ADMIN_TOKEN).
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,21 +13,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from ingest.dead_letters import list_dead_letters
 from mqtt_bridge.subscriptions import SubscriptionRegistry
-from sensorthings.model.errors import BadRequest, StaError
+from sensorthings.model.access import Role, require
+from sensorthings.model.errors import BadRequest
 from sensorthings.model.times import is_ascii_digits
 
 MAX_LIMIT = 1000
-
-
-class Forbidden(StaError):
-    status = 403
-
-
-def _is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _int_param(request: Request, name: str, default: int | None) -> int | None:
@@ -44,28 +29,12 @@ def _int_param(request: Request, name: str, default: int | None) -> int | None:
     return int(raw)
 
 
-def admin_guard(token: str | None) -> Callable[[Request], None]:
-    """The check for operator-only requests (these endpoints, and bulk deletes in the STA API): the bearer
-    token when CITYSTREAM_ADMIN_TOKEN is set, else a loopback client. Raises Forbidden (403)."""
-
-    def authorise(request: Request) -> None:
-        if token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise Forbidden("send Authorization: Bearer <CITYSTREAM_ADMIN_TOKEN>")
-        elif not _is_loopback(request.client.host if request.client else None):
-            raise Forbidden("this answers only loopback clients unless CITYSTREAM_ADMIN_TOKEN is set")
-
-    return authorise
-
-
-def admin_router(pool: AsyncConnectionPool[Any], token: str | None, registry: SubscriptionRegistry) -> APIRouter:
+def admin_router(pool: AsyncConnectionPool[Any], registry: SubscriptionRegistry) -> APIRouter:
     router = APIRouter()
-    authorise = admin_guard(token)
 
     @router.get("/admin/dead-letters", include_in_schema=False)
     async def dead_letters(request: Request) -> Response:
-        authorise(request)
+        require(Role.ADMIN)
         unknown = set(request.query_params) - {"limit", "before"}
         if unknown:
             raise BadRequest(f"unknown parameter(s) {', '.join(sorted(unknown))}; use limit and before")
@@ -79,9 +48,9 @@ def admin_router(pool: AsyncConnectionPool[Any], token: str | None, registry: Su
         return Response(orjson.dumps(body), media_type="application/json")
 
     @router.get("/admin/subscriptions", include_in_schema=False)
-    async def subscriptions(request: Request) -> Response:
+    async def subscriptions() -> Response:
         """The STA topic filters this process publishes notifications for (learned from the broker)."""
-        authorise(request)
+        require(Role.ADMIN)
         return Response(orjson.dumps({"value": registry.filters()}), media_type="application/json")
 
     return router

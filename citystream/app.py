@@ -14,7 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citystream.access_log import AccessLog
-from citystream.admin import admin_guard, admin_router
+from citystream.admin import admin_router
+from citystream.auth.authenticate import Authentication, Authenticator
+from citystream.auth.oidc import OidcVerifier
+from citystream.auth.store import CredentialStore
 from citystream.logs import request_id
 from citystream.mqtt_websocket import PATH as MQTT_WEBSOCKET_PATH
 from citystream.mqtt_websocket import MqttWebSocketRelay, RelayConfig
@@ -36,18 +39,25 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 def create_app(settings: Settings, database_url: str) -> FastAPI:
     services = WritePath.build(settings, database_url)
     pool, ingest, notifier = services.pool, services.ingest, services.notifier
+    credentials = CredentialStore(pool, settings.auth_reload_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await services.start()
         try:
+            await credentials.start()
             yield
         finally:
+            await credentials.stop()
             await ogc.state.close()
             await services.stop()
 
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
+    # Added first, so it runs inside the access log (which then records the 401s it answers).
+    app.add_middleware(Authentication, authenticator=Authenticator(
+        credentials, OidcVerifier(settings.oidc) if settings.oidc else None, settings.admin_token),
+        anonymous_read=settings.anonymous_read)
     app.add_middleware(AccessLog, mode=settings.access_log)
     sta = StaApi(pool, StaConfig(
         default_top=settings.default_top,
@@ -58,9 +68,9 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         max_expand_depth=settings.max_expand_depth,
         exact_count_limit=settings.exact_count_limit,
         mqtt_endpoints=mqtt_endpoints(settings),
-    ), observations=ingest, listener=notifier, bulk_guard=admin_guard(settings.admin_token))
+    ), observations=ingest, listener=notifier)
     app.include_router(sta.router)
-    app.include_router(admin_router(pool, settings.admin_token, notifier.registry))
+    app.include_router(admin_router(pool, notifier.registry))
     ogc = create_ogc_app(pool, OgcConfig(public_url=settings.public_url,
                                          statement_timeout_ms=settings.statement_timeout_ms))
     app.add_route("/ogcapi", ogc.state.landing, include_in_schema=False)

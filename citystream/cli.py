@@ -1,4 +1,5 @@
-"""The `citystream` command: `up` (everything, one command), `serve` (HTTP only) and `migrate`.
+"""The `citystream` command: `up` (everything, one command), `serve` (HTTP only), `migrate`, and `keys` and
+`users` for credentials.
 
 Why a single entry point: a developer gets a complete platform with `citystream up` and nothing else, while
 an operator with a managed PostgreSQL and broker runs `citystream migrate` and `citystream serve` against it.
@@ -15,16 +16,18 @@ This module parses (the command line is defined in cli_args.py), dispatches and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from citystream import logs
+from citystream.auth.bootstrap import key_file
 from citystream.cli_args import HTTP_PORT_HINT, DemoOptions, build_parser, settings_from
 from citystream.embedded import EmbeddedServiceError, ensure_port_free
 from citystream.settings import Settings
@@ -148,6 +151,13 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
                   f"`citystream up` with this --data-dir first ({password_file} is missing)", file=sys.stderr)
             return 2
         account = BrokerAddress(settings.mqtt_host, settings.mqtt_port, settings.mqtt_sensor_user, password)
+    key_path = key_file(settings.data_dir, "demo sensor")
+    api_key = args.api_key or settings.api_key or (key_path.read_text().strip() if key_path.exists() else None)
+    if api_key is None:
+        print(f"citystream: error: no API key to create the city with: set CITYSTREAM_API_KEY (a key with the "
+              f"create and read roles) or run `citystream up` with this --data-dir first ({key_path} is missing)",
+              file=sys.stderr)
+        return 2
     stop = asyncio.Event()
 
     async def main() -> None:
@@ -155,10 +165,25 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await run_demo(sta_url, account.url, username=account.username, password=account.password,
-                       speed=args.demo_speed, seed=args.demo_seed, stop=stop)
+                       speed=args.demo_speed, seed=args.demo_seed, stop=stop, api_key=api_key)
 
     asyncio.run(main())
     return 0
+
+
+@contextlib.contextmanager
+def _platform_database(settings: Settings) -> Iterator[str]:
+    """The configured database; else the embedded cluster of the data directory: the running one (under
+    `citystream up`), or started for the command and stopped again."""
+    if not settings.database_url:
+        from citystream.embedded import EmbeddedPostgres
+
+        running = EmbeddedPostgres(settings.data_dir / "postgres").running_dsn()
+        if running is not None:
+            yield running
+            return
+    with _database(settings) as (database_url, _shown):
+        yield database_url
 
 
 def cmd_migrate(settings: Settings) -> int:
@@ -182,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bridge(settings, args.workers, args.worker)
         if args.command == "demo":
             return cmd_demo(settings, args)
+        if args.command in ("keys", "users"):
+            from citystream.auth.commands import cmd_keys, cmd_users
+
+            command = cmd_keys if args.command == "keys" else cmd_users
+            return command(args, lambda: _platform_database(settings))
         return commands[args.command](settings)
     except _Shutdown:
         _say("stopped")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from citystream.settings import Settings
+from sensorthings.model.access import ROLES
 
 HTTP_PORT_HINT = "choose another with --http-port (or CITYSTREAM_HTTP_PORT)"
 MQTT_PORT_HINT = "choose another with --mqtt-port (or CITYSTREAM_MQTT_PORT)"
@@ -29,13 +30,18 @@ environment (flags override these):
                             the embedded broker's sensor account (default `sensor`, password generated once
                             and kept in DATA_DIR/mosquitto/sensor-password)
   CITYSTREAM_MQTT_ANONYMOUS_READ
-                            topic filter anonymous MQTT clients may read (default v1.1/#; empty: refused)
+                            topic filters anonymous MQTT clients may read, separated by spaces (default
+                            "v1.0/# v1.1/#"; empty: refused)
   CITYSTREAM_MQTT_WS_URL    the broker's WebSocket listener that /mqtt on the HTTP port relays to (ws:// or
                             wss://; `up` sets it to the embedded broker's); unset: /mqtt is off
   CITYSTREAM_HOST, CITYSTREAM_HTTP_PORT, CITYSTREAM_MQTT_PORT, CITYSTREAM_MQTT_WS_PORT, CITYSTREAM_DATA_DIR,
   CITYSTREAM_PUBLIC_URL,
   CITYSTREAM_DEFAULT_TOP, CITYSTREAM_MAX_TOP, CITYSTREAM_MAX_BODY_BYTES, CITYSTREAM_STATEMENT_TIMEOUT_MS,
   CITYSTREAM_DB_POOL_SIZE
+  CITYSTREAM_ADMIN_TOKEN    an operator bearer token with the admin role (beside `citystream keys`)
+  CITYSTREAM_ANONYMOUS_READ true (default): anyone may read public data; false: reading needs a credential
+  CITYSTREAM_OIDC_JWKS_URL, CITYSTREAM_OIDC_ISSUER, CITYSTREAM_OIDC_AUDIENCE (and _ROLES_CLAIM, _ROLE_MAP)
+                            take OIDC bearer tokens (Keycloak, Azure AD, ...) of that issuer
   CITYSTREAM_LOG_FORMAT     json (default: one object per line on stdout) or text
   CITYSTREAM_LOG_LEVEL      debug, info (default), warning or error
   CITYSTREAM_ACCESS_LOG     HTTP access records: all (default), writes (not GET/HEAD, and errors) or off
@@ -162,6 +168,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mqtt-port", type=int, help="port of the embedded Mosquitto (default 1883)")
     add_demo_options(demo)
     add_data_dir(demo)
+    demo.add_argument("--api-key", help=argparse.SUPPRESS)  # `up` hands its demo key over in CITYSTREAM_API_KEY
+
+    roles = ", ".join(ROLES)
+    keys = sub.add_parser(
+        "keys", help="create, list and revoke API keys",
+        description=("API keys for the STA and OGC API (Authorization: Bearer <key>, X-API-Key: <key>, or HTTP "
+                     "Basic with the key's id and secret), against CITYSTREAM_DATABASE_URL or the embedded "
+                     "cluster in DATA_DIR (running or not). Only a hash of the secret is stored: "
+                     "`create` prints it once."),
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="{create,list,revoke}")
+    create_key = keys_sub.add_parser("create", help="create a key and print its secret (once)")
+    create_key.add_argument("--name", required=True, help="what the key is for (shown in `keys list` and logs)")
+    create_key.add_argument("--role", action="append", required=True,
+                            help=f"a role it holds, repeatable or comma-separated: {roles}")
+    create_key.add_argument("--expires", help="30d, 12h, 90m or an ISO 8601 time (default: never)")
+    keys_sub.add_parser("list", help="every key: id, name, roles, when created, expires, was revoked")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key: every API process refuses it within seconds")
+    revoke.add_argument("id", help="the key's id (the 12 characters after cs_)")
+    users = sub.add_parser(
+        "users", help="create, list and disable HTTP Basic users (for FROST clients)",
+        description=("Users for HTTP Basic (frost-sta-client's auth handler), stored with salted scrypt hashes. "
+                     "`create` reads the password from CITYSTREAM_USER_PASSWORD, else from standard input "
+                     "(asked twice on a terminal), never from the command line."),
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="{create,list,disable}")
+    create_user = users_sub.add_parser("create", help="create a user")
+    create_user.add_argument("--name", required=True, help="the user name (letters, digits and . _ @ -)")
+    create_user.add_argument("--role", action="append", required=True,
+                             help=f"a role the user holds, repeatable or comma-separated: {roles}")
+    users_sub.add_parser("list", help="every user: name, roles, when created, disabled")
+    disable = users_sub.add_parser("disable", help="disable a user: refused within seconds")
+    disable.add_argument("name")
+    for p in (keys, users):
+        add_data_dir(p)
     return parser
 
 

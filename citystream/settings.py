@@ -1,8 +1,8 @@
 """Platform settings: the one place that reads the environment.
 
 Every other package receives the values it needs as arguments (DESIGN.md: only `citystream/` reads the
-environment). Secrets arrive only through `CITYSTREAM_DATABASE_URL`, `CITYSTREAM_MQTT_URL` and
-`CITYSTREAM_MQTT_SENSOR_PASSWORD`, and are kept out of the repr.
+environment). Secrets arrive only through `CITYSTREAM_DATABASE_URL`, `CITYSTREAM_MQTT_URL`,
+`CITYSTREAM_MQTT_SENSOR_PASSWORD` and `CITYSTREAM_ADMIN_TOKEN`, and are kept out of the repr.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 
 from citystream import logs
 from citystream.access_log import MODES as ACCESS_LOG_MODES
+from citystream.auth.oidc import OidcConfig
 from mqtt_bridge import identity
 from sensorthings.model import VERSIONS
+from sensorthings.model.access import Role, parse_roles
 
 
 def _int_env(name: str, default: int) -> int:
@@ -32,6 +34,40 @@ def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def _bool_env(name: str, default: bool) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise SystemExit(f"{name} must be true or false, got {raw!r}")
+    return raw in ("1", "true", "yes", "on")
+
+
+def _oidc_env() -> OidcConfig | None:
+    """CITYSTREAM_OIDC_JWKS_URL, CITYSTREAM_OIDC_ISSUER and CITYSTREAM_OIDC_AUDIENCE: all three, or none (no OIDC)."""
+    env = os.environ
+    names = ("CITYSTREAM_OIDC_JWKS_URL", "CITYSTREAM_OIDC_ISSUER", "CITYSTREAM_OIDC_AUDIENCE")
+    jwks_url, issuer, audience = given = [(env.get(name) or "").strip() for name in names]
+    if not any(given):
+        return None
+    missing = [name for name, value in zip(names, given, strict=True) if not value]
+    if missing:
+        raise SystemExit(f"OIDC needs {', '.join(missing)} too (or none of these variables)")
+    role_map: list[tuple[str, Role]] = []
+    for pair in (env.get("CITYSTREAM_OIDC_ROLE_MAP") or "").split():
+        claim_value, sep, role = pair.partition("=")
+        try:
+            roles = parse_roles(role)
+        except ValueError as exc:
+            raise SystemExit(f"CITYSTREAM_OIDC_ROLE_MAP: {exc}") from exc
+        if not sep or not claim_value or len(roles) != 1:
+            raise SystemExit(f"CITYSTREAM_OIDC_ROLE_MAP takes claim-value=role pairs, got {pair!r}")
+        role_map.append((claim_value, next(iter(roles))))
+    return OidcConfig(jwks_url, issuer, audience,
+                      roles_claim=(env.get("CITYSTREAM_OIDC_ROLES_CLAIM") or "realm_access.roles").strip(),
+                      role_map=tuple(role_map))
 
 
 def _ws_url_env(name: str) -> str | None:
@@ -101,7 +137,18 @@ class Settings:
     """Create Observations from MQTT in this process (False: only publish notifications)."""
     mqtt_max_payload_bytes: int = 64 * 1024
     admin_token: str | None = field(default=None, repr=False)
-    """Bearer token for /admin; None: /admin answers loopback clients only."""
+    """The operator's bearer token (CITYSTREAM_ADMIN_TOKEN): admin, beside the API keys and users in the
+    database. None: none."""
+    api_key: str | None = field(default=None, repr=False)
+    """The API key `citystream demo` creates its city with (CITYSTREAM_API_KEY); None: the demo sensor key
+    that `citystream up` keeps in DATA_DIR/keys."""
+    anonymous_read: bool = True
+    """Anonymous callers may read public data (CITYSTREAM_ANONYMOUS_READ); writes always need a credential."""
+    auth_reload_seconds: float = 2.0
+    """How often each API process reloads the API keys and users: the bound on how long a revoked key works."""
+    oidc: OidcConfig | None = None
+    """Bearer JWTs of this OIDC issuer are taken (CITYSTREAM_OIDC_JWKS_URL, _ISSUER, _AUDIENCE, _ROLES_CLAIM,
+    _ROLE_MAP)."""
     mqtt_receive_maximum: int = 20_000
     """QoS 1 messages the broker may have in flight to one bridge; size it for the batch (REFERENCE.md)."""
     log_format: str = "json"
@@ -144,6 +191,10 @@ class Settings:
             ingest_queue_rows=_int_env("CITYSTREAM_INGEST_QUEUE_ROWS", base.ingest_queue_rows),
             ingest_writers=_int_env("CITYSTREAM_INGEST_WRITERS", base.ingest_writers),
             admin_token=env.get("CITYSTREAM_ADMIN_TOKEN") or None,
+            api_key=env.get("CITYSTREAM_API_KEY") or None,
+            anonymous_read=_bool_env("CITYSTREAM_ANONYMOUS_READ", base.anonymous_read),
+            auth_reload_seconds=_int_env("CITYSTREAM_AUTH_RELOAD_SECONDS", int(base.auth_reload_seconds)),
+            oidc=_oidc_env(),
             mqtt_public_urls=tuple(u.strip() for u in env.get("CITYSTREAM_MQTT_PUBLIC_URLS", "").split(",")
                                    if u.strip()),
             mqtt_client_id=env.get("CITYSTREAM_MQTT_CLIENT_ID") or base.mqtt_client_id,

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from citystream.auth.bootstrap import PlatformKey, ensure_platform_keys
 from citystream.cli_args import HTTP_PORT_HINT, MQTT_PORT_HINT, MQTT_WS_PORT_HINT, DemoOptions
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, ensure_port_free
 from citystream.settings import Settings
@@ -183,13 +184,18 @@ def _api_child(settings: Settings) -> CommandChild:
     return CommandChild("API", [*_self_command(), "serve", "--supervised"], env)
 
 
-def _demo_child(sta_url: str, account: BrokerAddress, options: DemoOptions) -> CommandChild:
-    """`citystream demo` against our API, publishing as the sensor account (its password in the env)."""
+def _demo_child(sta_url: str, account: BrokerAddress, options: DemoOptions, api_key: str) -> CommandChild:
+    """`citystream demo` against our API, publishing as the sensor account and creating the city with the
+    demo sensor key (the secrets in the env)."""
     env = _child_env({"CITYSTREAM_MQTT_SENSOR_USER": account.username,
-                      "CITYSTREAM_MQTT_SENSOR_PASSWORD": account.password})
+                      "CITYSTREAM_MQTT_SENSOR_PASSWORD": account.password, "CITYSTREAM_API_KEY": api_key})
     argv = [*_self_command(), "demo", "--url", sta_url, "--mqtt-url", account.url,
             "--demo-speed", repr(options.speed), "--demo-seed", str(options.seed)]
     return CommandChild("demo", argv, env, stop_timeout=10.0)
+
+
+def _demo_key(keys: list[PlatformKey]) -> PlatformKey:
+    return next(key for key in keys if key.label == "demo sensor")
 
 
 def _answering(host: str, port: int, timeout: float = 3.0) -> Callable[[], bool]:
@@ -231,6 +237,7 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
     with _database(settings, supervisor.adopt) as (database_url, shown_db), \
             _broker(settings, supervisor.adopt) as (mqtt_url, shown_mqtt, sensor):
         _migrate(database_url)
+        keys = ensure_platform_keys(database_url, settings.data_dir)
         if not settings.mqtt_url and not settings.mqtt_public_urls:  # the embedded broker: announce both listeners
             ws = dataclasses.replace(sensor, port=settings.mqtt_ws_port).url.replace("mqtt://", "ws://", 1)
             settings = dataclasses.replace(settings, mqtt_public_urls=(sensor.url, ws))
@@ -249,11 +256,12 @@ def cmd_up(settings: Settings, demo: DemoOptions | None = None) -> int:
                 *shown_mqtt,
                 f"  MQTT on HTTP port {base.replace('http', 'ws', 1)}/mqtt (relayed to the broker)"
                 if settings.mqtt_ws_url else "  MQTT on HTTP port off (set CITYSTREAM_MQTT_WS_URL)",
+                *(f"  API key           {key.label} {key.masked} (secret in {key.file})" for key in keys),
                 f"  PostgreSQL        {shown_db}",
                 f"  data directory    {settings.data_dir.absolute()}",
             ])
             if demo is not None:
-                supervisor.start(_demo_child(f"{base}/v1.1", sensor, demo))
+                supervisor.start(_demo_child(f"{base}/v1.1", sensor, demo, _demo_key(keys).token))
             supervisor.run()
         finally:
             supervisor.stop()

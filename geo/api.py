@@ -49,6 +49,7 @@ from geo.params import (
 )
 from geo.query import count_sql, csv_header, extent_sql, feature_sql, items_sql
 from sensorthings.http.common import database_error, service_url
+from sensorthings.model.access import Role, require
 from sensorthings.model.errors import NotFound, StaError
 from sensorthings.query.sql import SqlBuilder
 
@@ -82,8 +83,8 @@ CONFORMANCE = (
 )
 LAST_COMMIT = sql.SQL("SELECT CASE WHEN current_setting('track_commit_timestamp')::boolean "
                       "THEN (pg_last_committed_xact()).timestamp END")
-ERROR_CODES = {400: "InvalidParameterValue", 404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge",
-               503: "ServiceUnavailable"}
+ERROR_CODES = {400: "InvalidParameterValue", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+               405: "MethodNotAllowed", 413: "PayloadTooLarge", 503: "ServiceUnavailable"}
 
 
 @dataclass(frozen=True)
@@ -413,12 +414,13 @@ def _csv(header: list[str], rows: list[tuple[Any, ...]]) -> bytes:
 
 def _error(error: StaError) -> Response:
     body = {"code": ERROR_CODES.get(error.status, "Error"), "description": error.message, "status": error.status}
-    return Response(orjson.dumps(body), status_code=error.status, media_type=JSON)
+    return Response(orjson.dumps(body), status_code=error.status, media_type=JSON, headers=error.headers)
 
 
 def _handler(method: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         try:
+            require(Role.READ)  # every endpoint here reads; the principal was set by the platform
             return await method(request)
         except StaError as exc:
             return _error(exc)

@@ -6,6 +6,7 @@ assumptions instead. Everything is private to the test session and torn down at 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from psycopg import sql
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port
 from citystream.settings import Settings
 from tests.ogc_city import City, build_city
+from tests.sta_helpers import ADMIN_TOKEN
 
 MIGRATIONS_TABLE = "citystream_migrations"
 
@@ -112,11 +114,13 @@ def empty_database(database_url: str) -> None:
 
 @contextmanager
 def running_app(settings: Settings, database_url: str) -> Iterator[str]:
-    """The real ASGI app under uvicorn in a background thread; yields its base URL."""
+    """The real ASGI app under uvicorn in a background thread; yields its base URL. Its operator token is
+    ADMIN_TOKEN (tests.sta_helpers.HTTP sends it) unless `settings` gives one."""
     import uvicorn
 
     from citystream.app import create_app
 
+    settings = dataclasses.replace(settings, admin_token=settings.admin_token or ADMIN_TOKEN)
     config = uvicorn.Config(create_app(settings, database_url), host=settings.host, port=settings.http_port,
                             log_level="warning")
     server = uvicorn.Server(config)

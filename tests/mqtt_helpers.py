@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -18,6 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from citystream.embedded import EmbeddedMosquitto
+from tests.sta_helpers import HTTP
 
 T = TypeVar("T")
 
@@ -93,10 +93,12 @@ class Subscriber:
                     and (not notifications_only or ("citystream", "notification") in m.user_properties)]
 
 
-def wait_until_learned(server_url: str, *filters: str) -> None:
-    """Notifications go only to topics the platform knows have subscribers (learned from the broker log)."""
+def wait_until_learned(server_url: str, *filters: str, admin: dict[str, str] | None = None) -> None:
+    """Notifications go only to topics the platform knows have subscribers (learned from the broker log).
+    `admin`: the headers of an admin credential (default: the tests' operator token)."""
     def learned() -> bool:
-        known = set(httpx.get(f"{server_url}/admin/subscriptions", timeout=10).json()["value"])
+        response = HTTP.get(f"{server_url}/admin/subscriptions", timeout=10, headers=admin)
+        known = set(response.json()["value"])
         return set(filters) <= known
     wait_for(learned, what=f"the platform to learn the subscriptions {filters}")
 

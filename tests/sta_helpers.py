@@ -36,7 +36,11 @@ NAVIGATION = {
     "MultiDatastream": ("Thing", "Sensor", "ObservedProperties", "Observations"),
 }
 
-HTTP = httpx.Client(timeout=30)
+ADMIN_TOKEN = "test-operator-token-not-a-secret"
+"""The operator token (CITYSTREAM_ADMIN_TOKEN) of every app the tests run (conftest.running_app sets it)."""
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+HTTP = httpx.Client(timeout=30, headers=ADMIN)
+"""The tests' client: it writes as the operator. Anonymous requests use httpx directly or `headers=`."""
 _ID_IN_LOCATION = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)$")
 
 
@@ -122,9 +126,10 @@ def id_from_location(response: httpx.Response) -> int:
     return int(match.group("id"))
 
 
-def create(sta: str, path: str, body: dict[str, Any]) -> int:
-    """POST an entity that must be accepted; return its id (from the Location header)."""
-    response = post(sta, path, body)
+def create(sta: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:
+    """POST an entity that must be accepted; return its id (from the Location header). `headers`: another
+    credential than the tests' operator token."""
+    response = post(sta, path, body, headers=headers)
     assert response.status_code == 201, f"POST {path} -> {response.status_code} {response.text}"
     return id_from_location(response)
 
@@ -168,16 +173,18 @@ def assert_error(response: httpx.Response, status: int, *fragments: str) -> dict
 # ------------------------------------------------------------------ standard trees
 
 
-def create_thing_with_location(sta: str, name: str = "thing", lon: float = 9.99, lat: float = 53.55) -> int:
-    return create(sta, "Things", thing_body(name, Locations=[location_body(f"{name} location", lon, lat)]))
+def create_thing_with_location(sta: str, name: str = "thing", lon: float = 9.99, lat: float = 53.55,
+                               headers: dict[str, str] | None = None) -> int:
+    return create(sta, "Things", thing_body(name, Locations=[location_body(f"{name} location", lon, lat)]), headers)
 
 
-def create_datastream(sta: str, thing_id: int | None = None, name: str = "datastream") -> int:
+def create_datastream(sta: str, thing_id: int | None = None, name: str = "datastream",
+                      headers: dict[str, str] | None = None) -> int:
     """A Datastream with a new Sensor and ObservedProperty; its Thing is `thing_id` or a new located one."""
     if thing_id is None:
-        thing_id = create_thing_with_location(sta)
+        thing_id = create_thing_with_location(sta, headers=headers)
     return create(sta, f"Things({thing_id})/Datastreams",
-                  datastream_body(name, Sensor=sensor_body(), ObservedProperty=observed_property_body()))
+                  datastream_body(name, Sensor=sensor_body(), ObservedProperty=observed_property_body()), headers)
 
 
 def create_observation(sta: str, datastream_id: int, result: Any = 1, time: str | None = None,

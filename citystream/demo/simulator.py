@@ -238,16 +238,19 @@ async def run_demo(
     seed: int = 1,
     stop: asyncio.Event | None = None,
     report: Callable[[str], None] | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Create (or reuse) the demo city at `base_url`, then publish observations until `stop` is set.
 
     Prints one line with the size of the city and, every 10 s, how many observations were published
-    (`report` receives these lines; default: print with a `citystream demo:` prefix).
+    (`report` receives these lines; default: print with a `citystream demo:` prefix). `api_key`: the key the
+    city is created with (it needs the create and read roles).
     """
     say = report or (lambda line: print(f"citystream demo: {line}", flush=True))
     stop = stop or asyncio.Event()
     root = base_url.rstrip("/")
-    async with httpx.AsyncClient(timeout=30) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
         if not await _wait_for_api(client, root, stop):
             return
         city = await create_city(client, root, seed=seed)

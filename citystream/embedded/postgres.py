@@ -154,6 +154,18 @@ class EmbeddedPostgres(_Service):
             userinfo += ":" + (quote(password, safe="") if quote_password else password)
         return f"postgresql://{userinfo}@{_url_host(self.host)}:{self.port}/{database}"
 
+    def running_dsn(self) -> str | None:
+        """The DSN of this data directory's cluster while another process (`citystream up`) runs it, else
+        None: for commands such as `citystream keys` that work on the platform's database while it runs."""
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+            self._port = int(self._port_file.read_text().strip())
+            self._password = self.password_file.read_text().strip() or None
+        except (OSError, ValueError, IndexError):
+            return None
+        return self.dsn if _proc_alive(pid) else None
+
     # -- start
 
     def start(self) -> None:

@@ -104,7 +104,10 @@ def json_response(body: bytes | str, status: int = 200, headers: dict[str, str] 
 
 
 def error_response(error: StaError) -> Response:
-    return json_response(orjson.dumps(error.to_json()), error.status)
+    response = json_response(orjson.dumps(error.to_json()), error.status)
+    if error.headers:
+        response.headers.update(error.headers)
+    return response
 
 
 def database_error(exc: psycopg.Error, timeout_ms: int) -> StaError:

@@ -62,8 +62,8 @@ class ApiSettings:
     max_top: int = 10_000
     create_observations: bool = True
     """The ingest path is wired, so POST CreateObservations can succeed."""
-    guarded_delete: bool = True
-    """Filtered DELETE is for operators: a bearer token, or a loopback client when none is configured."""
+    anonymous_read: bool = True
+    """Reads need no credential (CITYSTREAM_ANONYMOUS_READ); writes always need one with the role."""
     version: str = LATEST
     """The API version described (model.VERSIONS): its properties only."""
 
@@ -150,8 +150,8 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    names = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 413: "PayloadTooLarge",
-             503: "ServiceUnavailable"}
+    names = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+             413: "PayloadTooLarge", 503: "ServiceUnavailable"}
     return {str(code): _response(names[code]) for code in codes}
 
 
@@ -160,15 +160,13 @@ def _operation_id(method: str, path: str) -> str:
 
 
 def _operation(method: str, path: str, tag: str, summary: str, responses: dict[str, Any],
-               parameters: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None,
-               security: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
+               parameters: list[dict[str, Any]] | None = None, body: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": _operation_id(method, path), "tags": [tag], "summary": summary}
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
         operation["requestBody"] = {"required": True, "content": body}
-    if security is not None:
-        operation["security"] = security
     operation["responses"] = responses
     return {method: operation}
 
@@ -227,12 +225,11 @@ def _entity_set_paths(entity: Entity, settings: ApiSettings) -> dict[str, Any]:
     collection, one = f"/{entity.set_name}", f"/{entity.set_name}({{id}})"
     with_id = [_parameter("id")]
     filtered_delete = _operation(
-        "delete", collection, tag, f"Delete every {name} that passes $filter, all or nothing (operators only)",
+        "delete", collection, tag, f"Delete every {name} that passes $filter, all or nothing (role delete)",
         {"200": {"description": "How many were deleted", "content": _json(
             {"type": "object", "required": ["deleted"], "properties": {"deleted": _COUNT}})},
-         **_errors(400, *((403,) if settings.guarded_delete else ()), 409, 503)},
-        [_parameter("requiredFilter")],
-        security=[{"operatorToken": []}, {}] if settings.guarded_delete else None)
+         **_errors(400, 409, 503)},
+        [_parameter("requiredFilter")])
     updated = {"200": {"description": f"The {name} as it is now", "content": _json(_schema(name))},
                **_errors(400, 404, 409, 413, 503)}
     paths: dict[str, Any] = {
@@ -299,6 +296,35 @@ def _entity_set_paths(entity: Entity, settings: ApiSettings) -> dict[str, Any]:
     return paths
 
 
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key (`citystream keys create`) or an "
+               "OIDC access token (JWT) from the configured issuer"},
+    "basic": {"type": "http", "scheme": "basic", "description": "A user (`citystream users create`), or an API "
+              "key's id and secret"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "An API key"},
+}
+_CREDENTIALS: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
+_METHODS = ("get", "head", "post", "put", "patch", "delete")
+_OPEN = ("/", "/api")
+"""The service root and this document: discovery, open to everyone."""
+
+
+def _secured(paths: dict[str, Any], anonymous_read: bool) -> dict[str, Any]:
+    """Every operation with the credentials it takes: writes need one (401 without, 403 without the role);
+    reads too unless anonymous read is on, where no credential (`{}`) is one of the choices."""
+    for path, operations in paths.items():
+        if path in _OPEN:
+            continue
+        for method, operation in operations.items():
+            if method not in _METHODS:
+                continue  # path-level `parameters`
+            reads = method in ("get", "head")
+            operation["security"] = [*_CREDENTIALS, {}] if reads and anonymous_read else _CREDENTIALS
+            errors = _errors(401, 403) if not reads or not anonymous_read else {}
+            operation["responses"] = {**operation["responses"], **errors}
+    return paths
+
+
 def _paths(settings: ApiSettings) -> dict[str, Any]:
     tag = "Service"
     paths: dict[str, Any] = {
@@ -339,16 +365,16 @@ def document(root: str, settings: ApiSettings = ApiSettings()) -> dict[str, Any]
         "schemas": _schemas(settings.version),
         "responses": {
             "BadRequest": _error_response("The request is invalid; the message says what to fix"),
-            "Forbidden": _error_response("Operators only: send Authorization: Bearer <token>"),
+            "Unauthorized": _error_response("A credential is needed, or the one sent does not verify "
+                                            "(WWW-Authenticate says which kinds are taken)"),
+            "Forbidden": _error_response("The credential is valid but lacks the role this needs"),
             "NotFound": _error_response("An entity the path names does not exist"),
             "Conflict": _error_response("The change conflicts with the current data"),
             "PayloadTooLarge": _error_response("The body is larger than the server's limit"),
             "ServiceUnavailable": _error_response("Timed out or collided with a concurrent change; send it again"),
         },
     }
-    if settings.guarded_delete:
-        components["securitySchemes"] = {"operatorToken": {"type": "http", "scheme": "bearer",
-                                                           "description": "CITYSTREAM_ADMIN_TOKEN"}}
+    components["securitySchemes"] = SECURITY_SCHEMES
     return {
         "openapi": "3.0.3",
         "info": {"title": "CityStream SensorThings API", "version": settings.version.removeprefix("v"),
@@ -356,8 +382,8 @@ def document(root: str, settings: ApiSettings = ApiSettings()) -> dict[str, Any]
                                 "Data Array and batch requests), generated from the entity model.",
                  "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"}},
         "servers": [{"url": root}],
-        "paths": _paths(settings),
         "tags": [{"name": "Service"}, *({"name": n} for n in entity_sets_in(settings.version))],
+        "paths": _secured(_paths(settings), settings.anonymous_read),
         "components": components,
     }
 

@@ -36,6 +36,7 @@ from sensorthings.http.reads import CompileCache
 from sensorthings.http.result_formats import to_csv, to_geojson
 from sensorthings.http.transactions import in_change_set
 from sensorthings.model import LATEST, VERSIONS
+from sensorthings.model.access import ANONYMOUS_READ, CURRENT, Role, require
 from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity, entity_sets_in
 from sensorthings.model.errors import BadRequest, NotFound, StaError
 from sensorthings.model.json_values import parse_stored_json
@@ -141,15 +142,27 @@ def referenced_id(body: Any, target: Entity) -> int:
     return found
 
 
+def _role_needed(method: str, resource: str) -> Role | None:
+    """The role a request needs (FROST's roles): reading, creating (CreateObservations too), changing (links
+    too: POST/PUT/DELETE of a $ref change the entity that links), deleting. A $batch needs none itself, each
+    of its requests asks for its own through `handle`; only an anonymous one is refused whole where
+    anonymous callers may not even read."""
+    if method == "POST" and resource == BATCH:
+        return Role.READ if CURRENT.get().anonymous else None
+    if method in ("GET", "HEAD"):
+        return Role.READ
+    if resource.rstrip("/").endswith("/$ref") or method in ("PATCH", "PUT"):
+        return Role.UPDATE
+    return Role.CREATE if method == "POST" else Role.DELETE
+
+
 class StaApi:
     """Routes for `/v1.0` and `/v1.1` (model.VERSIONS), one store behind both. Holds the connection pool and
     the limits; no entity knowledge (what differs between versions, the model says: Field.since)."""
 
     def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig,
-                 observations: ObservationSink | None = None, listener: ChangeListener | None = None,
-                 bulk_guard: Callable[[Request], None] | None = None) -> None:
+                 observations: ObservationSink | None = None, listener: ChangeListener | None = None) -> None:
         self.pool = pool
-        self.bulk_guard = bulk_guard  # raises for a client that may not delete by $filter
         self.config = config
         self.observations = observations
         self.listener = listener
@@ -190,7 +203,7 @@ class StaApi:
         (sensorthings.http.openapi)."""
         return openapi.response(request, self._base(request), openapi.ApiSettings(
             self.config.default_top, self.config.max_top, create_observations=self.observations is not None,
-            guarded_delete=self.bulk_guard is not None, version=request_version(request)))
+            anonymous_read=ANONYMOUS_READ.get(), version=request_version(request)))
 
     def server_settings(self) -> dict[str, Any]:
         """The serverSettings of the 1.1 root: the conformance classes, and the MQTT endpoints."""
@@ -212,6 +225,9 @@ class StaApi:
             "DELETE": self.delete,
         }
         try:
+            role = _role_needed(request.method, resource)
+            if role is not None:
+                require(role)
             return await handlers[request.method](request, resource)
         except StaError as exc:
             return error_response(exc)
@@ -448,8 +464,6 @@ class StaApi:
         """DELETE /v1.1/Observations?$filter=…: every entity of the collection that passes the filter, in one
         transaction (all or nothing). Operators only (the guard the composition root gives); without a
         $filter it is refused, so that a forgotten option never empties a collection."""
-        if self.bulk_guard is not None:
-            self.bulk_guard(request)
         params = parse_qsl(request.url.query, keep_blank_values=True)
         given = {name for name, _ in params}
         if "$filter" not in given:

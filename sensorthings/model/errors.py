@@ -9,6 +9,8 @@ class StaError(Exception):
     """An error with an HTTP status and a message that tells the client what to fix."""
 
     status: int = 400
+    headers: dict[str, str] | None = None
+    """Response headers the error needs (a 401's WWW-Authenticate)."""
 
     def __init__(self, message: str, *, status: int | None = None, field: str | None = None) -> None:
         super().__init__(message)

@@ -222,7 +222,7 @@ def test_mqtt_js_receives_the_simulators_observations_as_entities(demo: Demo) ->
     try:
         for spec in clients:
             node.wait("subscribe", spec["name"])
-        wait_until_learned(demo.up.base, *topics.values())
+        wait_until_learned(demo.up.base, *topics.values(), admin=demo.up.admin)
 
         def notifications(name: str) -> list[dict[str, Any]]:
             # The simulator publishes on v1.1/Datastreams(n)/Observations: these topics carry notifications only.

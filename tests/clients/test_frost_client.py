@@ -1,23 +1,45 @@
 """FROST's Python client (frost_sta_client, from PyPI) against the real server: what a Hamburg data manager's
 script does. Create a Thing with a Location, a Sensor, an ObservedProperty, a Datastream and Observations with
-the client's create(), read them back through the client, update, patch and delete.
+the client's create(), read them back through the client, update, patch and delete. It authenticates as
+FROST clients do, with its AuthHandler (HTTP Basic): as a user (`citystream users create`) and with an API
+key's id and secret.
 """
 
 from __future__ import annotations
 
 import frost_sta_client as fsc
+import psycopg
 import pytest
+import requests
+from frost_sta_client.service.auth_handler import AuthHandler
 
+from citystream.auth.credentials import create_key, create_user
+from sensorthings.model.access import Role
 from tests.sta_helpers import count, read
+
+WRITER = frozenset({Role.READ, Role.CREATE, Role.UPDATE, Role.DELETE})
 
 UNIT = {"name": "degree Celsius", "symbol": "°C", "definition": "http://unitsofmeasure.org/ucum.html#para-30"}
 TIMES = ["2024-05-01T10:00:00Z", "2024-05-01T10:05:00Z", "2024-05-01T10:10:00Z"]
 
 
-@pytest.fixture(params=["v1.1", "v1.0"])
-def service(sta: str, request: pytest.FixtureRequest) -> fsc.SensorThingsService:
-    """The client on either version's root: many FROST layer configs still say 1.0 (the same store)."""
-    return fsc.SensorThingsService(sta.removesuffix("/v1.1") + "/" + request.param)
+def credentials(database_url: str, kind: str) -> AuthHandler:
+    """A user, or an API key (its id and secret as Basic), with the roles a data manager's script needs."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if kind == "user":
+            create_user(conn, "data-manager", "correct horse battery staple", WRITER)
+            return AuthHandler("data-manager", "correct horse battery staple")
+        key = create_key(conn, "frost client", WRITER)
+        return AuthHandler(key.id, key.secret)
+
+
+@pytest.fixture(params=["v1.1 user", "v1.0 key"])
+def service(sta: str, database_url: str, request: pytest.FixtureRequest) -> fsc.SensorThingsService:
+    """The client on either version's root (many FROST layer configs still say 1.0; the same store), with a
+    user or an API key."""
+    version, kind = request.param.split()
+    return fsc.SensorThingsService(sta.removesuffix("/v1.1") + "/" + version,
+                                   auth_handler=credentials(database_url, kind))
 
 
 def new_thing(service: fsc.SensorThingsService) -> fsc.Thing:
@@ -142,8 +164,20 @@ def test_client_delete_cascades(service: fsc.SensorThingsService, sta: str) -> N
 
 
 def test_client_reports_a_missing_entity_as_an_http_error(service: fsc.SensorThingsService) -> None:
-    import requests
-
     with pytest.raises(requests.exceptions.HTTPError) as raised:
         service.things().find(424242)
     assert raised.value.response.status_code == 404
+
+
+def test_client_without_credentials_or_with_a_wrong_password_is_refused(sta: str, database_url: str) -> None:
+    anonymous = fsc.SensorThingsService(sta)
+    with pytest.raises(requests.exceptions.HTTPError) as raised:
+        anonymous.create(fsc.Thing(name="nope", description="no credential"))
+    assert raised.value.response.status_code == 401
+    assert "Basic" in raised.value.response.headers["WWW-Authenticate"]
+    credentials(database_url, "user")
+    wrong = fsc.SensorThingsService(sta, auth_handler=AuthHandler("data-manager", "wrong horse"))
+    with pytest.raises(requests.exceptions.HTTPError) as raised:
+        wrong.things().find(1)
+    assert raised.value.response.status_code == 401
+    assert count(sta, "Things") == 0

@@ -413,14 +413,15 @@ def test_mqtt_on_the_http_port_of_citystream_up() -> None:
     with running_up() as up:
         assert f"MQTT on HTTP port ws://127.0.0.1:{up.http_port}/mqtt" in up.log_text()
         sta = f"{up.base}/v1.1"
-        datastream = create_datastream(sta)
+        datastream = create_datastream(sta, headers=up.admin)
         topic = f"v1.1/Datastreams({datastream})/Observations"
         node = NodeClients([{"name": "portal", "url": f"ws://127.0.0.1:{up.http_port}/mqtt", "protocolVersion": 4,
                              "clientId": "js-portal", "subscribe": {topic: 2}}])
         try:
             assert node.wait("subscribe", "portal")[0]["granted"] == [[topic, 2]]
-            wait_until_learned(up.base, topic)
-            assert post(sta, f"Datastreams({datastream})/Observations", {"result": 7.25}).status_code == 201
+            wait_until_learned(up.base, topic, admin=up.admin)
+            assert post(sta, f"Datastreams({datastream})/Observations", {"result": 7.25},
+                        headers=up.admin).status_code == 201
             body = orjson.loads(node.wait("message", "portal")[0]["payload"])
             assert body["result"] == 7.25
             assert body == httpx.get(body["@iot.selfLink"], timeout=10).json()

@@ -26,9 +26,18 @@ class Up:
     """http://127.0.0.1:<port>, the HTTP server (STA under /v1.0 and /v1.1, MQTT over WebSocket at /mqtt)."""
     http_port: int
     log: Path
+    data_dir: Path
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def key(self, name: str = "admin-key") -> str:
+        """A key `up` made on its first start (DATA_DIR/keys: admin-key, demo-sensor-key)."""
+        return (self.data_dir / "keys" / name).read_text().strip()
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key()}"}
 
 
 @contextmanager
@@ -37,10 +46,10 @@ def running_up(*flags: str, timeout: float = 90) -> Iterator[Up]:
     SIGTERM at the end, as Ctrl-C would."""
     root = make_service_dir("cs-up-")  # the service accounts must reach it when we run as root
     http_port = find_free_port()
-    up = Up(f"http://127.0.0.1:{http_port}", http_port, root / "up.log")
+    up = Up(f"http://127.0.0.1:{http_port}", http_port, root / "up.log", root / "data")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAM_")}  # the embedded services
     argv = [str(Path(sys.executable).with_name("citystream")), "up", "--http-port", str(http_port), "--mqtt-port",
-            str(find_free_port()), "--mqtt-ws-port", str(find_free_port()), "--data-dir", str(root / "data"), *flags]
+            str(find_free_port()), "--mqtt-ws-port", str(find_free_port()), "--data-dir", str(up.data_dir), *flags]
     with open(up.log, "ab") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:

@@ -28,6 +28,7 @@ from sensorthings.schema.migrate import apply_migrations
 from tests import fuzz_report
 from tests.conftest import make_service_dir
 from tests.ogc_city import build_city
+from tests.sta_helpers import ADMIN_TOKEN
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 EXAMPLES = os.environ.get("CITYSTREAM_FUZZ_HTTP_EXAMPLES", "5")
@@ -54,7 +55,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         apply_migrations(postgres.dsn)
         env = {**os.environ, "CITYSTREAM_DATABASE_URL": postgres.dsn, "CITYSTREAM_HTTP_PORT": str(port),
-               "CITYSTREAM_HOST": "127.0.0.1", "CITYSTREAM_ACCESS_LOG": "off"}
+               "CITYSTREAM_HOST": "127.0.0.1", "CITYSTREAM_ACCESS_LOG": "off", "CITYSTREAM_ADMIN_TOKEN": ADMIN_TOKEN}
         with open(log_path, "wb") as log:
             server = subprocess.Popen([str(Path(sys.executable).parent / "citystream"), "serve"], env=env,
                                       stdout=log, stderr=subprocess.STDOUT)
@@ -89,6 +90,7 @@ def test_no_request_gets_a_server_error(fuzz_server: str, document: str, tmp_pat
             fuzz_server + document, "--checks", "not_a_server_error", "--phases", "examples,coverage,fuzzing",
             "--max-examples", EXAMPLES, "--max-time", SECONDS, "--seed", "13", "--generation-database", "none",
             "--request-timeout", "60", "--report", "junit,ndjson",
+            "--header", f"Authorization: Bearer {ADMIN_TOKEN}",  # writes are fuzzed too, not only their 401
             "--report-dir", str(tmp_path / "reports")]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=int(SECONDS) * 3 + 300, check=False)
     output = result.stdout + result.stderr

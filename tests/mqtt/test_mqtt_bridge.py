@@ -20,6 +20,7 @@ from tests.mqtt_helpers import (
     wait_until_learned,
 )
 from tests.sta_helpers import (
+    HTTP,
     create,
     create_datastream,
     create_thing_with_location,
@@ -42,7 +43,7 @@ def observations(sta: str, path: str = "Observations", **params: Any) -> list[di
 
 
 def dead_letters(server_url: str) -> list[dict[str, Any]]:
-    return list(httpx.get(f"{server_url}/admin/dead-letters", params={"limit": 1000}, timeout=10).json()["value"])
+    return list(HTTP.get(f"{server_url}/admin/dead-letters", params={"limit": 1000}, timeout=10).json()["value"])
 
 
 def typed_datastream(sta: str, thing_id: int, observation_type: str) -> int:
@@ -91,12 +92,12 @@ def test_inline_feature_of_interest_is_created_with_the_observation(sta: str, br
 def test_http_post_goes_through_the_same_path_and_checks_result_types(sta: str) -> None:
     thing = create_thing_with_location(sta)
     counts = typed_datastream(sta, thing, "OM_CountObservation")
-    response = httpx.post(f"{sta}/Datastreams({counts})/Observations", json={"result": 2.5}, timeout=10)
+    response = HTTP.post(f"{sta}/Datastreams({counts})/Observations", json={"result": 2.5}, timeout=10)
     assert response.status_code == 400 and "integer" in response.json()["message"]
-    response = httpx.post(f"{sta}/Datastreams({counts})/Observations", json={"result": 7}, timeout=10)
+    response = HTTP.post(f"{sta}/Datastreams({counts})/Observations", json={"result": 7}, timeout=10)
     assert response.status_code == 201 and response.json()["result"] == 7
     assert response.headers["location"].endswith(f"Observations({response.json()['@iot.id']})")
-    missing = httpx.post(f"{sta}/Observations", json={"result": 1, "Datastream": {"@iot.id": 999999}}, timeout=10)
+    missing = HTTP.post(f"{sta}/Observations", json={"result": 1, "Datastream": {"@iot.id": 999999}}, timeout=10)
     assert missing.status_code == 400 and "no Datastream with @iot.id 999999" in missing.json()["message"]
     assert len(observations(sta)) == 1
 
@@ -138,7 +139,7 @@ def test_subscribers_get_the_entity_as_get_returns_it(sta: str, server_url: str,
         assert nav[-1].json()["@iot.id"] == new_datastream
 
         before = len(subscriber.messages)
-        assert httpx.delete(f"{sta}/Things({new_thing})", timeout=10).status_code == 200
+        assert HTTP.delete(f"{sta}/Things({new_thing})", timeout=10).status_code == 200
         mosquitto_pub(broker, f"v1.1/Datastreams({datastream})/Observations", '{"result": 2}')
         wait_for(lambda: len(subscriber.on("v1.1/Observations")) == 2, what="the second observation")
         assert not [m for m in subscriber.messages[before:] if m.topic.startswith("v1.1/Things")]  # no deletes
@@ -243,7 +244,7 @@ def test_metrics_count_ingest(sta: str, server_url: str, broker: EmbeddedMosquit
 
 
 def test_admin_endpoints_validate_their_parameters(server_url: str) -> None:
-    response = httpx.get(f"{server_url}/admin/dead-letters", params={"limit": "x"}, timeout=10)
+    response = HTTP.get(f"{server_url}/admin/dead-letters", params={"limit": "x"}, timeout=10)
     assert response.status_code == 400 and "limit" in response.json()["message"]
-    response = httpx.get(f"{server_url}/admin/dead-letters", params={"sort": "id"}, timeout=10)
+    response = HTTP.get(f"{server_url}/admin/dead-letters", params={"sort": "id"}, timeout=10)
     assert response.status_code == 400

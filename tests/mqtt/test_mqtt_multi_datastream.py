@@ -13,7 +13,14 @@ import orjson
 from citystream.embedded import EmbeddedMosquitto
 from tests.mqtt_helpers import Subscriber, mosquitto_pub, wait_for, wait_until_learned
 from tests.sta.test_sta_multi_datastream import create_multi, multi_body, new_properties
-from tests.sta_helpers import create, create_datastream, create_thing_with_location, read, values
+from tests.sta_helpers import (
+    HTTP,  # noqa: E402 (placed by hand below)
+    create,
+    create_datastream,
+    create_thing_with_location,
+    read,
+    values,
+)
 
 
 def stored(sta: str, multi: int) -> list[Any]:
@@ -33,7 +40,7 @@ def test_observations_are_created_on_the_multi_datastream_topic(
     mosquitto_pub(mosquitto_server, topic, '{"result": [1e400, 2, "x"], "phenomenonTime": "2024-05-01T10:04:00Z"}')
     mosquitto_pub(mosquitto_server, "v1.1/MultiDatastreams(987654)/Observations", '{"result": [1, 2, "x"]}')
     wait_for(lambda: len(stored(sta, multi)) == 2, what="the two good Observations")
-    letters = wait_for(lambda: len(dead := httpx.get(f"{server_url}/admin/dead-letters", timeout=10
+    letters = wait_for(lambda: len(dead := HTTP.get(f"{server_url}/admin/dead-letters", timeout=10
                                                      ).json()["value"]) == 4 and dead, what="four dead letters")
     reasons = " | ".join(letter["reason"] for letter in letters)
     for reason in ("array of 3 values", "result[1] must be an integer", "no MultiDatastream with @iot.id 987654",
@@ -74,6 +81,6 @@ def test_multi_datastream_topics_are_notified(
         selected = wait_for(lambda: subscriber.on(topics[-1]), what="the $select notification")
         assert selected[0].json() == {"name": "second", "multiObservationDataTypes": multi_body()[
             "multiObservationDataTypes"]}
-        httpx.patch(f"{sta}/MultiDatastreams({multi})", json={"name": "renamed"}, timeout=10).raise_for_status()
+        HTTP.patch(f"{sta}/MultiDatastreams({multi})", json={"name": "renamed"}, timeout=10).raise_for_status()
         updated = wait_for(lambda: subscriber.on(f"v1.1/MultiDatastreams({multi})"), what="the update")
         assert updated[0].json()["name"] == "renamed"

@@ -34,6 +34,7 @@ from citystream.demo import (
     run_demo,
 )
 from mqtt_bridge.address import BrokerAddress
+from tests.sta_helpers import ADMIN, ADMIN_TOKEN, HTTP
 
 DEMO_FILTER = "properties/demo eq 'citystream'"
 EXPECTED_DATASTREAMS = {"bike-counter": 24, "e-charging": 8, "bike-share": 6, "air-quality": 9, "noise": 3,
@@ -43,7 +44,6 @@ OBSERVATION_TYPES = {"bike-counter": OM_COUNT, "e-charging": OM_CATEGORY, "bike-
 UNIT_SYMBOLS = {"bike-counter": "bicycles", "e-charging": None, "bike-share": "bicycles", "air-quality": "µg/m³",
                 "noise": "dB(A)", "traffic": "vehicles"}
 TOPIC = re.compile(r"^v1\.1/Datastreams\((\d+)\)/Observations$")
-HTTP = httpx.Client(timeout=30)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -51,7 +51,7 @@ HTTP = httpx.Client(timeout=30)
 
 def build_city(sta: str, seed: int = 1) -> DemoCity:
     async def go() -> DemoCity:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, headers=ADMIN) as client:
             return await create_city(client, sta, seed=seed)
 
     return asyncio.run(go())
@@ -310,7 +310,8 @@ def test_run_demo_reports_the_city_and_stops_on_request(sta: str, mosquitto_serv
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(1.5, stop.set)
         await asyncio.wait_for(run_demo(sta, mosquitto_server.url, username=username, password=password,
-                                        speed=60, seed=3, stop=stop, report=lines.append), timeout=20)
+                                        speed=60, seed=3, stop=stop, report=lines.append,
+                                        api_key=ADMIN_TOKEN), timeout=20)
 
     asyncio.run(go())
     assert lines and "30 Things (30 created, 0 reused) and 54 Datastreams" in lines[0]

@@ -172,7 +172,13 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restart(data_dir: Path, t
         _wait_ready(base, proc, log)
         with socket.create_connection(("127.0.0.1", mqtt_port), timeout=5):
             pass  # the embedded broker listens on --mqtt-port
-        created = httpx.post(f"{base}/Things", json={"name": "a", "description": "b"}, timeout=10)
+        # Secure from the first start: an anonymous write is refused; the admin key `up` made writes.
+        anonymous = httpx.post(f"{base}/Things", json={"name": "a", "description": "b"}, timeout=10)
+        assert anonymous.status_code == 401 and "WWW-Authenticate" in anonymous.headers, anonymous.text
+        admin_key = (data_dir / "keys" / "admin-key").read_text().strip()
+        assert (data_dir / "keys" / "admin-key").stat().st_mode & 0o777 == 0o600
+        created = httpx.post(f"{base}/Things", json={"name": "a", "description": "b"},
+                             headers={"Authorization": f"Bearer {admin_key}"}, timeout=10)
         assert created.status_code == 201, created.text
         location = created.headers["location"]
         pids = _service_pids(data_dir, proc.pid)
@@ -186,12 +192,19 @@ def test_up_serves_stops_cleanly_and_keeps_data_across_restart(data_dir: Path, t
     output = log.read_text()
     assert password not in output
     assert "postgresql://citystream:***@127.0.0.1:" in output
+    # The banner names the keys by id and file, never their secrets.
+    admin_id = admin_key.split("_")[1]
+    assert f"API key           admin cs_{admin_id}_***" in output and admin_key not in output
+    assert (data_dir / "keys" / "demo-sensor-key").read_text().strip() not in output
 
     proc = _start_up(data_dir, http_port, mqtt_port, log)
     try:
         _wait_ready(base, proc, log)
         again = httpx.get(location, timeout=10)
         assert again.status_code == 200, again.text
+        assert (data_dir / "keys" / "admin-key").read_text().strip() == admin_key  # kept, still valid
+        assert httpx.patch(location, json={"name": "a"}, timeout=10,
+                           headers={"Authorization": f"Bearer {admin_key}"}).status_code == 200
         assert again.json()["name"] == "a"
         assert again.json()["description"] == "b"
         pids = _service_pids(data_dir, proc.pid)

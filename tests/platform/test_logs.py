@@ -15,14 +15,15 @@ import orjson
 import pytest
 
 from citystream import logs
+from tests.sta_helpers import HTTP
 from tests.unit.test_logs import _access
 
 
 def test_the_app_logs_its_requests(server_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="citystream.access")
-    response = httpx.post(f"{server_url}/v1.1/Things", json={"name": "logged", "description": "d"}, timeout=10)
+    response = HTTP.post(f"{server_url}/v1.1/Things", json={"name": "logged", "description": "d"}, timeout=10)
     assert response.status_code == 201
-    deleted = httpx.delete(response.headers["location"], headers={"x-request-id": "delete-1"}, timeout=10)
+    deleted = HTTP.delete(response.headers["location"], headers={"x-request-id": "delete-1"}, timeout=10)
     assert deleted.status_code == 200 and deleted.headers["x-request-id"] == "delete-1"
     records = {r.getMessage(): r.__dict__ for r in _access(caplog)}
     assert records["POST /v1.1/Things 201"]["request_id"] == response.headers["x-request-id"]

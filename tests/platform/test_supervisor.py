@@ -92,6 +92,11 @@ class Platform:
     def sta(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/v1.1"
 
+    @property
+    def admin(self) -> dict[str, str]:
+        """The admin key `up` made on its first start (DATA_DIR/keys/admin-key)."""
+        return {"Authorization": f"Bearer {(self.data_dir / 'keys' / 'admin-key').read_text().strip()}"}
+
 
 @pytest.fixture
 def platform(data_dir: Path, tmp_path: Path) -> Iterator[Platform]:
@@ -110,7 +115,8 @@ def platform(data_dir: Path, tmp_path: Path) -> Iterator[Platform]:
 def test_a_crashed_api_is_restarted_and_nothing_else_moves(platform: Platform) -> None:
     proc, data_dir, log, sta = platform.proc, platform.data_dir, platform.log, platform.sta
     http_port = platform.http_port
-    created = httpx.post(f"{sta}/Things", json={"name": "kept", "description": "across a crash"}, timeout=10)
+    created = httpx.post(f"{sta}/Things", json={"name": "kept", "description": "across a crash"},
+                         headers=platform.admin, timeout=10)
     assert created.status_code == 201, created.text
     services = _service_pid(data_dir)
     api = _child(proc.pid, "serve --supervised")
@@ -154,7 +160,7 @@ def test_a_killed_mosquitto_is_restarted_and_the_bridge_reconnects(platform: Pla
         "OGC-OM/2.0/OM_Measurement", "unitOfMeasurement": {"name": "degree", "symbol": "°C", "definition": "x"},
         "Sensor": {"name": "s", "description": "d", "encodingType": "text/plain", "metadata": "m"},
         "ObservedProperty": {"name": "p", "description": "d", "definition": "x"}}]}
-    assert httpx.post(f"{sta}/Things", json=thing, timeout=10).status_code == 201
+    assert httpx.post(f"{sta}/Things", json=thing, headers=platform.admin, timeout=10).status_code == 201
     datastream = httpx.get(f"{sta}/Datastreams", timeout=10).json()["value"][0]["@iot.id"]
     postmaster, mosquitto = _service_pid(data_dir)
     api = _child(proc.pid, "serve --supervised")
@@ -181,7 +187,8 @@ def test_a_killed_postgresql_is_restarted_and_the_api_reconnects(platform: Platf
     """The postmaster dies by SIGKILL: its backends are let go first (two sets of server processes on one
     data directory would corrupt it), a new one starts on the same data, the API's pool reconnects."""
     proc, data_dir, log, sta = platform.proc, platform.data_dir, platform.log, platform.sta
-    created = httpx.post(f"{sta}/Things", json={"name": "durable", "description": "d"}, timeout=10)
+    created = httpx.post(f"{sta}/Things", json={"name": "durable", "description": "d"}, headers=platform.admin,
+                         timeout=10)
     assert created.status_code == 201, created.text
     postmaster, mosquitto = _service_pid(data_dir)
     api = _child(proc.pid, "serve --supervised")
@@ -194,7 +201,8 @@ def test_a_killed_postgresql_is_restarted_and_the_api_reconnects(platform: Platf
     assert _service_pid(data_dir)[1] == mosquitto and _child(proc.pid, "serve --supervised") == api
     # A pooled connection to the dead server fails once; the pool replaces it.
     wait_for(lambda: httpx.post(f"{sta}/Things", json={"name": "after", "description": "d"},
-                                timeout=10).status_code == 201, timeout=30, what="a write after the restart")
+                                headers=platform.admin, timeout=10).status_code == 201,
+             timeout=30, what="a write after the restart")
     assert httpx.get(created.headers["location"], timeout=10).json()["name"] == "durable"
 
 

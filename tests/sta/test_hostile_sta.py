@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.sta_helpers import (
+    ADMIN,
     assert_error,
     counts,
     create,
@@ -104,7 +105,7 @@ def test_patch_racing_delete(sta: str) -> None:
     """A PATCH that finds its entity and then loses it to a concurrent DELETE is a 404, not a TypeError."""
     async def race() -> list[tuple[str, int]]:
         outcomes = []
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, headers=ADMIN) as client:
             for n in range(25):
                 thing = create(sta, "Things", thing_body(f"racer {n}"))
                 answers = await asyncio.gather(

@@ -13,10 +13,11 @@ import pytest
 from sensorthings.query.compiler import compile_entity
 from sensorthings.query.path import parse_path
 from sensorthings.schema.migrate import apply_migrations, migration_files
+from tests.sta_helpers import HTTP
 
 
 def _post(sta: str, resource: str, body: dict[str, Any]) -> int:
-    response = httpx.post(f"{sta}/{resource}", json=body)
+    response = HTTP.post(f"{sta}/{resource}", json=body)
     assert response.status_code == 201, response.text
     return int(response.json()["@iot.id"])
 
@@ -129,7 +130,7 @@ def test_observation_moved_to_another_month_is_found_and_still_pruned(sta: str, 
     observation = _post(sta, f"Datastreams({datastream})/Observations",
                         {"result": 5, "phenomenonTime": "2024-01-15T08:00:00Z"})
     _post(sta, f"Datastreams({datastream})/Observations", {"result": 6, "phenomenonTime": "2024-09-15T08:00:00Z"})
-    moved = httpx.patch(f"{sta}/Observations({observation})", json={"phenomenonTime": "2024-09-20T08:00:00Z"})
+    moved = HTTP.patch(f"{sta}/Observations({observation})", json={"phenomenonTime": "2024-09-20T08:00:00Z"})
     assert moved.status_code == 200, moved.text
     read = httpx.get(f"{sta}/Observations({observation})")
     assert read.status_code == 200

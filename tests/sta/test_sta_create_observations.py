@@ -6,9 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import frost_sta_client as fsc
+import psycopg
 import pytest
 from frost_sta_client.model.ext.data_array_value import DataArrayValue
+from frost_sta_client.service.auth_handler import AuthHandler
 
+from citystream.auth.credentials import create_key
+from sensorthings.model.access import Role
 from tests.sta_helpers import (
     HTTP,
     assert_error,
@@ -112,8 +116,10 @@ def test_malformed_documents_are_400_and_store_nothing(sta: str, document: Any, 
     assert count(sta, "Observations") == 0
 
 
-def test_frost_client_uploads_a_data_array(sta: str) -> None:
-    service = fsc.SensorThingsService(sta)
+def test_frost_client_uploads_a_data_array(sta: str, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:  # a sensor operator's key, as Basic
+        key = create_key(conn, "uploader", frozenset({Role.CREATE, Role.READ}))
+    service = fsc.SensorThingsService(sta, auth_handler=AuthHandler(key.id, key.secret))
     datastream = service.datastreams().find(create_datastream(sta))
     feature = service.features_of_interest().find(create(sta, "FeaturesOfInterest", feature_body()))
     array = DataArrayValue()

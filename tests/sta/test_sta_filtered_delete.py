@@ -3,13 +3,12 @@ an operator may do it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
+import httpx
+import psycopg
 import pytest
 
-from citystream.embedded import find_free_port
-from citystream.settings import Settings
-from tests.conftest import running_app
+from citystream.auth.credentials import create_key
+from sensorthings.model.access import Role
 from tests.sta_helpers import (
     HTTP,
     assert_error,
@@ -97,19 +96,16 @@ def test_bad_bulk_deletes_are_400_and_delete_nothing(sta: str, query: str, fragm
     assert count(sta, "Observations") == 3
 
 
-@pytest.fixture
-def guarded_sta(database_url: str, clean_db: str) -> Iterator[str]:
-    settings = Settings(database_url=database_url, host="127.0.0.1", http_port=find_free_port(),
-                        admin_token="s3cret")
-    with running_app(settings, database_url) as url:
-        yield f"{url}/v1.1"
-
-
-def test_with_an_admin_token_only_its_bearer_may_delete_by_filter(guarded_sta: str) -> None:
-    create(guarded_sta, "Things", thing_body("keep me"))
-    assert_error(delete(guarded_sta, "Things?$filter=true"), 403, "Bearer")
-    assert_error(delete(guarded_sta, "Things?$filter=true", headers={"Authorization": "Bearer wrong"}), 403)
-    assert count(guarded_sta, "Things") == 1
-    allowed = delete(guarded_sta, "Things?$filter=true", headers={"Authorization": "Bearer s3cret"})
+def test_only_the_delete_role_may_delete_by_filter(sta: str, database_url: str) -> None:
+    create(sta, "Things", thing_body("keep me"))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        writer = create_key(conn, "writer", frozenset({Role.CREATE, Role.READ, Role.UPDATE})).token
+        deleter = create_key(conn, "deleter", frozenset({Role.DELETE})).token
+    anonymous = httpx.delete(f"{sta}/Things", params={"$filter": "true"}, timeout=10)
+    assert anonymous.status_code == 401 and "WWW-Authenticate" in anonymous.headers
+    assert_error(delete(sta, "Things?$filter=true", headers={"Authorization": "Bearer wrong"}), 401)
+    assert_error(delete(sta, "Things?$filter=true", headers={"Authorization": f"Bearer {writer}"}), 403, "delete")
+    assert count(sta, "Things") == 1
+    allowed = delete(sta, "Things?$filter=true", headers={"Authorization": f"Bearer {deleter}"})
     assert allowed.json() == {"deleted": 1}
-    assert count(guarded_sta, "Things") == 0
+    assert count(sta, "Things") == 0

@@ -1,0 +1,114 @@
+"""From a request's headers to its principal, and the ASGI middleware that does it once per request.
+
+Credentials taken (FROST-Server's and what cities' identity providers issue):
+- `Authorization: Bearer <API key>` or `X-API-Key: <API key>` (`cs_<id>_<secret>`, citystream keys create);
+- `Authorization: Bearer <JWT>` from the configured OIDC issuer (citystream/auth/oidc.py);
+- `Authorization: Basic` with a user's name and password (citystream users create), or with an API key's
+  id and secret (what frost-sta-client's auth handler and MQTT clients can send);
+- `Authorization: Bearer <CITYSTREAM_ADMIN_TOKEN>`, the operator's token from the environment, as admin.
+No credential: the anonymous principal. A credential that does not verify is a 401 at once, even where
+anonymous would do: a client whose key expired must learn it, not silently read less.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from citystream.auth.credentials import MAX_SECRET, split_key
+from citystream.auth.oidc import OidcVerifier, looks_like_jwt
+from citystream.auth.store import CredentialStore
+from sensorthings.http.common import error_response
+from sensorthings.model.access import ANONYMOUS, ANONYMOUS_READ, CURRENT, Principal, Role, Unauthorized
+
+BASIC_CHALLENGE = 'Basic realm="CityStream"'
+OPERATOR = Principal("token", "CITYSTREAM_ADMIN_TOKEN", frozenset({Role.ADMIN}), "operator")
+
+
+@dataclass
+class Authenticator:
+    store: CredentialStore
+    oidc: OidcVerifier | None = None
+    admin_token: str | None = None
+
+    async def principal(self, authorization: str | None, api_key: str | None) -> Principal:
+        if api_key is not None:
+            return await self._key(api_key, "X-API-Key")
+        if not authorization:
+            return ANONYMOUS
+        scheme, _, value = authorization.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer":
+            if self.admin_token and hmac.compare_digest(value.encode(), self.admin_token.encode()):
+                return OPERATOR
+            if split_key(value) is not None:
+                return await self._key(value, "bearer token")
+            if self.oidc is not None and looks_like_jwt(value):
+                return await self.oidc.principal(value)
+            raise Unauthorized("the bearer token is neither an API key (cs_…) nor "
+                               + ("a token of the configured OIDC issuer" if self.oidc else
+                                  "the operator token (and no OIDC issuer is configured)"))
+        if scheme.lower() == "basic":
+            return await self._basic(value)
+        raise Unauthorized(f"the Authorization scheme {scheme[:20]!r} is not taken; use Bearer or Basic")
+
+    async def _key(self, token: str, where: str) -> Principal:
+        parts = split_key(token.strip())
+        principal = await self.store.key(*parts) if parts is not None else None
+        if principal is None:
+            raise Unauthorized(f"the API key in the {where} is unknown, revoked or expired")
+        return principal
+
+    async def _basic(self, value: str) -> Principal:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode() if len(value) <= 4 * MAX_SECRET else ""
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = ""
+        name, sep, password = decoded.partition(":")
+        if not sep or not name or len(password) > MAX_SECRET:
+            raise Unauthorized("HTTP Basic credentials must be base64 of name:password", challenge=BASIC_CHALLENGE)
+        principal = await self.store.basic(name, password)
+        if principal is None:
+            raise Unauthorized("wrong user name or password (or API key id and secret)", challenge=BASIC_CHALLENGE)
+        return principal
+
+
+class Authentication:
+    """Pure ASGI middleware: sets model.access.CURRENT (and ANONYMOUS_READ) for the rest of the request,
+    or answers 401 for a credential that does not verify. WebSocket handshakes (/mqtt) pass unauthenticated
+    here: MQTT authenticates inside the connection, at the broker."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, anonymous_read: bool) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.anonymous_read = anonymous_read
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in (b"authorization", b"x-api-key"):
+                headers[name] = value
+        try:
+            principal = await self.authenticator.principal(
+                _text(headers.get(b"authorization")), _text(headers.get(b"x-api-key")))
+        except Unauthorized as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        principal_token = CURRENT.set(principal)
+        read_token = ANONYMOUS_READ.set(self.anonymous_read)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT.reset(principal_token)
+            ANONYMOUS_READ.reset(read_token)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

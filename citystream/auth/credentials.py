@@ -1,0 +1,122 @@
+"""API keys and users: how their secrets look, how they are hashed, and how they are created, listed and
+revoked in the database (the tables of migration 0007_access.sql).
+
+An API key is `cs_<id>_<secret>`: a 12-character id (public: listed, logged, the MQTT user name later) and a
+256-bit random secret shown once. Only the secret's SHA-256 is stored: for a secret of that entropy a slow
+hash adds nothing, and a key is checked on every request. A user's password is chosen by a person, so it is
+stored as a salted scrypt hash (hashlib's, OpenSSL's implementation) and checked slowly.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from sensorthings.model.access import Role
+
+KEY_PREFIX = "cs_"
+KEY_ID_LENGTH = 12
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # ~16 MiB and ~40 ms per check: OWASP's minimum for scrypt
+MAX_SECRET = 200
+"""Longest secret or password read: a longer one is refused before any hashing."""
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str
+    secret: str
+
+    @property
+    def token(self) -> str:
+        """What a client sends: `Authorization: Bearer <token>` or `X-API-Key: <token>`."""
+        return f"{KEY_PREFIX}{self.id}_{self.secret}"
+
+
+def generate_key() -> NewKey:
+    key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(KEY_ID_LENGTH))
+    return NewKey(key_id, secrets.token_urlsafe(32))
+
+
+def split_key(token: str) -> tuple[str, str] | None:
+    """(id, secret) of a `cs_<id>_<secret>` token, None for anything else."""
+    if not token.startswith(KEY_PREFIX) or len(token) > MAX_SECRET:
+        return None
+    key_id, sep, secret = token[len(KEY_PREFIX):].partition("_")
+    if not sep or len(key_id) != KEY_ID_LENGTH or not secret:
+        return None
+    return key_id, secret
+
+
+def secret_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    encode = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """True when `password` hashes to `stored` (with the parameters stored beside it)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        computed = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                                  dklen=32, maxmem=2**26)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(computed, base64.b64decode(digest))
+
+
+def _roles(roles: frozenset[Role]) -> list[str]:
+    return sorted(role.value for role in roles)
+
+
+def create_key(conn: psycopg.Connection[Any], name: str, roles: frozenset[Role],
+               expires: datetime | None = None) -> NewKey:
+    key = generate_key()
+    conn.execute("INSERT INTO api_keys (id, name, secret_sha256, roles, expires_at) VALUES (%s, %s, %s, %s, %s)",
+                 (key.id, name, secret_digest(key.secret), _roles(roles), expires))
+    return key
+
+
+def list_keys(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    cursor = conn.execute("SELECT id, name, roles, created_at, expires_at, revoked_at FROM api_keys "
+                          "ORDER BY created_at, id")
+    names = [c.name for c in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def revoke_key(conn: psycopg.Connection[Any], key_id: str) -> bool:
+    """Revoke the key (kept, for the record); False if there is no such key or it was revoked before."""
+    cursor = conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (key_id,))
+    return cursor.rowcount == 1
+
+
+def create_user(conn: psycopg.Connection[Any], name: str, password: str, roles: frozenset[Role]) -> None:
+    conn.execute("INSERT INTO api_users (name, password_hash, roles) VALUES (%s, %s, %s)",
+                 (name, hash_password(password), _roles(roles)))
+
+
+def list_users(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    cursor = conn.execute("SELECT name, roles, created_at, disabled_at FROM api_users ORDER BY name")
+    names = [c.name for c in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def disable_user(conn: psycopg.Connection[Any], name: str) -> bool:
+    cursor = conn.execute("UPDATE api_users SET disabled_at = now() WHERE name = %s AND disabled_at IS NULL",
+                          (name,))
+    return cursor.rowcount == 1

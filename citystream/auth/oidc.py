@@ -1,0 +1,108 @@
+"""OIDC bearer tokens (Keycloak, Azure AD, Authentik, …): JWTs verified by PyJWT against the identity
+provider's JWKS, with issuer, audience and expiry checked, and the roles read from a configured claim.
+
+PyJWKClient caches the key set and fetches it again when a token names a key id it does not know (a rotated
+key), at most once per cooldown. A verified token is remembered (by its SHA-256) until it expires or for
+`VERIFIED_TTL` seconds, so a client sending the same token with every request costs one verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from sensorthings.model.access import ROLES, Principal, Role, Unauthorized
+
+VERIFIED_TTL = 60.0
+VERIFIED_MAX = 10_000
+MAX_TOKEN = 16_384
+"""Longest token read: a larger Authorization header is refused before parsing."""
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    jwks_url: str
+    issuer: str
+    audience: str
+    roles_claim: str = "realm_access.roles"
+    """Dotted path to a list of role names in the token (Keycloak: realm_access.roles)."""
+    role_map: tuple[tuple[str, Role], ...] = ()
+    """Claim values that grant a role under another name (`sta-writer` -> create); our role names map to
+    themselves."""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+
+def looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2 and not token.startswith("cs_")
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    value: Any = claims
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+class OidcVerifier:
+    def __init__(self, config: OidcConfig) -> None:
+        self.config = config
+        self._jwks = jwt.PyJWKClient(config.jwks_url, cache_jwk_set=True, lifespan=300, timeout=10,
+                                     cooldown_duration=10)
+        self._verified: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._mapped = {**{role.value: role for role in ROLES}, **dict(config.role_map)}
+
+    async def principal(self, token: str) -> Principal:
+        """The principal a valid token names; Unauthorized (with the reason, RFC 6750 style) otherwise."""
+        if len(token) > MAX_TOKEN:
+            raise _invalid("the token is longer than the limit")
+        remembered = hashlib.sha256(token.encode()).digest()
+        hit = self._verified.get(remembered)
+        if hit is not None and hit[0] > time.time():
+            return hit[1]
+        claims = await asyncio.to_thread(self._verify, token)
+        principal = Principal("oidc", str(claims.get("preferred_username") or claims["sub"]),
+                              self._roles(claims), str(claims["sub"]))
+        expires = float(claims["exp"])
+        self._verified[remembered] = (min(expires, time.time() + VERIFIED_TTL), principal)
+        while len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        config = self.config
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token)
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=list(config.algorithms), audience=config.audience, issuer=config.issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]}, leeway=30)
+        except jwt.ExpiredSignatureError:
+            raise _invalid("the token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise _invalid(f"the token is not for this service (audience {config.audience!r})") from None
+        except jwt.InvalidIssuerError:
+            raise _invalid(f"the token is not from the configured issuer {config.issuer!r}") from None
+        except jwt.PyJWKClientConnectionError:
+            raise _invalid("the identity provider's keys (JWKS) cannot be fetched now; try again") from None
+        except jwt.PyJWKClientError as exc:
+            raise _invalid(f"the token's signing key is not the identity provider's ({exc})") from None
+        except jwt.InvalidTokenError as exc:
+            raise _invalid(f"the token does not verify ({type(exc).__name__}: {exc})") from None
+        return claims
+
+    def _roles(self, claims: dict[str, Any]) -> frozenset[Role]:
+        names = _claim(claims, self.config.roles_claim)
+        if not isinstance(names, list):
+            return frozenset()
+        return frozenset(self._mapped[name] for name in names if isinstance(name, str) and name in self._mapped)
+
+
+def _invalid(description: str) -> Unauthorized:
+    quoted = description.replace("\\", "\\\\").replace('"', "'")
+    return Unauthorized(f"invalid bearer token: {description}",
+                        challenge=f'Bearer realm="CityStream", error="invalid_token", error_description="{quoted}"')

@@ -1,0 +1,150 @@
+"""The credentials an API process checks requests against, held in memory and reloaded from the database
+every `reload_seconds` (2 by default): a request costs no database round trip, and a key revoked or a user
+disabled on one process (`citystream keys revoke`) is refused by every process within that time.
+
+A key id or user name that the snapshot does not know makes it reload (at most once per
+`MISS_RELOAD_SECONDS`, the request waiting for it), so a key works the moment `keys create` returns; a flood
+of unknown credentials costs the database at most that one query per interval, and each of them that wait.
+
+A user's scrypt check costs ~40 ms of CPU, too much for every request of a FROST client that sends Basic
+each time: a successful check is remembered (by a SHA-256 of name and password, never the password) until
+the next reload that changes that user, or for `VERIFIED_TTL` seconds at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from citystream.auth.credentials import check_password, secret_digest
+from sensorthings.model.access import ROLES, Principal, Role
+
+log = logging.getLogger("citystream.auth")
+
+VERIFIED_TTL = 60.0
+VERIFIED_MAX = 10_000
+MISS_RELOAD_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class _Key:
+    digest: bytes
+    principal: Principal
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class _User:
+    password_hash: str
+    principal: Principal
+
+
+def _roles(names: list[str]) -> frozenset[Role]:
+    return frozenset(Role(name) for name in names if name in ROLES)
+
+
+class CredentialStore:
+    def __init__(self, pool: AsyncConnectionPool[Any], reload_seconds: float = 2.0) -> None:
+        self.pool = pool
+        self.reload_seconds = reload_seconds
+        self._keys: dict[str, _Key] = {}
+        self._users: dict[str, _User] = {}
+        self._verified: OrderedDict[bytes, tuple[float, str, Principal]] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._reloaded_at = 0.0
+        self._reloading = asyncio.Lock()
+        self.loaded = False
+
+    async def start(self) -> None:
+        await self.reload()
+        self._task = asyncio.create_task(self._reload_forever(), name="credential-reload")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_seconds)
+            try:
+                await self.reload()
+            except Exception:  # the database is away: keep the last credentials, try again
+                log.warning("could not reload the API keys and users; keeping the last ones", exc_info=True)
+
+    async def reload(self) -> None:
+        self._reloaded_at = time.monotonic()
+        async with self.pool.connection() as conn:
+            keys = await (await conn.execute(
+                "SELECT id, name, secret_sha256, roles, expires_at FROM api_keys WHERE revoked_at IS NULL")).fetchall()
+            users = await (await conn.execute(
+                "SELECT name, password_hash, roles FROM api_users WHERE disabled_at IS NULL")).fetchall()
+        self._keys = {key_id: _Key(bytes(digest), Principal("key", name, _roles(roles), key_id), expires)
+                      for key_id, name, digest, roles, expires in keys}
+        self._users = {name: _User(password_hash, Principal("user", name, _roles(roles), name))
+                       for name, password_hash, roles in users}
+        stale = [k for k, (_, password_hash, principal) in self._verified.items()
+                 if (user := self._users.get(principal.name)) is None or user.password_hash != password_hash
+                 or user.principal != principal]
+        for k in stale:
+            del self._verified[k]
+        self.loaded = True
+
+    async def _reload_for(self, name: str, *known: dict[str, Any]) -> None:
+        """If `name` is in none of `known`: make sure a reload has started since this call began (so that a key
+        created before the request counts), waiting for MISS_RELOAD_SECONDS after the last one if need be."""
+        if any(name in names for names in known):
+            return
+        arrived = time.monotonic()
+        async with self._reloading:
+            if self._reloaded_at >= arrived:
+                return  # another miss reloaded meanwhile
+            await asyncio.sleep(max(0.0, self._reloaded_at + MISS_RELOAD_SECONDS - time.monotonic()))
+            await self.reload()
+
+    async def key(self, key_id: str, secret: str) -> Principal | None:
+        """The principal of a valid, unexpired key; None for anything else."""
+        await self._reload_for(key_id, self._keys)
+        return self._valid_key(key_id, secret)
+
+    def _valid_key(self, key_id: str, secret: str) -> Principal | None:
+        key = self._keys.get(key_id)
+        if key is None or not hmac.compare_digest(key.digest, secret_digest(secret)):
+            return None
+        if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+            return None
+        return key.principal
+
+    async def basic(self, name: str, password: str) -> Principal | None:
+        """HTTP Basic: a user and its password, or an API key's id and secret."""
+        await self._reload_for(name, self._keys, self._users)
+        if name in self._keys:
+            return self._valid_key(name, password)
+        return await self._user(name, password)
+
+    async def _user(self, name: str, password: str) -> Principal | None:
+        """The principal of a user whose password matches; the slow check runs in a thread, once per TTL."""
+        user = self._users.get(name)
+        if user is None:
+            return None
+        remembered = secret_digest(f"{name}\x00{password}")
+        now = time.monotonic()
+        hit = self._verified.get(remembered)
+        if hit is not None and hit[0] > now and hit[1] == user.password_hash:
+            return hit[2]
+        if not await asyncio.to_thread(check_password, password, user.password_hash):
+            return None
+        self._verified[remembered] = (now + VERIFIED_TTL, user.password_hash, user.principal)
+        while len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
+        return user.principal
