@@ -10,8 +10,8 @@ import getpass
 import os
 import re
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,32 +54,45 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
                      for line in [columns, *cells])
 
 
+@contextmanager
+def _connection(database: Database) -> Iterator[psycopg.Connection[Any]]:
+    """The platform's database, migrated (the credential tables exist), on an autocommit connection."""
+    with database() as dsn:
+        apply_migrations(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            yield conn
+
+
+def _error(message: str, code: int) -> int:
+    print(f"citystream: error: {message}", file=sys.stderr)
+    return code
+
+
 def cmd_keys(args: argparse.Namespace, database: Database) -> int:
     try:
         roles = parse_roles(",".join(args.role)) if getattr(args, "role", None) else frozenset()
         expires = parse_expiry(args.expires) if getattr(args, "expires", None) else None
     except ValueError as exc:
-        print(f"citystream: error: {exc}", file=sys.stderr)
-        return 2
-    with database() as dsn:
-        apply_migrations(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            if args.keys_command == "create":
+        return _error(str(exc), 2)
+    with _connection(database) as conn:
+        if args.keys_command == "create":
+            try:
                 key = credentials.create_key(conn, args.name, roles, expires)
-                print(key.token)
-                print(f"citystream: key {key.id} ({args.name}, roles {','.join(sorted(roles)) or 'none'}) created; "
-                      "the line above is its secret, shown only now", file=sys.stderr)
-                return 0
-            if args.keys_command == "list":
-                print(_table(credentials.list_keys(conn), ["id", "name", "roles", "created_at", "expires_at",
-                                                           "revoked_at"]))
-                return 0
-            if credentials.revoke_key(conn, args.id):
-                print(f"citystream: key {args.id} revoked; every API process refuses it within seconds",
-                      file=sys.stderr)
-                return 0
-            print(f"citystream: error: no key {args.id!r} that is not revoked already", file=sys.stderr)
-            return 1
+            except psycopg.errors.CheckViolation:
+                return _error("a key name takes 1 to 200 characters", 2)
+            print(key.token)
+            print(f"citystream: key {key.id} ({args.name}, roles {','.join(sorted(roles)) or 'none'}) created; "
+                  "the line above is its secret, shown only now", file=sys.stderr)
+            return 0
+        if args.keys_command == "list":
+            print(_table(credentials.list_keys(conn), ["id", "name", "roles", "created_at", "expires_at",
+                                                       "revoked_at"]))
+            return 0
+        if credentials.revoke_key(conn, args.id):
+            print(f"citystream: key {args.id} revoked; every API process refuses it within seconds",
+                  file=sys.stderr)
+            return 0
+        return _error(f"no key {args.id!r} that is not revoked already", 1)
 
 
 def _password() -> str:
@@ -102,30 +115,23 @@ def cmd_users(args: argparse.Namespace, database: Database) -> int:
         if len(password) > credentials.MAX_SECRET:
             raise ValueError(f"the password may have at most {credentials.MAX_SECRET} characters")
     except ValueError as exc:
-        print(f"citystream: error: {exc}", file=sys.stderr)
-        return 2
-    with database() as dsn:
-        apply_migrations(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            if args.users_command == "create":
-                try:
-                    credentials.create_user(conn, args.name, password, roles)
-                except psycopg.errors.UniqueViolation:
-                    print(f"citystream: error: a user {args.name!r} exists", file=sys.stderr)
-                    return 1
-                except psycopg.errors.CheckViolation:
-                    print("citystream: error: a user name takes letters, digits and . _ @ - (at most 100)",
-                          file=sys.stderr)
-                    return 2
-                print(f"citystream: user {args.name} (roles {','.join(sorted(roles)) or 'none'}) created",
-                      file=sys.stderr)
-                return 0
-            if args.users_command == "list":
-                print(_table(credentials.list_users(conn), ["name", "roles", "created_at", "disabled_at"]))
-                return 0
-            if credentials.disable_user(conn, args.name):
-                print(f"citystream: user {args.name} disabled; every API process refuses it within seconds",
-                      file=sys.stderr)
-                return 0
-            print(f"citystream: error: no user {args.name!r} that is not disabled already", file=sys.stderr)
-            return 1
+        return _error(str(exc), 2)
+    with _connection(database) as conn:
+        if args.users_command == "create":
+            try:
+                credentials.create_user(conn, args.name, password, roles)
+            except psycopg.errors.UniqueViolation:
+                return _error(f"a user {args.name!r} exists", 1)
+            except psycopg.errors.CheckViolation:
+                return _error("a user name takes letters, digits and . _ @ - (at most 100)", 2)
+            print(f"citystream: user {args.name} (roles {','.join(sorted(roles)) or 'none'}) created",
+                  file=sys.stderr)
+            return 0
+        if args.users_command == "list":
+            print(_table(credentials.list_users(conn), ["name", "roles", "created_at", "disabled_at"]))
+            return 0
+        if credentials.disable_user(conn, args.name):
+            print(f"citystream: user {args.name} disabled; every API process refuses it within seconds",
+                  file=sys.stderr)
+            return 0
+        return _error(f"no user {args.name!r} that is not disabled already", 1)

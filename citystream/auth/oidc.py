@@ -87,7 +87,7 @@ class OidcVerifier:
             raise _invalid(f"the token is not for this service (audience {config.audience!r})") from None
         except jwt.InvalidIssuerError:
             raise _invalid(f"the token is not from the configured issuer {config.issuer!r}") from None
-        except jwt.PyJWKClientConnectionError:
+        except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError):  # down, or answering garbage
             raise _invalid("the identity provider's keys (JWKS) cannot be fetched now; try again") from None
         except jwt.PyJWKClientError as exc:
             raise _invalid(f"the token's signing key is not the identity provider's ({exc})") from None
