@@ -1,6 +1,6 @@
-"""Operator endpoints under /admin: dead letters of MQTT payloads that could not be stored, and the
-notification topics that have subscribers. They show what devices sent, so they need the admin role (an
-admin API key or user, an OIDC token with admin, or CITYSTREAM_ADMIN_TOKEN).
+"""Operator endpoints under /admin: dead letters of MQTT payloads that could not be stored, the
+notification topics that have subscribers, and the audit log. They show what devices and people sent, so
+they need the admin role (an admin API key or user, an OIDC token with admin, or CITYSTREAM_ADMIN_TOKEN).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from psycopg_pool import AsyncConnectionPool
 
+from citystream import audit
 from ingest.dead_letters import list_dead_letters
 from mqtt_bridge.subscriptions import SubscriptionRegistry
 from sensorthings.model.access import Role, require
@@ -52,5 +53,28 @@ def admin_router(pool: AsyncConnectionPool[Any], registry: SubscriptionRegistry)
         """The STA topic filters this process publishes notifications for (learned from the broker)."""
         require(Role.ADMIN)
         return Response(orjson.dumps({"value": registry.filters()}), media_type="application/json")
+
+    @router.get("/admin/audit", include_in_schema=False)
+    async def audit_log(request: Request) -> Response:
+        """The audit log, newest first (citystream/audit.py): `limit`, `before` (an id), and the filters
+        `principal` (a name or an id) and `status`."""
+        require(Role.ADMIN)
+        unknown = set(request.query_params) - {"limit", "before", "principal", "status"}
+        if unknown:
+            raise BadRequest(f"unknown parameter(s) {', '.join(sorted(unknown))}; use limit, before, principal "
+                             "and status")
+        limit = min(_int_param(request, "limit", 100) or 1, MAX_LIMIT)
+        status = _int_param(request, "status", None)
+        if status is not None and not 100 <= status <= 599:
+            raise BadRequest("status must be an HTTP status code (100 to 599)")
+        principal = request.query_params.get("principal")
+        if principal is not None and not 0 < len(principal) <= 1000:
+            raise BadRequest("principal must be a name or an id of 1 to 1000 characters")
+        async with pool.connection() as conn:
+            entries = await audit.list_entries(conn, limit, _int_param(request, "before", None), principal, status)
+        body: dict[str, Any] = {"value": entries}
+        if len(entries) == limit:
+            body["nextLink"] = str(request.url.include_query_params(limit=limit, before=entries[-1]["id"]))
+        return Response(orjson.dumps(body), media_type="application/json")
 
     return router

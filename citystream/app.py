@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from citystream.access_log import AccessLog
 from citystream.admin import admin_router
+from citystream.audit import AuditLog
 from citystream.auth.authenticate import Authentication, Authenticator
 from citystream.auth.oidc import OidcVerifier
 from citystream.auth.store import CredentialStore
@@ -40,14 +41,17 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     services = WritePath.build(settings, database_url)
     pool, ingest, notifier = services.pool, services.ingest, services.notifier
     credentials = CredentialStore(pool, settings.auth_reload_seconds)
+    audit = AuditLog(pool, retention_days=settings.audit_retention_days)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await services.start()
         try:
             await credentials.start()
+            await audit.start()
             yield
         finally:
+            await audit.stop()  # writes what is buffered, while the pool is still open
             await credentials.stop()
             await ogc.state.close()
             await services.stop()
@@ -57,7 +61,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     # Added first, so it runs inside the access log (which then records the 401s it answers).
     app.add_middleware(Authentication, authenticator=Authenticator(
         credentials, OidcVerifier(settings.oidc) if settings.oidc else None, settings.admin_token),
-        anonymous_read=settings.anonymous_read)
+        anonymous_read=settings.anonymous_read, audit=audit)
     app.add_middleware(AccessLog, mode=settings.access_log)
     sta = StaApi(pool, StaConfig(
         default_top=settings.default_top,
@@ -68,7 +72,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         max_expand_depth=settings.max_expand_depth,
         exact_count_limit=settings.exact_count_limit,
         mqtt_endpoints=mqtt_endpoints(settings),
-    ), observations=ingest, listener=notifier)
+    ), observations=ingest, listener=notifier, audit=audit)
     app.include_router(sta.router)
     app.include_router(admin_router(pool, notifier.registry))
     ogc = create_ogc_app(pool, OgcConfig(public_url=settings.public_url,

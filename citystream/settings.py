@@ -156,6 +156,8 @@ class Settings:
     log_level: str = "info"
     access_log: str = "all"
     """HTTP access records: `all`, `writes` (not GET/HEAD, and every response >= 400) or `off`."""
+    audit_retention_days: int = 365
+    """Days the audit log keeps (whole day partitions are dropped after that); 0 = keep everything."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -204,4 +206,5 @@ class Settings:
             log_format=_choice_env("CITYSTREAM_LOG_FORMAT", base.log_format, logs.FORMATS),
             log_level=_choice_env("CITYSTREAM_LOG_LEVEL", base.log_level, tuple(v.lower() for v in logs.LEVELS)),
             access_log=_choice_env("CITYSTREAM_ACCESS_LOG", base.access_log, ACCESS_LOG_MODES),
+            audit_retention_days=_int_env("CITYSTREAM_AUDIT_RETENTION_DAYS", base.audit_retention_days),
         )

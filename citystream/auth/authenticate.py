@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 from dataclasses import dataclass
 
@@ -22,8 +23,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from citystream.auth.credentials import MAX_SECRET, split_key
 from citystream.auth.oidc import OidcVerifier, looks_like_jwt
 from citystream.auth.store import CredentialStore
+from sensorthings.http.audit import READS, audit_entry
 from sensorthings.http.common import error_response
 from sensorthings.model.access import ANONYMOUS, ANONYMOUS_READ, CURRENT, Principal, Role, Unauthorized
+from sensorthings.write.ports import AuditSink
 
 BASIC_CHALLENGE = 'Basic realm="CityStream"'
 OPERATOR = Principal("token", "CITYSTREAM_ADMIN_TOKEN", frozenset({Role.ADMIN}), "operator")
@@ -80,12 +83,15 @@ class Authenticator:
 class Authentication:
     """Pure ASGI middleware: sets model.access.CURRENT (and ANONYMOUS_READ) for the rest of the request,
     or answers 401 for a credential that does not verify. WebSocket handshakes (/mqtt) pass unauthenticated
-    here: MQTT authenticates inside the connection, at the broker."""
+    here: MQTT authenticates inside the connection, at the broker. A write refused here goes into the audit
+    log under the identity it claimed (`claimed`), kind "unverified"."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, anonymous_read: bool) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, anonymous_read: bool,
+                 audit: AuditSink | None = None) -> None:
         self.app = app
         self.authenticator = authenticator
         self.anonymous_read = anonymous_read
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,6 +105,9 @@ class Authentication:
             principal = await self.authenticator.principal(
                 _text(headers.get(b"authorization")), _text(headers.get(b"x-api-key")))
         except Unauthorized as exc:
+            if self.audit is not None and scope["method"] not in READS:
+                self.audit.record(audit_entry(scope, claimed(_text(headers.get(b"authorization")),
+                                                             _text(headers.get(b"x-api-key"))), 401, 0))
             await error_response(exc)(scope, receive, send)
             return
         principal_token = CURRENT.set(principal)
@@ -108,6 +117,24 @@ class Authentication:
         finally:
             CURRENT.reset(principal_token)
             ANONYMOUS_READ.reset(read_token)
+
+
+def claimed(authorization: str | None, api_key: str | None) -> Principal:
+    """Whom a credential that did not verify claims to be, for the audit log, never its secret: an API key's
+    id, a Basic user name, or only the kind of credential (a token's claims are not to be believed)."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if api_key is not None or scheme == "bearer":
+        parts = split_key((api_key if api_key is not None else value).strip())
+        if parts is not None:
+            return Principal("unverified", parts[0], auth_id=parts[0])
+        return Principal("unverified", "X-API-Key" if api_key is not None else "bearer token")
+    name = ""
+    if scheme == "basic":
+        with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError):
+            name = base64.b64decode(value[:4 * MAX_SECRET], validate=True).decode().partition(":")[0][:200]
+        return Principal("unverified", name or "Basic credentials", auth_id=name or None)
+    return Principal("unverified", f"{scheme[:20]} credentials")
 
 
 def _text(value: bytes | None) -> str | None:

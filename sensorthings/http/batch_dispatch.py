@@ -17,7 +17,7 @@ from fastapi import Request, Response
 from psycopg import AsyncConnection
 from starlette.requests import Request as StarletteRequest
 
-from sensorthings.http import batch
+from sensorthings.http import audit, batch
 from sensorthings.http.common import json_response
 from sensorthings.http.transactions import change_set_transaction
 from sensorthings.model.errors import BadRequest
@@ -72,8 +72,15 @@ class BatchDispatch:
     async def _change_set(self, outer: Request, change_set: batch.ChangeSet, service_path: str
                           ) -> batch.BatchResponse | list[batch.BatchResponse]:
         """All of a change set's answers, or, when one request fails, the failed one's answer (multipart)
-        followed by 424 for the others (JSON); nothing of it is committed then."""
+        followed by 424 for the others (JSON); nothing of it is committed then. Its requests' audit entries
+        wait for that outcome (sensorthings.http.audit.change_set)."""
+        with audit.change_set() as entries:
+            return await self._change_set_work(outer, change_set, service_path, entries)
+
+    async def _change_set_work(self, outer: Request, change_set: batch.ChangeSet, service_path: str,
+                               entries: audit.ChangeSetEntries) -> batch.BatchResponse | list[batch.BatchResponse]:
         async def work(conn: AsyncConnection[Any], writer: Writer) -> list[batch.BatchResponse]:
+            entries.attempt()
             with change_set_transaction(conn, writer):
                 created: dict[str, str] = {}
                 answers = []
@@ -92,6 +99,7 @@ class BatchDispatch:
         try:
             answers = await self.write(work)
         except _ChangeSetFailed as failed:
+            entries.rolled_back()
             failed.response.group = change_set.id
             if not change_set.id:  # multipart: one answer for the change set
                 return failed.response

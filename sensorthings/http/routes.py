@@ -21,7 +21,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.routing import Route
 
-from sensorthings.http import openapi, transactions
+from sensorthings.http import audit, openapi, transactions
 from sensorthings.http.batch_dispatch import BATCH, BatchDispatch
 from sensorthings.http.common import (
     database_error,
@@ -53,7 +53,7 @@ from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
 from sensorthings.write.bodies import link_id
 from sensorthings.write.data_array import read_data_arrays
-from sensorthings.write.ports import ChangeListener, ObservationSink
+from sensorthings.write.ports import AuditSink, ChangeListener, ObservationSink
 from sensorthings.write.writer import Writer
 
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
@@ -98,8 +98,6 @@ class StaConfig:
     @property
     def limits(self) -> Limits:
         return Limits(self.default_top, self.max_top, self.max_expand_depth, self.exact_count_limit)
-
-
 
 
 _SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
@@ -161,11 +159,13 @@ class StaApi:
     the limits; no entity knowledge (what differs between versions, the model says: Field.since)."""
 
     def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig,
-                 observations: ObservationSink | None = None, listener: ChangeListener | None = None) -> None:
+                 observations: ObservationSink | None = None, listener: ChangeListener | None = None,
+                 audit: AuditSink | None = None) -> None:
         self.pool = pool
         self.config = config
         self.observations = observations
         self.listener = listener
+        self.audit = audit
         self.compiled = CompileCache()
         self.router = APIRouter()
         for version in VERSIONS:
@@ -220,6 +220,12 @@ class StaApi:
         return await self.handle(request, request.path_params["resource"])
 
     async def handle(self, request: Request, resource: str) -> Response:
+        """One request (of its own or of a $batch), writes recorded in the audit log (sensorthings.http.audit)."""
+        if self.audit is None or request.method in audit.READS or (resource == BATCH and request.method == "POST"):
+            return await self._handle(request, resource)
+        return await audit.recorded(self.audit, request, self._handle(request, resource))
+
+    async def _handle(self, request: Request, resource: str) -> Response:
         handlers: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
             "GET": self.get, "HEAD": self.get, "POST": self.post, "PATCH": self.patch, "PUT": self.put,
             "DELETE": self.delete,
@@ -371,6 +377,7 @@ class StaApi:
         document = parse_json(await read_body(request, self.config.max_body_bytes))
         base = self._base(request)
         results = await self.observations.create_observations(read_data_arrays(document))
+        audit.count_rows(request, sum(isinstance(r, int) for r in results))
         links = [f"{base}/{OBSERVATION.set_name}({r})" if isinstance(r, int) else f"error {r}" for r in results]
         return json_response(orjson.dumps(links), 201)
 
@@ -483,6 +490,7 @@ class StaApi:
             writer.observations_removed(row[1])  # their streams' summaries narrow before commit
 
         await self._write(delete)
+        audit.count_rows(request, deleted[0])
         return json_response(orjson.dumps({"deleted": deleted[0]}))
 
 

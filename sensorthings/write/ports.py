@@ -1,8 +1,9 @@
 """What the STA layer needs from the layers above it, declared here so that `sensorthings` never imports them.
 
 DESIGN.md: imports point `citystream -> {geo, mqtt_bridge} -> ingest -> sensorthings`. The REST handler
-must still write Observations through `ingest/` and tell `mqtt_bridge/` what changed; the composition root
-(`citystream/app.py`) hands it implementations of these two protocols.
+must still write Observations through `ingest/` and tell `mqtt_bridge/` what changed, and record what it
+did in the platform's audit log; the composition root (`citystream/app.py`) hands it implementations of
+these protocols.
 """
 
 from __future__ import annotations
@@ -50,3 +51,32 @@ class ObservationSink(Protocol):
         """Validate and store the rows of Data Arrays (CreateObservations): per row, in order, the new id or
         why it was not stored. The good rows are stored even when others are bad."""
         ...
+
+
+@dataclass(slots=True)
+class AuditEntry:
+    """One request on the record (sensorthings.http.audit builds it, the platform's audit log stores it): a
+    write, or (later) a read of restricted data."""
+
+    at: float
+    """When it was answered (seconds since the epoch)."""
+    principal_kind: str
+    """How the caller authenticated: Principal.kind (anonymous, key, user, oidc, token)."""
+    principal: str
+    """Whom it names: Principal.name."""
+    principal_id: str | None
+    """The stable id it is known by (a key id, a user name, a token's sub): Principal.auth_id."""
+    method: str
+    path: str
+    """Path and query as sent, bounded."""
+    status: int
+    rows: int | None
+    """Entities created, changed, linked or deleted (a read: returned); 0 for a refused or failed request;
+    None where not known (a request that failed in a way nobody foresaw)."""
+    request_id: str | None = None
+    """The request's id (X-Request-ID), where the layer that records knows it; the sink may fill it in."""
+
+
+class AuditSink(Protocol):
+    def record(self, entry: AuditEntry) -> None:
+        """Take one entry; must not block or wait for the database (buffer it)."""
