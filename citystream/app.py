@@ -40,7 +40,7 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 def create_app(settings: Settings, database_url: str) -> FastAPI:
     services = WritePath.build(settings, database_url)
     pool, ingest, notifier = services.pool, services.ingest, services.notifier
-    credentials = CredentialStore(pool, settings.auth_reload_seconds)
+    credentials = CredentialStore(database_url, settings.auth_reload_seconds)
     audit = AuditLog(pool, retention_days=settings.audit_retention_days)
 
     @asynccontextmanager

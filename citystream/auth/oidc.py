@@ -15,8 +15,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 from sensorthings.model.access import ROLES, Principal, Role, Unauthorized
 
 VERIFIED_TTL = 60.0
@@ -51,6 +49,8 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
 
 class OidcVerifier:
     def __init__(self, config: OidcConfig) -> None:
+        import jwt  # here: PyJWT and cryptography load only where OIDC is configured
+
         self.config = config
         self._jwks = jwt.PyJWKClient(config.jwks_url, cache_jwk_set=True, lifespan=300, timeout=10,
                                      cooldown_duration=10)
@@ -75,6 +75,8 @@ class OidcVerifier:
         return principal
 
     def _verify(self, token: str) -> dict[str, Any]:
+        import jwt
+
         config = self.config
         try:
             key = self._jwks.get_signing_key_from_jwt(token)
