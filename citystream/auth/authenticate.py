@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
+import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,6 +30,9 @@ from sensorthings.model.access import ANONYMOUS, ANONYMOUS_READ, CURRENT, Princi
 from sensorthings.write.ports import AuditSink
 
 BASIC_CHALLENGE = 'Basic realm="CityStream"'
+KEY_CHALLENGE = 'Bearer realm="CityStream", error="invalid_token"'
+USER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,100}$")
+"""What a user name may be (migration 0007_access.sql checks the same)."""
 OPERATOR = Principal("token", "CITYSTREAM_ADMIN_TOKEN", frozenset({Role.ADMIN}), "operator")
 
 
@@ -46,7 +50,7 @@ class Authenticator:
         scheme, _, value = authorization.strip().partition(" ")
         value = value.strip()
         if scheme.lower() == "bearer":
-            if self.admin_token and hmac.compare_digest(value.encode(), self.admin_token.encode()):
+            if self.admin_token and hmac.compare_digest(_digest(value), _digest(self.admin_token)):
                 return OPERATOR
             if split_key(value) is not None:
                 return await self._key(value, "bearer token")
@@ -63,17 +67,14 @@ class Authenticator:
         parts = split_key(token.strip())
         principal = await self.store.key(*parts) if parts is not None else None
         if principal is None:
-            raise Unauthorized(f"the API key in the {where} is unknown, revoked or expired")
+            raise Unauthorized(f"the API key in the {where} is unknown, revoked or expired", challenge=KEY_CHALLENGE)
         return principal
 
     async def _basic(self, value: str) -> Principal:
-        try:
-            decoded = base64.b64decode(value, validate=True).decode() if len(value) <= 4 * MAX_SECRET else ""
-        except (binascii.Error, UnicodeDecodeError):
-            decoded = ""
-        name, sep, password = decoded.partition(":")
-        if not sep or not name or len(password) > MAX_SECRET:
+        parsed = basic_credentials(value)
+        if parsed is None:
             raise Unauthorized("HTTP Basic credentials must be base64 of name:password", challenge=BASIC_CHALLENGE)
+        name, password = parsed
         principal = await self.store.basic(name, password)
         if principal is None:
             raise Unauthorized("wrong user name or password (or API key id and secret)", challenge=BASIC_CHALLENGE)
@@ -119,6 +120,26 @@ class Authentication:
             ANONYMOUS_READ.reset(read_token)
 
 
+def basic_credentials(value: str) -> tuple[str, str] | None:
+    """(name, password) of an HTTP Basic credential, None for one that is not base64 of name:password (or
+    is longer than any credential taken)."""
+    if len(value) > 4 * MAX_SECRET:
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: non-ASCII in the header
+        return None
+    name, sep, password = decoded.partition(":")
+    if not sep or not name or len(password) > MAX_SECRET:
+        return None
+    return name, password
+
+
+def _digest(text: str) -> bytes:
+    """SHA-256 of a secret, so that comparing two takes the same time whatever their lengths."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
 def claimed(authorization: str | None, api_key: str | None) -> Principal:
     """Whom a credential that did not verify claims to be, for the audit log, never its secret: an API key's
     id, a Basic user name, or only the kind of credential (a token's claims are not to be believed)."""
@@ -129,11 +150,15 @@ def claimed(authorization: str | None, api_key: str | None) -> Principal:
         if parts is not None:
             return Principal("unverified", parts[0], auth_id=parts[0])
         return Principal("unverified", "X-API-Key" if api_key is not None else "bearer token")
-    name = ""
     if scheme == "basic":
-        with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError):
-            name = base64.b64decode(value[:4 * MAX_SECRET], validate=True).decode().partition(":")[0][:200]
-        return Principal("unverified", name or "Basic credentials", auth_id=name or None)
+        parsed = basic_credentials(value)
+        name = parsed[0] if parsed is not None else ""
+        key = split_key(name)
+        if key is not None:  # `curl -u "$KEY:"`: the whole key in the name; only its id is recorded
+            return Principal("unverified", key[0], auth_id=key[0])
+        if not USER_NAME.match(name):  # a password typed into the name, perhaps: never recorded
+            return Principal("unverified", "Basic credentials")
+        return Principal("unverified", name, auth_id=name)
     return Principal("unverified", f"{scheme[:20]} credentials")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from citystream.auth.credentials import create_key, split_key
+from citystream.auth.credentials import generate_key, split_key, store_key
 from sensorthings.model.access import Role
 
 
@@ -45,10 +45,17 @@ def ensure_platform_keys(dsn: str, data_dir: Path) -> list[PlatformKey]:
     for label, name, roles in _KEYS:
         path = folder / name
         if not path.exists():
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                token = create_key(conn, f"{label} (created by citystream up)", roles).token
+            # The file first (O_EXCL: a second `up` on the directory fails here, before a key exists), then
+            # the key; a key that could not be stored takes its file with it.
+            key = generate_key()
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as out:
-                out.write(token + "\n")
+                out.write(key.token + "\n")
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    store_key(conn, key, f"{label} (created by citystream up)", roles)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
         found.append(PlatformKey(label, path, path.read_text().strip()))
     return found

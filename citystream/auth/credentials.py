@@ -87,9 +87,15 @@ def _roles(roles: frozenset[Role]) -> list[str]:
 def create_key(conn: psycopg.Connection[Any], name: str, roles: frozenset[Role],
                expires: datetime | None = None) -> NewKey:
     key = generate_key()
+    store_key(conn, key, name, roles, expires)
+    return key
+
+
+def store_key(conn: psycopg.Connection[Any], key: NewKey, name: str, roles: frozenset[Role],
+              expires: datetime | None = None) -> None:
+    """Store `key` (its secret only as a hash)."""
     conn.execute("INSERT INTO api_keys (id, name, secret_sha256, roles, expires_at) VALUES (%s, %s, %s, %s, %s)",
                  (key.id, name, secret_digest(key.secret), _roles(roles), expires))
-    return key
 
 
 def list_keys(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -78,6 +79,12 @@ class OidcVerifier:
         import jwt
 
         config = self.config
+        try:  # the header first: a token no configured algorithm or key could verify fetches no keys
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise _invalid("the token is not a JWT", f"{type(exc).__name__}: {exc}") from None
+        if header.get("alg") not in config.algorithms or not isinstance(header.get("kid"), str):
+            raise _invalid(f"the token must be signed with {' or '.join(config.algorithms)} and name its key (kid)")
         try:
             key = self._jwks.get_signing_key_from_jwt(token)
             claims: dict[str, Any] = jwt.decode(
@@ -92,9 +99,9 @@ class OidcVerifier:
         except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError):  # down, or answering garbage
             raise _invalid("the identity provider's keys (JWKS) cannot be fetched now; try again") from None
         except jwt.PyJWKClientError as exc:
-            raise _invalid(f"the token's signing key is not the identity provider's ({exc})") from None
+            raise _invalid("the token's signing key is not the identity provider's", str(exc)) from None
         except jwt.InvalidTokenError as exc:
-            raise _invalid(f"the token does not verify ({type(exc).__name__}: {exc})") from None
+            raise _invalid("the token does not verify", f"{type(exc).__name__}: {exc}") from None
         return claims
 
     def _roles(self, claims: dict[str, Any]) -> frozenset[Role]:
@@ -104,7 +111,12 @@ class OidcVerifier:
         return frozenset(self._mapped[name] for name in names if isinstance(name, str) and name in self._mapped)
 
 
-def _invalid(description: str) -> Unauthorized:
-    quoted = description.replace("\\", "\\\\").replace('"', "'")
-    return Unauthorized(f"invalid bearer token: {description}",
+_HEADER_SAFE = re.compile(r"[^\x20-\x7e]|[\\\"]")
+
+
+def _invalid(description: str, detail: str = "") -> Unauthorized:
+    """401 with an RFC 6750 challenge. Only `description`, our own words, goes into the header, reduced to
+    printable ASCII; `detail` (which may quote the token: its kid) goes only into the JSON body."""
+    quoted = _HEADER_SAFE.sub("'", description)[:200]
+    return Unauthorized(f"invalid bearer token: {description}" + (f" ({detail[:300]})" if detail else ""),
                         challenge=f'Bearer realm="CityStream", error="invalid_token", error_description="{quoted}"')

@@ -33,6 +33,9 @@ log = logging.getLogger("citystream.auth")
 VERIFIED_TTL = 60.0
 VERIFIED_MAX = 10_000
 MISS_RELOAD_SECONDS = 0.5
+MIN_RELOAD_SECONDS = 0.5
+SCRYPT_CONCURRENCY = 2
+"""scrypt checks at once (each ~40 ms of a core and 16 MiB): wrong passwords cannot take every core."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class CredentialStore:
     def __init__(self, conninfo: str, reload_seconds: float = 2.0) -> None:
         self.conninfo = conninfo
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self.reload_seconds = reload_seconds
+        self.reload_seconds = max(MIN_RELOAD_SECONDS, reload_seconds)
+        self._hashing = asyncio.Semaphore(SCRYPT_CONCURRENCY)
         self._keys: dict[str, _Key] = {}
         self._users: dict[str, _User] = {}
         self._verified: OrderedDict[bytes, tuple[float, str, Principal]] = OrderedDict()
@@ -85,7 +89,7 @@ class CredentialStore:
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, options="-c statement_timeout=10000")
+                self.conninfo, autocommit=True, connect_timeout=5, options="-c statement_timeout=10000")
         return self._conn
 
     async def _reload_forever(self) -> None:
@@ -128,7 +132,10 @@ class CredentialStore:
             if self._reloaded_at >= arrived:
                 return  # another miss reloaded meanwhile
             await asyncio.sleep(max(0.0, self._reloaded_at + MISS_RELOAD_SECONDS - time.monotonic()))
-            await self.reload()
+            try:
+                await self.reload()
+            except (psycopg.Error, OSError):  # the database is away: the credential counts as unknown (401)
+                log.warning("could not reload the API keys and users for an unknown credential", exc_info=True)
 
     async def key(self, key_id: str, secret: str) -> Principal | None:
         """The principal of a valid, unexpired key; None for anything else."""
@@ -160,7 +167,9 @@ class CredentialStore:
         hit = self._verified.get(remembered)
         if hit is not None and hit[0] > now and hit[1] == user.password_hash:
             return hit[2]
-        if not await asyncio.to_thread(check_password, password, user.password_hash):
+        async with self._hashing:  # a flood of wrong passwords takes at most this many cores
+            matches = await asyncio.to_thread(check_password, password, user.password_hash)
+        if not matches:
             return None
         self._verified[remembered] = (now + VERIFIED_TTL, user.password_hash, user.principal)
         while len(self._verified) > VERIFIED_MAX:

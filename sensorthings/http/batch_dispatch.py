@@ -115,7 +115,7 @@ class BatchDispatch:
                              service_path: str) -> batch.BatchResponse:
         """One request of a batch, through the same handlers as a request of its own."""
         url = item.url
-        if url.split("?")[0] == BATCH:
+        if unquote(url.split("?")[0]).strip("/") == BATCH:
             return _batch_error(400, "$batch cannot be nested in a batch", item)
         if url.startswith("$"):
             reference, _, rest = url[1:].partition("/")

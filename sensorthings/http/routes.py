@@ -469,8 +469,8 @@ class StaApi:
 
     async def _delete_filtered(self, request: Request, path: ResourcePath) -> Response:
         """DELETE /v1.1/Observations?$filter=…: every entity of the collection that passes the filter, in one
-        transaction (all or nothing). Operators only (the guard the composition root gives); without a
-        $filter it is refused, so that a forgotten option never empties a collection."""
+        transaction (all or nothing); the delete role, as any DELETE (`handle`). Without a $filter it is
+        refused, so that a forgotten option never empties a collection."""
         params = parse_qsl(request.url.query, keep_blank_values=True)
         given = {name for name, _ in params}
         if "$filter" not in given:

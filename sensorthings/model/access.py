@@ -56,8 +56,9 @@ ANONYMOUS = Principal("anonymous", "anonymous")
 CURRENT: ContextVar[Principal] = ContextVar("citystream_principal", default=ANONYMOUS)
 """The principal of the request being served (set by the platform's authentication middleware)."""
 
-ANONYMOUS_READ: ContextVar[bool] = ContextVar("citystream_anonymous_read", default=True)
-"""Whether anonymous callers may read public data (CITYSTREAM_ANONYMOUS_READ), set with CURRENT."""
+ANONYMOUS_READ: ContextVar[bool] = ContextVar("citystream_anonymous_read", default=False)
+"""Whether anonymous callers may read public data (CITYSTREAM_ANONYMOUS_READ), set with CURRENT; off where
+nobody set it, like CURRENT's default."""
 
 CHALLENGE = 'Bearer realm="CityStream", Basic realm="CityStream"'
 

@@ -320,7 +320,9 @@ ENTITIES: dict[str, Entity] = {
             "Parties",
             "parties",
             Text("description", "description"),
-            Text("authId", "auth_id"),  # the principal's id in the platform's authentication (unique)
+            # the principal's id in the platform's authentication (unique): who may claim an identity is the
+            # operator's to say, or anyone could squat another principal's Party
+            Text("authId", "auth_id", admin_only=True),
             Text("role", "role", required=True, one_of=PARTY_ROLES),
             Text("displayName", "display_name"),
             since=STAPLUS_SINCE,

@@ -38,6 +38,8 @@ class Field:
     server_maintained: bool = False  # kept up to date from Observations; a PUT that omits it keeps it
     since: str = "v1.0"
     """The STA version that added the property (model.VERSIONS): older versions neither show nor take it."""
+    admin_only: bool = False
+    """Only an admin may set it (a STAplus Party's authId: whose identity the Party is)."""
     null_is_a_value: ClassVar[bool] = False  # JSON null is a legitimate value even where required
     column_types: ClassVar[tuple[str, ...]] = ("text",)
     """PostgreSQL type of each of `columns`, in order (what a binary COPY declares)."""

@@ -10,6 +10,7 @@ from typing import Any
 from psycopg import sql
 
 from sensorthings.model import LATEST
+from sensorthings.model.access import Role, require
 from sensorthings.model.entities import Entity
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.kinds import GEOJSON_ENCODINGS, Field
@@ -72,6 +73,8 @@ def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: 
         f = fields.get(name)
         if f is None:
             continue  # a relation or an ignored annotation (check_keys has rejected anything else)
+        if f.admin_only:
+            require(Role.ADMIN)
         if value is None and (f.required or f.defaults_to_now) and not f.null_is_a_value:
             raise BadRequest(f"{where}.{name} cannot be null; a {entity.name} requires it", field=f"{where}.{name}")
         columns.update(f.parse(value, f"{where}.{name}"))

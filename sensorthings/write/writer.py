@@ -18,6 +18,8 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from sensorthings.model import LATEST, observation_ids
+from sensorthings.model.access import Role
+from sensorthings.model.access import require as require_role
 from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.model.errors import BadRequest, NotFound, PartitionMissing
 from sensorthings.model.kinds import GeoJson, JsonList, Result
@@ -170,6 +172,8 @@ class Writer:
                 await self.create(relation.target_entity, item, item_where, relation.inverse, parent_id)
                 continue
             await self.require(relation.target_entity, existing, item_where)
+            if relation.storage is Storage.FK_ON_TARGET:  # moving an existing entity to the new one changes it
+                require_role(Role.UPDATE)
             await self.link(relation, parent_id, existing)
 
     async def _check_components(self, entity: Entity, entity_id: int, where: str) -> None:

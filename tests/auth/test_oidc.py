@@ -374,3 +374,12 @@ def test_a_stopped_jwks_is_a_401_and_the_app_keeps_serving(database_url: str) ->
         assert_invalid_token(get_things(sta, signer.sign(claims())), "cannot be fetched")
         assert ANON.get(url(sta, "Things")).status_code == 200
         assert HTTP.post(url(sta, "Things"), json=THING).status_code == 201
+
+
+@pytest.mark.parametrize("kid", ["café€", "x\r\nSet-Cookie: a=b", "\x00\x7f"])
+def test_a_kid_no_header_can_carry_is_a_401_with_a_clean_challenge(app: str, keys: Keys, kid: str) -> None:
+    """The kid is the client's text: it may reach the JSON body, never the WWW-Authenticate header."""
+    response = post_thing(app, keys.main.sign(claims(), kid=kid))
+    assert response.status_code == 401, response.text
+    challenge = response.headers["www-authenticate"]
+    assert challenge.isascii() and challenge.isprintable() and "Set-Cookie" not in challenge
