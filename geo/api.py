@@ -453,8 +453,10 @@ def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig) -> Starlet
 
     app = Starlette(
         routes=routes,
-        # Read-only open data: web maps on any origin may read it (no credentials are involved).
+        # Read-only open data: web maps on any origin may read it, with a key or token in a header where
+        # anonymous read is off (no cookies are involved, so no credentialed CORS).
         middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
+                               allow_headers=["Authorization", "X-API-Key"],
                                expose_headers=["Content-Crs", "ETag", "Last-Modified", "Link"]),
                     Middleware(GZipMiddleware, minimum_size=1024)],
         exception_handlers={HTTPException: http_error, Exception: server_error},

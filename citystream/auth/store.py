@@ -96,7 +96,8 @@ class CredentialStore:
         while True:
             await asyncio.sleep(self.reload_seconds)
             try:
-                await self.reload()
+                async with self._reloading:  # one reload at a time on the one connection
+                    await self.reload()
             except Exception:  # the database is away: keep the last credentials, try again
                 log.warning("could not reload the API keys and users; keeping the last ones", exc_info=True)
 

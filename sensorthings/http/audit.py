@@ -33,6 +33,9 @@ READS = frozenset(("GET", "HEAD"))
 """Methods that are not recorded (reads of restricted data will be, once there is restricted data)."""
 MAX_PATH = 2000
 """Characters of path and query kept; a longer one is cut and says how long it was."""
+MAX_UNVERIFIED_PATH = 200
+"""The same for a caller nobody verified (anonymous, or a credential that failed): such entries cost the
+caller nothing, so each may cost the log little."""
 ROWS_KEY = "citystream.audit_rows"
 """Where a handler leaves, in the request's scope, how many rows a successful request changed."""
 NOT_APPLIED = 424
@@ -78,8 +81,9 @@ def audit_entry(scope: Scope, principal: Principal, status: int, rows: int | Non
     query = scope.get("query_string")
     if query:
         path = f"{path}?{query.decode('utf-8', 'replace')}"
-    if len(path) > MAX_PATH:
-        path = f"{path[:MAX_PATH - 30]}…({len(path)} characters)"
+    limit = MAX_UNVERIFIED_PATH if principal.kind in ("anonymous", "unverified") else MAX_PATH
+    if len(path) > limit:
+        path = f"{path[:limit - 30]}…({len(path)} characters)"
     return AuditEntry(time.time(), principal.kind, principal.name, principal.auth_id, scope["method"], path,
                       status, rows)
 

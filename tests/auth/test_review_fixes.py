@@ -68,3 +68,21 @@ def test_a_batch_nested_as_percent_encoded_is_refused(sta: str) -> None:
     body = {"requests": [{"id": "1", "method": "post", "url": "%24batch", "body": {"requests": []}}]}
     answer = HTTP.post(f"{sta}/$batch", json=body).json()["responses"][0]
     assert answer["status"] == 400 and "nested" in answer["body"]["message"]
+
+
+def test_an_unverified_callers_audit_entry_is_short(sta: str) -> None:
+    """Anonymous writes cost their sender nothing: each keeps only 200 characters of its path."""
+    long_query = "x=" + "a" * 1900
+    assert ANON.post(f"{sta}/Things?{long_query}", json=thing_body()).status_code == 401
+    entries = wait_for(lambda: [e for e in HTTP.get(f"{sta.rsplit('/', 1)[0]}/admin/audit").json()["value"]
+                                if e["principalKind"] == "anonymous" and "aaaa" in e["path"]],
+                       what="the audit entry")
+    assert len(entries[0]["path"]) <= 200 and "characters)" in entries[0]["path"]
+
+
+def test_web_maps_on_other_origins_may_send_a_credential_to_the_ogc_api(sta: str) -> None:
+    preflight = ANON.options(f"{sta.rsplit('/', 1)[0]}/ogcapi/collections", headers={
+        "Origin": "https://maps.example.org", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "Authorization"})
+    assert preflight.status_code == 200, preflight.text
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
