@@ -26,6 +26,10 @@ KEY_PREFIX = "cs_"
 KEY_ID_LENGTH = 12
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # ~16 MiB and ~40 ms per check: OWASP's minimum for scrypt
+VERIFIED_TTL = 60.0
+"""Seconds a successful slow check (a password's scrypt, a token's signature) is remembered at most."""
+VERIFIED_MAX = 10_000
+"""Checks remembered per kind and process, the oldest forgotten first."""
 MAX_SECRET = 200
 """Longest secret or password read: a longer one is refused before any hashing."""
 

@@ -16,10 +16,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from citystream.auth.credentials import VERIFIED_MAX, VERIFIED_TTL
 from sensorthings.model.access import ROLES, Principal, Role, Unauthorized
 
-VERIFIED_TTL = 60.0
-VERIFIED_MAX = 10_000
 MAX_TOKEN = 16_384
 """Longest token read: a larger Authorization header is refused before parsing."""
 

@@ -25,13 +25,11 @@ from typing import Any
 
 import psycopg
 
-from citystream.auth.credentials import check_password, secret_digest
+from citystream.auth.credentials import VERIFIED_MAX, VERIFIED_TTL, check_password, secret_digest
 from sensorthings.model.access import ROLES, Principal, Role
 
 log = logging.getLogger("citystream.auth")
 
-VERIFIED_TTL = 60.0
-VERIFIED_MAX = 10_000
 MISS_RELOAD_SECONDS = 0.5
 MIN_RELOAD_SECONDS = 0.5
 SCRYPT_CONCURRENCY = 2

@@ -147,7 +147,7 @@ def _role_needed(method: str, resource: str) -> Role | None:
     anonymous callers may not even read."""
     if method == "POST" and resource == BATCH:
         return Role.READ if CURRENT.get().anonymous else None
-    if method in ("GET", "HEAD"):
+    if method in audit.READS:
         return Role.READ
     if resource.rstrip("/").endswith("/$ref") or method in ("PATCH", "PUT"):
         return Role.UPDATE
