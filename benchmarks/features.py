@@ -40,32 +40,44 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.append(str(Path(__file__).resolve().parent))
 
 from city import BBOX, START, CityParams, ensure_city  # noqa: E402
-from harness import CREDENTIALS, REPO, api_server, machine_info, reader_credential, write_report  # noqa: E402
-from query import WARMUP, Row, print_table, time_http  # noqa: E402
+from harness import (  # noqa: E402
+    CREDENTIALS,
+    READERS,
+    REPO,
+    api_server,
+    machine_info,
+    reader_credential,
+    write_report,
+)
+from query import WARMUP, Row, print_table, restrict_datastreams, time_http  # noqa: E402
 
 from citystream.embedded import EmbeddedPostgres  # noqa: E402
-from geo.collections import COLLECTIONS  # noqa: E402
+from geo.collections import collections  # noqa: E402
 from geo.filtering import compile_tree, parse_filter  # noqa: E402
 from geo.params import parse_items  # noqa: E402
 from geo.query import items_sql  # noqa: E402
-from sensorthings.query.sql import SqlBuilder
+from sensorthings.model.access import ANONYMOUS  # noqa: E402
+from sensorthings.query import visibility  # noqa: E402
+from sensorthings.query.sql import SqlBuilder  # noqa: E402
 from sensorthings.schema.migrate import apply_migrations  # noqa: E402
 
 RATIO_TARGET = 1.5
 PAGE_SIZE, WALKED_OBSERVATIONS = 1000, 100_000
 PAGES = WALKED_OBSERVATIONS // PAGE_SIZE
+reader = ANONYMOUS  # whom the server sees (harness.READERS): the SQL-only timings run its statements
 BUCKET = 10  # pages 1-10 against pages 91-100: more samples than the single first and last page
 
 
 def page_sql(collection_id: str, query: str, sta_root: str) -> tuple[sql.Composed, dict[str, Any]]:
     """The statement the server runs for GET /ogcapi/collections/{id}/items?{query} (geo.api.OgcApi.items)."""
-    collection = COLLECTIONS[collection_id]
+    collection = collections(visibility.hides(reader))[collection_id]
     builder = SqlBuilder(sta_root)
     request = parse_items(QueryParams(query), collection)
     if request.filter is not None:
         request.filter_tree = parse_filter(request.filter, request.filter_lang)
     statement = items_sql(collection, request, builder, compile_tree)
-    return sql.Composed([statement]), builder.params  # Composed: what psycopg's execute() is typed to take
+    # Composed: what psycopg's execute() is typed to take
+    return sql.Composed([statement]), builder.params | visibility.params(reader)
 
 
 def time_sql(conn: psycopg.Connection[Any], statement: tuple[sql.Composed, dict[str, Any]]) -> float:
@@ -158,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"timed walks through {WALKED_OBSERVATIONS:,} observations by next links (10)")
     parser.add_argument("--credential", choices=CREDENTIALS, default="none",
                         help="read anonymously (none), with an API key (key) or an OIDC token (jwt)")
+    parser.add_argument("--restricted", type=float, default=0.0, metavar="SHARE",
+                        help="share of the Datastreams in a restricted Project (as in query.py; 0: all public)")
     parser.add_argument("--data-dir", type=Path, default=REPO / "benchmarks" / ".data" / "query",
                         help="private PostgreSQL and cached city, shared with query.py (benchmarks/.data/query)")
     args = parser.parse_args(argv)
     if args.observations < WALKED_OBSERVATIONS or args.repeat < 1 or args.walks < 1:
         parser.error(f"--observations must be at least {WALKED_OBSERVATIONS:,}; --repeat and --walks positive")
     city = CityParams(observations=args.observations)
+    global reader
+    reader = READERS[args.credential]
     west, south, east, north = BBOX
     width, height = east - west, north - south
     quarter = (west + width / 4, south + height / 4, east - width / 4, north - height / 4)
@@ -181,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
             machine = machine_info(conn)
             print(f"machine: {machine['nproc']} CPUs, {machine['memory']}, {machine['postgresql'].split(',')[0]}")
+            restricted = restrict_datastreams(conn, args.restricted)
+            print(f"restricted Datastreams: {restricted}")
             with reader_credential(args.credential, dsn) as (credential, server_env), \
                     api_server(dsn, args.data_dir / "server.log", server_env) as sta_root, \
                     httpx.Client(timeout=120, headers={"Accept-Encoding": "identity", **credential}) as client:
@@ -213,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"\nEXPLAIN (ANALYZE, BUFFERS) of {key}:\n{plan}")
         report = {
             "benchmark": "features",
-            "parameters": {**asdict(city), "credential": args.credential, "repeat": args.repeat, "warmup": WARMUP,
+            "parameters": {**asdict(city), "credential": args.credential, "restricted_share": args.restricted,
+                           "restricted_datastreams": restricted, "repeat": args.repeat, "warmup": WARMUP,
                            "walks": args.walks,
                            "page_size": PAGE_SIZE, "walked_observations": WALKED_OBSERVATIONS,
                            "bbox": quarter, "datetime": window},

@@ -22,7 +22,7 @@ import psycopg
 
 from citystream.auth.credentials import create_key
 from citystream.embedded import find_free_port
-from sensorthings.model.access import Role
+from sensorthings.model.access import ANONYMOUS, Principal, Role
 
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
@@ -79,6 +79,12 @@ def api_server(dsn: str, log_path: Path, extra_env: dict[str, str] | None = None
 CREDENTIALS = ("none", "key", "jwt")
 """How a read benchmark's client authenticates (--credential): anonymously, with an API key, with a JWT."""
 
+
+
+READERS = {"none": ANONYMOUS, "key": Principal("key", "benchmark reader", frozenset({Role.READ})),
+           "jwt": Principal("oidc", "benchmark reader", frozenset({Role.READ}))}
+"""Whom the server sees for each of CREDENTIALS (reader_credential): SQL-only timings run the statements it
+gets (restricted data hidden for the anonymous reader: sensorthings.query.visibility)."""
 
 @contextmanager
 def reader_credential(kind: str, dsn: str) -> Iterator[tuple[dict[str, str], dict[str, str]]]:

@@ -24,11 +24,22 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import httpx
 import psycopg
 from city import START, CityParams, ensure_city
-from harness import CREDENTIALS, REPO, api_server, machine_info, percentile, reader_credential, write_report
+from harness import (
+    CREDENTIALS,
+    READERS,
+    REPO,
+    api_server,
+    machine_info,
+    percentile,
+    reader_credential,
+    write_report,
+)
 from psycopg import sql
 
 from citystream.embedded import EmbeddedPostgres
 from citystream.settings import Settings
+from sensorthings.model.access import ANONYMOUS
+from sensorthings.query import visibility
 from sensorthings.query.compiler import Compiled, Limits, compile_collection, compile_count_estimate
 from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
@@ -123,23 +134,44 @@ class Statement:
     options: QueryOptions
 
 
+reader = ANONYMOUS  # whom the server sees (harness.READERS): the SQL-only timings run its statements
+
+
 def compile_request(resource: str, params: list[tuple[str, str]], base: str) -> Statement:
-    """Exactly what the server compiles for GET base/resource?params (collections only)."""
+    """Exactly what the server compiles for GET base/resource?params (collections only), for `reader`."""
     path = parse_path(resource)
     if not path.is_collection:
         raise ValueError(f"{resource} is not a collection")
     options = parse_query(params, default_top=LIMITS.default_top, max_top=LIMITS.max_top)
-    return Statement(compile_collection(path, options, base, LIMITS), path, options)
+    hiding = visibility.hides(reader)
+    return Statement(compile_collection(path, options, base, LIMITS, hiding=hiding), path, options)
 
 
 def time_sql(conn: psycopg.Connection[Any], statement: Statement) -> float:
+    bound = visibility.params(reader)
     began = time.perf_counter()
-    row = conn.execute(statement.compiled.statement, statement.compiled.params).fetchone()
+    row = conn.execute(statement.compiled.statement, statement.compiled.params | bound).fetchone()
     assert row is not None
     if row[2] is not None and row[2] > LIMITS.exact_count_limit:
-        estimate = compile_count_estimate(statement.path, statement.options)
-        conn.execute(estimate.statement, estimate.params).fetchone()
+        estimate = compile_count_estimate(statement.path, statement.options, hiding=visibility.hides(reader))
+        conn.execute(estimate.statement, estimate.params | bound).fetchone()
     return (time.perf_counter() - began) * 1000
+
+
+def restrict_datastreams(conn: psycopg.Connection[Any], share: float) -> int:
+    """Put the first `share` of the Datastreams (by id) into a restricted Project, the others into none; how
+    many are restricted. The cached city is reset first, so that every run starts from the same state."""
+    conn.execute("UPDATE datastreams SET project_id = NULL, visibility = NULL "
+                 "WHERE project_id IS NOT NULL OR visibility IS NOT NULL")
+    if share <= 0:
+        return 0
+    project = conn.execute("INSERT INTO projects (name, terms_of_use, creation_time, visibility) "
+                           "VALUES ('benchmark restricted', 'none', now(), 'restricted') RETURNING id").fetchone()
+    assert project is not None
+    cursor = conn.execute("UPDATE datastreams SET project_id = %s WHERE id IN (SELECT id FROM datastreams ORDER BY id "
+                          "LIMIT greatest(1, round((SELECT count(*) FROM datastreams) * %s)::int))",
+                          (project[0], share))
+    return cursor.rowcount
 
 
 def time_http(client: httpx.Client, url: str) -> tuple[float, httpx.Response]:
@@ -264,12 +296,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"timed walks through {PAGED_OBSERVATIONS:,} observations by @iot.nextLink (2)")
     parser.add_argument("--credential", choices=CREDENTIALS, default="none",
                         help="read anonymously (none), with an API key (key) or an OIDC token (jwt)")
+    parser.add_argument("--restricted", type=float, default=0.0, metavar="SHARE",
+                        help="share of the Datastreams in a restricted Project (0: all public, comparable with "
+                             "code before access control; anonymous readers then see less)")
     parser.add_argument("--data-dir", type=Path, default=REPO / "benchmarks" / ".data" / "query",
                         help="private PostgreSQL and cached city (benchmarks/.data/query)")
     args = parser.parse_args(argv)
     if args.observations < 1 or args.repeat < 1:
         parser.error("--observations and --repeat must be positive")
     city = CityParams(observations=args.observations)
+    global reader
+    reader = READERS[args.credential]
 
     with EmbeddedPostgres(args.data_dir) as postgres:
         dsn = postgres.dsn
@@ -286,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"city: generated {city.observations:,} observations in {generation:.1f} s")
             machine = machine_info(conn)
             print(f"machine: {machine['nproc']} CPUs, {machine['memory']}, {machine['postgresql'].split(',')[0]}")
+            restricted = restrict_datastreams(conn, args.restricted)
+            print(f"restricted Datastreams: {restricted}")
             with reader_credential(args.credential, dsn) as (credential, server_env), \
                     api_server(dsn, args.data_dir / "server.log", server_env) as base, \
                     httpx.Client(timeout=120, headers={"Accept-Encoding": "identity", **credential}) as client:
@@ -318,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"EXPLAIN (ANALYZE, BUFFERS):\n{plan['plan']}")
         report = {
             "benchmark": "query",
-            "parameters": {**asdict(city), "credential": args.credential, "repeat": args.repeat, "warmup": WARMUP,
+            "parameters": {**asdict(city), "credential": args.credential, "restricted_share": args.restricted,
+                           "restricted_datastreams": restricted, "repeat": args.repeat, "warmup": WARMUP,
                            "page_walks": args.page_walks,
                            "page_size": PAGE_SIZE, "paged_observations": PAGED_OBSERVATIONS,
                            "limits": asdict(LIMITS)},

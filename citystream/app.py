@@ -76,7 +76,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     app.include_router(sta.router)
     app.include_router(admin_router(pool, notifier.registry))
     ogc = create_ogc_app(pool, OgcConfig(public_url=settings.public_url,
-                                         statement_timeout_ms=settings.statement_timeout_ms))
+                                         statement_timeout_ms=settings.statement_timeout_ms), audit)
     app.add_route("/ogcapi", ogc.state.landing, include_in_schema=False)
     app.mount("/ogcapi", ogc)
     # MQTT over WebSocket on the HTTP port (Masterportal's default wss://<host>/mqtt), relayed to the broker.

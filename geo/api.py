@@ -30,7 +30,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from geo import html, openapi
-from geo.collections import COLLECTIONS, Collection
+from geo.collections import Collection
+from geo.collections import collections as collections_for
 from geo.cql2_text import Cql2TextParser
 from geo.crs import CRS84, STORAGE_CRS, URIS, parse_crs
 from geo.filtering import check_filter_text, compile_tree, parse_json_filter
@@ -48,10 +49,13 @@ from geo.params import (
     query_string,
 )
 from geo.query import count_sql, csv_header, extent_sql, feature_sql, items_sql
+from sensorthings.http import audit as sta_audit
 from sensorthings.http.common import database_error, service_url
-from sensorthings.model.access import Role, require
+from sensorthings.model.access import CURRENT, Role, require
 from sensorthings.model.errors import NotFound, StaError
+from sensorthings.query import visibility
 from sensorthings.query.sql import SqlBuilder
+from sensorthings.write.ports import AuditSink
 
 log = logging.getLogger("citystream.geo")
 
@@ -129,7 +133,7 @@ class OgcApi:
         not track commit timestamps), in one connection and one round trip."""
         try:
             async with self.pool.connection() as conn, conn.pipeline():
-                rows_cursor = await conn.execute(query, params)
+                rows_cursor = await conn.execute(query, params | visibility.params(CURRENT.get()))
                 commit_cursor = await conn.execute(LAST_COMMIT)
                 rows = await rows_cursor.fetchall()
                 commit = await commit_cursor.fetchone()
@@ -145,7 +149,10 @@ class OgcApi:
         basis = (etag_of if etag_of is not None else body) + media_type.encode()
         etag = 'W/"' + hashlib.blake2b(basis, digest_size=16).hexdigest() + '"'
         headers["ETag"] = etag
-        headers["Cache-Control"] = f"public, max-age={self.config.max_age_seconds}"
+        # An answer to a credential may hold restricted data: no shared cache may keep it for someone else.
+        shared = "public" if CURRENT.get().anonymous else "private"
+        headers["Cache-Control"] = f"{shared}, max-age={self.config.max_age_seconds}"
+        headers["Vary"] = "Authorization, X-API-Key"
         if modified is not None:
             headers["Last-Modified"] = format_datetime(modified.astimezone(UTC), usegmt=True)
         if _not_modified(request, etag, modified):
@@ -153,9 +160,11 @@ class OgcApi:
         return Response(body, media_type=media_type, headers=headers)
 
     def _collection(self, collection_id: str) -> Collection:
-        found = COLLECTIONS.get(collection_id)
+        """The collection as the request's principal may see it (restricted data hidden where it must be)."""
+        known = _visible_collections()
+        found = known.get(collection_id)
         if found is None:
-            raise NotFound(f"no collection {collection_id!r}; collections are {', '.join(COLLECTIONS)}")
+            raise NotFound(f"no collection {collection_id!r}; collections are {', '.join(known)}")
         return found
 
     async def _document(self, request: Request, document: dict[str, Any], fmt: str, title: str,
@@ -236,7 +245,7 @@ class OgcApi:
         check_parameters(request.query_params, COMMON, "/collections")
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
         url = f"{self.root(request)}/collections"
-        described = [await self._collection_document(request, c, fmt) for c in COLLECTIONS.values()]
+        described = [await self._collection_document(request, c, fmt) for c in _visible_collections().values()]
         document = {
             "links": _self_and_alternates(url, [], fmt, {"json": JSON, "html": HTML}),
             "collections": [d for d, _ in described],
@@ -368,6 +377,10 @@ class OgcApi:
                                    modified=modified)
 
 
+def _visible_collections() -> dict[str, Collection]:
+    return collections_for(visibility.hides(CURRENT.get()))
+
+
 def _time(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -417,28 +430,39 @@ def _error(error: StaError) -> Response:
     return Response(orjson.dumps(body), status_code=error.status, media_type=JSON, headers=error.headers)
 
 
-def _handler(method: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    async def handle(request: Request) -> Response:
+def _handler(method: Callable[[Request], Awaitable[Response]], sink: AuditSink | None
+             ) -> Callable[[Request], Awaitable[Response]]:
+    """`method` behind the read role's check; recorded in `sink` where a read may see restricted data."""
+    async def answer(request: Request) -> Response:
         try:
             require(Role.READ)  # every endpoint here reads; the principal was set by the platform
             return await method(request)
         except StaError as exc:
             return _error(exc)
+
+    async def handle(request: Request) -> Response:
+        if sta_audit.read_recorded(sink):
+            assert sink is not None
+            sta_audit.count_rows(request, None)
+            return await sta_audit.recorded(sink, request, answer(request))
+        return await answer(request)
     return handle
 
 
-def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig) -> Starlette:
+def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig, audit: AuditSink | None = None) -> Starlette:
+    """The OGC API – Features app; reads that may see restricted data are recorded in `audit`."""
     api = OgcApi(pool, config)
+
     routes = [
-        Route("/", _handler(api.landing)),
-        Route("/conformance", _handler(api.conformance)),
-        Route("/api", _handler(api.api_definition)),
-        Route("/collections", _handler(api.collections)),
-        Route("/collections/{collection}", _handler(api.collection)),
-        Route("/collections/{collection}/items", _handler(api.items)),
-        Route("/collections/{collection}/items/{feature}", _handler(api.item)),
-        Route("/collections/{collection}/queryables", _handler(api.queryables)),
-        Route("/collections/{collection}/sortables", _handler(api.sortables)),
+        Route("/", _handler(api.landing, audit)),
+        Route("/conformance", _handler(api.conformance, audit)),
+        Route("/api", _handler(api.api_definition, audit)),
+        Route("/collections", _handler(api.collections, audit)),
+        Route("/collections/{collection}", _handler(api.collection, audit)),
+        Route("/collections/{collection}/items", _handler(api.items, audit)),
+        Route("/collections/{collection}/items/{feature}", _handler(api.item, audit)),
+        Route("/collections/{collection}/queryables", _handler(api.queryables, audit)),
+        Route("/collections/{collection}/sortables", _handler(api.sortables, audit)),
     ]
 
     async def http_error(_: Request, exc: Exception) -> Response:
@@ -461,7 +485,7 @@ def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig) -> Starlet
                     Middleware(GZipMiddleware, minimum_size=1024)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
-    app.state.landing = _handler(api.landing)  # for the mount point itself, /ogcapi without a slash
+    app.state.landing = _handler(api.landing, audit)  # for the mount point itself, /ogcapi without a slash
     app.state.close = api.cql2.close  # the composition root stops the parser's worker with the app
     return app
 

@@ -19,6 +19,7 @@ from psycopg import sql
 from geo.queryables import Kind, Queryable
 from sensorthings.model.entities import ENTITIES, Entity
 from sensorthings.model.kinds import Field, Instant, Interval, Json, Result, Text
+from sensorthings.query import visibility
 from sensorthings.write.derived import CURRENT_LOCATION_ID, current_location_sql
 
 PropertyKind = Kind | Literal["json"]
@@ -142,8 +143,10 @@ OBSERVATION, FEATURE, OBSERVED_PROPERTY = ENTITIES["Observation"], ENTITIES["Fea
     ENTITIES["ObservedProperty"]
 
 
-def _table(entity: Entity, alias: str) -> sql.Composable:
-    return sql.SQL("{} AS {}").format(sql.Identifier(entity.table), sql.Identifier(alias))
+def _table(entity: Entity, alias: str, hiding: bool) -> sql.Composable:
+    """`entity`'s rows aliased `alias`: its table, or, when `hiding`, its rows the principal bound at execution
+    may see (sensorthings.query.visibility)."""
+    return sql.SQL("{} AS {}").format(visibility.source(entity, hiding), sql.Identifier(alias))
 
 
 def _key(entity: Entity, relation: str, alias: str) -> sql.Composable:
@@ -187,27 +190,28 @@ def interval_bounds(entity: Entity, name: str, alias: str, description: str) -> 
                      f"end of the {description}"))
 
 
-def _current_location(thing_alias: str, alias: str) -> sql.Composable:
+def _current_location(thing_alias: str, alias: str, hiding: bool) -> sql.Composable:
     """LEFT JOIN of the Thing's current Location (the newest link), aliased `alias`."""
     return sql.SQL("LEFT JOIN LATERAL ({}) {cur} ON true LEFT JOIN {} ON {loc}.id = {cur}.{current}").format(
         current_location_sql(sql.SQL("{}.id").format(sql.Identifier(thing_alias))),
-        _table(LOCATION, alias), cur=sql.Identifier(f"{alias}_link"), loc=sql.Identifier(alias),
+        _table(LOCATION, alias, hiding), cur=sql.Identifier(f"{alias}_link"), loc=sql.Identifier(alias),
         current=CURRENT_LOCATION_ID)
 
 
-def _latest_observation(datastream_alias: str, alias: str, *, required: bool) -> sql.Composable:
+def _latest_observation(datastream_alias: str, alias: str, *, required: bool, hiding: bool
+                        ) -> sql.Composable:
     """The newest Observation of a Datastream (by phenomenonTime start; served by the datastream/time index)."""
     latest = sql.SQL("(SELECT o.* FROM {} WHERE {} = {}.id ORDER BY {} DESC LIMIT 1) {}").format(
-        _table(OBSERVATION, "o"), _key(OBSERVATION, "Datastream", "o"), sql.Identifier(datastream_alias),
+        _table(OBSERVATION, "o", hiding), _key(OBSERVATION, "Datastream", "o"), sql.Identifier(datastream_alias),
         _column(OBSERVATION, "phenomenonTime", "o"), sql.Identifier(alias))
     if required:
         return sql.SQL("CROSS JOIN LATERAL {}").format(latest)
     return sql.SQL("LEFT JOIN LATERAL {} ON true").format(latest)
 
 
-def _join_observed_property_and_unit(datastream_alias: str) -> sql.Composable:
+def _join_observed_property_and_unit(datastream_alias: str, hiding: bool) -> sql.Composable:
     return sql.SQL("JOIN {} ON op.id = {}").format(
-        _table(OBSERVED_PROPERTY, "op"), _key(DATASTREAM, "ObservedProperty", datastream_alias))
+        _table(OBSERVED_PROPERTY, "op", hiding), _key(DATASTREAM, "ObservedProperty", datastream_alias))
 
 
 def _unit(datastream_alias: str, key: str, what: str) -> Property:
@@ -232,14 +236,15 @@ def _result_and_time(alias: str, result_name: str, time_name: str) -> tuple[Prop
 
 # ---------------------------------------------------------------------------------------------- the collections
 
-def _things() -> Collection:
+def _things(hiding: bool) -> Collection:
     observed = sql.SQL("ARRAY(SELECT DISTINCT {} FROM {} JOIN {} ON op.id = {} WHERE {} = e.id ORDER BY 1)").format(
-        _column(OBSERVED_PROPERTY, "name", "op"), _table(DATASTREAM, "ds"), _table(OBSERVED_PROPERTY, "op"),
+        _column(OBSERVED_PROPERTY, "name", "op"), _table(DATASTREAM, "ds", hiding),
+        _table(OBSERVED_PROPERTY, "op", hiding),
         _key(DATASTREAM, "ObservedProperty", "ds"), _key(DATASTREAM, "Thing", "ds"))
     return Collection(
         "things", "Things", "Sensor platforms (SensorThings Things) at their current Location.",
         THING,
-        sql.SQL("{} {}").format(_table(THING, "e"), _current_location("e", "loc")),
+        sql.SQL("{} {}").format(_table(THING, "e", hiding), _current_location("e", "loc", hiding)),
         _geometry(LOCATION, "location", "loc"),
         (
             from_model(THING, "name", "e", description="name of the Thing"),
@@ -252,18 +257,19 @@ def _things() -> Collection:
     )
 
 
-def _datastreams() -> Collection:
+def _datastreams(hiding: bool) -> Collection:
     phenomenon_start, phenomenon_end = interval_bounds(DATASTREAM, "phenomenonTime", "e", "Datastream's phenomenonTime")
     located = sql.SQL("{} JOIN {} ON t.id = {} {}").format(
-        _table(DATASTREAM, "e"), _table(THING, "t"), _key(DATASTREAM, "Thing", "e"), _current_location("t", "loc"))
+        _table(DATASTREAM, "e", hiding), _table(THING, "t", hiding), _key(DATASTREAM, "Thing", "e"),
+        _current_location("t", "loc", hiding))
     geometry = sql.SQL("coalesce({}, {})").format(_field(DATASTREAM, "observedArea").col(sql.Identifier("e")),
                                                   _geometry(LOCATION, "location", "loc"))
     return Collection(
         "datastreams", "Datastreams",
         "Time series (SensorThings Datastreams): the area they observe, what, in which unit, and the latest value.",
         DATASTREAM,
-        sql.SQL("{} {} {}").format(located, _join_observed_property_and_unit("e"),
-                                   _latest_observation("e", "lo", required=False)),
+        sql.SQL("{} {} {}").format(located, _join_observed_property_and_unit("e", hiding),
+                                   _latest_observation("e", "lo", required=False, hiding=hiding)),
         geometry,
         (
             from_model(DATASTREAM, "name", "e", description="name of the Datastream"),
@@ -286,16 +292,16 @@ def _datastreams() -> Collection:
     )
 
 
-def _latest() -> Collection:
+def _latest(hiding: bool) -> Collection:
     feature_geometry = _geometry(FEATURE, "feature", "f")
     return Collection(
         "latest", "Latest values",
         "One point per Datastream with its latest Observation: a map of current conditions.",
         DATASTREAM,
         sql.SQL("{} JOIN {} ON t.id = {} {} {} {} JOIN {} ON f.id = {}").format(
-            _table(DATASTREAM, "e"), _table(THING, "t"), _key(DATASTREAM, "Thing", "e"),
-            _current_location("t", "loc"), _join_observed_property_and_unit("e"),
-            _latest_observation("e", "lo", required=True), _table(FEATURE, "f"),
+            _table(DATASTREAM, "e", hiding), _table(THING, "t", hiding), _key(DATASTREAM, "Thing", "e"),
+            _current_location("t", "loc", hiding), _join_observed_property_and_unit("e", hiding),
+            _latest_observation("e", "lo", required=True, hiding=hiding), _table(FEATURE, "f", hiding),
             _key(OBSERVATION, "FeatureOfInterest", "lo")),
         sql.SQL("ST_PointOnSurface(coalesce({}, {}))").format(feature_geometry, _geometry(LOCATION, "location", "loc")),
         (
@@ -313,7 +319,7 @@ def _latest() -> Collection:
     )
 
 
-def _observations() -> Collection:
+def _observations(hiding: bool) -> Collection:
     phenomenon = _field(OBSERVATION, "phenomenonTime")
     start, end = (phenomenon.col(sql.Identifier("e"), c) for c in phenomenon.columns)
     result = _field(OBSERVATION, "result")
@@ -324,8 +330,9 @@ def _observations() -> Collection:
         "Every Observation at its FeatureOfInterest; `datetime` selects by the start of its phenomenonTime.",
         OBSERVATION,
         sql.SQL("{} JOIN {} ON f.id = {} JOIN {} ON d.id = {} {}").format(
-            _table(OBSERVATION, "e"), _table(FEATURE, "f"), _key(OBSERVATION, "FeatureOfInterest", "e"),
-            _table(DATASTREAM, "d"), _key(OBSERVATION, "Datastream", "e"), _join_observed_property_and_unit("d")),
+            _table(OBSERVATION, "e", hiding), _table(FEATURE, "f", hiding),
+            _key(OBSERVATION, "FeatureOfInterest", "e"), _table(DATASTREAM, "d", hiding),
+            _key(OBSERVATION, "Datastream", "e"), _join_observed_property_and_unit("d", hiding)),
         _geometry(FEATURE, "feature", "f"),
         (
             Property("datastream", "integer", _key(OBSERVATION, "Datastream", "e"), "the @iot.id of its Datastream"),
@@ -348,14 +355,16 @@ def _observations() -> Collection:
             "(SELECT min({start}) FROM {ds}) AS t0, "
             "(SELECT max(coalesce({end}, {start})) FROM {ds}) AS t1 "
             "FROM {f}) AS x").format(
-            ds=_table(DATASTREAM, "ds"), f=_table(FEATURE, "f"), geometry=_geometry(FEATURE, "feature", "f"),
+            ds=_table(DATASTREAM, "ds", hiding), f=_table(FEATURE, "f", hiding),
+            geometry=_geometry(FEATURE, "feature", "f"),
             start=_column(DATASTREAM, "phenomenonTime", "ds"), end=_column(DATASTREAM, "phenomenonTime", "ds", 1)),
     )
 
 
-def _geo_entity(entity: Entity, collection_id: str, title: str, description: str, geometry: str) -> Collection:
+def _geo_entity(entity: Entity, collection_id: str, title: str, description: str, geometry: str,
+                hiding: bool) -> Collection:
     return Collection(
-        collection_id, title, description, entity, _table(entity, "e"), _geometry(entity, geometry, "e"),
+        collection_id, title, description, entity, _table(entity, "e", hiding), _geometry(entity, geometry, "e"),
         (
             from_model(entity, "name", "e", description=f"name of the {entity.name}"),
             from_model(entity, "description", "e", description=f"description of the {entity.name}"),
@@ -365,12 +374,20 @@ def _geo_entity(entity: Entity, collection_id: str, title: str, description: str
     )
 
 
-COLLECTIONS: dict[str, Collection] = {c.id: c for c in (
-    _things(),
-    _datastreams(),
-    _latest(),
-    _observations(),
-    _geo_entity(FEATURE, "features-of-interest", "Features of interest",
-                "What the Observations are about (SensorThings FeaturesOfInterest).", "feature"),
-    _geo_entity(LOCATION, "locations", "Locations", "Where the Things are (SensorThings Locations).", "location"),
-)}
+@functools.cache
+def collections(hiding: bool) -> dict[str, Collection]:
+    """The collections, in their order; when `hiding`, of what the principal bound at execution may see."""
+    return {c.id: c for c in (
+        _things(hiding),
+        _datastreams(hiding),
+        _latest(hiding),
+        _observations(hiding),
+        _geo_entity(FEATURE, "features-of-interest", "Features of interest",
+                    "What the Observations are about (SensorThings FeaturesOfInterest).", "feature", hiding),
+        _geo_entity(LOCATION, "locations", "Locations", "Where the Things are (SensorThings Locations).", "location",
+                    hiding),
+    )}
+
+
+COLLECTIONS = collections(False)
+"""The collections as a principal who may read everything sees them (their ids, properties, queryables)."""

@@ -27,10 +27,11 @@ from starlette.types import Scope
 from sensorthings.http.common import database_error
 from sensorthings.model.access import CURRENT, Principal
 from sensorthings.model.errors import StaError
+from sensorthings.query import visibility
 from sensorthings.write.ports import AuditEntry, AuditSink
 
 READS = frozenset(("GET", "HEAD"))
-"""Methods that are not recorded (reads of restricted data will be, once there is restricted data)."""
+"""Methods that read: recorded only where they may see restricted data (`read_recorded`)."""
 MAX_PATH = 2000
 """Characters of path and query kept; a longer one is cut and says how long it was."""
 MAX_UNVERIFIED_PATH = 200
@@ -43,7 +44,13 @@ NOT_APPLIED = 424
 _PENDING: ContextVar[ChangeSetEntries | None] = ContextVar("sta_audit_change_set", default=None)
 
 
-def count_rows(request: Request, rows: int) -> None:
+def read_recorded(sink: AuditSink | None) -> bool:
+    """Whether a read by the current principal is recorded: while restricted data exists, every read by a
+    principal that may see some (visibility.may_see_restricted); never an anonymous one."""
+    return sink is not None and sink.restricted_data and visibility.may_see_restricted(CURRENT.get())
+
+
+def count_rows(request: Request, rows: int | None) -> None:
     """The request changed `rows` rows (recorded if it succeeds); without this a success counts 1."""
     request.scope[ROWS_KEY] = rows
 

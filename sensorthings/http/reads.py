@@ -19,7 +19,7 @@ MAX_STATEMENT_BYTES = 2 * 1024 * 1024
 CompiledRead = tuple[ResourcePath, QueryOptions, Compiled]
 
 
-def _compile_read(resource: str, query: str, base: str, limits: Limits, version: str) -> CompiledRead:
+def _compile_read(resource: str, query: str, base: str, limits: Limits, version: str, hiding: bool) -> CompiledRead:
     path = parse_path(resource, version)
     params = parse_qsl(query, keep_blank_values=True)
     if not path.is_collection:
@@ -28,8 +28,8 @@ def _compile_read(resource: str, query: str, base: str, limits: Limits, version:
             raise BadRequest(f"{', '.join(misplaced)} applies to collections; {resource} is a single entity")
     options = parse_query(params, default_top=limits.default_top, max_top=limits.max_top)
     try:
-        compiled = (compile_collection(path, options, base, limits) if path.is_collection
-                    else compile_entity(path, base, options, limits))
+        compiled = (compile_collection(path, options, base, limits, hiding=hiding) if path.is_collection
+                    else compile_entity(path, base, options, limits, hiding=hiding))
         size = len(compiled.query)  # renders the SQL text once
     except RecursionError:
         raise BadRequest("the query options are nested too deeply; simplify them") from None
@@ -44,18 +44,19 @@ class CompileCache:
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str, str, Limits, str], CompiledRead] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str, Limits, str, bool], CompiledRead] = OrderedDict()
         self._bytes = 0
 
-    def get(self, resource: str, query: str, base: str, limits: Limits, version: str = LATEST) -> CompiledRead:
+    def get(self, resource: str, query: str, base: str, limits: Limits, version: str = LATEST, *,
+            hiding: bool) -> CompiledRead:
         """The compiled read of `resource?query` under API `version` (the key keeps versions apart even
-        where a base URL would not)."""
-        key = (resource, query, base, limits, version)
+        where a base URL would not), hiding restricted data or not (query.visibility)."""
+        key = (resource, query, base, limits, version, hiding)
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)
             return found
-        entry = _compile_read(resource, query, base, limits, version)
+        entry = _compile_read(resource, query, base, limits, version, hiding)
         self._entries[key] = entry
         self._bytes += len(entry[2].query)
         while self._bytes > self.max_bytes and self._entries:

@@ -41,6 +41,7 @@ from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity, entity_se
 from sensorthings.model.errors import BadRequest, NotFound, StaError
 from sensorthings.model.json_values import parse_stored_json
 from sensorthings.model.results import STREAMS
+from sensorthings.query import visibility
 from sensorthings.query.compiler import (
     Compiled,
     Limits,
@@ -51,6 +52,7 @@ from sensorthings.query.compiler import (
 )
 from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
+from sensorthings.write import authorize
 from sensorthings.write.bodies import link_id
 from sensorthings.write.data_array import read_data_arrays
 from sensorthings.write.ports import AuditSink, ChangeListener, ObservationSink
@@ -154,6 +156,11 @@ def _role_needed(method: str, resource: str) -> Role | None:
     return Role.CREATE if method == "POST" else Role.DELETE
 
 
+def _hiding() -> bool:
+    """Whether this request's reads hide restricted data (its principal may not read everywhere)."""
+    return visibility.hides(CURRENT.get())
+
+
 class StaApi:
     """Routes for `/v1.0` and `/v1.1` (model.VERSIONS), one store behind both. Holds the connection pool and
     the limits; no entity knowledge (what differs between versions, the model says: Field.since)."""
@@ -220,8 +227,10 @@ class StaApi:
         return await self.handle(request, request.path_params["resource"])
 
     async def handle(self, request: Request, resource: str) -> Response:
-        """One request (of its own or of a $batch), writes recorded in the audit log (sensorthings.http.audit)."""
-        if self.audit is None or request.method in audit.READS or (resource == BATCH and request.method == "POST"):
+        """One request (of its own or of a $batch), writes (and reads that may see restricted data) recorded in
+        the audit log (sensorthings.http.audit)."""
+        if (self.audit is None or (resource == BATCH and request.method == "POST")
+                or (request.method in audit.READS and not audit.read_recorded(self.audit))):
             return await self._handle(request, resource)
         return await audit.recorded(self.audit, request, self._handle(request, resource))
 
@@ -243,15 +252,18 @@ class StaApi:
     # ---------------------------------------------------------------- reads
 
     async def _fetch(self, conn: AsyncConnection[Any], compiled: Compiled) -> Any:
-        cursor = await conn.execute(compiled.query, compiled.params)
+        """The first row of `compiled`, run with the current principal's visibility parameters (used only
+        by statements compiled to hide restricted data: query.visibility)."""
+        cursor = await conn.execute(compiled.query, compiled.params | visibility.params(CURRENT.get()))
         return await cursor.fetchone()
 
     async def get(self, request: Request, resource: str) -> Response:
         base = self._base(request)
         path, options, compiled = self.compiled.get(resource, request.url.query, base, self.config.limits,
-                                                    request_version(request))
+                                                    request_version(request), hiding=_hiding())
         async with self.pool.connection() as conn:
             if path.is_collection:
+                audit.count_rows(request, None)  # if the read is recorded: how many it returned is not counted
                 value, more, count, parent_found, last_key = await self._fetch(conn, compiled)
                 if not parent_found:
                     raise NotFound(f"nothing found at {resource}: an entity named in the path does not exist")
@@ -290,7 +302,7 @@ class StaApi:
         limit = self.config.limits.exact_count_limit
         if exact <= limit:
             return exact
-        row = await self._fetch(conn, compile_count_estimate(path, options))
+        row = await self._fetch(conn, compile_count_estimate(path, options, hiding=_hiding()))
         plan = row[0] if isinstance(row[0], list) else orjson.loads(row[0])
         return max(int(plan[0]["Plan"]["Plan Rows"]), limit + 1)
 
@@ -304,7 +316,7 @@ class StaApi:
 
     async def _resolve(self, conn: AsyncConnection[Any], path: ResourcePath) -> int:
         """The id of the single entity a path addresses (404 if none)."""
-        row = await self._fetch(conn, compile_ids(path))
+        row = await self._fetch(conn, compile_ids(path, hiding=_hiding()))
         if row is None:
             described = "/".join(f"{s.relation.name if s.relation else s.entity.set_name}"
                                  f"{'' if s.id is None else f'({s.id})'}" for s in path.steps)
@@ -346,9 +358,11 @@ class StaApi:
 
         async def create(conn: AsyncConnection[Any], writer: Writer) -> tuple[int, str]:
             if relation is None:
+                await authorize.check_create(conn, entity, body, {})
                 new_id = await writer.create(entity, body, "body")
             else:
                 parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                await authorize.check_create(conn, entity, body, {relation.inverse_name: parent_id})
                 new_id = await writer.create(entity, body, "body", relation.inverse, parent_id)
             await writer.finish()  # so the response shows the entity as committed (e.g. its summaries)
             return new_id, await self._entity_json(conn, entity, new_id, base, path.version)
@@ -361,9 +375,11 @@ class StaApi:
         assert self.observations is not None
         parents: dict[str, int] = {}
         relation = path.last.relation
-        if relation is not None:
+        if relation is not None or not CURRENT.get().has(Role.CREATE):
             async with self.pool.connection() as conn:
-                parents[relation.inverse_name] = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                if relation is not None:
+                    parents[relation.inverse_name] = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                await authorize.check_create(conn, OBSERVATION, body, parents)
         new_id, created = await self.observations.create_observation(body, parents=parents, base_url=base)
         return json_response(created, 201, {"Location": f"{base}/{OBSERVATION.set_name}({new_id})"})
 
@@ -376,7 +392,12 @@ class StaApi:
             raise BadRequest("CreateObservations cannot be part of a change set; send it outside one")
         document = parse_json(await read_body(request, self.config.max_body_bytes))
         base = self._base(request)
-        results = await self.observations.create_observations(read_data_arrays(document))
+        arrays = read_data_arrays(document)
+        if not CURRENT.get().has(Role.CREATE):  # a Project's key: only into that Project's streams
+            async with self.pool.connection() as conn:
+                for stream, stream_id in sorted({(a.stream.name, a.stream_id) for a in arrays}):
+                    await authorize.check_create(conn, OBSERVATION, {}, {stream: stream_id})
+        results = await self.observations.create_observations(arrays)
         audit.count_rows(request, sum(isinstance(r, int) for r in results))
         links = [f"{base}/{OBSERVATION.set_name}({r})" if isinstance(r, int) else f"error {r}" for r in results]
         return json_response(orjson.dumps(links), 201)
@@ -398,6 +419,7 @@ class StaApi:
 
         async def link(conn: AsyncConnection[Any], writer: Writer) -> None:
             source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+            await authorize.check(conn, relation.source_entity, source, Role.UPDATE)
             await writer.require(relation.target_entity, target, "body")
             await writer.link(relation, source, target)
 
@@ -428,6 +450,7 @@ class StaApi:
 
         async def update(conn: AsyncConnection[Any], writer: Writer) -> str:
             entity_id = await self._resolve(conn, path)
+            await authorize.check(conn, entity, entity_id, Role.UPDATE)
             changes = await self._apply_json_patch(conn, entity, entity_id, body) if json_patch else body
             await writer.update(entity, entity_id, changes, replace=replace, version=path.version)
             return await self._entity_json(conn, entity, entity_id, base, path.version)
@@ -451,6 +474,7 @@ class StaApi:
 
             async def unlink(conn: AsyncConnection[Any], writer: Writer) -> None:
                 source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                await authorize.check(conn, relation.source_entity, source, Role.UPDATE)
                 await writer.unlink(relation, source, await self._resolve(conn, ResourcePath(path.steps)))
 
             await self._write(unlink)
@@ -462,7 +486,9 @@ class StaApi:
                              f"a collection that pass a $filter, e.g. DELETE /{path.version}/Observations?$filter=…")
 
         async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
-            await writer.delete(path.entity, await self._resolve(conn, path))
+            entity_id = await self._resolve(conn, path)
+            await authorize.check(conn, path.entity, entity_id, Role.DELETE)
+            await writer.delete(path.entity, entity_id)
 
         await self._write(delete)
         return Response(status_code=200)
@@ -479,11 +505,13 @@ class StaApi:
         if given - {"$filter"}:
             raise BadRequest(f"DELETE on a collection takes only $filter, not {', '.join(sorted(given - {'$filter'}))}")
         options = parse_query(params, default_top=self.config.default_top, max_top=self.config.max_top)
-        compiled = compile_filtered_delete(path, options)
+        authorize.require_global(Role.DELETE, f"delete {path.entity.set_name} by $filter")
+        compiled = compile_filtered_delete(path, options, hiding=_hiding())
         deleted: list[int] = []
 
         async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
-            row = await (await conn.execute(compiled.statement, compiled.params)).fetchone()
+            row = await (await conn.execute(compiled.statement, compiled.params | visibility.params(CURRENT.get())
+                                            )).fetchone()
             if row is None or row[0] is None:
                 raise NotFound(f"nothing found at {path.entity.set_name}: an entity named in the path does not exist")
             deleted.append(int(row[0]))

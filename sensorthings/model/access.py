@@ -5,9 +5,11 @@ a code path that forgets to authenticate gets the least, never the most."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from sensorthings.model.errors import StaError
 
@@ -32,23 +34,45 @@ def parse_roles(text: str) -> frozenset[Role]:
     return frozenset(Role(name) for name in names)
 
 
+_NO_PROJECTS: Mapping[int, frozenset[Role]] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller (or the anonymous one). `kind`: how it authenticated (anonymous, key, user,
     oidc, token); `name`: whom it names, for logs and the audit; `auth_id`: the stable id another system
-    knows it by (a key id, a user name, a token's `sub`), which a STAplus Party's `authId` refers to."""
+    knows it by (a key id, a user name, a token's `sub`), which a STAplus Party's `authId` refers to.
+    `roles` hold everywhere; `project_roles` only for the data of a Project (by its @iot.id)."""
 
     kind: str
     name: str
     roles: frozenset[Role] = field(default_factory=frozenset)
     auth_id: str | None = None
+    project_roles: Mapping[int, frozenset[Role]] = field(default_factory=lambda: _NO_PROJECTS)
 
     @property
     def anonymous(self) -> bool:
         return self.kind == "anonymous"
 
     def has(self, role: Role) -> bool:
+        """Whether the principal holds `role` everywhere (admin holds every role)."""
         return Role.ADMIN in self.roles or role in self.roles
+
+    def has_in(self, role: Role, project_id: int | None) -> bool:
+        """Whether the principal holds `role` everywhere or for the Project `project_id`."""
+        if self.has(role):
+            return True
+        held = self.project_roles.get(project_id, frozenset()) if project_id is not None else frozenset()
+        return Role.ADMIN in held or role in held
+
+    def has_somewhere(self, role: Role) -> bool:
+        """Whether the principal holds `role` everywhere or for at least one Project: enough to try a
+        request; which entities it may touch, the entity's Project and owner decide."""
+        return self.has(role) or any(self.has_in(role, project) for project in self.project_roles)
+
+    def projects_with(self, role: Role) -> tuple[int, ...]:
+        """The Projects the principal holds `role` for (beyond its global roles), in id order."""
+        return tuple(sorted(p for p in self.project_roles if self.has_in(role, p)))
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")
@@ -82,13 +106,21 @@ _DOING = {Role.READ: "read", Role.CREATE: "create entities", Role.UPDATE: "chang
 
 
 def require(role: Role) -> Principal:
-    """The current principal if it holds `role` (admin holds every role; anyone may read while anonymous
-    read is on); else Unauthorized for the anonymous caller (send a credential) or Forbidden."""
+    """The current principal if it holds `role` everywhere or for some Project (admin holds every role;
+    anyone may read while anonymous read is on: what each may see and change, sensorthings.write.authorize
+    and sensorthings.query.visibility decide per entity); else Unauthorized for the anonymous caller (send
+    a credential) or Forbidden."""
     principal = CURRENT.get()
-    if principal.has(role) or (role is Role.READ and ANONYMOUS_READ.get()):
+    # admin is the operator's role: only held everywhere does it count (a Project's admin holds every role
+    # for that Project's data, not the operator endpoints)
+    held = principal.has(role) if role is Role.ADMIN else principal.has_somewhere(role)
+    if held or (role is Role.READ and ANONYMOUS_READ.get()):
         return principal
     if principal.anonymous:
         raise Unauthorized(f"to {_DOING[role]}, authenticate: Authorization: Bearer <API key or token>, "
                            f"X-API-Key: <API key>, or HTTP Basic")
+    projects = "".join(f"; {', '.join(sorted(roles))} for Project {p}"
+                       for p, roles in sorted(principal.project_roles.items()))
     raise Forbidden(f"{principal.kind} {principal.name!r} may not {_DOING[role]}: it needs the role "
-                    f"{role.value!r} (it has {', '.join(sorted(principal.roles)) or 'no roles'})")
+                    f"{role.value!r} everywhere (it has {', '.join(sorted(principal.roles)) or 'no roles'}"
+                    f"{' everywhere' + projects if projects else ''})")

@@ -117,6 +117,11 @@ class Entity:
     def relation(self, name: str) -> Relation:
         return self.relations[name]
 
+    def link_to(self, target: str) -> Relation | None:
+        """The foreign key link of this entity to an entity of type `target` (a stream's Project), if any."""
+        return next((r for r in self.relations.values()
+                     if r.storage is Storage.FK_ON_SOURCE and r.target_entity.name == target), None)
+
     def exists_in(self, version: str) -> bool:
         return in_version(self.since, version)
 
@@ -216,6 +221,13 @@ STAPLUS_SINCE = "v1.1"
 """STAplus (OGC 22-022r1) extends the 1.1 data model: its entity types exist under /v1.1 only."""
 PARTY_ROLES = ("individual", "institutional")
 """STAplus's PartyRoleCode: the only values of a Party's role."""
+VISIBILITIES = ("public", "restricted")
+"""Who may read a Project's data, or a stream's (overriding its Project's; absent: inherited, and public
+without a Project): everyone who may read, or only who holds read for it (sensorthings.query.visibility)."""
+
+
+def _visibility() -> Text:
+    return Text("visibility", "visibility", one_of=VISIBILITIES, since="v1.1")
 
 
 ENTITIES: dict[str, Entity] = {
@@ -255,6 +267,7 @@ ENTITIES: dict[str, Entity] = {
             Json("unitOfMeasurement", "unit_of_measurement", required=True),
             *_STREAM_SUMMARIES,
             _properties_since_1_1(),
+            _visibility(),
             result_types_field="observationType",
         ),
         _entity(
@@ -312,6 +325,7 @@ ENTITIES: dict[str, Entity] = {
             JsonList("unitOfMeasurements", "unit_of_measurements", required=True, item_type=dict),
             *_STREAM_SUMMARIES,
             _properties_since_1_1(),
+            _visibility(),
             result_types_field="multiObservationDataTypes",
         ),
         # STAplus (OGC 22-022r1): who owns the data (Party), under which project and licence it is shared.
@@ -341,6 +355,7 @@ ENTITIES: dict[str, Entity] = {
             Instant("endTime", "end_time"),
             Text("url", "url"),
             Json("properties", "properties"),
+            _visibility(),
             since=STAPLUS_SINCE,
         ),
         _entity(

@@ -27,4 +27,4 @@ def parent_exists(path: ResourcePath, b: SqlBuilder) -> sql.Composable:
     parent_steps = path.steps[:-1]
     alias = b.alias()
     return sql.SQL("EXISTS (SELECT 1 FROM {} {} WHERE {})").format(
-        sql.Identifier(parent_steps[-1].entity.table), alias, step_conditions(parent_steps, alias, b))
+        b.source(parent_steps[-1].entity), alias, step_conditions(parent_steps, alias, b))

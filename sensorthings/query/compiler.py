@@ -41,13 +41,14 @@ __all__ = [
 _DEFAULT_LIMITS = Limits()  # frozen; the defaults of a read's limits (as `Limits()` was in the signatures)
 
 
-def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str, limits: Limits = _DEFAULT_LIMITS
-                       ) -> Compiled:
+def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str, limits: Limits = _DEFAULT_LIMITS,
+                       *, hiding: bool) -> Compiled:
     """Columns: value JSON text, more-rows flag, count up to `limits.exact_count_limit + 1` (or NULL),
     parent-exists flag, and the keyset of the page's last row as JSON text (or NULL when the order is not
     keyset-safe; the caller then continues with $skip alone). After a `$skiptoken` the page starts at its
-    position and `$skip` is not applied (`options.offset`). Rendered as the path's version has it."""
-    b = SqlBuilder(base_url, path.version)
+    position and `$skip` is not applied (`options.offset`). Rendered as the path's version has it; when
+    `hiding`, of what the principal bound at execution may see (query.visibility)."""
+    b = SqlBuilder(base_url, path.version, hiding=hiding)
     entity = path.entity
     e, p = b.alias(), b.alias()
     ranked = path.last.relation if path.last.relation is not None and path.last.relation.rank_column else None
@@ -80,7 +81,7 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
                                                              last=b.param(options.offset + options.top))
     count = (
         sql.SQL("(SELECT count(*) FROM (SELECT 1 FROM {} {} WHERE {} LIMIT {}) AS counted)").format(
-            sql.Identifier(entity.table), e, where(with_keyset=False), b.param(limits.exact_count_limit + 1))
+            b.source(entity), e, where(with_keyset=False), b.param(limits.exact_count_limit + 1))
         if options.count else sql.SQL("NULL::bigint")
     )
     last_key = (sql.SQL("json_build_array({})").format(sql.SQL(", ").join(k.expr for k in keyset))
@@ -94,7 +95,7 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         " (SELECT count(*) FROM page) > {top}, {count}, {parent},"
         " (SELECT sta_key FROM page WHERE sta_n = {last})::text"
     ).format(
-        e=e, keys=sql.SQL(", ").join(keys), table=sql.Identifier(entity.table), cond=where(),
+        e=e, keys=sql.SQL(", ").join(keys), table=b.source(entity), cond=where(),
         last_key=last_key, limit=b.param(options.top + 1), skip=b.param(options.offset), value=value,
         last=b.param(options.offset + options.top), top=b.param(options.top), count=count,
         parent=parent_exists(path, b),
@@ -137,21 +138,21 @@ def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, l
              columns=sql.SQL(", ").join(qualified(p, g.column) for g in groups))
 
 
-def compile_count_estimate(path: ResourcePath, options: QueryOptions) -> Compiled:
+def compile_count_estimate(path: ResourcePath, options: QueryOptions, *, hiding: bool) -> Compiled:
     """EXPLAIN of the rows a collection request matches: the planner's estimate, used for @iot.count when
     an exact count would exceed the configured limit (a count must never scan millions of rows)."""
-    b = SqlBuilder("", path.version)
+    b = SqlBuilder("", path.version, hiding=hiding)
     e = b.alias()
     statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} {} WHERE {}").format(
-        sql.Identifier(path.entity.table), e, matching_rows(path, options, e, b))
+        b.source(path.entity), e, matching_rows(path, options, e, b))
     return Compiled(statement, b.params)
 
 
 def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | None = None,
-                   limits: Limits = _DEFAULT_LIMITS) -> Compiled:
-    """One row (JSON text) when the addressed entity exists, no row otherwise; for a property without a
-    value, one row holding NULL."""
-    b = SqlBuilder(base_url, path.version)
+                   limits: Limits = _DEFAULT_LIMITS, *, hiding: bool) -> Compiled:
+    """One row (JSON text) when the addressed entity exists (and, when `hiding`, the principal bound at
+    execution may see it), no row otherwise; for a property without a value, one row holding NULL."""
+    b = SqlBuilder(base_url, path.version, hiding=hiding)
     e = b.alias()
     entity = path.entity
     if path.prop is not None:
@@ -175,7 +176,7 @@ def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | No
                                 limits))
         body = sql.SQL("{}::text").format(rendered)
     statement = sql.SQL("SELECT {} FROM {} {} WHERE {} LIMIT 1").format(
-        body, sql.Identifier(entity.table), e, step_conditions(path.steps, e, b))
+        body, b.source(entity), e, step_conditions(path.steps, e, b))
     return Compiled(statement, b.params)
 
 
@@ -184,7 +185,9 @@ _TEMPLATE_ID = 3_141_592_653_589  # a dummy id whose value and day bounds appear
 
 @functools.lru_cache(maxsize=64)
 def _entity_template(entity: Entity, base_url: str, version: str) -> tuple[Compiled, dict[str, str]]:
-    compiled = compile_entity(ResourcePath((Step(entity, None, _TEMPLATE_ID),), version=version), base_url)
+    # a write's answer: the entity the principal just wrote, whatever it may read
+    compiled = compile_entity(ResourcePath((Step(entity, None, _TEMPLATE_ID),), version=version), base_url,
+                              hiding=False)
     lower, upper = observation_ids.day_bounds(_TEMPLATE_ID)
     roles: dict[str, str] = {}
     for name, value in compiled.params.items():

@@ -288,7 +288,7 @@ def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Compo
     where = sql.SQL(" AND ").join(conditions)
     rendered = entity_json(target, t, b, item.select, item.expand, limits, depth)
     if not relation.to_many:
-        return sql.SQL("(SELECT {} FROM {} {} WHERE {})").format(rendered, sql.Identifier(target.table), t, where), []
+        return sql.SQL("(SELECT {} FROM {} {} WHERE {})").format(rendered, b.source(target), t, where), []
     top = min(item.top if item.top is not None else limits.default_top, limits.max_top)
     keys = (order_keys(target, t, item.orderby, b) if item.orderby or not relation.rank_column
             else [rank_of(relation, qualified(source, "id"), t), qualified(t, "id")])
@@ -297,19 +297,19 @@ def _expanded(relation: Relation, source: sql.Identifier, source_link: sql.Compo
         "(SELECT coalesce(json_agg({r}.j ORDER BY {r}.n), '[]'::json) FROM ("
         "SELECT {rendered} AS j, row_number() OVER (ORDER BY {keys}) AS n FROM {table} {t} WHERE {where} "
         "ORDER BY {keys} LIMIT {top} OFFSET {skip}) {r})"
-    ).format(r=r, rendered=rendered, keys=sql.SQL(", ").join(keys), table=sql.Identifier(target.table), t=t,
+    ).format(r=r, rendered=rendered, keys=sql.SQL(", ").join(keys), table=b.source(target), t=t,
              where=where, top=b.param(top), skip=b.param(item.skip))
     extras: list[tuple[str, sql.Composable]] = []
     if item.count:  # counted up to the exact-count limit + 1, never a scan of a whole large collection
         extras.append((f"{relation.name}@iot.count", sql.SQL(
             "to_json((SELECT count(*) FROM (SELECT 1 FROM {} {} WHERE {} LIMIT {}) AS counted))").format(
-            sql.Identifier(target.table), t, where, b.param(limits.exact_count_limit + 1))))
+            b.source(target), t, where, b.param(limits.exact_count_limit + 1))))
     query = _expand_query(item, top)
     if top == 0:
         return value, extras
     extras.append((f"{relation.name}@iot.nextLink", sql.SQL(
         "CASE WHEN EXISTS (SELECT 1 FROM {} {} WHERE {} OFFSET {}) THEN to_json({} || {}) END").format(
-        sql.Identifier(target.table), t, where, b.param(item.skip + top), source_link,
+        b.source(target), t, where, b.param(item.skip + top), source_link,
         b.param(f"/{relation.name}?{query}"))))
     return value, extras
 

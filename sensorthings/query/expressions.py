@@ -60,6 +60,8 @@ class Builder(Protocol):
 
     def alias(self) -> sql.Identifier: ...
 
+    def source(self, entity: Entity) -> sql.Composable: ...
+
     @property
     def version(self) -> str: ...
 
@@ -149,7 +151,7 @@ class ExpressionCompiler:
 
     def _exists(self, joins: list[_Join], condition: sql.Composable) -> sql.Composable:
         tables = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(j.relation.target_entity.table), j.target) for j in joins)
+            sql.SQL("{} {}").format(self.b.source(j.relation.target_entity), j.target) for j in joins)
         links = [self.join(j.relation, j.source, j.target) for j in joins]
         return sql.SQL("EXISTS (SELECT 1 FROM {} WHERE {} AND {})").format(
             tables, sql.SQL(" AND ").join(links), condition)
@@ -327,7 +329,7 @@ class ExpressionCompiler:
         def scalar(value: sql.Composable) -> sql.Composable:
             return sql.SQL("(SELECT {} FROM {} WHERE {})").format(
                 value,
-                sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(j.relation.target_entity.table), j.target)
+                sql.SQL(", ").join(sql.SQL("{} {}").format(self.b.source(j.relation.target_entity), j.target)
                                    for j in chain),
                 sql.SQL(" AND ").join(self.join(j.relation, j.source, j.target) for j in chain))
         return Operand(operand.kind, scalar(operand.value), {k: scalar(v) for k, v in operand.views.items()},

@@ -12,15 +12,18 @@ from psycopg import sql
 
 from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import Entity, Relation, Storage
+from sensorthings.query import visibility
 from sensorthings.query.path import Step
 
 
 class SqlBuilder:
     """Collects bind parameters and hands out fresh table aliases for one statement, which renders and
-    reads the entities as API `version` has them (model.VERSIONS)."""
+    reads the entities as API `version` has them (model.VERSIONS). When `hiding`, the statement reads
+    only what the principal bound at execution may see (`source`: query.visibility)."""
 
-    def __init__(self, base_url: str, version: str = LATEST) -> None:
+    def __init__(self, base_url: str, version: str = LATEST, *, hiding: bool = False) -> None:
         self.version = version
+        self.hiding = hiding
         self.params: dict[str, Any] = {}
         self._aliases = itertools.count()
         self.base = self.param(base_url)
@@ -32,6 +35,10 @@ class SqlBuilder:
 
     def alias(self) -> sql.Identifier:
         return sql.Identifier(f"e{next(self._aliases)}")
+
+    def source(self, entity: Entity) -> sql.Composable:
+        """What the statement selects `entity`'s rows from (its table, or its visible rows)."""
+        return visibility.source(entity, self.hiding)
 
 
 def qualified(alias: sql.Identifier, column: str) -> sql.Composable:
@@ -101,7 +108,7 @@ def step_conditions(steps: tuple[Step, ...], alias: sql.Identifier, b: SqlBuilde
     if len(steps) > 1 and last.relation is not None:
         parent = b.alias()
         parts.append(sql.SQL("EXISTS (SELECT 1 FROM {} {} WHERE {} AND {})").format(
-            sql.Identifier(steps[-2].entity.table), parent,
+            b.source(steps[-2].entity), parent,
             relation_join(last.relation, parent, alias),
             step_conditions(steps[:-1], parent, b),
         ))

@@ -76,17 +76,17 @@ def read_removed(value: Any) -> list[RemovedFromStream]:
     return removed
 
 
-def compile_filtered_delete(path: ResourcePath, options: QueryOptions) -> Compiled:
+def compile_filtered_delete(path: ResourcePath, options: QueryOptions, *, hiding: bool) -> Compiled:
     """DELETE of every entity of a collection path that passes `$filter`, in one statement that returns how
     many went, or NULL when an entity the path names before its last step does not exist, and (see
     `removed_streams`, NULL for none) what the Observations it deletes took from their streams' summaries:
     the Observations themselves, or those of deleted FeaturesOfInterest, which the foreign key cascades to.
     Link-table cascades the model declares (a Location's HistoricalLocations) go first, as for a single
-    delete."""
-    b = SqlBuilder("", path.version)
+    delete. When `hiding`, only what the principal bound at execution may see is matched."""
+    b = SqlBuilder("", path.version, hiding=hiding)
     entity, e = path.entity, b.alias()
     matching = sql.SQL("SELECT {e}.id FROM {table} {e} WHERE {cond}").format(
-        e=e, table=sql.Identifier(entity.table), cond=matching_rows(path, options, e, b))
+        e=e, table=b.source(entity), cond=matching_rows(path, options, e, b))
     steps: list[sql.Composable] = []
     for n, relation in enumerate(r for r in entity.relations.values() if r.delete_targets):
         steps.append(sql.SQL("cascade{n} AS (DELETE FROM {target} WHERE id IN (SELECT {tcol} FROM {link} "
@@ -140,12 +140,13 @@ def compile_created(entity: Entity, ids: list[int], base_url: str, earliest: dat
     return Compiled(template.statement, params, rendered=template.rendered)
 
 
-def compile_ids(path: ResourcePath) -> Compiled:
-    """Ids of the entities a path addresses (used by writes to resolve `Things(1)/Locations(2)`)."""
-    b = SqlBuilder("")
+def compile_ids(path: ResourcePath, *, hiding: bool) -> Compiled:
+    """Ids of the entities a path addresses (used by writes to resolve `Things(1)/Locations(2)`); when
+    `hiding`, of those the principal bound at execution may see (the others are not found)."""
+    b = SqlBuilder("", hiding=hiding)
     e = b.alias()
     statement = sql.SQL("SELECT {}.id FROM {} {} WHERE {}").format(
-        e, sql.Identifier(path.entity.table), e, step_conditions(path.steps, e, b))
+        e, b.source(path.entity), e, step_conditions(path.steps, e, b))
     return Compiled(statement, b.params)
 
 

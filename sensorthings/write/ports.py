@@ -56,7 +56,7 @@ class ObservationSink(Protocol):
 @dataclass(slots=True)
 class AuditEntry:
     """One request on the record (sensorthings.http.audit builds it, the platform's audit log stores it): a
-    write, or (later) a read of restricted data."""
+    write, or a read that may have seen restricted data."""
 
     at: float
     """When it was answered (seconds since the epoch)."""
@@ -71,8 +71,8 @@ class AuditEntry:
     """Path and query as sent, bounded."""
     status: int
     rows: int | None
-    """Entities created, changed, linked or deleted (a read: returned); 0 for a refused or failed request;
-    None where not known (a request that failed in a way nobody foresaw)."""
+    """Entities created, changed, linked or deleted; 0 for a refused or failed request; None where not known
+    (a read of a collection, a request that failed in a way nobody foresaw)."""
     request_id: str | None = None
     """The request's id (X-Request-ID), where the layer that records knows it; the sink may fill it in."""
 
@@ -80,3 +80,8 @@ class AuditEntry:
 class AuditSink(Protocol):
     def record(self, entry: AuditEntry) -> None:
         """Take one entry; must not block or wait for the database (buffer it)."""
+
+    @property
+    def restricted_data(self) -> bool:
+        """Whether restricted data exists (as the sink last checked; True until it knows): reads that may
+        see it are recorded then."""

@@ -108,7 +108,7 @@ def _executed_scans(plan: dict[str, Any]) -> list[str]:
 
 
 def _explain(database_url: str, resource: str) -> list[str]:
-    compiled = compile_entity(parse_path(resource), "http://x/v1.1")
+    compiled = compile_entity(parse_path(resource), "http://x/v1.1", hiding=False)
     with psycopg.connect(database_url) as conn:
         statement = b"EXPLAIN (ANALYZE, FORMAT JSON) " + compiled.statement.as_bytes(conn)
         row = conn.execute(statement, compiled.params).fetchone()
