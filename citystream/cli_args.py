@@ -40,7 +40,8 @@ environment (flags override these):
   CITYSTREAM_DB_POOL_SIZE
   CITYSTREAM_ADMIN_TOKEN    an operator bearer token with the admin role (beside `citystream keys`)
   CITYSTREAM_ANONYMOUS_READ true (default): anyone may read public data; false: reading needs a credential
-  CITYSTREAM_OIDC_JWKS_URL, CITYSTREAM_OIDC_ISSUER, CITYSTREAM_OIDC_AUDIENCE (and _ROLES_CLAIM, _ROLE_MAP)
+  CITYSTREAM_OIDC_JWKS_URL, CITYSTREAM_OIDC_ISSUER, CITYSTREAM_OIDC_AUDIENCE (and _ROLES_CLAIM, _ROLE_MAP,
+                            _PROJECT_ROLES_CLAIM)
                             take OIDC bearer tokens (Keycloak, Azure AD, ...) of that issuer
   CITYSTREAM_LOG_FORMAT     json (default: one object per line on stdout) or text
   CITYSTREAM_LOG_LEVEL      debug, info (default), warning or error
@@ -183,8 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", required=True, help="what the key is for (shown in `keys list` and logs)")
     create_key.add_argument("--role", action="append", required=True,
                             help=f"a role it holds, repeatable or comma-separated: {roles}")
+    create_key.add_argument("--project", action="append", metavar="ID",
+                            help="hold the roles only for this STAplus Project's data, repeatable or "
+                                 "comma-separated (default: everywhere)")
     create_key.add_argument("--expires", help="30d, 12h, 90m or an ISO 8601 time (default: never)")
-    keys_sub.add_parser("list", help="every key: id, name, roles, when created, expires, was revoked")
+    keys_sub.add_parser("list", help="every key: id, name, roles, projects, when created, expires, was revoked")
     revoke = keys_sub.add_parser("revoke", help="revoke a key: every API process refuses it within seconds")
     revoke.add_argument("id", help="the key's id (the 12 characters after cs_)")
     users = sub.add_parser(
@@ -198,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     create_user.add_argument("--name", required=True, help="the user name (letters, digits and . _ @ -)")
     create_user.add_argument("--role", action="append", required=True,
                              help=f"a role the user holds, repeatable or comma-separated: {roles}")
-    users_sub.add_parser("list", help="every user: name, roles, when created, disabled")
+    create_user.add_argument("--project", action="append", metavar="ID",
+                             help="hold the roles only for this STAplus Project's data, repeatable or "
+                                  "comma-separated (default: everywhere)")
+    users_sub.add_parser("list", help="every user: name, roles, projects, when created, disabled")
     disable = users_sub.add_parser("disable", help="disable a user: refused within seconds")
     disable.add_argument("name")
     for p in (keys, users):

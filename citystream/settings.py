@@ -67,7 +67,8 @@ def _oidc_env() -> OidcConfig | None:
         role_map.append((claim_value, next(iter(roles))))
     return OidcConfig(jwks_url, issuer, audience,
                       roles_claim=(env.get("CITYSTREAM_OIDC_ROLES_CLAIM") or "realm_access.roles").strip(),
-                      role_map=tuple(role_map))
+                      role_map=tuple(role_map),
+                      project_roles_claim=(env.get("CITYSTREAM_OIDC_PROJECT_ROLES_CLAIM") or "").strip() or None)
 
 
 def _ws_url_env(name: str) -> str | None:
@@ -148,7 +149,7 @@ class Settings:
     """How often each API process reloads the API keys and users: the bound on how long a revoked key works."""
     oidc: OidcConfig | None = None
     """Bearer JWTs of this OIDC issuer are taken (CITYSTREAM_OIDC_JWKS_URL, _ISSUER, _AUDIENCE, _ROLES_CLAIM,
-    _ROLE_MAP)."""
+    _ROLE_MAP, _PROJECT_ROLES_CLAIM)."""
     mqtt_receive_maximum: int = 20_000
     """QoS 1 messages the broker may have in flight to one bridge; size it for the batch (REFERENCE.md)."""
     log_format: str = "json"

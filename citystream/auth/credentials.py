@@ -1,6 +1,9 @@
 """API keys and users: how their secrets look, how they are hashed, and how they are created, listed and
 revoked in the database (the tables of migration 0007_access.sql).
 
+A key or user holds its roles everywhere (`projects` NULL), or only for the data of the STAplus Projects
+listed in `projects` (migration 0009_visibility.sql), each of which must exist when the key or user is made.
+
 An API key is `cs_<id>_<secret>`: a 12-character id (public: listed, logged, the MQTT user name later) and a
 256-bit random secret shown once. Only the secret's SHA-256 is stored: for a secret of that entropy a slow
 hash adds nothing, and a key is checked on every request. A user's password is chosen by a person, so it is
@@ -14,13 +17,16 @@ import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from sensorthings.model.access import Role
+from sensorthings.model.entities import ENTITIES
 
 KEY_PREFIX = "cs_"
 KEY_ID_LENGTH = 12
@@ -32,6 +38,8 @@ VERIFIED_MAX = 10_000
 """Checks remembered per kind and process, the oldest forgotten first."""
 MAX_SECRET = 200
 """Longest secret or password read: a longer one is refused before any hashing."""
+MAX_PROJECT_ID = 2**63 - 1
+"""A Project's @iot.id is a bigint."""
 
 
 @dataclass(frozen=True)
@@ -88,22 +96,52 @@ def _roles(roles: frozenset[Role]) -> list[str]:
     return sorted(role.value for role in roles)
 
 
+class UnknownProjects(ValueError):
+    """Project ids a key or user was to hold its roles for that name no Project."""
+
+    def __init__(self, missing: list[int]) -> None:
+        super().__init__(f"no Project {', '.join(map(str, missing))}: a key or user holds roles only for "
+                         "Projects that exist (create the Project first)")
+        self.missing = missing
+
+
+def _projects(conn: psycopg.Connection[Any], projects: Iterable[int] | None) -> list[int] | None:
+    """`projects` sorted and without repeats, after checking that each names a Project: NULL (None) for a
+    credential whose roles hold everywhere. The Projects stay locked (FOR KEY SHARE) until the caller's
+    transaction ends, so none is deleted between the check and the insert."""
+    if projects is None:
+        return None
+    ids = sorted(set(projects))
+    if not ids or any(not 0 < p <= MAX_PROJECT_ID for p in ids):
+        raise ValueError(f"Project ids are positive integers, got {ids or 'none'}")
+    existing = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) FOR KEY SHARE").format(
+        sql.Identifier(ENTITIES["Project"].table))
+    found = {row[0] for row in conn.execute(existing, (ids,))}
+    missing = [p for p in ids if p not in found]
+    if missing:
+        raise UnknownProjects(missing)
+    return ids
+
+
 def create_key(conn: psycopg.Connection[Any], name: str, roles: frozenset[Role],
-               expires: datetime | None = None) -> NewKey:
+               expires: datetime | None = None, projects: Iterable[int] | None = None) -> NewKey:
+    """A new key holding `roles` everywhere, or only for `projects` (UnknownProjects if one does not exist)."""
     key = generate_key()
-    store_key(conn, key, name, roles, expires)
+    store_key(conn, key, name, roles, expires, projects)
     return key
 
 
 def store_key(conn: psycopg.Connection[Any], key: NewKey, name: str, roles: frozenset[Role],
-              expires: datetime | None = None) -> None:
+              expires: datetime | None = None, projects: Iterable[int] | None = None) -> None:
     """Store `key` (its secret only as a hash)."""
-    conn.execute("INSERT INTO api_keys (id, name, secret_sha256, roles, expires_at) VALUES (%s, %s, %s, %s, %s)",
-                 (key.id, name, secret_digest(key.secret), _roles(roles), expires))
+    with conn.transaction():
+        conn.execute("INSERT INTO api_keys (id, name, secret_sha256, roles, expires_at, project_ids) "
+                     "VALUES (%s, %s, %s, %s, %s, %s)",
+                     (key.id, name, secret_digest(key.secret), _roles(roles), expires, _projects(conn, projects)))
 
 
 def list_keys(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    cursor = conn.execute("SELECT id, name, roles, created_at, expires_at, revoked_at FROM api_keys "
+    cursor = conn.execute("SELECT id, name, roles, project_ids, created_at, expires_at, revoked_at FROM api_keys "
                           "ORDER BY created_at, id")
     names = [c.name for c in cursor.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -115,13 +153,16 @@ def revoke_key(conn: psycopg.Connection[Any], key_id: str) -> bool:
     return cursor.rowcount == 1
 
 
-def create_user(conn: psycopg.Connection[Any], name: str, password: str, roles: frozenset[Role]) -> None:
-    conn.execute("INSERT INTO api_users (name, password_hash, roles) VALUES (%s, %s, %s)",
-                 (name, hash_password(password), _roles(roles)))
+def create_user(conn: psycopg.Connection[Any], name: str, password: str, roles: frozenset[Role],
+                projects: Iterable[int] | None = None) -> None:
+    """A user holding `roles` everywhere, or only for `projects` (UnknownProjects if one does not exist)."""
+    with conn.transaction():
+        conn.execute("INSERT INTO api_users (name, password_hash, roles, project_ids) VALUES (%s, %s, %s, %s)",
+                     (name, hash_password(password), _roles(roles), _projects(conn, projects)))
 
 
 def list_users(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    cursor = conn.execute("SELECT name, roles, created_at, disabled_at FROM api_users ORDER BY name")
+    cursor = conn.execute("SELECT name, roles, project_ids, created_at, disabled_at FROM api_users ORDER BY name")
     names = [c.name for c in cursor.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

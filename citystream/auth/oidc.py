@@ -1,5 +1,8 @@
 """OIDC bearer tokens (Keycloak, Azure AD, Authentik, …): JWTs verified by PyJWT against the identity
-provider's JWKS, with issuer, audience and expiry checked, and the roles read from a configured claim.
+provider's JWKS, with issuer, audience and expiry checked, and the roles read from a configured claim; the
+roles held for STAplus Projects, from another (if configured): {"<project id>": ["read", …]} or
+["<project id>:<role>", …]. What neither form can read (an unknown role, an id that is not a positive
+integer, a claim of another shape) is left out and logged at debug: it grants nothing and fails nothing.
 
 PyJWKClient caches the key set and fetches it again when a token names a key id it does not know (a rotated
 key), at most once per cooldown. A verified token is remembered (by its SHA-256) until it expires or for
@@ -10,17 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
-from citystream.auth.credentials import VERIFIED_MAX, VERIFIED_TTL
+from citystream.auth.credentials import MAX_PROJECT_ID, VERIFIED_MAX, VERIFIED_TTL
 from sensorthings.model.access import ROLES, Principal, Role, Unauthorized
+
+log = logging.getLogger("citystream.auth")
 
 MAX_TOKEN = 16_384
 """Longest token read: a larger Authorization header is refused before parsing."""
+_PROJECT_ID = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,9 @@ class OidcConfig:
     """Claim values that grant a role under another name (`sta-writer` -> create); our role names map to
     themselves."""
     algorithms: tuple[str, ...] = ("RS256", "ES256")
+    project_roles_claim: str | None = None
+    """Dotted path to the roles held for Projects: an object {"<project id>": [role, …]} or a list of
+    "<project id>:<role>" strings (role names mapped like the global ones); None: tokens hold no Project roles."""
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -67,7 +78,7 @@ class OidcVerifier:
             return hit[1]
         claims = await asyncio.to_thread(self._verify, token)
         principal = Principal("oidc", str(claims.get("preferred_username") or claims["sub"]),
-                              self._roles(claims), str(claims["sub"]))
+                              self._roles(claims), str(claims["sub"]), self._project_roles(claims))
         expires = float(claims["exp"])
         self._verified[remembered] = (min(expires, time.time() + VERIFIED_TTL), principal)
         while len(self._verified) > VERIFIED_MAX:
@@ -108,6 +119,43 @@ class OidcVerifier:
         if not isinstance(names, list):
             return frozenset()
         return frozenset(self._mapped[name] for name in names if isinstance(name, str) and name in self._mapped)
+
+    def _project_roles(self, claims: dict[str, Any]) -> MappingProxyType[int, frozenset[Role]]:
+        """{project id: roles} from the configured claim; whatever cannot be read is left out (logged at debug)."""
+        path = self.config.project_roles_claim
+        value = _claim(claims, path) if path else None
+        pairs: list[tuple[Any, Any]] = []
+        if isinstance(value, dict):
+            for project, roles in value.items():
+                pairs.extend((project, role) for role in (roles if isinstance(roles, list) else [roles]))
+        elif isinstance(value, list):
+            for entry in value:
+                project, sep, role = entry.partition(":") if isinstance(entry, str) else (entry, "", None)
+                pairs.append((project, role if sep else None))
+        elif value is not None:
+            log.debug("OIDC claim %s is a %s, neither an object nor a list: no Project roles", path,
+                      type(value).__name__)
+        held: dict[int, set[Role]] = {}
+        ignored: list[tuple[Any, Any]] = []
+        for project, role in pairs:
+            project_id = _project_id(project)
+            if project_id is None or not isinstance(role, str) or role not in self._mapped:
+                ignored.append((project, role))
+                continue
+            held.setdefault(project_id, set()).add(self._mapped[role])
+        if ignored:
+            log.debug("OIDC claim %s: %d Project role(s) ignored (not a Project id and a role), e.g. %.200r",
+                      path, len(ignored), ignored[:5])
+        return MappingProxyType({project: frozenset(roles) for project, roles in held.items()})
+
+
+def _project_id(value: Any) -> int | None:
+    """A Project's @iot.id from a claim: a positive integer, or its decimal digits."""
+    if isinstance(value, str) and _PROJECT_ID.fullmatch(value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PROJECT_ID:
+        return value
+    return None
 
 
 _HEADER_SAFE = re.compile(r"[^\x20-\x7e]|[\\\"]")

@@ -9,6 +9,9 @@ of unknown credentials costs the database at most that one query per interval, a
 A user's scrypt check costs ~40 ms of CPU, too much for every request of a FROST client that sends Basic
 each time: a successful check is remembered (by a SHA-256 of name and password, never the password) until
 the next reload that changes that user, or for `VERIFIED_TTL` seconds at most.
+
+A key or user whose `projects` lists Project ids holds its roles only there: its Principal has no global
+roles and `project_roles` {id: roles} for each of them; one without (`projects` NULL) holds them everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -51,6 +55,15 @@ class _User:
 
 def _roles(names: list[str]) -> frozenset[Role]:
     return frozenset(Role(name) for name in names if name in ROLES)
+
+
+def _principal(kind: str, name: str, roles: list[str], auth_id: str, projects: list[int | None] | None) -> Principal:
+    """Roles everywhere (`projects` NULL), or only for the listed Projects (an empty list: for none)."""
+    held = _roles(roles)
+    if projects is None:
+        return Principal(kind, name, held, auth_id)
+    return Principal(kind, name, frozenset(), auth_id,
+                     MappingProxyType({project: held for project in projects if project is not None}))
 
 
 class CredentialStore:
@@ -104,16 +117,17 @@ class CredentialStore:
         conn = await self._connection()
         try:
             keys = await (await conn.execute(
-                "SELECT id, name, secret_sha256, roles, expires_at FROM api_keys WHERE revoked_at IS NULL")).fetchall()
+                "SELECT id, name, secret_sha256, roles, expires_at, project_ids FROM api_keys "
+                "WHERE revoked_at IS NULL")).fetchall()
             users = await (await conn.execute(
-                "SELECT name, password_hash, roles FROM api_users WHERE disabled_at IS NULL")).fetchall()
+                "SELECT name, password_hash, roles, project_ids FROM api_users WHERE disabled_at IS NULL")).fetchall()
         except psycopg.Error:
             await conn.close()  # a fresh connection next time
             raise
-        self._keys = {key_id: _Key(bytes(digest), Principal("key", name, _roles(roles), key_id), expires)
-                      for key_id, name, digest, roles, expires in keys}
-        self._users = {name: _User(password_hash, Principal("user", name, _roles(roles), name))
-                       for name, password_hash, roles in users}
+        self._keys = {key_id: _Key(bytes(digest), _principal("key", name, roles, key_id, projects), expires)
+                      for key_id, name, digest, roles, expires, projects in keys}
+        self._users = {name: _User(password_hash, _principal("user", name, roles, name, projects))
+                       for name, password_hash, roles, projects in users}
         stale = [k for k, (_, password_hash, principal) in self._verified.items()
                  if (user := self._users.get(principal.name)) is None or user.password_hash != password_hash
                  or user.principal != principal]

@@ -63,8 +63,8 @@ class Cli:
     def rows(self, what: str) -> dict[str, list[str]]:
         """`keys list` / `users list` as {first column: the row's cells}, the header checked and left out."""
         lines = self.ok(what, "list").stdout.splitlines()
-        header = {"keys": "id name roles created_at expires_at revoked_at",
-                  "users": "name roles created_at disabled_at"}[what]
+        header = {"keys": "id name roles project_ids created_at expires_at revoked_at",
+                  "users": "name roles project_ids created_at disabled_at"}[what]
         assert lines and lines[0].split() == header.split(), lines
         return {line.split()[0]: line.split() for line in lines[1:]}
 
