@@ -241,8 +241,10 @@ class StaApi:
         }
         try:
             role = _role_needed(request.method, resource)
-            if role is not None:
+            if role is not None and (role in (Role.READ, Role.ADMIN) or CURRENT.get().anonymous):
                 require(role)
+            # else which entities it may change, the principal's roles and what it owns decide, per entity
+            # (sensorthings.write.authorize, in each handler)
             return await handlers[request.method](request, resource)
         except StaError as exc:
             return error_response(exc)
@@ -419,9 +421,10 @@ class StaApi:
 
         async def link(conn: AsyncConnection[Any], writer: Writer) -> None:
             source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-            await authorize.check(conn, relation.source_entity, source, Role.UPDATE)
             await writer.require(relation.target_entity, target, "body")
+            await authorize.check_link(conn, relation, source, target)
             await writer.link(relation, source, target)
+            await authorize.check(conn, relation.source_entity, source, Role.UPDATE)  # not moved out of reach
 
         await self._write(link)
         return Response(status_code=204)
@@ -453,6 +456,7 @@ class StaApi:
             await authorize.check(conn, entity, entity_id, Role.UPDATE)
             changes = await self._apply_json_patch(conn, entity, entity_id, body) if json_patch else body
             await writer.update(entity, entity_id, changes, replace=replace, version=path.version)
+            await authorize.check(conn, entity, entity_id, Role.UPDATE)  # not moved out of its reach
             return await self._entity_json(conn, entity, entity_id, base, path.version)
 
         return json_response(await self._write(update))
@@ -474,8 +478,9 @@ class StaApi:
 
             async def unlink(conn: AsyncConnection[Any], writer: Writer) -> None:
                 source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-                await authorize.check(conn, relation.source_entity, source, Role.UPDATE)
-                await writer.unlink(relation, source, await self._resolve(conn, ResourcePath(path.steps)))
+                target = await self._resolve(conn, ResourcePath(path.steps))
+                await authorize.check_link(conn, relation, source, target)
+                await writer.unlink(relation, source, target)
 
             await self._write(unlink)
             return Response(status_code=204)

@@ -1,8 +1,10 @@
 """Which entities a principal may change: a role held everywhere covers every entity; a role held for a
 Project (Principal.project_roles) covers the streams of that Project and their Observations; the owner (the
-Party whose authId is the principal's) may update and delete what it owns and create Observations in its
-streams. Where an entity belongs, the model says (its links to Project and Party, or its stream's:
-Entity.exactly_one_of), so this module holds no entity knowledge.
+Party whose authId is the principal's, which only admin can set) may update and delete what it owns and
+create Observations in its streams, whatever roles it holds. An entity may be changed only where the
+principal may change it before and after the change (nothing is moved into a Project it may not write), and
+deleted only with everything its deletion takes along. Where an entity belongs, the model says (its links
+to Project and Party, or its stream's: Entity.exactly_one_of), so this module holds no entity knowledge.
 
 Checked inside the write's transaction, one small statement, only for principals whose roles do not hold
 everywhere (a global role costs nothing here)."""
@@ -15,7 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from sensorthings.model.access import CURRENT, Forbidden, Principal, Role
-from sensorthings.model.entities import ENTITIES, Entity
+from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.query.sql import SqlBuilder, id_predicate
 from sensorthings.write.bodies import link_id
 
@@ -63,32 +65,56 @@ def _scope_statement(entity: Entity, entity_id: int) -> tuple[sql.Composable, di
     return sql.SQL(" UNION ALL ").join(parts), b.params
 
 
-def _allowed(principal: Principal, role: Role, rows: list[tuple[int | None, str | None]]) -> bool:
-    for project_id, owner in rows:
-        if principal.has_in(role, project_id):
-            return True
-        if owner is not None and principal.auth_id is not None and owner == principal.auth_id and role is not Role.READ:
-            return True
-    return False
+def _dependents_statement(entity: Entity, entity_id: int) -> tuple[sql.Composable, dict[str, Any]] | None:
+    """A statement with one row per Project/owner of the streams that hang on the entity (a Thing's
+    Datastreams), which deleting it deletes with it; None when nothing scoped hangs on it."""
+    b = SqlBuilder("")
+    parts = []
+    for relation in entity.relations.values():
+        if relation.storage is not Storage.FK_ON_TARGET or not relation.to_many:
+            continue
+        t = b.alias()
+        columns = _scope_columns(relation.target_entity, t)
+        if columns is not None:
+            parts.append(sql.SQL("SELECT {} FROM {} {} WHERE {}.{} = {}").format(
+                sql.SQL(", ").join(columns), sql.Identifier(relation.target_entity.table), t, t,
+                sql.Identifier(relation.column), b.param(entity_id)))
+    return (sql.SQL(" UNION ALL ").join(parts), b.params) if parts else None
+
+
+def _covers(principal: Principal, role: Role, project_id: int | None, owner: str | None) -> bool:
+    """Whether `principal` may `role` a row of Project `project_id` owned by `owner` (an authId)."""
+    return principal.has_in(role, project_id) or (owner is not None and owner == principal.auth_id)
+
+
+async def _rows(conn: AsyncConnection[Any], statement: tuple[sql.Composable, dict[str, Any]] | None
+                ) -> list[tuple[int | None, str | None]]:
+    if statement is None:
+        return []
+    query, values = statement
+    rows: list[tuple[int | None, str | None]] = await (await conn.execute(query.as_string(None), values)).fetchall()
+    return rows
 
 
 async def check(conn: AsyncConnection[Any], entity: Entity, entity_id: int, role: Role) -> None:
     """Forbidden unless the current principal may `role` (update, delete; create: of Observations in a
-    stream) the entity `entity_id`: everywhere, for its Project, or as its owner."""
+    stream) the entity `entity_id` as it is now: everywhere, for its Project, or as its owner. A delete
+    must also cover every stream that goes with the entity (a Thing's Datastreams). Called again after an
+    update, so that nothing is moved where the principal may not write."""
     principal = CURRENT.get()
     if principal.has(role):
         return
-    statement = _scope_statement(entity, entity_id)
-    rows: list[tuple[int | None, str | None]] = []
-    if statement is not None:
-        query, values = statement
-        rows = await (await conn.execute(query.as_string(None), values)).fetchall()
-    if not _allowed(principal, role, rows):
+    scopes = await _rows(conn, _scope_statement(entity, entity_id))
+    allowed = any(_covers(principal, role, project, owner) for project, owner in scopes)
+    if allowed and role is Role.DELETE:
+        allowed = all(_covers(principal, role, project, owner)
+                      for project, owner in await _rows(conn, _dependents_statement(entity, entity_id)))
+    if not allowed:
         held = ", ".join(f"{r} for Project {p}" for p in sorted(principal.project_roles)
                          for r in sorted(principal.project_roles[p])) or "no roles for it"
         raise Forbidden(f"{principal.kind} {principal.name!r} may not {_DOING.get(role, role.value)} "
-                        f"{entity.name} {entity_id}: that needs the role {role.value!r} everywhere, for the "
-                        f"Project it belongs to, or to own it (it has {held})")
+                        f"{entity.name} {entity_id} (and what goes with it): that needs the role {role.value!r} "
+                        f"everywhere, for the Project it belongs to, or to own it (it has {held})")
 
 
 def require_global(role: Role, what: str) -> None:
@@ -99,6 +125,14 @@ def require_global(role: Role, what: str) -> None:
         projects = ", ".join(map(str, sorted(principal.project_roles))) or "none"
         raise Forbidden(f"{principal.kind} {principal.name!r} may not {what}: that needs the role {role.value!r} "
                         f"everywhere, not only for a Project (its Projects: {projects})")
+
+
+async def check_link(conn: AsyncConnection[Any], relation: Relation, source: int, target: int) -> None:
+    """Forbidden unless the current principal may change the link `relation` from `source` to `target`:
+    update on the source, and on the target where the link is the target's row (a Datastream's Thing)."""
+    await check(conn, relation.source_entity, source, Role.UPDATE)
+    if relation.storage is Storage.FK_ON_TARGET:
+        await check(conn, relation.target_entity, target, Role.UPDATE)
 
 
 async def check_create(conn: AsyncConnection[Any], entity: Entity, body: Any, parents: Mapping[str, int]) -> None:
