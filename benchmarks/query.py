@@ -163,6 +163,7 @@ def restrict_datastreams(conn: psycopg.Connection[Any], share: float) -> int:
     many are restricted. The cached city is reset first, so that every run starts from the same state."""
     conn.execute("UPDATE datastreams SET project_id = NULL, visibility = NULL "
                  "WHERE project_id IS NOT NULL OR visibility IS NOT NULL")
+    conn.execute("DELETE FROM projects WHERE name = 'benchmark restricted'")
     if share <= 0:
         return 0
     project = conn.execute("INSERT INTO projects (name, terms_of_use, creation_time, visibility) "
@@ -262,7 +263,8 @@ def http_floor(client: httpx.Client, base: str, repeat: int) -> list[float]:
 
 def explain(conn: psycopg.Connection[Any], statement: Statement) -> str:
     analyze = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + statement.compiled.statement
-    return "\n".join(str(r[0]) for r in conn.execute(analyze, statement.compiled.params).fetchall())
+    bound = statement.compiled.params | visibility.params(reader)
+    return "\n".join(str(r[0]) for r in conn.execute(analyze, bound).fetchall())
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

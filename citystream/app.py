@@ -22,6 +22,7 @@ from citystream.auth.store import CredentialStore
 from citystream.logs import request_id
 from citystream.mqtt_websocket import PATH as MQTT_WEBSOCKET_PATH
 from citystream.mqtt_websocket import MqttWebSocketRelay, RelayConfig
+from citystream.restrictions import RestrictionWatch
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
@@ -29,6 +30,7 @@ from sensorthings.http.common import error_response, service_url
 from sensorthings.http.openapi import OPENAPI_MEDIA_TYPE
 from sensorthings.http.routes import StaApi, StaConfig
 from sensorthings.model.errors import StaError
+from sensorthings.query.visibility import Restrictions
 
 log = logging.getLogger("citystream")
 
@@ -42,6 +44,8 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     pool, ingest, notifier = services.pool, services.ingest, services.notifier
     credentials = CredentialStore(database_url, settings.auth_reload_seconds)
     audit = AuditLog(pool, retention_days=settings.audit_retention_days)
+    restrictions = Restrictions()
+    restriction_watch = RestrictionWatch(pool, restrictions)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -49,8 +53,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         try:
             await credentials.start()
             await audit.start()
+            await restriction_watch.start()
             yield
         finally:
+            await restriction_watch.stop()
             await audit.stop()  # writes what is buffered, while the pool is still open
             await credentials.stop()
             await ogc.state.close()
@@ -72,11 +78,11 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         max_expand_depth=settings.max_expand_depth,
         exact_count_limit=settings.exact_count_limit,
         mqtt_endpoints=mqtt_endpoints(settings),
-    ), observations=ingest, listener=notifier, audit=audit)
+    ), observations=ingest, listener=notifier, audit=audit, restrictions=restrictions)
     app.include_router(sta.router)
     app.include_router(admin_router(pool, notifier.registry))
     ogc = create_ogc_app(pool, OgcConfig(public_url=settings.public_url,
-                                         statement_timeout_ms=settings.statement_timeout_ms), audit)
+                                         statement_timeout_ms=settings.statement_timeout_ms), audit, restrictions)
     app.add_route("/ogcapi", ogc.state.landing, include_in_schema=False)
     app.mount("/ogcapi", ogc)
     # MQTT over WebSocket on the HTTP port (Masterportal's default wss://<host>/mqtt), relayed to the broker.

@@ -29,7 +29,6 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from citystream.logs import request_id
-from sensorthings.query import visibility
 from sensorthings.write.ports import AuditEntry
 
 log = logging.getLogger("citystream.audit")
@@ -47,9 +46,6 @@ COPY_ROWS = 10_000
 WARN_SECONDS = 10.0
 """At most one warning about dropped entries, or about a failing database, this often."""
 RETENTION_SECONDS = 3600.0
-RESTRICTED_CHECK_SECONDS = 2.0
-"""How often the log asks whether restricted data exists (reads that may see it are recorded while it does;
-the first restriction is noticed within this time, and until the first answer every such read is recorded)."""
 STOP_SECONDS = 10.0
 """How long stopping waits for the last flush."""
 MAX_TEXT = 2100
@@ -109,8 +105,6 @@ class AuditLog:
         self._stopping = False
         self._dropped_unreported = 0
         self._warned_at = -WARN_SECONDS
-        self.restricted_data = True
-        """Whether restricted data exists, as last checked (True until the first check answers)."""
 
     @property
     def buffered(self) -> int:
@@ -164,14 +158,10 @@ class AuditLog:
 
     async def _run(self) -> None:
         expire_at = 0.0  # at start, then every RETENTION_SECONDS
-        checked_at = -RESTRICTED_CHECK_SECONDS
         while True:
             if not self._stopping and time.monotonic() >= expire_at:
                 expire_at = time.monotonic() + RETENTION_SECONDS
                 await self._expire_logged()
-            if not self._stopping and time.monotonic() >= checked_at + RESTRICTED_CHECK_SECONDS:
-                checked_at = time.monotonic()
-                await self.check_restricted()
             if not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
@@ -181,16 +171,6 @@ class AuditLog:
                 return
             if self._dropped_unreported and time.monotonic() >= self._warned_at + WARN_SECONDS:
                 self._warn_dropped()
-
-    async def check_restricted(self) -> None:
-        """Learn whether restricted data exists; on a failure, keep recording (assume it does)."""
-        try:
-            async with self.pool.connection() as conn:
-                row = await (await conn.execute(visibility.any_restricted_sql())).fetchone()
-            self.restricted_data = bool(row and row[0])
-        except (psycopg.Error, OSError) as exc:
-            self.restricted_data = True
-            log.debug("audit log: cannot tell whether restricted data exists (%s); recording reads", exc)
 
     async def flush(self) -> int:
         """Write what is buffered, COPY_ROWS at a time; how many were written. On a failure of the database

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -55,6 +56,7 @@ from sensorthings.model.access import CURRENT, Role, require
 from sensorthings.model.errors import NotFound, StaError
 from sensorthings.query import visibility
 from sensorthings.query.sql import SqlBuilder
+from sensorthings.query.visibility import Restrictions, View
 from sensorthings.write.ports import AuditSink
 
 log = logging.getLogger("citystream.geo")
@@ -132,12 +134,16 @@ class OgcApi:
         """The rows, and when anything was last committed (a safe Last-Modified: None where the server does
         not track commit timestamps), in one connection and one round trip."""
         try:
+            if _VIEW.get() is View.CHECKED:
+                query = visibility.guarded(query)
             async with self.pool.connection() as conn, conn.pipeline():
                 rows_cursor = await conn.execute(query, params | visibility.params(CURRENT.get()))
                 commit_cursor = await conn.execute(LAST_COMMIT)
                 rows = await rows_cursor.fetchall()
                 commit = await commit_cursor.fetchone()
         except psycopg.Error as exc:
+            if visibility.found_restricted(exc):
+                raise  # the request is answered again with the hiding statements (`_handler`)
             raise database_error(exc, self.config.statement_timeout_ms) from exc
         return rows, commit[0] if commit else None
 
@@ -377,8 +383,12 @@ class OgcApi:
                                    modified=modified)
 
 
+_VIEW: ContextVar[View] = ContextVar("ogc_visibility_view", default=View.VISIBLE)
+"""How the request's statements are compiled (query.visibility.View), set by `_handler`."""
+
+
 def _visible_collections() -> dict[str, Collection]:
-    return collections_for(visibility.hides(CURRENT.get()))
+    return collections_for(_VIEW.get() is View.VISIBLE)
 
 
 def _time(value: datetime | None) -> str | None:
@@ -430,18 +440,31 @@ def _error(error: StaError) -> Response:
     return Response(orjson.dumps(body), status_code=error.status, media_type=JSON, headers=error.headers)
 
 
-def _handler(method: Callable[[Request], Awaitable[Response]], sink: AuditSink | None
-             ) -> Callable[[Request], Awaitable[Response]]:
-    """`method` behind the read role's check; recorded in `sink` where a read may see restricted data."""
+def _handler(method: Callable[[Request], Awaitable[Response]], sink: AuditSink | None,
+             restrictions: Restrictions | None) -> Callable[[Request], Awaitable[Response]]:
+    """`method` behind the read role's check, its statements compiled for what the principal may see (a
+    CHECKED request that finds restricted data is answered again, VISIBLE); recorded in `sink` where a read
+    may see restricted data."""
     async def answer(request: Request) -> Response:
+        view = visibility.view(CURRENT.get(), restrictions)
+        token = _VIEW.set(view)
         try:
             require(Role.READ)  # every endpoint here reads; the principal was set by the platform
-            return await method(request)
+            try:
+                return await method(request)
+            except psycopg.Error as exc:
+                if view is not View.CHECKED or not visibility.found_restricted(exc) or restrictions is None:
+                    raise
+                restrictions.exist = True
+                _VIEW.set(View.VISIBLE)
+                return await method(request)
         except StaError as exc:
             return _error(exc)
+        finally:
+            _VIEW.reset(token)
 
     async def handle(request: Request) -> Response:
-        if sta_audit.read_recorded(sink):
+        if sta_audit.read_recorded(sink, restrictions):
             assert sink is not None
             sta_audit.count_rows(request, None)
             return await sta_audit.recorded(sink, request, answer(request))
@@ -449,20 +472,22 @@ def _handler(method: Callable[[Request], Awaitable[Response]], sink: AuditSink |
     return handle
 
 
-def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig, audit: AuditSink | None = None) -> Starlette:
-    """The OGC API – Features app; reads that may see restricted data are recorded in `audit`."""
+def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig, audit: AuditSink | None = None,
+                   restrictions: Restrictions | None = None) -> Starlette:
+    """The OGC API – Features app; reads that may see restricted data are recorded in `audit`; what is
+    known of restricted data, `restrictions` says (query.visibility)."""
     api = OgcApi(pool, config)
 
     routes = [
-        Route("/", _handler(api.landing, audit)),
-        Route("/conformance", _handler(api.conformance, audit)),
-        Route("/api", _handler(api.api_definition, audit)),
-        Route("/collections", _handler(api.collections, audit)),
-        Route("/collections/{collection}", _handler(api.collection, audit)),
-        Route("/collections/{collection}/items", _handler(api.items, audit)),
-        Route("/collections/{collection}/items/{feature}", _handler(api.item, audit)),
-        Route("/collections/{collection}/queryables", _handler(api.queryables, audit)),
-        Route("/collections/{collection}/sortables", _handler(api.sortables, audit)),
+        Route("/", _handler(api.landing, audit, restrictions)),
+        Route("/conformance", _handler(api.conformance, audit, restrictions)),
+        Route("/api", _handler(api.api_definition, audit, restrictions)),
+        Route("/collections", _handler(api.collections, audit, restrictions)),
+        Route("/collections/{collection}", _handler(api.collection, audit, restrictions)),
+        Route("/collections/{collection}/items", _handler(api.items, audit, restrictions)),
+        Route("/collections/{collection}/items/{feature}", _handler(api.item, audit, restrictions)),
+        Route("/collections/{collection}/queryables", _handler(api.queryables, audit, restrictions)),
+        Route("/collections/{collection}/sortables", _handler(api.sortables, audit, restrictions)),
     ]
 
     async def http_error(_: Request, exc: Exception) -> Response:
@@ -485,7 +510,7 @@ def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig, audit: Aud
                     Middleware(GZipMiddleware, minimum_size=1024)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
-    app.state.landing = _handler(api.landing, audit)  # for the mount point itself, /ogcapi without a slash
+    app.state.landing = _handler(api.landing, audit, restrictions)  # the mount point itself: /ogcapi, no slash
     app.state.close = api.cql2.close  # the composition root stops the parser's worker with the app
     return app
 

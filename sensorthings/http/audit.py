@@ -44,10 +44,11 @@ NOT_APPLIED = 424
 _PENDING: ContextVar[ChangeSetEntries | None] = ContextVar("sta_audit_change_set", default=None)
 
 
-def read_recorded(sink: AuditSink | None) -> bool:
-    """Whether a read by the current principal is recorded: while restricted data exists, every read by a
-    principal that may see some (visibility.may_see_restricted); never an anonymous one."""
-    return sink is not None and sink.restricted_data and visibility.may_see_restricted(CURRENT.get())
+def read_recorded(sink: AuditSink | None, restrictions: visibility.Restrictions | None) -> bool:
+    """Whether a read by the current principal is recorded: while restricted data may exist, every read by
+    a principal that may see some (visibility.may_see_restricted); never an anonymous one."""
+    return (sink is not None and (restrictions is None or restrictions.exist)
+            and visibility.may_see_restricted(CURRENT.get()))
 
 
 def count_rows(request: Request, rows: int | None) -> None:

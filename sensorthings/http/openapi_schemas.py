@@ -149,7 +149,7 @@ def _update_schema(entity: Entity, version: str, *, replace: bool) -> dict[str, 
 
 
 def _reference_body(target: Entity) -> dict[str, Any]:
-    """A `$ref` write body (rest.referenced_id): the target's selfLink or its id."""
+    """A `$ref` write body (write.bodies.referenced_id): the target's selfLink or its id."""
     link = {"type": "object", "required": ["@iot.selfLink"],
             "properties": {"@iot.selfLink": {"type": "string", "pattern": rf"/{target.set_name}\([0-9]+\)/?$"}}}
     return {"anyOf": [_schema("Link"), link]}

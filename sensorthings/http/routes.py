@@ -8,7 +8,6 @@ requests through these handlers (`http.batch_dispatch`); a JSON Patch body is ap
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,7 +39,6 @@ from sensorthings.model.access import ANONYMOUS_READ, CURRENT, Role, require
 from sensorthings.model.entities import ENTITIES, ENTITY_SETS, Entity, entity_sets_in
 from sensorthings.model.errors import BadRequest, NotFound, StaError
 from sensorthings.model.json_values import parse_stored_json
-from sensorthings.model.results import STREAMS
 from sensorthings.query import visibility
 from sensorthings.query.compiler import (
     Compiled,
@@ -52,8 +50,9 @@ from sensorthings.query.compiler import (
 )
 from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
+from sensorthings.query.visibility import View
 from sensorthings.write import authorize
-from sensorthings.write.bodies import link_id
+from sensorthings.write.bodies import creates_stream, referenced_id
 from sensorthings.write.data_array import read_data_arrays
 from sensorthings.write.ports import AuditSink, ChangeListener, ObservationSink
 from sensorthings.write.writer import Writer
@@ -102,17 +101,6 @@ class StaConfig:
         return Limits(self.default_top, self.max_top, self.max_expand_depth, self.exact_count_limit)
 
 
-_SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
-
-
-def _creates_stream(body: Any) -> bool:
-    """True for an Observation whose Datastream or MultiDatastream is given inline (a deep insert): the REST
-    writer's transaction creates those; the ingest path only links existing ones."""
-    if not isinstance(body, dict):
-        return False
-    return any(isinstance(s, dict) and "@iot.id" not in s for s in (body.get(r.name) for r in STREAMS))
-
-
 def request_version(request: Request) -> str:
     """The API version (model.VERSIONS) a request was addressed to: `/v1.0/…` or `/v1.1/…`."""
     version: str = request.scope.get(VERSION_SCOPE_KEY, LATEST)
@@ -126,20 +114,6 @@ def _versioned(version: str, endpoint: Callable[[Request], Awaitable[Response]]
         request.scope[VERSION_SCOPE_KEY] = version
         return await endpoint(request)
     return versioned
-
-
-def referenced_id(body: Any, target: Entity) -> int:
-    """The id in a `$ref` body: {"@iot.id": n} or {"@iot.selfLink": ".../Things(n)"}."""
-    if isinstance(body, dict) and "@iot.selfLink" in body:
-        link = body["@iot.selfLink"]
-        match = _SELF_LINK.search(link) if isinstance(link, str) else None
-        if match is None or match.group("set") != target.set_name:
-            raise BadRequest(f"@iot.selfLink must end in /{target.set_name}(id)")
-        return int(match.group("id"))
-    found = link_id(body, "body")
-    if found is None:
-        raise BadRequest('a $ref body is {"@iot.selfLink": url} or {"@iot.id": n}')
-    return found
 
 
 def _role_needed(method: str, resource: str) -> Role | None:
@@ -167,12 +141,14 @@ class StaApi:
 
     def __init__(self, pool: AsyncConnectionPool[Any], config: StaConfig,
                  observations: ObservationSink | None = None, listener: ChangeListener | None = None,
-                 audit: AuditSink | None = None) -> None:
+                 audit: AuditSink | None = None, restrictions: visibility.Restrictions | None = None) -> None:
         self.pool = pool
         self.config = config
         self.observations = observations
         self.listener = listener
         self.audit = audit
+        self.restrictions = restrictions
+        """What is known of restricted data (None: nothing; reads then always hide it from whom they must)."""
         self.compiled = CompileCache()
         self.router = APIRouter()
         for version in VERSIONS:
@@ -230,7 +206,7 @@ class StaApi:
         """One request (of its own or of a $batch), writes (and reads that may see restricted data) recorded in
         the audit log (sensorthings.http.audit)."""
         if (self.audit is None or (resource == BATCH and request.method == "POST")
-                or (request.method in audit.READS and not audit.read_recorded(self.audit))):
+                or (request.method in audit.READS and not audit.read_recorded(self.audit, self.restrictions))):
             return await self._handle(request, resource)
         return await audit.recorded(self.audit, request, self._handle(request, resource))
 
@@ -260,9 +236,21 @@ class StaApi:
         return await cursor.fetchone()
 
     async def get(self, request: Request, resource: str) -> Response:
+        """A read, compiled for what its principal may see (query.visibility); a CHECKED read that finds
+        restricted data after all is read again with the hiding statement."""
+        view = visibility.view(CURRENT.get(), self.restrictions)
+        try:
+            return await self._get(request, resource, view)
+        except psycopg.Error as exc:
+            if view is not View.CHECKED or not visibility.found_restricted(exc) or self.restrictions is None:
+                raise
+            self.restrictions.exist = True
+            return await self._get(request, resource, View.VISIBLE)
+
+    async def _get(self, request: Request, resource: str, view: View) -> Response:
         base = self._base(request)
         path, options, compiled = self.compiled.get(resource, request.url.query, base, self.config.limits,
-                                                    request_version(request), hiding=_hiding())
+                                                    request_version(request), view=view)
         async with self.pool.connection() as conn:
             if path.is_collection:
                 audit.count_rows(request, None)  # if the read is recorded: how many it returned is not counted
@@ -316,9 +304,12 @@ class StaApi:
             return json_response(text)
         return Response(content=text, media_type="text/plain; charset=utf-8")
 
-    async def _resolve(self, conn: AsyncConnection[Any], path: ResourcePath) -> int:
-        """The id of the single entity a path addresses (404 if none)."""
-        row = await self._fetch(conn, compile_ids(path, hiding=_hiding()))
+    async def _resolve(self, conn: AsyncConnection[Any], path: ResourcePath, role: Role) -> int:
+        """The id of the single entity a path addresses for a write needing `role` (404 if none): among all
+        entities for a principal holding `role` everywhere (it may write to any), else among those it may
+        see (no write tells whether a restricted entity exists)."""
+        hiding = _hiding() and not CURRENT.get().has(role)
+        row = await self._fetch(conn, compile_ids(path, hiding=hiding))
         if row is None:
             described = "/".join(f"{s.relation.name if s.relation else s.entity.set_name}"
                                  f"{'' if s.id is None else f'({s.id})'}" for s in path.steps)
@@ -354,7 +345,7 @@ class StaApi:
             raise BadRequest(f"POST creates an entity in a collection, e.g. POST /{path.version}/Things; "
                              "use PATCH or PUT to change an entity")
         entity, relation = path.entity, path.last.relation
-        if (entity is OBSERVATION and self.observations is not None and not _creates_stream(body)
+        if (entity is OBSERVATION and self.observations is not None and not creates_stream(body)
                 and not in_change_set()):  # in a change set it must join the change set's transaction
             return await self._post_observation(path, body, base)
 
@@ -363,7 +354,7 @@ class StaApi:
                 await authorize.check_create(conn, entity, body, {})
                 new_id = await writer.create(entity, body, "body")
             else:
-                parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                parent_id = await self._resolve(conn, ResourcePath(path.steps[:-1]), Role.CREATE)
                 await authorize.check_create(conn, entity, body, {relation.inverse_name: parent_id})
                 new_id = await writer.create(entity, body, "body", relation.inverse, parent_id)
             await writer.finish()  # so the response shows the entity as committed (e.g. its summaries)
@@ -380,7 +371,8 @@ class StaApi:
         if relation is not None or not CURRENT.get().has(Role.CREATE):
             async with self.pool.connection() as conn:
                 if relation is not None:
-                    parents[relation.inverse_name] = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+                    parents[relation.inverse_name] = await self._resolve(conn, ResourcePath(path.steps[:-1]),
+                                                                         Role.CREATE)
                 await authorize.check_create(conn, OBSERVATION, body, parents)
         new_id, created = await self.observations.create_observation(body, parents=parents, base_url=base)
         return json_response(created, 201, {"Location": f"{base}/{OBSERVATION.set_name}({new_id})"})
@@ -420,7 +412,7 @@ class StaApi:
         target = referenced_id(body, relation.target_entity)
 
         async def link(conn: AsyncConnection[Any], writer: Writer) -> None:
-            source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
+            source = await self._resolve(conn, ResourcePath(path.steps[:-1]), Role.UPDATE)
             await writer.require(relation.target_entity, target, "body")
             await authorize.check_link(conn, relation, source, target)
             await writer.link(relation, source, target)
@@ -452,7 +444,7 @@ class StaApi:
             raise BadRequest("JSON Patch (application/json-patch+json) goes with PATCH, not PUT")
 
         async def update(conn: AsyncConnection[Any], writer: Writer) -> str:
-            entity_id = await self._resolve(conn, path)
+            entity_id = await self._resolve(conn, path, Role.UPDATE)
             await authorize.check(conn, entity, entity_id, Role.UPDATE)
             changes = await self._apply_json_patch(conn, entity, entity_id, body) if json_patch else body
             await writer.update(entity, entity_id, changes, replace=replace, version=path.version)
@@ -477,8 +469,8 @@ class StaApi:
                 raise BadRequest("DELETE …/$ref removes one link, e.g. DELETE Things(1)/Locations(2)/$ref")
 
             async def unlink(conn: AsyncConnection[Any], writer: Writer) -> None:
-                source = await self._resolve(conn, ResourcePath(path.steps[:-1]))
-                target = await self._resolve(conn, ResourcePath(path.steps))
+                source = await self._resolve(conn, ResourcePath(path.steps[:-1]), Role.UPDATE)
+                target = await self._resolve(conn, ResourcePath(path.steps), Role.UPDATE)
                 await authorize.check_link(conn, relation, source, target)
                 await writer.unlink(relation, source, target)
 
@@ -491,7 +483,7 @@ class StaApi:
                              f"a collection that pass a $filter, e.g. DELETE /{path.version}/Observations?$filter=…")
 
         async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
-            entity_id = await self._resolve(conn, path)
+            entity_id = await self._resolve(conn, path, Role.DELETE)
             await authorize.check(conn, path.entity, entity_id, Role.DELETE)
             await writer.delete(path.entity, entity_id)
 

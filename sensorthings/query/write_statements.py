@@ -11,8 +11,10 @@ from typing import Any, NamedTuple
 from psycopg import sql
 
 from sensorthings.model import LATEST, observation_ids
+from sensorthings.model.access import ANONYMOUS
 from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.model.results import STREAMS
+from sensorthings.query import visibility
 from sensorthings.query.addressed import matching_rows, parent_exists
 from sensorthings.query.compiled import Compiled
 from sensorthings.query.entity_json import entity_json
@@ -162,15 +164,17 @@ def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple
     """For each of `ids`: the id, the ids of related entities per `notified_relations` (one array each) and
     the entity's JSON exactly as GET of `version` renders it (with `select` as `$select`), for MQTT
     notifications. From a statement compiled once per entity, base URL, select and version: the notifier runs
-    it for every batch."""
+    it for every batch. Only public entities are returned: MQTT topics are read by anyone the broker lets
+    subscribe, so restricted data is not published (query.visibility)."""
     template, ids_name = _changed_template(entity, base_url, select, version)
-    return Compiled(template.statement, {**template.params, ids_name: ids}, rendered=template.rendered)
+    return Compiled(template.statement, {**template.params, ids_name: ids, **visibility.params(ANONYMOUS)},
+                    rendered=template.rendered)
 
 
 @functools.lru_cache(maxsize=256)
 def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...], version: str
                       ) -> tuple[Compiled, str]:
-    b = SqlBuilder(base_url, version)
+    b = SqlBuilder(base_url, version, hiding=True)
     e = b.alias()
     related: list[sql.Composable] = []
     for relation in notified_relations(entity):
@@ -184,6 +188,6 @@ def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...], ve
     ids_name = f"p{len(b.params)}"  # the name b.param gives the next one
     statement = sql.SQL("SELECT {id}, {related} {json}::text FROM {table} {e} WHERE {id} = ANY({ids})").format(
         id=qualified(e, "id"), related=sql.SQL("").join(sql.SQL("{}, ").format(r) for r in related),
-        json=rendered, table=sql.Identifier(entity.table), e=e, ids=b.param(None))
+        json=rendered, table=b.source(entity), e=e, ids=b.param(None))
     assert ids_name in b.params
     return Compiled(statement, b.params, rendered=statement.as_bytes(None)), ids_name

@@ -4,6 +4,7 @@ both paths."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from sensorthings.model.access import Role, require
 from sensorthings.model.entities import Entity
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.kinds import GEOJSON_ENCODINGS, Field
+from sensorthings.model.results import STREAMS
 from sensorthings.model.times import is_ascii_digits
 
 IGNORED_SUFFIXES = ("@iot.selfLink", "@iot.navigationLink")
@@ -77,6 +79,9 @@ def parse_fields(entity: Entity, body: dict[str, Any], where: str, *, complete: 
             require(Role.ADMIN)
         if value is None and (f.required or f.defaults_to_now) and not f.null_is_a_value:
             raise BadRequest(f"{where}.{name} cannot be null; a {entity.name} requires it", field=f"{where}.{name}")
+        if value is None and not f.null_is_a_value:  # an optional property cleared (PATCH), or given as null
+            columns.update(dict.fromkeys(f.columns))
+            continue
         columns.update(f.parse(value, f"{where}.{name}"))
     if complete:
         for f in entity.needed_on_create:
@@ -112,3 +117,26 @@ def column_value(entity: Entity, column: str, placeholder: sql.Composable) -> sq
     return placeholder
 
 
+_SELF_LINK = re.compile(r"/(?P<set>[A-Za-z]+)\((?P<id>\d+)\)/?$")
+
+
+def creates_stream(body: Any) -> bool:
+    """True for an Observation whose Datastream or MultiDatastream is given inline (a deep insert): the REST
+    writer's transaction creates those; the ingest path only links existing ones."""
+    if not isinstance(body, dict):
+        return False
+    return any(isinstance(s, dict) and "@iot.id" not in s for s in (body.get(r.name) for r in STREAMS))
+
+
+def referenced_id(body: Any, target: Entity) -> int:
+    """The id in a `$ref` body: {"@iot.id": n} or {"@iot.selfLink": ".../Things(n)"}."""
+    if isinstance(body, dict) and "@iot.selfLink" in body:
+        link = body["@iot.selfLink"]
+        match = _SELF_LINK.search(link) if isinstance(link, str) else None
+        if match is None or match.group("set") != target.set_name:
+            raise BadRequest(f"@iot.selfLink must end in /{target.set_name}(id)")
+        return int(match.group("id"))
+    found = link_id(body, "body")
+    if found is None:
+        raise BadRequest('a $ref body is {"@iot.selfLink": url} or {"@iot.id": n}')
+    return found

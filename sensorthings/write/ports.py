@@ -80,8 +80,3 @@ class AuditEntry:
 class AuditSink(Protocol):
     def record(self, entry: AuditEntry) -> None:
         """Take one entry; must not block or wait for the database (buffer it)."""
-
-    @property
-    def restricted_data(self) -> bool:
-        """Whether restricted data exists (as the sink last checked; True until it knows): reads that may
-        see it are recorded then."""

@@ -27,12 +27,12 @@ from sensorthings.write.ports import AuditEntry
 from tests.auth.helpers import ANON, bearer, connection, key_id, new_key, revoked_key
 from tests.mqtt_helpers import wait_for
 from tests.sta_helpers import (
+    ADMIN,
     HTTP,
     create,
     create_datastream,
     create_datastream_with_observations,
     delete,
-    get,
     patch,
     post,
     thing_body,
@@ -220,13 +220,35 @@ def test_a_write_with_a_credential_that_does_not_verify_is_recorded_with_what_it
     assert token.rsplit("_", 1)[1] not in str(entry)  # never the secret
 
 
-def test_reads_are_not_recorded(sta: str, database_url: str) -> None:
+def _read_recorded(sta: str, database_url: str, headers: dict[str, str]) -> bool:
+    """Whether a read with `headers` is recorded: a write after it is waited for (entries are written in
+    order), then the read's entries are looked up."""
     read_id, write_id = new_request_id(), new_request_id()
-    assert get(sta, "Things", headers=traced(read_id)).status_code == 200
-    assert HTTP.head(url(sta, "Things"), headers=traced(read_id)).status_code == 200
+    assert ANON.get(url(sta, "Things"), headers=traced(read_id, headers)).status_code == 200
     create(sta, "Things", thing_body(), headers=traced(write_id))
-    the_entry(database_url, write_id)  # recorded after the reads, so written after them had they been recorded
-    assert entries_of(database_url, read_id) == []
+    the_entry(database_url, write_id)
+    return bool(entries_of(database_url, read_id))
+
+
+def test_reads_are_recorded_only_while_restricted_data_exists(sta: str, database_url: str) -> None:
+    """Nothing restricted: no read is recorded. A restricted Project: reads by principals that may see
+    restricted data are, as soon as the platform has learned of it (citystream/restrictions.py); anonymous
+    reads never are."""
+    reader = bearer(new_key(database_url, "read"))
+    wait_for(lambda: not _read_recorded(sta, database_url, reader) or None, what="reads no longer recorded")
+    assert not _read_recorded(sta, database_url, ADMIN)
+    project = create(sta, "Projects", {"name": "audited", "termsOfUse": "none", "visibility": "restricted"})
+    try:
+        wait_for(lambda: _read_recorded(sta, database_url, reader) or None, what="reads of restricted data recorded")
+        assert _read_recorded(sta, database_url, ADMIN)
+        assert not _read_recorded(sta, database_url, {})
+        read_id = new_request_id()
+        assert HTTP.get(f"{sta.rsplit('/', 1)[0]}/ogcapi/collections/datastreams/items",
+                        headers=traced(read_id)).status_code == 200
+        entry = wait_entries(database_url, read_id)[0]
+        assert (entry["method"], entry["status"], who(entry)) == ("GET", 200, OPERATOR), entry
+    finally:
+        assert HTTP.patch(url(sta, f"Projects({project})"), json={"visibility": "public"}).status_code == 200
 
 
 # ------------------------------------------------------------------ GET /admin/audit
