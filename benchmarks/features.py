@@ -65,12 +65,14 @@ RATIO_TARGET = 1.5
 PAGE_SIZE, WALKED_OBSERVATIONS = 1000, 100_000
 PAGES = WALKED_OBSERVATIONS // PAGE_SIZE
 reader = ANONYMOUS  # whom the server sees (harness.READERS): the SQL-only timings run its statements
+restrictions = visibility.Restrictions()  # what the server knows of restricted data (set by main)
 BUCKET = 10  # pages 1-10 against pages 91-100: more samples than the single first and last page
 
 
 def page_sql(collection_id: str, query: str, sta_root: str) -> tuple[sql.Composed, dict[str, Any]]:
     """The statement the server runs for GET /ogcapi/collections/{id}/items?{query} (geo.api.OgcApi.items)."""
-    collection = collections(visibility.hides(reader))[collection_id]
+    view = visibility.view(reader, restrictions)  # as the server's OGC API compiles it
+    collection = collections(view)[collection_id]
     builder = SqlBuilder(sta_root)
     request = parse_items(QueryParams(query), collection)
     if request.filter is not None:
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             machine = machine_info(conn)
             print(f"machine: {machine['nproc']} CPUs, {machine['memory']}, {machine['postgresql'].split(',')[0]}")
             restricted = restrict_datastreams(conn, args.restricted)
+            restrictions.exist = bool(restricted)
             print(f"restricted Datastreams: {restricted}")
             with reader_credential(args.credential, dsn) as (credential, server_env), \
                     api_server(dsn, args.data_dir / "server.log", server_env) as sta_root, \

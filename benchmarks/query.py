@@ -135,6 +135,7 @@ class Statement:
 
 
 reader = ANONYMOUS  # whom the server sees (harness.READERS): the SQL-only timings run its statements
+restrictions = visibility.Restrictions()  # what the server knows of restricted data (set by main)
 
 
 def compile_request(resource: str, params: list[tuple[str, str]], base: str) -> Statement:
@@ -143,8 +144,8 @@ def compile_request(resource: str, params: list[tuple[str, str]], base: str) -> 
     if not path.is_collection:
         raise ValueError(f"{resource} is not a collection")
     options = parse_query(params, default_top=LIMITS.default_top, max_top=LIMITS.max_top)
-    hiding = visibility.hides(reader)
-    return Statement(compile_collection(path, options, base, LIMITS, hiding=hiding), path, options)
+    view = visibility.view(reader, restrictions)  # as the server's StaApi.get compiles it
+    return Statement(compile_collection(path, options, base, LIMITS, view=view), path, options)
 
 
 def time_sql(conn: psycopg.Connection[Any], statement: Statement) -> float:
@@ -153,7 +154,9 @@ def time_sql(conn: psycopg.Connection[Any], statement: Statement) -> float:
     row = conn.execute(statement.compiled.statement, statement.compiled.params | bound).fetchone()
     assert row is not None
     if row[2] is not None and row[2] > LIMITS.exact_count_limit:
-        estimate = compile_count_estimate(statement.path, statement.options, hiding=visibility.hides(reader))
+        hidden = visibility.view(reader, restrictions) is visibility.View.VISIBLE
+        view = visibility.View.VISIBLE if hidden else visibility.View.ALL  # as StaApi._count estimates
+        estimate = compile_count_estimate(statement.path, statement.options, view=view)
         conn.execute(estimate.statement, estimate.params | bound).fetchone()
     return (time.perf_counter() - began) * 1000
 
@@ -326,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             machine = machine_info(conn)
             print(f"machine: {machine['nproc']} CPUs, {machine['memory']}, {machine['postgresql'].split(',')[0]}")
             restricted = restrict_datastreams(conn, args.restricted)
+            restrictions.exist = bool(restricted)
             print(f"restricted Datastreams: {restricted}")
             with reader_credential(args.credential, dsn) as (credential, server_env), \
                     api_server(dsn, args.data_dir / "server.log", server_env) as base, \

@@ -6,8 +6,9 @@ three ways on the same city in one run, interleaved:
   anonymous reader gets it — what CityStream runs;
 - `rls`: the plain statement under a role whose row-level security policies hide the same rows (what
   istSOS4 does), as a backstop or as the only mechanism;
-- `checked` (only with `--restricted 0`): the plain statement under the guard that fails it if restricted
-  data exists (visibility.guarded) — what CityStream runs for anonymous readers while nothing is restricted.
+- `checked` (only with `--restricted 0`): the plain statement with its tables behind the guard that fails
+  it if restricted data exists (View.CHECKED) — what CityStream runs for anonymous readers while nothing
+  is restricted.
 
 A share of the Datastreams (`--restricted`, default 0.1) is put into a restricted Project first. The policies
 and role exist only during the run. Prints a table of p50s and ratios to `plain`, writes JSON.
@@ -26,15 +27,15 @@ from typing import Any
 import psycopg
 from city import CityParams, ensure_city
 from harness import REPO, machine_info, percentile, write_report
-from psycopg import sql
 from query import LIMITS, Statement, probes, restrict_datastreams
 
 from citystream.embedded import EmbeddedPostgres
 from sensorthings.model.access import ANONYMOUS
 from sensorthings.query import visibility
-from sensorthings.query.compiler import Compiled, compile_collection
+from sensorthings.query.compiler import compile_collection
 from sensorthings.query.options import parse_query
 from sensorthings.query.path import parse_path
+from sensorthings.query.visibility import View
 from sensorthings.schema.migrate import apply_migrations
 
 ROLE = "citystream_bench_rls_reader"
@@ -49,13 +50,10 @@ HIDDEN = {  # the policies: exactly the rows an anonymous reader may see (as que
 }
 
 
-def statement(resource: str, params: list[tuple[str, str]], hiding: bool, checked: bool = False) -> Statement:
+def statement(resource: str, params: list[tuple[str, str]], view: View) -> Statement:
     path = parse_path(resource)
     options = parse_query(params, default_top=LIMITS.default_top, max_top=LIMITS.max_top)
-    compiled = compile_collection(path, options, BASE, LIMITS, hiding=hiding)
-    if checked:
-        compiled = Compiled(sql.Composed([visibility.guarded(compiled.statement)]), compiled.params)
-    return Statement(compiled, path, options)
+    return Statement(compile_collection(path, options, BASE, LIMITS, view=view), path, options)
 
 
 def install_policies(conn: psycopg.Connection[Any]) -> None:
@@ -112,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             install_policies(conn)
             try:
                 for probe in probes(city):
-                    plain = statement(probe.resource, probe.params, hiding=False)
-                    hidden = statement(probe.resource, probe.params, hiding=True)
+                    plain = statement(probe.resource, probe.params, View.ALL)
+                    hidden = statement(probe.resource, probe.params, View.VISIBLE)
                     ways = {"plain": (plain, False), "predicates": (hidden, False), "rls": (plain, True)}
                     if not restricted:
-                        ways["checked"] = (statement(probe.resource, probe.params, False, checked=True), False)
+                        ways["checked"] = (statement(probe.resource, probe.params, View.CHECKED), False)
                     samples: dict[str, list[float]] = {w: [] for w in ways}
                     sizes: dict[str, int] = {}
                     for i in range(args.repeat + 3):

@@ -45,7 +45,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     credentials = CredentialStore(database_url, settings.auth_reload_seconds)
     audit = AuditLog(pool, retention_days=settings.audit_retention_days)
     restrictions = Restrictions()
-    restriction_watch = RestrictionWatch(pool, restrictions)
+    restriction_watch = RestrictionWatch(database_url, restrictions)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -88,3 +88,10 @@ class GuardedPool(AsyncConnectionPool[GuardedConnection]):
     @property
     def healthy(self) -> bool:
         return len(self.recent_failures()) < FAILURES_UNHEALTHY
+
+
+async def side_connection(conninfo: str) -> AsyncConnection[Any]:
+    """A connection of its own for a periodic background query (credential reloads, the restriction
+    watch), beside the request pool: a periodic borrower in the pool made sequential reads ~1 ms slower."""
+    return await AsyncConnection.connect(conninfo, autocommit=True, connect_timeout=5,
+                                         options="-c statement_timeout=10000")

@@ -134,8 +134,6 @@ class OgcApi:
         """The rows, and when anything was last committed (a safe Last-Modified: None where the server does
         not track commit timestamps), in one connection and one round trip."""
         try:
-            if _VIEW.get() is View.CHECKED:
-                query = visibility.guarded(query)
             async with self.pool.connection() as conn, conn.pipeline():
                 rows_cursor = await conn.execute(query, params | visibility.params(CURRENT.get()))
                 commit_cursor = await conn.execute(LAST_COMMIT)
@@ -388,7 +386,7 @@ _VIEW: ContextVar[View] = ContextVar("ogc_visibility_view", default=View.VISIBLE
 
 
 def _visible_collections() -> dict[str, Collection]:
-    return collections_for(_VIEW.get() is View.VISIBLE)
+    return collections_for(_VIEW.get())
 
 
 def _time(value: datetime | None) -> str | None:

@@ -20,6 +20,7 @@ from geo.queryables import Kind, Queryable
 from sensorthings.model.entities import ENTITIES, Entity
 from sensorthings.model.kinds import Field, Instant, Interval, Json, Result, Text
 from sensorthings.query import visibility
+from sensorthings.query.visibility import View
 from sensorthings.write.derived import CURRENT_LOCATION_ID, current_location_sql
 
 PropertyKind = Kind | Literal["json"]
@@ -143,10 +144,9 @@ OBSERVATION, FEATURE, OBSERVED_PROPERTY = ENTITIES["Observation"], ENTITIES["Fea
     ENTITIES["ObservedProperty"]
 
 
-def _table(entity: Entity, alias: str, hiding: bool) -> sql.Composable:
-    """`entity`'s rows aliased `alias`: its table, or, when `hiding`, its rows the principal bound at execution
-    may see (sensorthings.query.visibility)."""
-    return sql.SQL("{} AS {}").format(visibility.source(entity, hiding), sql.Identifier(alias))
+def _table(entity: Entity, alias: str, view: View) -> sql.Composable:
+    """`entity`'s rows aliased `alias`, as `view` has them (sensorthings.query.visibility.source)."""
+    return sql.SQL("{} AS {}").format(visibility.source(entity, view), sql.Identifier(alias))
 
 
 def _key(entity: Entity, relation: str, alias: str) -> sql.Composable:
@@ -190,28 +190,28 @@ def interval_bounds(entity: Entity, name: str, alias: str, description: str) -> 
                      f"end of the {description}"))
 
 
-def _current_location(thing_alias: str, alias: str, hiding: bool) -> sql.Composable:
+def _current_location(thing_alias: str, alias: str, view: View) -> sql.Composable:
     """LEFT JOIN of the Thing's current Location (the newest link), aliased `alias`."""
     return sql.SQL("LEFT JOIN LATERAL ({}) {cur} ON true LEFT JOIN {} ON {loc}.id = {cur}.{current}").format(
         current_location_sql(sql.SQL("{}.id").format(sql.Identifier(thing_alias))),
-        _table(LOCATION, alias, hiding), cur=sql.Identifier(f"{alias}_link"), loc=sql.Identifier(alias),
+        _table(LOCATION, alias, view), cur=sql.Identifier(f"{alias}_link"), loc=sql.Identifier(alias),
         current=CURRENT_LOCATION_ID)
 
 
-def _latest_observation(datastream_alias: str, alias: str, *, required: bool, hiding: bool
+def _latest_observation(datastream_alias: str, alias: str, *, required: bool, view: View
                         ) -> sql.Composable:
     """The newest Observation of a Datastream (by phenomenonTime start; served by the datastream/time index)."""
     latest = sql.SQL("(SELECT o.* FROM {} WHERE {} = {}.id ORDER BY {} DESC LIMIT 1) {}").format(
-        _table(OBSERVATION, "o", hiding), _key(OBSERVATION, "Datastream", "o"), sql.Identifier(datastream_alias),
+        _table(OBSERVATION, "o", view), _key(OBSERVATION, "Datastream", "o"), sql.Identifier(datastream_alias),
         _column(OBSERVATION, "phenomenonTime", "o"), sql.Identifier(alias))
     if required:
         return sql.SQL("CROSS JOIN LATERAL {}").format(latest)
     return sql.SQL("LEFT JOIN LATERAL {} ON true").format(latest)
 
 
-def _join_observed_property_and_unit(datastream_alias: str, hiding: bool) -> sql.Composable:
+def _join_observed_property_and_unit(datastream_alias: str, view: View) -> sql.Composable:
     return sql.SQL("JOIN {} ON op.id = {}").format(
-        _table(OBSERVED_PROPERTY, "op", hiding), _key(DATASTREAM, "ObservedProperty", datastream_alias))
+        _table(OBSERVED_PROPERTY, "op", view), _key(DATASTREAM, "ObservedProperty", datastream_alias))
 
 
 def _unit(datastream_alias: str, key: str, what: str) -> Property:
@@ -236,15 +236,15 @@ def _result_and_time(alias: str, result_name: str, time_name: str) -> tuple[Prop
 
 # ---------------------------------------------------------------------------------------------- the collections
 
-def _things(hiding: bool) -> Collection:
+def _things(view: View) -> Collection:
     observed = sql.SQL("ARRAY(SELECT DISTINCT {} FROM {} JOIN {} ON op.id = {} WHERE {} = e.id ORDER BY 1)").format(
-        _column(OBSERVED_PROPERTY, "name", "op"), _table(DATASTREAM, "ds", hiding),
-        _table(OBSERVED_PROPERTY, "op", hiding),
+        _column(OBSERVED_PROPERTY, "name", "op"), _table(DATASTREAM, "ds", view),
+        _table(OBSERVED_PROPERTY, "op", view),
         _key(DATASTREAM, "ObservedProperty", "ds"), _key(DATASTREAM, "Thing", "ds"))
     return Collection(
         "things", "Things", "Sensor platforms (SensorThings Things) at their current Location.",
         THING,
-        sql.SQL("{} {}").format(_table(THING, "e", hiding), _current_location("e", "loc", hiding)),
+        sql.SQL("{} {}").format(_table(THING, "e", view), _current_location("e", "loc", view)),
         _geometry(LOCATION, "location", "loc"),
         (
             from_model(THING, "name", "e", description="name of the Thing"),
@@ -257,19 +257,19 @@ def _things(hiding: bool) -> Collection:
     )
 
 
-def _datastreams(hiding: bool) -> Collection:
+def _datastreams(view: View) -> Collection:
     phenomenon_start, phenomenon_end = interval_bounds(DATASTREAM, "phenomenonTime", "e", "Datastream's phenomenonTime")
     located = sql.SQL("{} JOIN {} ON t.id = {} {}").format(
-        _table(DATASTREAM, "e", hiding), _table(THING, "t", hiding), _key(DATASTREAM, "Thing", "e"),
-        _current_location("t", "loc", hiding))
+        _table(DATASTREAM, "e", view), _table(THING, "t", view), _key(DATASTREAM, "Thing", "e"),
+        _current_location("t", "loc", view))
     geometry = sql.SQL("coalesce({}, {})").format(_field(DATASTREAM, "observedArea").col(sql.Identifier("e")),
                                                   _geometry(LOCATION, "location", "loc"))
     return Collection(
         "datastreams", "Datastreams",
         "Time series (SensorThings Datastreams): the area they observe, what, in which unit, and the latest value.",
         DATASTREAM,
-        sql.SQL("{} {} {}").format(located, _join_observed_property_and_unit("e", hiding),
-                                   _latest_observation("e", "lo", required=False, hiding=hiding)),
+        sql.SQL("{} {} {}").format(located, _join_observed_property_and_unit("e", view),
+                                   _latest_observation("e", "lo", required=False, view=view)),
         geometry,
         (
             from_model(DATASTREAM, "name", "e", description="name of the Datastream"),
@@ -292,16 +292,16 @@ def _datastreams(hiding: bool) -> Collection:
     )
 
 
-def _latest(hiding: bool) -> Collection:
+def _latest(view: View) -> Collection:
     feature_geometry = _geometry(FEATURE, "feature", "f")
     return Collection(
         "latest", "Latest values",
         "One point per Datastream with its latest Observation: a map of current conditions.",
         DATASTREAM,
         sql.SQL("{} JOIN {} ON t.id = {} {} {} {} JOIN {} ON f.id = {}").format(
-            _table(DATASTREAM, "e", hiding), _table(THING, "t", hiding), _key(DATASTREAM, "Thing", "e"),
-            _current_location("t", "loc", hiding), _join_observed_property_and_unit("e", hiding),
-            _latest_observation("e", "lo", required=True, hiding=hiding), _table(FEATURE, "f", hiding),
+            _table(DATASTREAM, "e", view), _table(THING, "t", view), _key(DATASTREAM, "Thing", "e"),
+            _current_location("t", "loc", view), _join_observed_property_and_unit("e", view),
+            _latest_observation("e", "lo", required=True, view=view), _table(FEATURE, "f", view),
             _key(OBSERVATION, "FeatureOfInterest", "lo")),
         sql.SQL("ST_PointOnSurface(coalesce({}, {}))").format(feature_geometry, _geometry(LOCATION, "location", "loc")),
         (
@@ -319,7 +319,7 @@ def _latest(hiding: bool) -> Collection:
     )
 
 
-def _observations(hiding: bool) -> Collection:
+def _observations(view: View) -> Collection:
     phenomenon = _field(OBSERVATION, "phenomenonTime")
     start, end = (phenomenon.col(sql.Identifier("e"), c) for c in phenomenon.columns)
     result = _field(OBSERVATION, "result")
@@ -330,9 +330,9 @@ def _observations(hiding: bool) -> Collection:
         "Every Observation at its FeatureOfInterest; `datetime` selects by the start of its phenomenonTime.",
         OBSERVATION,
         sql.SQL("{} JOIN {} ON f.id = {} JOIN {} ON d.id = {} {}").format(
-            _table(OBSERVATION, "e", hiding), _table(FEATURE, "f", hiding),
-            _key(OBSERVATION, "FeatureOfInterest", "e"), _table(DATASTREAM, "d", hiding),
-            _key(OBSERVATION, "Datastream", "e"), _join_observed_property_and_unit("d", hiding)),
+            _table(OBSERVATION, "e", view), _table(FEATURE, "f", view),
+            _key(OBSERVATION, "FeatureOfInterest", "e"), _table(DATASTREAM, "d", view),
+            _key(OBSERVATION, "Datastream", "e"), _join_observed_property_and_unit("d", view)),
         _geometry(FEATURE, "feature", "f"),
         (
             Property("datastream", "integer", _key(OBSERVATION, "Datastream", "e"), "the @iot.id of its Datastream"),
@@ -355,16 +355,16 @@ def _observations(hiding: bool) -> Collection:
             "(SELECT min({start}) FROM {ds}) AS t0, "
             "(SELECT max(coalesce({end}, {start})) FROM {ds}) AS t1 "
             "FROM {f}) AS x").format(
-            ds=_table(DATASTREAM, "ds", hiding), f=_table(FEATURE, "f", hiding),
+            ds=_table(DATASTREAM, "ds", view), f=_table(FEATURE, "f", view),
             geometry=_geometry(FEATURE, "feature", "f"),
             start=_column(DATASTREAM, "phenomenonTime", "ds"), end=_column(DATASTREAM, "phenomenonTime", "ds", 1)),
     )
 
 
 def _geo_entity(entity: Entity, collection_id: str, title: str, description: str, geometry: str,
-                hiding: bool) -> Collection:
+                view: View) -> Collection:
     return Collection(
-        collection_id, title, description, entity, _table(entity, "e", hiding), _geometry(entity, geometry, "e"),
+        collection_id, title, description, entity, _table(entity, "e", view), _geometry(entity, geometry, "e"),
         (
             from_model(entity, "name", "e", description=f"name of the {entity.name}"),
             from_model(entity, "description", "e", description=f"description of the {entity.name}"),
@@ -375,19 +375,19 @@ def _geo_entity(entity: Entity, collection_id: str, title: str, description: str
 
 
 @functools.cache
-def collections(hiding: bool) -> dict[str, Collection]:
-    """The collections, in their order; when `hiding`, of what the principal bound at execution may see."""
+def collections(view: View) -> dict[str, Collection]:
+    """The collections, in their order, of what `view` lets the principal bound at execution see."""
     return {c.id: c for c in (
-        _things(hiding),
-        _datastreams(hiding),
-        _latest(hiding),
-        _observations(hiding),
+        _things(view),
+        _datastreams(view),
+        _latest(view),
+        _observations(view),
         _geo_entity(FEATURE, "features-of-interest", "Features of interest",
-                    "What the Observations are about (SensorThings FeaturesOfInterest).", "feature", hiding),
+                    "What the Observations are about (SensorThings FeaturesOfInterest).", "feature", view),
         _geo_entity(LOCATION, "locations", "Locations", "Where the Things are (SensorThings Locations).", "location",
-                    hiding),
+                    view),
     )}
 
 
-COLLECTIONS = collections(False)
+COLLECTIONS = collections(View.ALL)
 """The collections as a principal who may read everything sees them (their ids, properties, queryables)."""

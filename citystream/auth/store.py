@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 
 from citystream.auth.credentials import VERIFIED_MAX, VERIFIED_TTL, check_password, secret_digest
+from citystream.pool import side_connection
 from sensorthings.model.access import ROLES, Principal, Role
 
 log = logging.getLogger("citystream.auth")
@@ -99,8 +100,7 @@ class CredentialStore:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, connect_timeout=5, options="-c statement_timeout=10000")
+            self._conn = await side_connection(self.conninfo)
         return self._conn
 
     async def _reload_forever(self) -> None:

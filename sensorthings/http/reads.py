@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from urllib.parse import parse_qsl
 
-from psycopg import sql
-
 from sensorthings.model import LATEST
 from sensorthings.model.errors import (
     BadRequest,
 )
-from sensorthings.query import visibility
 from sensorthings.query.compiler import Compiled, Limits, compile_collection, compile_entity
 from sensorthings.query.options import QueryOptions, parse_query
 from sensorthings.query.path import ResourcePath, parse_path
@@ -31,12 +28,9 @@ def _compile_read(resource: str, query: str, base: str, limits: Limits, version:
         if misplaced:
             raise BadRequest(f"{', '.join(misplaced)} applies to collections; {resource} is a single entity")
     options = parse_query(params, default_top=limits.default_top, max_top=limits.max_top)
-    hiding = view is View.VISIBLE
     try:
-        compiled = (compile_collection(path, options, base, limits, hiding=hiding) if path.is_collection
-                    else compile_entity(path, base, options, limits, hiding=hiding))
-        if view is View.CHECKED:
-            compiled = Compiled(sql.Composed([visibility.guarded(compiled.statement)]), compiled.params)
+        compiled = (compile_collection(path, options, base, limits, view=view) if path.is_collection
+                    else compile_entity(path, base, options, limits, view=view))
         size = len(compiled.query)  # renders the SQL text once
     except RecursionError:
         raise BadRequest("the query options are nested too deeply; simplify them") from None

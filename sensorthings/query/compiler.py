@@ -20,6 +20,7 @@ from sensorthings.query.options import QueryOptions
 from sensorthings.query.ordering import KeysetKey, keyset_after, keyset_keys, order_keys
 from sensorthings.query.path import ResourcePath, Step
 from sensorthings.query.sql import SqlBuilder, by_relation, qualified, rank_of, step_conditions
+from sensorthings.query.visibility import View
 from sensorthings.query.write_statements import (
     compile_changed,
     compile_created,
@@ -42,13 +43,13 @@ _DEFAULT_LIMITS = Limits()  # frozen; the defaults of a read's limits (as `Limit
 
 
 def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str, limits: Limits = _DEFAULT_LIMITS,
-                       *, hiding: bool) -> Compiled:
+                       *, view: View) -> Compiled:
     """Columns: value JSON text, more-rows flag, count up to `limits.exact_count_limit + 1` (or NULL),
     parent-exists flag, and the keyset of the page's last row as JSON text (or NULL when the order is not
     keyset-safe; the caller then continues with $skip alone). After a `$skiptoken` the page starts at its
-    position and `$skip` is not applied (`options.offset`). Rendered as the path's version has it; when
-    `hiding`, of what the principal bound at execution may see (query.visibility)."""
-    b = SqlBuilder(base_url, path.version, hiding=hiding)
+    position and `$skip` is not applied (`options.offset`). Rendered as the path's version has it, of
+    what `view` lets the principal bound at execution see (query.visibility)."""
+    b = SqlBuilder(base_url, path.version, view=view)
     entity = path.entity
     e, p = b.alias(), b.alias()
     ranked = path.last.relation if path.last.relation is not None and path.last.relation.rank_column else None
@@ -138,10 +139,10 @@ def data_array_value(entity: Entity, options: QueryOptions, p: sql.Identifier, l
              columns=sql.SQL(", ").join(qualified(p, g.column) for g in groups))
 
 
-def compile_count_estimate(path: ResourcePath, options: QueryOptions, *, hiding: bool) -> Compiled:
+def compile_count_estimate(path: ResourcePath, options: QueryOptions, *, view: View) -> Compiled:
     """EXPLAIN of the rows a collection request matches: the planner's estimate, used for @iot.count when
     an exact count would exceed the configured limit (a count must never scan millions of rows)."""
-    b = SqlBuilder("", path.version, hiding=hiding)
+    b = SqlBuilder("", path.version, view=view)
     e = b.alias()
     statement = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} {} WHERE {}").format(
         b.source(path.entity), e, matching_rows(path, options, e, b))
@@ -149,10 +150,10 @@ def compile_count_estimate(path: ResourcePath, options: QueryOptions, *, hiding:
 
 
 def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | None = None,
-                   limits: Limits = _DEFAULT_LIMITS, *, hiding: bool) -> Compiled:
-    """One row (JSON text) when the addressed entity exists (and, when `hiding`, the principal bound at
-    execution may see it), no row otherwise; for a property without a value, one row holding NULL."""
-    b = SqlBuilder(base_url, path.version, hiding=hiding)
+                   limits: Limits = _DEFAULT_LIMITS, *, view: View) -> Compiled:
+    """One row (JSON text) when the addressed entity exists (and `view` lets the principal bound at
+    execution see it), no row otherwise; for a property without a value, one row holding NULL."""
+    b = SqlBuilder(base_url, path.version, view=view)
     e = b.alias()
     entity = path.entity
     if path.prop is not None:
@@ -187,7 +188,7 @@ _TEMPLATE_ID = 3_141_592_653_589  # a dummy id whose value and day bounds appear
 def _entity_template(entity: Entity, base_url: str, version: str) -> tuple[Compiled, dict[str, str]]:
     # a write's answer: the entity the principal just wrote, whatever it may read
     compiled = compile_entity(ResourcePath((Step(entity, None, _TEMPLATE_ID),), version=version), base_url,
-                              hiding=False)
+                              view=View.ALL)
     lower, upper = observation_ids.day_bounds(_TEMPLATE_ID)
     roles: dict[str, str] = {}
     for name, value in compiled.params.items():

@@ -14,16 +14,17 @@ from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import Entity, Relation, Storage
 from sensorthings.query import visibility
 from sensorthings.query.path import Step
+from sensorthings.query.visibility import View
 
 
 class SqlBuilder:
     """Collects bind parameters and hands out fresh table aliases for one statement, which renders and
-    reads the entities as API `version` has them (model.VERSIONS). When `hiding`, the statement reads
+    reads the entities as API `version` has them (model.VERSIONS), and as `view` has them: everything, or
     only what the principal bound at execution may see (`source`: query.visibility)."""
 
-    def __init__(self, base_url: str, version: str = LATEST, *, hiding: bool = False) -> None:
+    def __init__(self, base_url: str, version: str = LATEST, *, view: View = View.ALL) -> None:
         self.version = version
-        self.hiding = hiding
+        self.view = view
         self.params: dict[str, Any] = {}
         self._aliases = itertools.count()
         self.base = self.param(base_url)
@@ -38,7 +39,7 @@ class SqlBuilder:
 
     def source(self, entity: Entity) -> sql.Composable:
         """What the statement selects `entity`'s rows from (its table, or its visible rows)."""
-        return visibility.source(entity, self.hiding)
+        return visibility.source(entity, self.view)
 
 
 def qualified(alias: sql.Identifier, column: str) -> sql.Composable:

@@ -39,8 +39,8 @@ class View(Enum):
     VISIBLE = "visible"
     """The hiding statement: only what the principal may see."""
     CHECKED = "checked"
-    """The plain statement under the guard (`guarded`): nothing restricted exists, which the statement
-    checks in its own snapshot."""
+    """The plain statement, each restrictable table behind the guard (`source`): nothing restricted
+    exists, which the statement checks in its own snapshot."""
 
 
 @dataclass
@@ -62,13 +62,6 @@ def view(principal: Principal, restrictions: Restrictions | None) -> View:
     if not hides(principal):
         return View.ALL
     return View.CHECKED if restrictions is not None and not restrictions.exist else View.VISIBLE
-
-
-def guarded(statement: sql.Composable) -> sql.Composable:
-    """`statement`'s rows, or the error GUARD_SQLSTATE if restricted data exists in its snapshot (checked
-    once, before any row is read: an InitPlan over the partial indexes of restricted rows)."""
-    return sql.SQL("SELECT * FROM ({}) AS checked WHERE (SELECT CASE WHEN {} THEN sta_restricted_data_found() "
-                   "ELSE true END)").format(statement, _any_restricted())
 
 
 def found_restricted(exc: BaseException) -> bool:
@@ -159,12 +152,18 @@ def visible_condition(entity: Entity, alias: sql.Identifier) -> sql.Composable:
         for name in restricting_relations(entity))
 
 
-def source(entity: Entity, hiding: bool) -> sql.Composable:
-    """What a statement selects `entity`'s rows from: its table, or, when `hiding`, its visible rows (a
-    subquery PostgreSQL flattens into the statement, so plans keep their indexes)."""
+def source(entity: Entity, view: View) -> sql.Composable:
+    """What a statement selects `entity`'s rows from: its table (ALL, or an entity that is never
+    restricted); its visible rows (VISIBLE); or its table behind the guard (CHECKED: a one-time filter that
+    fails the statement with GUARD_SQLSTATE if restricted data exists in its snapshot, an InitPlan over the
+    partial indexes of restricted rows). The subqueries are flattened into the statement, so plans keep
+    their indexes. (A guard wrapped around the whole statement instead cost 1.4 ms on a page of 1,000.)"""
     table = sql.Identifier(entity.table)
-    if not hiding or not restrictable(entity):
+    if view is View.ALL or not restrictable(entity):
         return table
+    if view is View.CHECKED:
+        return sql.SQL("(SELECT * FROM {} WHERE (SELECT CASE WHEN {} THEN sta_restricted_data_found() ELSE true END))"
+                       ).format(table, _any_restricted())
     v = sql.Identifier("v")
     return sql.SQL("(SELECT * FROM {} v WHERE {})").format(table, visible_condition(entity, v))
 

@@ -21,6 +21,7 @@ from sensorthings.query.entity_json import entity_json
 from sensorthings.query.options import QueryOptions
 from sensorthings.query.path import ResourcePath
 from sensorthings.query.sql import SqlBuilder, qualified, step_conditions
+from sensorthings.query.visibility import View
 
 _OBSERVATION = ENTITIES["Observation"]
 _OBSERVATION_FEATURE = _OBSERVATION.relation("FeatureOfInterest")
@@ -78,14 +79,14 @@ def read_removed(value: Any) -> list[RemovedFromStream]:
     return removed
 
 
-def compile_filtered_delete(path: ResourcePath, options: QueryOptions, *, hiding: bool) -> Compiled:
+def compile_filtered_delete(path: ResourcePath, options: QueryOptions, *, view: View) -> Compiled:
     """DELETE of every entity of a collection path that passes `$filter`, in one statement that returns how
     many went, or NULL when an entity the path names before its last step does not exist, and (see
     `removed_streams`, NULL for none) what the Observations it deletes took from their streams' summaries:
     the Observations themselves, or those of deleted FeaturesOfInterest, which the foreign key cascades to.
     Link-table cascades the model declares (a Location's HistoricalLocations) go first, as for a single
-    delete. When `hiding`, only what the principal bound at execution may see is matched."""
-    b = SqlBuilder("", path.version, hiding=hiding)
+    delete. Only what `view` lets the principal bound at execution see is matched."""
+    b = SqlBuilder("", path.version, view=view)
     entity, e = path.entity, b.alias()
     matching = sql.SQL("SELECT {e}.id FROM {table} {e} WHERE {cond}").format(
         e=e, table=b.source(entity), cond=matching_rows(path, options, e, b))
@@ -142,10 +143,10 @@ def compile_created(entity: Entity, ids: list[int], base_url: str, earliest: dat
     return Compiled(template.statement, params, rendered=template.rendered)
 
 
-def compile_ids(path: ResourcePath, *, hiding: bool) -> Compiled:
-    """Ids of the entities a path addresses (used by writes to resolve `Things(1)/Locations(2)`); when
-    `hiding`, of those the principal bound at execution may see (the others are not found)."""
-    b = SqlBuilder("", hiding=hiding)
+def compile_ids(path: ResourcePath, *, view: View) -> Compiled:
+    """Ids of the entities a path addresses (used by writes to resolve `Things(1)/Locations(2)`), of those
+    `view` lets the principal bound at execution see (the others are not found)."""
+    b = SqlBuilder("", view=view)
     e = b.alias()
     statement = sql.SQL("SELECT {}.id FROM {} {} WHERE {}").format(
         e, b.source(path.entity), e, step_conditions(path.steps, e, b))
@@ -174,7 +175,7 @@ def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple
 @functools.lru_cache(maxsize=256)
 def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...], version: str
                       ) -> tuple[Compiled, str]:
-    b = SqlBuilder(base_url, version, hiding=True)
+    b = SqlBuilder(base_url, version, view=View.VISIBLE)
     e = b.alias()
     related: list[sql.Composable] = []
     for relation in notified_relations(entity):

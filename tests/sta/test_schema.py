@@ -12,6 +12,7 @@ import pytest
 
 from sensorthings.query.compiler import compile_entity
 from sensorthings.query.path import parse_path
+from sensorthings.query.visibility import View
 from sensorthings.schema.migrate import apply_migrations, migration_files
 from tests.sta_helpers import HTTP
 
@@ -108,7 +109,7 @@ def _executed_scans(plan: dict[str, Any]) -> list[str]:
 
 
 def _explain(database_url: str, resource: str) -> list[str]:
-    compiled = compile_entity(parse_path(resource), "http://x/v1.1", hiding=False)
+    compiled = compile_entity(parse_path(resource), "http://x/v1.1", view=View.ALL)
     with psycopg.connect(database_url) as conn:
         statement = b"EXPLAIN (ANALYZE, FORMAT JSON) " + compiled.statement.as_bytes(conn)
         row = conn.execute(statement, compiled.params).fetchone()
