@@ -13,6 +13,7 @@ from psycopg import sql
 from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.entities import Entity
 from sensorthings.model.errors import BadRequest
+from sensorthings.query import visibility
 from sensorthings.query.addressed import matching_rows, parent_exists
 from sensorthings.query.compiled import Compiled
 from sensorthings.query.entity_json import Limits, entity_json, merge_expands, ref_json, selectable_names
@@ -48,8 +49,9 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
     parent-exists flag, and the keyset of the page's last row as JSON text (or NULL when the order is not
     keyset-safe; the caller then continues with $skip alone). After a `$skiptoken` the page starts at its
     position and `$skip` is not applied (`options.offset`). Rendered as the path's version has it, of
-    what `view` lets the principal bound at execution see (query.visibility)."""
-    b = SqlBuilder(base_url, path.version, view=view)
+    what `view` lets the principal bound at execution see (query.visibility; CHECKED: the plain statement,
+    guarded once at its top, where a guard on the tables cost a one-time filter per row of a partition)."""
+    b = SqlBuilder(base_url, path.version, view=_tables_view(view))
     entity = path.entity
     e, p = b.alias(), b.alias()
     ranked = path.last.relation if path.last.relation is not None and path.last.relation.rank_column else None
@@ -95,11 +97,13 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         " SELECT {value}::text,"
         " (SELECT count(*) FROM page) > {top}, {count}, {parent},"
         " (SELECT sta_key FROM page WHERE sta_n = {last})::text"
+        " WHERE {guard}"
     ).format(
         e=e, keys=sql.SQL(", ").join(keys), table=b.source(entity), cond=where(),
         last_key=last_key, limit=b.param(options.top + 1), skip=b.param(options.offset), value=value,
         last=b.param(options.offset + options.top), top=b.param(options.top), count=count,
         parent=parent_exists(path, b),
+        guard=_statement_guard(view, b),  # last: once every table of the statement is known
     )
     return Compiled(statement, b.params)
 
@@ -153,7 +157,7 @@ def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | No
                    limits: Limits = _DEFAULT_LIMITS, *, view: View) -> Compiled:
     """One row (JSON text) when the addressed entity exists (and `view` lets the principal bound at
     execution see it), no row otherwise; for a property without a value, one row holding NULL."""
-    b = SqlBuilder(base_url, path.version, view=view)
+    b = SqlBuilder(base_url, path.version, view=_tables_view(view))
     e = b.alias()
     entity = path.entity
     if path.prop is not None:
@@ -176,9 +180,20 @@ def compile_entity(path: ResourcePath, base_url: str, options: QueryOptions | No
                     entity_json(entity, e, b, options.select if options else (), options.expand if options else (),
                                 limits))
         body = sql.SQL("{}::text").format(rendered)
-    statement = sql.SQL("SELECT {} FROM {} {} WHERE {} LIMIT 1").format(
-        body, b.source(entity), e, step_conditions(path.steps, e, b))
+    statement = sql.SQL("SELECT {} FROM {} {} WHERE {} AND {} LIMIT 1").format(
+        body, b.source(entity), e, step_conditions(path.steps, e, b), _statement_guard(view, b))
     return Compiled(statement, b.params)
+
+
+def _tables_view(view: View) -> View:
+    """How a read's tables are compiled: a CHECKED read reads the plain tables (`_statement_guard`)."""
+    return View.ALL if view is View.CHECKED else view
+
+
+def _statement_guard(view: View, b: SqlBuilder) -> sql.Composable:
+    """The condition at the top of a read's statement: the guard of a CHECKED read (query.visibility), where
+    the statement reads a table that can hold restricted rows (so far: call it when all are known)."""
+    return visibility.guard() if view is View.CHECKED and b.reads_restrictable else sql.SQL("TRUE")
 
 
 _TEMPLATE_ID = 3_141_592_653_589  # a dummy id whose value and day bounds appear in no other parameter

@@ -25,6 +25,8 @@ class SqlBuilder:
     def __init__(self, base_url: str, version: str = LATEST, *, view: View = View.ALL) -> None:
         self.version = version
         self.view = view
+        self.reads_restrictable = False
+        """Whether the statement so far reads a table that can hold restricted rows (`source`)."""
         self.params: dict[str, Any] = {}
         self._aliases = itertools.count()
         self.base = self.param(base_url)
@@ -39,6 +41,7 @@ class SqlBuilder:
 
     def source(self, entity: Entity) -> sql.Composable:
         """What the statement selects `entity`'s rows from (its table, or its visible rows)."""
+        self.reads_restrictable = self.reads_restrictable or visibility.restrictable(entity)
         return visibility.source(entity, self.view)
 
 

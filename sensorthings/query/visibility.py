@@ -14,6 +14,7 @@ Principals with read everywhere (and admin) get the plain tables: nothing to hid
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -39,8 +40,8 @@ class View(Enum):
     VISIBLE = "visible"
     """The hiding statement: only what the principal may see."""
     CHECKED = "checked"
-    """The plain statement, each restrictable table behind the guard (`source`): nothing restricted
-    exists, which the statement checks in its own snapshot."""
+    """The plain statement under the guard (`guard`, once per statement, or on each restrictable table:
+    `source`): nothing restricted exists, which the statement checks in its own snapshot."""
 
 
 @dataclass
@@ -95,6 +96,7 @@ def restricting_relations(entity: Entity) -> tuple[str, ...]:
     return tuple(name for name in entity.exactly_one_of if own_visibility(entity.relation(name).target_entity))
 
 
+@functools.cache
 def restrictable(entity: Entity) -> bool:
     return own_visibility(entity) or bool(restricting_relations(entity))
 
@@ -162,10 +164,17 @@ def source(entity: Entity, view: View) -> sql.Composable:
     if view is View.ALL or not restrictable(entity):
         return table
     if view is View.CHECKED:
-        return sql.SQL("(SELECT * FROM {} WHERE (SELECT CASE WHEN {} THEN sta_restricted_data_found() ELSE true END))"
-                       ).format(table, _any_restricted())
+        return sql.SQL("(SELECT * FROM {} WHERE {})").format(table, guard())
     v = sql.Identifier("v")
     return sql.SQL("(SELECT * FROM {} v WHERE {})").format(table, visible_condition(entity, v))
+
+
+@functools.cache
+def guard() -> sql.Composable:
+    """A condition that is true, or fails the statement with GUARD_SQLSTATE if restricted data exists in its
+    snapshot: an InitPlan over the partial indexes of restricted rows, evaluated once, before the node it
+    gates (at the top of a statement: before anything is read)."""
+    return sql.SQL("(SELECT CASE WHEN {} THEN sta_restricted_data_found() ELSE true END)").format(_any_restricted())
 
 
 def _any_restricted() -> sql.Composable:
