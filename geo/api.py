@@ -443,23 +443,19 @@ def _handler(method: Callable[[Request], Awaitable[Response]], sink: AuditSink |
     """`method` behind the read role's check, its statements compiled for what the principal may see (a
     CHECKED request that finds restricted data is answered again, VISIBLE); recorded in `sink` where a read
     may see restricted data."""
-    async def answer(request: Request) -> Response:
-        view = visibility.view(CURRENT.get(), restrictions)
+    async def in_view(request: Request, view: View) -> Response:
         token = _VIEW.set(view)
         try:
-            require(Role.READ)  # every endpoint here reads; the principal was set by the platform
-            try:
-                return await method(request)
-            except psycopg.Error as exc:
-                if view is not View.CHECKED or not visibility.found_restricted(exc) or restrictions is None:
-                    raise
-                restrictions.exist = True
-                _VIEW.set(View.VISIBLE)
-                return await method(request)
-        except StaError as exc:
-            return _error(exc)
+            return await method(request)
         finally:
             _VIEW.reset(token)
+
+    async def answer(request: Request) -> Response:
+        try:
+            require(Role.READ)  # every endpoint here reads; the principal was set by the platform
+            return await visibility.read_as(CURRENT.get(), restrictions, lambda view: in_view(request, view))
+        except StaError as exc:
+            return _error(exc)
 
     async def handle(request: Request) -> Response:
         if sta_audit.read_recorded(sink, restrictions):

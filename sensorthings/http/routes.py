@@ -130,9 +130,12 @@ def _role_needed(method: str, resource: str) -> Role | None:
     return Role.CREATE if method == "POST" else Role.DELETE
 
 
-def _writes_view() -> View:
-    """How this request's writes find entities: among those its principal may see (VISIBLE), or all."""
-    return View.VISIBLE if visibility.hides(CURRENT.get()) else View.ALL
+def _write_view(role: Role) -> View:
+    """Among which entities a write needing `role` finds its targets: all for a principal holding `role`
+    everywhere (it may write to any) or reading everywhere; else those it may see (no write tells whether a
+    restricted entity exists)."""
+    principal = CURRENT.get()
+    return View.ALL if principal.has(role) or not visibility.hides(principal) else View.VISIBLE
 
 
 class StaApi:
@@ -238,14 +241,8 @@ class StaApi:
     async def get(self, request: Request, resource: str) -> Response:
         """A read, compiled for what its principal may see (query.visibility); a CHECKED read that finds
         restricted data after all is read again with the hiding statement."""
-        view = visibility.view(CURRENT.get(), self.restrictions)
-        try:
-            return await self._get(request, resource, view)
-        except psycopg.Error as exc:
-            if view is not View.CHECKED or not visibility.found_restricted(exc) or self.restrictions is None:
-                raise
-            self.restrictions.exist = True
-            return await self._get(request, resource, View.VISIBLE)
+        return await visibility.read_as(CURRENT.get(), self.restrictions,
+                                        lambda view: self._get(request, resource, view))
 
     async def _get(self, request: Request, resource: str, view: View) -> Response:
         base = self._base(request)
@@ -307,11 +304,9 @@ class StaApi:
         return Response(content=text, media_type="text/plain; charset=utf-8")
 
     async def _resolve(self, conn: AsyncConnection[Any], path: ResourcePath, role: Role) -> int:
-        """The id of the single entity a path addresses for a write needing `role` (404 if none): among all
-        entities for a principal holding `role` everywhere (it may write to any), else among those it may
-        see (no write tells whether a restricted entity exists)."""
-        view = View.ALL if CURRENT.get().has(role) else _writes_view()
-        row = await self._fetch(conn, compile_ids(path, view=view))
+        """The id of the single entity a path addresses for a write needing `role` (404 if none), among those
+        `_write_view` gives."""
+        row = await self._fetch(conn, compile_ids(path, view=_write_view(role)))
         if row is None:
             described = "/".join(f"{s.relation.name if s.relation else s.entity.set_name}"
                                  f"{'' if s.id is None else f'({s.id})'}" for s in path.steps)
@@ -505,12 +500,11 @@ class StaApi:
             raise BadRequest(f"DELETE on a collection takes only $filter, not {', '.join(sorted(given - {'$filter'}))}")
         options = parse_query(params, default_top=self.config.default_top, max_top=self.config.max_top)
         authorize.require_global(Role.DELETE, f"delete {path.entity.set_name} by $filter")
-        compiled = compile_filtered_delete(path, options, view=_writes_view())
+        compiled = compile_filtered_delete(path, options, view=_write_view(Role.DELETE))
         deleted: list[int] = []
 
         async def delete(conn: AsyncConnection[Any], writer: Writer) -> None:
-            row = await (await conn.execute(compiled.statement, compiled.params | visibility.params(CURRENT.get())
-                                            )).fetchone()
+            row = await (await conn.execute(compiled.statement, compiled.params)).fetchone()
             if row is None or row[0] is None:
                 raise NotFound(f"nothing found at {path.entity.set_name}: an entity named in the path does not exist")
             deleted.append(int(row[0]))

@@ -15,9 +15,10 @@ Principals with read everywhere (and admin) get the plain tables: nothing to hid
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -30,6 +31,7 @@ READ_PROJECTS = "sta_read_projects"
 AUTH_ID = "sta_auth_id"
 """The bind parameter with the principal's auth id (text or NULL): a Party whose authId it is owns data."""
 _PARTY = ENTITIES["Party"]
+T = TypeVar("T")
 
 
 class View(Enum):
@@ -68,6 +70,21 @@ def view(principal: Principal, restrictions: Restrictions | None) -> View:
 def found_restricted(exc: BaseException) -> bool:
     """Whether `exc` is a guarded statement's discovery of restricted data (read again, VISIBLE)."""
     return isinstance(exc, psycopg.Error) and exc.sqlstate == GUARD_SQLSTATE
+
+
+async def read_as(principal: Principal, restrictions: Restrictions | None,
+                  read: Callable[[View], Awaitable[T]]) -> T:
+    """`read` compiled for what `principal` may see (`view`); a CHECKED read whose guard finds restricted
+    data after all is read again VISIBLE, and `restrictions` learns that there is some. For the STA and
+    the OGC API alike: a read is idempotent, so reading again is safe."""
+    chosen = view(principal, restrictions)
+    try:
+        return await read(chosen)
+    except psycopg.Error as exc:
+        if chosen is not View.CHECKED or restrictions is None or not found_restricted(exc):
+            raise
+        restrictions.exist = True
+        return await read(View.VISIBLE)
 
 
 def hides(principal: Principal) -> bool:
