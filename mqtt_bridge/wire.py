@@ -8,16 +8,39 @@ per-message Python was the largest share. This module parses PUBLISH packets in 
 them on without a task or future each, and writes the PUBACKs of a committed batch in one write.
 
 Scope: CONNECT/CONNACK (username, password, clean start, session expiry, receive maximum), SUBSCRIBE/SUBACK,
-PUBLISH both ways at QoS 0 and incoming QoS 1 with its properties (user properties, response topic,
-correlation data), PUBACK, PINGREQ/PINGRESP, DISCONNECT, reconnection. Not implemented: QoS 2, topic
-aliases (we announce a Topic Alias Maximum of 0, so the broker sends none), AUTH, TLS, wills.
+PUBLISH both ways at QoS 0 and 1 with its properties (user properties, response topic, correlation data),
+PUBACK both ways, PINGREQ/PINGRESP, DISCONNECT, reconnection. Not implemented: QoS 2, topic aliases (we
+announce a Topic Alias Maximum of 0, so the broker sends none), AUTH, TLS, wills.
+
+Outgoing QoS 1 (the bridge's STA notifications) is best effort from us to the broker: it exists so that the
+broker delivers at QoS 1 to QoS 1 subscribers (it delivers the lower of the publish and the subscription
+QoS), and queues for their offline persistent sessions. Per connection we keep only which packet ids await
+their PUBACK (a bytearray, no payload, no future, no timer), within the broker's Receive Maximum from CONNACK
+(65,535 when it sends none, as Mosquitto does by default). The window is full when that many await their
+PUBACK: the broker is behind by as many, or, as benchmarks/notification_qos.py found at full ingest load,
+we have published a larger burst than that without yielding to read the PUBACKs (the notifier catching up
+publishes a whole merged change set at once; 80,000 of 190,000 notifications in one run). Then `publish`
+sends the message at QoS 0 (counted in `stats.downgraded`, logged) instead of dropping it: subscribers online
+still get it, as they got every notification when all went out at QoS 0, and only an offline session misses
+it (its QoS 1 queue never gets it). That costs no more than QoS 0 always did: the same bytes in the same
+socket buffer, and a broker that stops reading is dropped by the keepalive. Dropping instead lost those
+80,000 for everyone; keeping them for later would hold their payloads in our memory for a broker that
+may not come back. A publish never waits for the window.
+A PUBACK with a failure reason (>= 0x80: not authorized, quota exceeded, ...) is counted by reason and
+logged (at most once per reason every LOG_EVERY_S); it changes nothing else. On a new connection nothing in
+flight is sent again (MQTT 5 §4.4 says a resumed session resends unacknowledged PUBLISHes; the broker keeps
+no state for a QoS 1 message it received, so nothing is inconsistent if we do not): a notification is about
+"now", and the bridge has no copy to resend. The ones a lost connection held are counted in its log line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +50,12 @@ log = logging.getLogger("citystream.mqtt")
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 8, 9
 PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
 MAX_REMAINING_LENGTH = 268_435_455
+SUBSCRIBE_PACKET_ID = 1  # the one SUBSCRIBE of a connection; QoS 1 PUBLISHes take the others
+FIRST_PUBLISH_ID = 2
+PUBLISH_IDS = 65535 - FIRST_PUBLISH_ID + 1  # so the in-flight window is at most 65,534, whatever the broker allows
+DEFAULT_RECEIVE_MAXIMUM = 65535  # MQTT 5 §3.2.2.3.3: a CONNACK without Receive Maximum means 65,535
+LOG_EVERY_S = 10.0  # refused PUBACKs, a full window: at most one log record per cause in this time
+_PUBACK_HEADER = PUBACK << 4
 
 # Property identifiers (MQTT 5 §2.2.2.2) and how their values are encoded.
 _BYTE, _TWO, _FOUR, _VARINT, _STRING, _BINARY, _PAIR = range(7)
@@ -118,7 +147,7 @@ def subscribe_packet(packet_id: int, filters: Iterable[tuple[str, int]]) -> byte
 
 def publish_packet(topic: str, payload: bytes, *, user_properties: Iterable[tuple[str, str]] = (),
                    correlation_data: bytes | None = None, qos: int = 0, packet_id: int = 0) -> bytes:
-    """A PUBLISH: QoS 0 (what the bridge sends), or QoS 1 with `packet_id` (benchmarks/loadgen.py)."""
+    """A PUBLISH: QoS 0, or QoS 1 with `packet_id` (the bridge's notifications, benchmarks/loadgen.py)."""
     props = [(0x26, _string(k) + _string(v)) for k, v in user_properties]
     if correlation_data is not None:
         props.append((0x09, _binary(correlation_data)))
@@ -223,11 +252,44 @@ def read_publish(flags: int, body: bytes) -> Message:
 # ------------------------------------------------------------------ the protocol
 
 
-class MqttProtocol(asyncio.Protocol):
-    """Frames packets; PUBLISH goes to `on_message`, everything else resolves the waiting call."""
+@dataclass(slots=True)
+class PublishStats:
+    """Our QoS 1 PUBLISHes over all the connections of one client (each connection's protocol adds to it)."""
 
-    def __init__(self, on_message: Callable[[Message], None]) -> None:
+    acknowledged: int = 0
+    """PUBACKs with a success reason (0x00, or 0x10 "no matching subscribers")."""
+    reasons: Counter[int] = field(default_factory=Counter)
+    """PUBACK reason codes other than 0x00, by code; those >= 0x80 are refusals."""
+    downgraded: int = 0
+    """Sent at QoS 0 although asked for QoS 1: the broker's Receive Maximum was used up (module docstring)."""
+    not_connected: int = 0
+    """Not sent (any QoS): no connection at the time."""
+    lost_in_flight: int = 0
+    """Sent, but the connection ended before their PUBACK came; never sent again."""
+    _logged: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> int:
+        return sum(n for reason, n in self.reasons.items() if reason >= 0x80)
+
+    def warn(self, cause: str, message: str, *args: object) -> None:
+        """A warning, but at most one per `cause` every LOG_EVERY_S (the counts say how many there were)."""
+        now = time.monotonic()
+        if now - self._logged.get(cause, -math.inf) >= LOG_EVERY_S:
+            self._logged[cause] = now
+            log.warning(message, *args)
+
+
+class MqttProtocol(asyncio.Protocol):
+    """Frames packets; PUBLISH goes to `on_message`, everything else resolves the waiting call.
+
+    Our QoS 1 PUBLISHes: `take_packet_id` reserves an id while fewer than `window` (the broker's Receive
+    Maximum) await their PUBACK, which frees it. That state is the connection's: a new connection starts
+    empty (nothing is sent again, see the module docstring)."""
+
+    def __init__(self, on_message: Callable[[Message], None], stats: PublishStats | None = None) -> None:
         self.on_message = on_message
+        self.stats = PublishStats() if stats is None else stats
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self.connack: asyncio.Future[tuple[int, dict[str, Any]]] = asyncio.get_running_loop().create_future()
@@ -236,6 +298,11 @@ class MqttProtocol(asyncio.Protocol):
         self.last_received = 0.0
         self.lost_because = ""
         """Why the connection ended, for the log: the broker's DISCONNECT, our giving up, a socket error."""
+        self.window = min(DEFAULT_RECEIVE_MAXIMUM, PUBLISH_IDS)
+        """How many QoS 1 PUBLISHes may await their PUBACK: the broker's Receive Maximum (set by CONNACK)."""
+        self.in_flight = 0
+        self._unacknowledged = bytearray(65536)  # [packet id] = 1 while that id awaits its PUBACK
+        self._next_id = FIRST_PUBLISH_ID
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
@@ -256,6 +323,16 @@ class MqttProtocol(asyncio.Protocol):
         at = 0
         try:
             while len(buffer) - at >= 2:
+                header = buffer[at]
+                if header == _PUBACK_HEADER and buffer[at + 1] == 2 and len(buffer) - at >= 4:
+                    # a PUBACK of ours with reason Success (the 2-byte form): one per QoS 1 notification
+                    packet_id = buffer[at + 2] << 8 | buffer[at + 3]
+                    if self._unacknowledged[packet_id]:
+                        self._unacknowledged[packet_id] = 0
+                        self.in_flight -= 1
+                        self.stats.acknowledged += 1
+                    at += 4
+                    continue
                 try:
                     length, start = _read_varint(buffer, at + 1)
                 except IndexError:
@@ -263,7 +340,6 @@ class MqttProtocol(asyncio.Protocol):
                 end = start + length
                 if end > len(buffer):
                     break
-                header = buffer[at]
                 self._handle(header >> 4, header & 0x0F, bytes(buffer[start:end]))
                 at = end
         except (ProtocolError, struct.error, IndexError, UnicodeDecodeError) as exc:
@@ -280,9 +356,13 @@ class MqttProtocol(asyncio.Protocol):
                 self.on_message(message)
             except Exception:  # a bug of the consumer: keep the connection (dropping it would redeliver)
                 log.exception("the MQTT message handler failed", extra={"topic": message.topic})
+        elif kind == PUBACK:  # the long form: a reason code, maybe properties (a reason string)
+            (packet_id,) = struct.unpack_from("!H", body, 0)
+            self._puback(packet_id, body[2] if len(body) > 2 else 0)
         elif kind == CONNACK:
             reason = body[1]
             props, _ = read_properties(body, 2) if len(body) > 2 else ({}, 2)
+            self.window = max(1, min(props.get("receive_maximum", DEFAULT_RECEIVE_MAXIMUM), PUBLISH_IDS))
             if not self.connack.done():
                 self.connack.set_result((reason, props))
         elif kind == SUBACK:
@@ -295,7 +375,35 @@ class MqttProtocol(asyncio.Protocol):
             reason = body[0] if body else 0
             log.warning("the MQTT broker disconnected us (reason 0x%02x)", reason)
             self.lost_because = f"the broker sent DISCONNECT, reason 0x{reason:02x}"
-        # PUBACK (for QoS 1 we never send), PINGRESP: nothing to do beyond last_received
+        # PINGRESP: nothing to do beyond last_received
+
+    def _puback(self, packet_id: int, reason: int) -> None:
+        if not self._unacknowledged[packet_id]:
+            log.debug("PUBACK for packet id %d, which is not in flight; ignored", packet_id)
+            return
+        self._unacknowledged[packet_id] = 0
+        self.in_flight -= 1
+        stats = self.stats
+        if reason:
+            stats.reasons[reason] += 1
+            if reason >= 0x80:
+                stats.warn(f"refused-{reason}", "the MQTT broker refused a QoS 1 PUBLISH (PUBACK reason 0x%02x; "
+                           "%d so far); it is not sent again", reason, stats.reasons[reason])
+                return
+        stats.acknowledged += 1
+
+    def take_packet_id(self) -> int:
+        """A packet id for a QoS 1 PUBLISH, now awaiting its PUBACK; 0 if `window` of them already are."""
+        if self.in_flight >= self.window:
+            return 0
+        unacknowledged = self._unacknowledged
+        packet_id = self._next_id
+        while unacknowledged[packet_id]:  # ends: fewer than PUBLISH_IDS are in flight
+            packet_id = packet_id + 1 if packet_id < 65535 else FIRST_PUBLISH_ID
+        unacknowledged[packet_id] = 1
+        self._next_id = packet_id + 1 if packet_id < 65535 else FIRST_PUBLISH_ID
+        self.in_flight += 1
+        return packet_id
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -334,6 +442,7 @@ class MqttClient:
         self.subscriptions = subscriptions
         self.on_message = on_message
         self.generation = 0
+        self.stats = PublishStats()
         self._protocol: MqttProtocol | None = None
         self._stopping = False
         self._paused = False
@@ -351,7 +460,8 @@ class MqttClient:
 
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_connection(lambda: MqttProtocol(self.on_message), self.host, self.port)
+        _, protocol = await loop.create_connection(lambda: MqttProtocol(self.on_message, self.stats), self.host,
+                                                   self.port)
         protocol.write(connect_packet(self.client_id, username=self.username, password=self.password,
                                       clean_start=self.clean_start, keepalive=self.keepalive,
                                       session_expiry=self.session_expiry, receive_maximum=self.receive_maximum))
@@ -365,7 +475,7 @@ class MqttClient:
             raise ConnectionError(message)
         self.generation += 1
         self._protocol = protocol
-        granted = await asyncio.wait_for(protocol.subscribe(1, self.subscriptions), 30)
+        granted = await asyncio.wait_for(protocol.subscribe(SUBSCRIBE_PACKET_ID, self.subscriptions), 30)
         refused = [f for (f, _), code in zip(self.subscriptions, granted, strict=False) if code >= 0x80]
         if refused:
             log.warning("the MQTT broker refused the subscriptions %s", refused)
@@ -379,10 +489,12 @@ class MqttClient:
             if protocol is not None:
                 await self._watch(protocol)
                 self._protocol = None
+                self.stats.lost_in_flight += protocol.in_flight  # best effort: not sent again (module docstring)
                 if not self._stopping:
                     log.warning("lost the connection to the MQTT broker at %s:%s (%s); reconnecting", self.host,
                                 self.port, protocol.lost_because or "closed",
-                                extra={"client_id": self.client_id})
+                                extra={"client_id": self.client_id,
+                                       "unacknowledged_publishes": protocol.in_flight})
             if self._stopping:
                 return
             try:
@@ -419,9 +531,31 @@ class MqttClient:
         return True
 
     def publish(self, topic: str, payload: bytes, *, user_properties: Iterable[tuple[str, str]] = (),
-                correlation_data: bytes | None = None) -> None:
-        self.write(publish_packet(topic, payload, user_properties=user_properties,
-                                  correlation_data=correlation_data))
+                correlation_data: bytes | None = None, qos: int = 0) -> bool:
+        """Write a PUBLISH at QoS 0 or 1 on the current connection; never waits. QoS 1 goes out at QoS 0 when
+        the broker's window is full (see the module docstring for why, and for what a reconnect does with
+        those in flight). False: not written, for want of a connection (counted in `stats`, not kept)."""
+        protocol = self._protocol
+        if protocol is None:
+            self.stats.not_connected += 1
+            return False
+        if not qos:
+            protocol.write(publish_packet(topic, payload, user_properties=user_properties,
+                                          correlation_data=correlation_data))
+            return True
+        if qos != 1:
+            raise ValueError(f"this client publishes at QoS 0 or 1, not {qos}")
+        packet_id = protocol.take_packet_id()
+        if not packet_id:
+            stats = self.stats
+            stats.downgraded += 1
+            stats.warn("window-full", "%d QoS 1 PUBLISHes await the MQTT broker's PUBACK, as many as it allows "
+                       "(Receive Maximum): publishing at QoS 0 until it catches up (%d so far)",
+                       protocol.in_flight, stats.downgraded)
+        protocol.write(publish_packet(topic, payload, user_properties=user_properties,
+                                      correlation_data=correlation_data, qos=1 if packet_id else 0,
+                                      packet_id=packet_id))
+        return True
 
     def acknowledge(self, packet_ids: list[int], generation: int) -> None:
         self.write(puback_packets(packet_ids), generation)
