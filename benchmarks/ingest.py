@@ -23,6 +23,12 @@ once the backlog is committed.
 
     .venv/bin/python benchmarks/ingest.py                 # the full run (about 6 minutes)
     .venv/bin/python benchmarks/ingest.py --seconds 20    # a quicker look
+    .venv/bin/python benchmarks/ingest.py --principal key # devices as an API key with create for one Project
+
+The devices publish as the broker's shared device account by default (the plugin asks nobody), or with
+`--principal key` as an API key that may create only in the Project holding the Datastreams: the plugin asks
+the platform once per client and topic, and the bridge checks every batch's Datastreams against the
+publisher stamped on the messages (loadgen publishes to v1.1/Observations, the Datastream in the body).
 """
 
 from __future__ import annotations
@@ -57,8 +63,10 @@ from benchmarks.harness import (  # noqa: E402
     write_headers,
     write_report,
 )
+from citystream.auth.credentials import create_key, split_key  # noqa: E402
 from citystream.embedded import EmbeddedMosquitto, EmbeddedPostgres, find_free_port  # noqa: E402
 from ingest.store import COPY_COLUMNS  # noqa: E402
+from sensorthings.model.access import Role  # noqa: E402
 from sensorthings.schema.migrate import apply_migrations  # noqa: E402
 
 DATA = BENCHMARKS / ".data" / "ingest"
@@ -118,6 +126,24 @@ def create_datastreams(sta: str, count: int, headers: dict[str, str]) -> list[in
         for ds in ids:
             client.post(f"{sta}/Datastreams({ds})/Observations", json={"result": 0}).raise_for_status()
     return ids
+
+
+def project_device_login(dsn: str, sta: str, datastreams: list[int]) -> tuple[str, str]:
+    """Put the Datastreams into one (public) Project and make an API key that may create only there: the
+    devices' MQTT login (key id, secret) for --principal key."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        admin = create_key(conn, "bench admin", frozenset({Role.ADMIN})).token
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {admin}"}) as client:
+        project = client.post(f"{sta}/Projects", json={"name": "bench", "termsOfUse": "CC-BY"})
+        project.raise_for_status()
+        project_id = int(project.headers["location"].rsplit("(", 1)[1].rstrip(")"))
+        for ds in datastreams:
+            client.patch(f"{sta}/Datastreams({ds})", json={"Project": {"@iot.id": project_id}}).raise_for_status()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        key = create_key(conn, "bench device", frozenset({Role.CREATE}), projects=[project_id])
+    parts = split_key(key.token)
+    assert parts is not None
+    return parts
 
 
 def payload(datastream: int, seq: int, at: datetime) -> bytes:
@@ -237,25 +263,27 @@ def _loadgen_summary(kind: str, processes: int, cpu_seconds: float, messages: in
 
 
 def mqtt_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], qos: int, seconds: float,
-             publishers: int, rate: float, publisher: str = "lean") -> dict[str, Any]:
+             publishers: int, rate: float, publisher: str = "lean",
+             login: tuple[str, str] | None = None) -> dict[str, Any]:
     """Offer `rate` messages/s for `seconds`; the sustained rate is the slope of the committed rows over the
     last three quarters of that window (the bridge is saturated whenever the offered rate exceeds what it
     takes: the broker queues the difference). Then wait until the backlog is stored, so runs never overlap.
 
     "published" is what the broker took: with the lean publisher at QoS 1 the messages it acknowledged
     (PUBACK), otherwise the messages written; "lost" = published but not stored once the backlog is in."""
+    username, password = login or (broker.sensor_username, broker.sensor_password)
     before = stored(dsn)
     counter = RowCounter(dsn)
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=publishers) as pool:
         futures: list[Future[Any]]
         if publisher == "lean":
-            futures = [pool.submit(loadgen.publish, "127.0.0.1", broker.port, username=broker.sensor_username,
-                                   password=broker.sensor_password, qos=qos, datastreams=datastreams,
+            futures = [pool.submit(loadgen.publish, "127.0.0.1", broker.port, username=username,
+                                   password=password, qos=qos, datastreams=datastreams,
                                    seconds=seconds, rate=rate / publishers, client_id=f"bench-q{qos}-{n}")
                        for n in range(publishers)]
         else:
-            futures = [pool.submit(_publisher, broker.port, broker.sensor_username, broker.sensor_password, qos,
+            futures = [pool.submit(_publisher, broker.port, username, password, qos,
                                    datastreams, seconds, rate / publishers) for _ in range(publishers)]
         samples: list[tuple[float, int]] = []
         while not all(f.done() for f in futures):
@@ -306,7 +334,7 @@ def mqtt_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], qos: i
 
 
 def latency_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], rate: float, seconds: float,
-                publishers: int, publisher: str = "lean") -> dict[str, Any]:
+                publishers: int, publisher: str = "lean", login: tuple[str, str] | None = None) -> dict[str, Any]:
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -326,7 +354,7 @@ def latency_run(dsn: str, broker: EmbeddedMosquitto, datastreams: list[int], rat
     for ds in datastreams[:SAMPLED_DATASTREAMS]:
         client.subscribe(f"v1.1/Datastreams({ds})/Observations", qos=0)
     time.sleep(2)  # the platform learns the subscriptions from the broker's log
-    result = mqtt_run(dsn, broker, datastreams, 1, seconds, publishers, rate, publisher)
+    result = mqtt_run(dsn, broker, datastreams, 1, seconds, publishers, rate, publisher, login)
     time.sleep(1)
     client.loop_stop()
     client.disconnect()
@@ -422,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="QoS levels of the throughput runs (default: 0 1)")
     parser.add_argument("--skip-http", action="store_true", help="leave out (c) and (d)")
     parser.add_argument("--skip-mqtt", action="store_true", help="leave out (b)")
+    parser.add_argument("--principal", choices=["account", "key"], default="account",
+                        help="whom the devices publish as: the broker's shared device account (default), or an "
+                             "API key holding 'create' only for the Project of the Datastreams, which the "
+                             "broker's plugin asks the platform about and the bridge checks each batch against")
     parser.add_argument("--latency-rate", type=float, default=0,
                         help="pace the latency run at this rate (default: half the sustained QoS 1 rate), "
                              "so that two runs compare at the same load")
@@ -438,16 +470,21 @@ def main(argv: list[str] | None = None) -> int:
         apply_migrations(dsn)
         with psycopg.connect(dsn) as conn:
             report["machine"] = machine_info(conn)
-        broker = EmbeddedMosquitto(DATA / "mosquitto", find_free_port())
+        http_port = find_free_port()
+        broker = EmbeddedMosquitto(DATA / "mosquitto", find_free_port(),
+                                   decision_url=f"http://127.0.0.1:{http_port}/internal/mqtt")
         broker.start()
         try:
-            http_port = find_free_port()
+            # The API runs throughout: the broker's plugin asks it about API-key logins and publishes. Its own
+            # bridge only notifies (CITYSTREAM_MQTT_INGEST false), under a client id of its own.
             env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_HOST": "127.0.0.1",
-                   "CITYSTREAM_HTTP_PORT": str(http_port)}
+                   "CITYSTREAM_HTTP_PORT": str(http_port), "CITYSTREAM_MQTT_URL": broker.platform_url,
+                   "CITYSTREAM_MQTT_INGEST": "false", "CITYSTREAM_MQTT_CLIENT_ID": "citystream-bridge-api"}
             with platform_process(["serve"], env, log_path, f"http://127.0.0.1:{http_port}/health"):
                 sta = f"http://127.0.0.1:{http_port}/v1.1"
                 writer = write_headers(dsn)
                 datastreams = create_datastreams(sta, args.datastreams, writer)
+                login = project_device_login(dsn, sta, datastreams) if args.principal == "key" else None
                 print(f"{len(datastreams)} Datastreams ready; (a) COPY ceiling ...", flush=True)
                 ceiling = copy_ceiling(dsn, datastreams, args.copy_rows)
                 report["copy"] = ceiling
@@ -466,25 +503,25 @@ def main(argv: list[str] | None = None) -> int:
                     report["data_array"] = [
                         create_observations_run(sta, datastreams, clients, args.http_seconds, writer, DATA_ARRAY_ROWS)
                         for clients in (1, 2)]
-            truncate(dsn)
-            report["mqtt"], report["latency"] = [], None
-            if args.skip_mqtt:
-                return _report(args, report)
-            bridge_env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_MQTT_URL": broker.platform_url,
-                          "CITYSTREAM_HTTP_PORT": str(http_port)}
-            with platform_process(["bridge", "--workers", str(args.bridge_workers)], bridge_env, log_path):
-                time.sleep(3)  # connected and subscribed
-                report["mqtt"] = []
-                for qos in args.qos:
-                    print(f"(b) MQTT QoS {qos}, {args.seconds:.0f} s ...", flush=True)
-                    report["mqtt"].append(mqtt_run(dsn, broker, datastreams, qos, args.seconds, args.publishers,
-                                                   args.offered_rate, args.publisher))
-                    truncate(dsn)
-                qos1 = [r for r in report["mqtt"] if r["qos"] == 1] or report["mqtt"]
-                half = args.latency_rate or max(1000.0, qos1[-1]["obs_per_s"] / 2)
-                print(f"(b) QoS 1 latency at {half:.0f} obs/s ...", flush=True)
-                report["latency"] = latency_run(dsn, broker, datastreams, half, min(args.seconds, 30),
-                                                args.publishers, args.publisher)
+                truncate(dsn)
+                report["mqtt"], report["latency"] = [], None
+                if args.skip_mqtt:
+                    return _report(args, report)
+                bridge_env = {"CITYSTREAM_DATABASE_URL": dsn, "CITYSTREAM_MQTT_URL": broker.platform_url,
+                              "CITYSTREAM_HTTP_PORT": str(http_port)}
+                with platform_process(["bridge", "--workers", str(args.bridge_workers)], bridge_env, log_path):
+                    time.sleep(3)  # connected and subscribed
+                    report["mqtt"] = []
+                    for qos in args.qos:
+                        print(f"(b) MQTT QoS {qos}, {args.seconds:.0f} s ...", flush=True)
+                        report["mqtt"].append(mqtt_run(dsn, broker, datastreams, qos, args.seconds, args.publishers,
+                                                       args.offered_rate, args.publisher, login))
+                        truncate(dsn)
+                    qos1 = [r for r in report["mqtt"] if r["qos"] == 1] or report["mqtt"]
+                    half = args.latency_rate or max(1000.0, qos1[-1]["obs_per_s"] / 2)
+                    print(f"(b) QoS 1 latency at {half:.0f} obs/s ...", flush=True)
+                    report["latency"] = latency_run(dsn, broker, datastreams, half, min(args.seconds, 30),
+                                                    args.publishers, args.publisher, login)
         finally:
             broker.stop()
     return _report(args, report)

@@ -19,6 +19,7 @@ from citystream.audit import AuditLog
 from citystream.auth.authenticate import Authentication, Authenticator
 from citystream.auth.oidc import OidcVerifier
 from citystream.auth.store import CredentialStore
+from citystream.broker_decisions import BrokerDecisions
 from citystream.logs import request_id
 from citystream.mqtt_websocket import PATH as MQTT_WEBSOCKET_PATH
 from citystream.mqtt_websocket import MqttWebSocketRelay, RelayConfig
@@ -26,6 +27,7 @@ from citystream.restrictions import RestrictionWatch
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
+from mqtt_bridge.address import BrokerAddress
 from sensorthings.http.common import error_response, service_url
 from sensorthings.http.openapi import OPENAPI_MEDIA_TYPE
 from sensorthings.http.routes import StaApi, StaConfig
@@ -65,9 +67,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     # Added first, so it runs inside the access log (which then records the 401s it answers).
-    app.add_middleware(Authentication, authenticator=Authenticator(
-        credentials, OidcVerifier(settings.oidc) if settings.oidc else None, settings.admin_token),
-        anonymous_read=settings.anonymous_read, audit=audit)
+    authenticator = Authenticator(credentials, OidcVerifier(settings.oidc) if settings.oidc else None,
+                                  settings.admin_token)
+    app.add_middleware(Authentication, authenticator=authenticator, anonymous_read=settings.anonymous_read,
+                       audit=audit)
     app.add_middleware(AccessLog, mode=settings.access_log)
     sta = StaApi(pool, StaConfig(
         default_top=settings.default_top,
@@ -81,6 +84,9 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     ), observations=ingest, listener=notifier, audit=audit, restrictions=restrictions)
     app.include_router(sta.router)
     app.include_router(admin_router(pool, notifier.registry))
+    broker_secret = BrokerAddress.from_url(settings.mqtt_url).password if settings.mqtt_url else None
+    if broker_secret:  # the broker's plugin asks who its clients are and what they may do
+        app.include_router(BrokerDecisions(authenticator, pool, broker_secret, settings.anonymous_read).router())
     ogc = create_ogc_app(pool, OgcConfig(public_url=settings.public_url,
                                          statement_timeout_ms=settings.statement_timeout_ms), audit, restrictions)
     app.add_route("/ogcapi", ogc.state.landing, include_in_schema=False)

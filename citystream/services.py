@@ -14,6 +14,7 @@ from mqtt_bridge.bridge import Bridge, BridgeConfig
 from mqtt_bridge.notifier import Notifier
 from mqtt_bridge.subscriptions import SubscriptionRegistry
 from sensorthings.model import VERSION
+from sensorthings.query.entity_json import Limits
 
 
 def ingest_config(settings: Settings) -> IngestConfig:
@@ -67,7 +68,8 @@ class WritePath:
     @classmethod
     def build(cls, settings: Settings, database_url: str, client_id: str | None = None) -> WritePath:
         pool = make_pool(settings, database_url)
-        notifier = Notifier(pool, SubscriptionRegistry(), notification_base(settings))
+        limits = Limits(settings.default_top, settings.max_top, settings.max_expand_depth, settings.exact_count_limit)
+        notifier = Notifier(pool, SubscriptionRegistry(), notification_base(settings), limits)
         ingest = IngestPipeline(pool, ingest_config(settings), listener=notifier)
         return cls(pool, ingest, notifier, make_bridge(settings, ingest, notifier, client_id))
 

@@ -110,6 +110,7 @@ def _broker(settings: Settings, on_started: Callable[[EmbeddedMosquitto], None] 
         sensor_password=settings.mqtt_sensor_password,
         anonymous_read=settings.mqtt_anonymous_read,
         bridge_client_id=settings.mqtt_client_id,
+        decision_url=_decision_url(settings),
     )
     _say(f"starting Mosquitto (data in {broker.data_dir})")
     if not _is_loopback(settings.mqtt_host):
@@ -219,6 +220,12 @@ def _answering(host: str, port: int, timeout: float = 3.0) -> Callable[[], bool]
 
 _LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 """Where to reach a server that listens on every address."""
+
+
+def _decision_url(settings: Settings) -> str:
+    """Where the embedded broker's plugin asks the API about logins and publishes (citystream.broker_decisions)."""
+    host = _LOOPBACK_FOR.get(settings.host, settings.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.http_port}/internal/mqtt"
 
 
 def _embedded_ws_url(settings: Settings) -> str:

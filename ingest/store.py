@@ -26,10 +26,12 @@ from psycopg.types.json import Jsonb
 from ingest.dead_letters import record_dead_letters
 from ingest.rows import FEATURE_OF_INTEREST, FEATURE_RELATION, ObservationRow, Origin
 from sensorthings.model import observation_ids
+from sensorthings.model.access import Principal, Role
 from sensorthings.model.entities import Relation, Storage
 from sensorthings.model.results import OBSERVATION, STREAMS, result_error
 from sensorthings.query.compiler import compile_created
 from sensorthings.query.write_statements import PHENOMENON_END, PHENOMENON_START, RESULT_TIME
+from sensorthings.write.authorize import covers, stream_scopes
 from sensorthings.write.derived import (
     ObservationTouch,
     StreamFacts,
@@ -79,6 +81,11 @@ class Item:
     rendered: str | None = None
     """The stored Observation's JSON as GET renders it (when `render_base` was set), read in the batch's
     transaction: one statement per batch instead of a query per request."""
+    publisher: Principal | None = None
+    """Who sent it, when the submitter has not checked that it may (MQTT: the principal the broker stamped
+    on the message); checked in the batch's transaction (`_check_publishers`)."""
+    status: int = 400
+    """The HTTP-style code of a rejection (`reason`): 400, or 403 for a publisher that may not create there."""
 
 
 def check_foreign_keys_match_model() -> None:
@@ -119,6 +126,7 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
     also yields the event loop to the HTTP requests of the same process, so fewer waits mean shorter
     batches under load."""
     async with conn.transaction():
+        await _check_publishers(conn, items)
         rows = [i for i in items if i.reason is None and i.row is not None]
         async with conn.pipeline():
             streams_read = await _read_streams_send(conn, rows)
@@ -137,6 +145,28 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
                 await update_stream_summaries(conn, _touches(rows))
                 await _render(conn, rows)
             await record_dead_letters(conn, [(i.origin, i.reason) for i in items if i.reason and i.origin], now)
+
+
+async def _check_publishers(conn: AsyncConnection[Any], items: Sequence[Item]) -> None:
+    """Reject the rows whose publisher may not create Observations in their stream (sensorthings.write.
+    authorize's rule: the role everywhere, for the stream's Project, or owning it). A publisher with the
+    role everywhere costs nothing; for the others one statement per stream table. A stream that does not
+    exist is refused the same way, so the answer does not tell such a publisher which streams exist."""
+    limited = [i for i in items if i.reason is None and i.row is not None and i.publisher is not None
+               and not i.publisher.has(Role.CREATE)]
+    for stream in STREAMS:
+        wanted = [i for i in limited if i.row is not None and i.row.stream is stream]
+        if not wanted:
+            continue
+        scopes = await stream_scopes(conn, stream.target_entity, sorted({i.row.stream_id for i in wanted if i.row}))
+        for item in wanted:
+            assert item.row is not None and item.publisher is not None
+            scope = scopes.get(item.row.stream_id)
+            if scope is None or not covers(item.publisher, Role.CREATE, *scope):
+                item.status = 403
+                item.reason = (f"{item.publisher.kind} {item.publisher.name!r} may not create Observations in "
+                               f"{stream.name} {item.row.stream_id}: that needs the role 'create' everywhere, for "
+                               f"its Project, or to own it")
 
 
 async def _allocate_ids_send(conn: AsyncConnection[Any], count: int) -> AsyncCursor[Any] | None:

@@ -16,11 +16,15 @@ write per batch, and only on the connection that delivered them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import CounterMetricFamily
 
 from ingest.pipeline import IngestPipeline
 from ingest.rows import Origin, parse_observation
@@ -29,8 +33,9 @@ from mqtt_bridge import identity
 from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
-from mqtt_bridge.topics import CREATE_FILTERS, ERROR_PREFIX, create_target, error_topic
+from mqtt_bridge.topics import ERROR_PREFIX, INGEST_FILTERS, INGEST_PREFIX, create_target, error_topic
 from mqtt_bridge.wire import Message, MqttClient
+from sensorthings.model.access import Principal, from_description
 from sensorthings.model.errors import StaError
 from sensorthings.model.json_values import parse_observation_json
 
@@ -82,6 +87,50 @@ def _user_property(message: Message, name: str) -> str | None:
     return None
 
 
+PRINCIPAL_PROPERTY = "citystream-principal"
+"""The user property the broker's plugin stamps on a create: its publisher, as the platform described it."""
+CLIENT_PROPERTY = "citystream-client-id"
+"""The user property the broker's plugin stamps on a create: the publisher's client id."""
+AUDIENCE_PROPERTY = "citystream-audience"
+"""Who may read a message the platform publishes (the plugin checks it on every delivery)."""
+PLUGIN_TOPIC = "$SYS/broker/citystream/plugin"
+"""Where the plugin publishes its counters every 2 s: while they arrive, audiences are enforced."""
+PLUGIN_SILENCE_S = 10.0
+"""How long after the plugin's last report restricted notifications are still published."""
+FORBIDDEN = Counter("citystream_mqtt_forbidden_creates", "MQTT creates refused by the bridge: the publisher "
+                    "may not create in the body's stream")
+
+
+@functools.lru_cache(maxsize=1024)
+def _publisher(stamp: str | None) -> Principal | None:
+    if stamp is None:
+        return None
+    try:
+        return from_description(stamp)
+    except ValueError:
+        return None
+
+
+class _PluginCounters:
+    """/metrics: the refusals the broker's plugin counted (its latest report; it counts from its start)."""
+
+    latest: dict[str, int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("citystream_mqtt_broker_refusals", "Refusals by the broker's plugin, by "
+                                     "what was refused (deliveries: notifications withheld from a subscriber)",
+                                     labels=["action"])
+        for action, key in (("connect", "connect_refused"), ("subscribe", "subscribe_refused"),
+                            ("publish", "publish_refused"), ("delivery", "delivery_withheld"),
+                            ("disconnect", "disconnected")):
+            family.add_metric([action], self.latest.get(key, 0))
+        yield family
+
+
+PLUGIN_COUNTERS = _PluginCounters()
+REGISTRY.register(PLUGIN_COUNTERS)
+
+
 MAX_REPLY_TOPIC_CHARS = 512
 
 
@@ -108,10 +157,10 @@ class Bridge:
         self.registry: SubscriptionRegistry = notifier.registry
         self.registry.ignored_clients.add(config.client_id)
         self.config = config
-        subscriptions = [(f, 0) for f in LOG_FILTERS]
+        subscriptions = [(f, 0) for f in (*LOG_FILTERS, PLUGIN_TOPIC)]
         if config.ingest:
             shared = f"$share/{config.shared_group}/" if config.shared_group else ""
-            subscriptions += [(shared + f, 1) for f in CREATE_FILTERS]
+            subscriptions += [(shared + f, 1) for f in INGEST_FILTERS]
         self.client = MqttClient(
             broker.host, broker.port, config.client_id, username=broker.username, password=broker.password,
             clean_start=not config.ingest, session_expiry=config.session_expiry_s if config.ingest else 0,
@@ -120,14 +169,16 @@ class Bridge:
         self._overflow: deque[Item] = deque()
         self._draining: asyncio.Task[None] | None = None
         self._acks: dict[int, list[int]] = {}
-        self._reports: list[tuple[Message, str]] = []
+        self._reports: list[tuple[Item, str]] = []
         self._flush_scheduled = False
         self._notify_task: asyncio.Task[None] | None = None
         self._dead_letters = _RateLimitedLog()
+        self._plugin_seen = -PLUGIN_SILENCE_S
 
     async def start(self) -> None:
         await self.client.start()
         self.notifier.publish = self._publish_notification
+        self.notifier.audiences_enforced = self.audiences_enforced
         self._notify_task = asyncio.create_task(self.notifier.run(), name="mqtt-notifier")
 
     async def stop(self) -> None:
@@ -149,10 +200,10 @@ class Bridge:
         """Every PUBLISH the broker sends us, straight from the socket."""
         topic = message.topic
         if topic.startswith("$SYS/"):
-            self.registry.handle_log(topic, message.payload)
-            self._ack_now(message)
-            return
-        if NOTIFICATION_PROPERTY in message.user_properties:
+            if topic == PLUGIN_TOPIC:
+                self._plugin_report(message.payload)
+            else:
+                self.registry.handle_log(topic, message.payload)
             self._ack_now(message)
             return
         if self._closing:
@@ -173,24 +224,32 @@ class Bridge:
         self.client.pause_reading(False)
 
     def _item(self, message: Message) -> Item:
+        """The create in `message`, which the broker's plugin moved to INGEST_PREFIX + the device's topic and
+        stamped with its publisher and client id (removing whatever the device sent under those names)."""
         payload = message.payload
-        origin = Origin(message.topic, payload, _user_property(message, "client_id") if message.properties else None)
+        topic = message.topic.removeprefix(INGEST_PREFIX)
+        origin = Origin(topic, payload, _user_property(message, CLIENT_PROPERTY))
         ticket = (self.client.generation, message.packet_id, message)
+        publisher = _publisher(_user_property(message, PRINCIPAL_PROPERTY))
         if message.unreadable is not None:
-            return Item(None, origin, message.unreadable, ticket=ticket)
+            return Item(None, origin, message.unreadable, ticket=ticket, publisher=publisher)
+        if publisher is None:
+            return Item(None, origin, "the message does not say who sent it (the broker's plugin stamps every "
+                                      "create it lets through)", ticket=ticket, status=403)
         if len(payload) > self.config.max_payload_bytes:
             return Item(None, origin, f"the payload of {len(payload)} bytes exceeds the limit of "
-                                      f"{self.config.max_payload_bytes} bytes", ticket=ticket)
+                                      f"{self.config.max_payload_bytes} bytes", ticket=ticket, publisher=publisher)
         try:
-            parents = create_target(message.topic)
+            parents = create_target(topic)
             body = parse_observation_json(payload)
             row = parse_observation(body, parents=parents, now=None, where="payload")
         except StaError as exc:
-            return Item(None, origin, exc.message, ticket=ticket)
+            return Item(None, origin, exc.message, ticket=ticket, publisher=publisher)
         except Exception as exc:  # a payload no check foresaw: dead-lettered alone, never a stuck session
-            self._dead_letters.warning("could not read an MQTT payload", exc_info=True, topic=message.topic)
-            return Item(None, origin, f"the payload could not be read ({type(exc).__name__})", ticket=ticket)
-        return Item(row, origin, ticket=ticket)
+            self._dead_letters.warning("could not read an MQTT payload", exc_info=True, topic=topic)
+            return Item(None, origin, f"the payload could not be read ({type(exc).__name__})", ticket=ticket,
+                        publisher=publisher)
+        return Item(row, origin, ticket=ticket, publisher=publisher)
 
     def _completed(self, item: Item) -> None:
         """After commit: report a rejection to the device, acknowledge the message."""
@@ -201,7 +260,9 @@ class Bridge:
             self._dead_letters.warning(
                 f"dead letter: {item.reason}", topic=message.topic, bytes=len(message.payload),
                 client_id=item.origin.client_id if item.origin else None, packet_id=packet_id)
-            self._reports.append((message, item.reason))
+            if item.status == 403:
+                FORBIDDEN.inc()
+            self._reports.append((item, item.reason))
         if packet_id:
             self._acks.setdefault(generation, []).append(packet_id)
         if not self._flush_scheduled:
@@ -217,8 +278,22 @@ class Bridge:
         reports, self._reports = self._reports, []
         for generation, packet_ids in acks.items():
             self.client.acknowledge(packet_ids, generation)
-        for message, reason in reports:
-            self._report(message, reason)
+        for item, reason in reports:
+            self._report(item, reason)
+
+    def _plugin_report(self, payload: bytes) -> None:
+        try:
+            report = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(report, dict) and report.get("audiences") is True:
+            self._plugin_seen = asyncio.get_running_loop().time()
+            PLUGIN_COUNTERS.latest = {k: v for k, v in report.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def audiences_enforced(self) -> bool:
+        """Whether the broker's plugin filters deliveries by audience (it reported within PLUGIN_SILENCE_S):
+        only then are notifications of restricted data published."""
+        return asyncio.get_running_loop().time() - self._plugin_seen < PLUGIN_SILENCE_S
 
     def _ack_now(self, message: Message) -> None:
         if message.packet_id:
@@ -226,16 +301,28 @@ class Bridge:
 
     # ---------------------------------------------------------------- out
 
-    def _report(self, message: Message, reason: str) -> None:
+    def _report(self, item: Item, reason: str) -> None:
         """Tell the device: on citystream/errors/<topic>, and on its MQTT 5 response topic if it gave one
-        there (see `reply_topic`)."""
+        there (see `reply_topic`); only the publisher (and whoever may read everything) may read them."""
+        _, _, message = item.ticket
+        topic = item.origin.topic if item.origin else message.topic
         excerpt = message.payload[:ERROR_EXCERPT_CHARS].decode("utf-8", "replace")
-        body = orjson.dumps({"code": 400, "type": "error", "message": reason, "topic": message.topic,
-                             "payload": excerpt})
-        self.client.publish(error_topic(message.topic), body)
+        body = orjson.dumps({"code": item.status, "type": "error", "message": reason, "topic": topic,
+                             "payload": excerpt, "client_id": item.origin.client_id if item.origin else None})
+        owner = item.publisher.auth_id if item.publisher is not None else None
+        audience = [(AUDIENCE_PROPERTY, f"r;o={owner}" if owner else "r")]
+        self.client.publish(error_topic(topic), body, user_properties=audience)
         response_topic = reply_topic(message.properties.get("response_topic"))
         if response_topic:
-            self.client.publish(response_topic, body, correlation_data=message.properties.get("correlation_data"))
+            self.client.publish(response_topic, body, user_properties=audience,
+                                correlation_data=message.properties.get("correlation_data"))
 
-    def _publish_notification(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, user_properties=[NOTIFICATION_PROPERTY])
+    def _publish_notification(self, topic: str, payload: bytes, audience: str | None = None) -> None:
+        # QoS 1: the broker delivers the lower of this and the subscription's QoS, and queues QoS 1 for
+        # offline persistent sessions. Never waits (wire.py: QoS 0 when the broker's window is full);
+        # without a connection the notification is dropped and counted.
+        properties = [NOTIFICATION_PROPERTY, (AUDIENCE_PROPERTY, audience)] if audience else [NOTIFICATION_PROPERTY]
+        if not self.client.publish(topic, payload, user_properties=properties, qos=1):
+            from mqtt_bridge.notifier import DROPPED  # only on this rare path
+
+            DROPPED.inc()

@@ -18,13 +18,16 @@ known until the client subscribes again; a persistent session (c0) keeps its top
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
 from paho.mqtt.client import topic_matches_sub
 
-from mqtt_bridge.topics import PREFIXES, collection_topic, split_select
+from mqtt_bridge.topics import PREFIXES, TopicQuery, collection_topic, split_query
 from sensorthings.model.errors import StaError
+
+log = logging.getLogger("citystream.notify")
 
 SUBSCRIBE_TOPIC = "$SYS/broker/log/M/subscribe"
 UNSUBSCRIBE_TOPIC = "$SYS/broker/log/M/unsubscribe"
@@ -32,21 +35,24 @@ NOTICE_TOPIC = "$SYS/broker/log/N"
 LOG_FILTERS = (SUBSCRIBE_TOPIC, UNSUBSCRIBE_TOPIC, NOTICE_TOPIC)
 
 _SUBSCRIBE = re.compile(r"^[^ ]+: (?P<client>.*?) (?P<qos>[012]) (?P<filter>.+)$", re.S)
-_UNSUBSCRIBE = re.compile(r"^[^ ]+: (?P<client>.*?) (?P<filter>[^ ]+)$", re.S)
+_UNSUBSCRIBE = re.compile(r"^[^ ]+: (?P<rest>.+)$", re.S)  # "<client id> <filter>": both may hold spaces
 _CONNECTED = re.compile(r"^[^ ]+: New client connected from .* as (?P<client>.*) \(p\d+, c(?P<clean>[01]),")
 _LEFT = re.compile(r"^[^ ]+: Client (?P<client>.*) (?:disconnected|closed its connection|has exceeded timeout)")
 
 
 @dataclass
 class SubscriptionRegistry:
-    """Topic filters with at least one subscriber, each with the `$select` texts asked for (None: the full
-    entity). `ignored_clients` are the platform's own connections."""
+    """Topic filters with at least one subscriber, each with the query options asked for on it (None: the
+    full entity; topics.TopicQuery: `$select`, `$filter`, `$expand`). `ignored_clients` are the platform's
+    own connections."""
 
     ignored_clients: set[str] = field(default_factory=set)
     _by_client: dict[str, set[str]] = field(default_factory=dict)
     _clean: set[str] = field(default_factory=set)
-    _exact: dict[str, set[str | None]] = field(default_factory=dict)
-    _wildcards: list[tuple[str, str | None]] = field(default_factory=list)
+    _exact: dict[str, set[TopicQuery | None]] = field(default_factory=dict)
+    _wildcards: list[tuple[str, TopicQuery | None]] = field(default_factory=list)
+    _parsed: dict[str, tuple[str, TopicQuery | None]] = field(default_factory=dict)
+    """Each filter held, split and parsed once (topics.split_query)."""
 
     @property
     def empty(self) -> bool:
@@ -57,7 +63,7 @@ class SubscriptionRegistry:
         if topic == SUBSCRIBE_TOPIC and (m := _SUBSCRIBE.match(text)):
             self.add(m["client"], m["filter"])
         elif topic == UNSUBSCRIBE_TOPIC and (m := _UNSUBSCRIBE.match(text)):
-            self.remove(m["client"], m["filter"])
+            self._unsubscribed(m["rest"])
         elif topic == NOTICE_TOPIC and (m := _CONNECTED.match(text)):
             if m["clean"] == "1":
                 self.drop_client(m["client"])  # a clean start discards the old session's subscriptions
@@ -69,16 +75,28 @@ class SubscriptionRegistry:
             self._clean.discard(m["client"])
 
     def add(self, client: str, topic_filter: str) -> None:
+        topic_filter = _unshared(topic_filter)
         if client in self.ignored_clients or not _concerns_sta(topic_filter):
             return
+        if topic_filter not in self._parsed:
+            self._parsed[topic_filter] = split_query(topic_filter)  # parses: _concerns_sta let only good ones in
         self._by_client.setdefault(client, set()).add(topic_filter)
         self._rebuild()
 
     def remove(self, client: str, topic_filter: str) -> None:
+        topic_filter = _unshared(topic_filter)
         filters = self._by_client.get(client)
         if filters and topic_filter in filters:
             filters.discard(topic_filter)
             self._rebuild()
+
+    def _unsubscribed(self, rest: str) -> None:
+        """`rest` is "<client id> <filter>", and a filter with a query may hold spaces (`?$filter=result gt
+        5`), as may a client id: the split is the one that names a filter the client holds."""
+        for n, char in enumerate(rest):
+            if char == " " and _unshared(rest[n + 1:]) in self._by_client.get(rest[:n], ()):
+                self.remove(rest[:n], rest[n + 1:])
+                return
 
     def drop_client(self, client: str) -> None:
         if self._by_client.pop(client, None):
@@ -94,38 +112,52 @@ class SubscriptionRegistry:
     def filters(self) -> list[str]:
         return sorted({f for filters in self._by_client.values() for f in filters})
 
-    def selects(self, topic: str) -> set[str | None]:
-        """For a concrete topic: the `$select` texts wanted on it (None = the full entity)."""
+    def queries(self, topic: str) -> set[TopicQuery | None]:
+        """For a concrete topic (no query): the query options wanted on it (None = the full entity; a
+        notification for a TopicQuery goes to `f"{topic}?{query.text}"`)."""
         wanted = set(self._exact.get(topic, ()))
-        for base, select in self._wildcards:
+        for base, query in self._wildcards:
             if topic_matches_sub(base, topic):
-                wanted.add(select)
+                wanted.add(query)
         return wanted
 
     def _rebuild(self) -> None:
-        exact: dict[str, set[str | None]] = {}
-        wildcards: set[tuple[str, str | None]] = set()
-        for filters in self._by_client.values():
-            for topic_filter in filters:
-                base, mark, select_text = topic_filter.partition("?$select=")
-                select = select_text if mark else None
-                if "+" in base or "#" in base:
-                    wildcards.add((base, select))
-                else:
-                    exact.setdefault(base, set()).add(select)
+        exact: dict[str, set[TopicQuery | None]] = {}
+        wildcards: set[tuple[str, TopicQuery | None]] = set()
+        held = {f for filters in self._by_client.values() for f in filters}
+        self._parsed = {f: parsed for f, parsed in self._parsed.items() if f in held}
+        for base, query in self._parsed.values():
+            if "+" in base or "#" in base:
+                wildcards.add((base, query))
+            else:
+                exact.setdefault(base, set()).add(query)
         self._exact, self._wildcards = exact, sorted(wildcards, key=str)
 
 
+def _unshared(topic_filter: str) -> str:
+    """The filter a shared subscription (`$share/<group>/<filter>`) stands for: its group gets the
+    notifications on it like any subscriber (the bridge's own group is one of `ignored_clients`)."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        if len(parts) == 3:
+            return parts[2]
+    return topic_filter
+
+
 def _concerns_sta(topic_filter: str) -> bool:
-    """Filters that can match a notification topic, with a `$select` that parses (others are ignored)."""
+    """Filters that can match a notification topic: with query options (topics.topic_query), only a
+    collection topic whose options parse (others are ignored, logged at debug)."""
     if topic_filter.startswith("$"):
-        return False  # $SYS, and $share groups (the bridge's own create subscriptions)
+        return False  # $SYS (shared subscriptions come here without their `$share/<group>/`)
     if not (topic_filter.startswith((*PREFIXES, "+/")) or topic_filter == "#"):
         return False
-    if "?$select=" in topic_filter:
+    if "?" in topic_filter:
         try:
-            base, _ = split_select(topic_filter)
-        except StaError:
+            base, _ = split_query(topic_filter)
+        except StaError as exc:
+            log.debug("subscription %r ignored: %s", topic_filter[:200], exc)
             return False
-        return "#" not in base and ("+" in base.rsplit("/", 1)[-1] or collection_topic(base))
+        if "#" in base or not ("+" in base.rsplit("/", 1)[-1] or collection_topic(base)):
+            log.debug("subscription %r ignored: query options apply to collection topics only", topic_filter[:200])
+            return False
     return True

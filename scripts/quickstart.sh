@@ -4,8 +4,9 @@
 #   bash scripts/quickstart.sh [--no-start] [citystream up flags...]
 #
 # Debian 12 / Ubuntu 24.04 (or newer): installs PostgreSQL >= 15 with the matching PostGIS 3, Mosquitto,
-# mosquitto-clients, GDAL, python3-venv, and a C compiler with the Mosquitto headers (gcc, libc6-dev,
-# mosquitto-dev, libmosquitto-dev: the embedded broker's plugin is compiled on its first start), and
+# mosquitto-clients, GDAL, python3-venv, and a C compiler with the headers of the broker plugin (gcc, libc6-dev,
+# mosquitto-dev, libmosquitto-dev, libcurl4-openssl-dev, libcjson-dev, uthash-dev: the embedded broker's
+# plugin is compiled on its first start), and
 # Node.js with npm when `node` or `npm` is missing (nodejs, npm: the test suite's JavaScript MQTT client)
 # with apt-get (as root, or through sudo). Without either it prints the exact apt-get line to run and exits
 # non-zero. Then creates .venv in the repository and installs CityStream with its test extras, and MQTT.js
@@ -57,10 +58,13 @@ python_ok() {
 }
 
 plugin_build_ok() {
-    # What citystream/mosquitto_plugin/citystream_auth.c needs: a C compiler, libc and Mosquitto headers.
+    # What citystream/mosquitto_plugin/citystream_auth.c needs: a C compiler, libc, the Mosquitto headers,
+    # libcurl (it asks the platform), cJSON (it reads the answers) and uthash (its tables).
     { command -v "${CC:-cc}" >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1; } \
         && [[ -f /usr/include/stdlib.h && -f /usr/include/mosquitto.h ]] \
-        && [[ -f /usr/include/mosquitto_broker.h && -f /usr/include/mosquitto_plugin.h ]]
+        && [[ -f /usr/include/mosquitto_broker.h && -f /usr/include/mosquitto_plugin.h ]] \
+        && [[ -f /usr/include/cjson/cJSON.h && -f /usr/include/uthash.h ]] \
+        && { [[ -f /usr/include/curl/curl.h ]] || compgen -G "/usr/include/*/curl/curl.h" >/dev/null; }
 }
 
 node_ok() {
@@ -109,7 +113,7 @@ with venv by hand, then run this script again"
         if ! [[ "$major" =~ ^[0-9]+$ ]]; then
             ((can_root)) || die "cannot tell which PostgreSQL this system offers; as root run: apt-get update && \
 apt-get install postgresql postgresql-15-postgis-3 mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev \
-gcc libc6-dev gdal-bin python3-venv nodejs npm"
+libcurl4-openssl-dev libcjson-dev uthash-dev gcc libc6-dev gdal-bin python3-venv nodejs npm"
             die "apt offers no 'postgresql' package; add a repository with PostgreSQL >= 15"
         fi
         ((major >= 15)) || die "this system's PostgreSQL is $major; CityStream needs >= 15 (Debian 12, \
@@ -117,7 +121,8 @@ Ubuntu 24.04, or the PostgreSQL project's apt repository)"
     fi
     # gcc only recommends libc6-dev, and --no-install-recommends is used: both are named.
     pkgs=(postgresql "postgresql-$major" "postgresql-$major-postgis-3" mosquitto mosquitto-clients mosquitto-dev
-        libmosquitto-dev gcc libc6-dev gdal-bin python3-venv python3-pip)
+        libmosquitto-dev libcurl4-openssl-dev libcjson-dev uthash-dev gcc libc6-dev gdal-bin python3-venv
+        python3-pip)
     # Only what is missing: a Node.js from elsewhere (NodeSource, nvm) brings its own npm, and Debian's npm
     # package would conflict with NodeSource's nodejs.
     command -v node >/dev/null 2>&1 || pkgs+=(nodejs)

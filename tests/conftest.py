@@ -56,10 +56,12 @@ def database_url(postgres_server: EmbeddedPostgres) -> str:
 
 
 @contextmanager
-def private_broker(prefix: str = "cs-mqtt-") -> Iterator[EmbeddedMosquitto]:
-    """The generated, secured broker on random ports, in a temp dir of its own."""
+def private_broker(prefix: str = "cs-mqtt-", decision_url: str | None = None) -> Iterator[EmbeddedMosquitto]:
+    """The generated, secured broker on random ports, in a temp dir of its own; its plugin asks the app at
+    `decision_url` (…/internal/mqtt) about API keys, users and tokens (None: only its accounts log in)."""
     root = make_service_dir(prefix)
-    broker = EmbeddedMosquitto(root / "mosquitto", find_free_port(), websocket_port=find_free_port())
+    broker = EmbeddedMosquitto(root / "mosquitto", find_free_port(), websocket_port=find_free_port(),
+                               decision_url=decision_url)
     broker.start()
     try:
         yield broker
@@ -68,11 +70,16 @@ def private_broker(prefix: str = "cs-mqtt-") -> Iterator[EmbeddedMosquitto]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+SESSION_HTTP_PORT = find_free_port()
+"""The port of the session's app (`server_url`), chosen first: the session broker's plugin asks it."""
+
+
 @pytest.fixture(scope="session")
 def mosquitto_server() -> Iterator[EmbeddedMosquitto]:
     """The generated, secured broker: connect as the platform with `platform_url`, as a sensor with
-    `sensor_username`/`sensor_password`; anonymous clients (`url`) may only read v1.1/#."""
-    with private_broker() as broker:
+    `sensor_username`/`sensor_password`, with an API key (id as user name, secret as password) once the
+    session app runs; anonymous clients (`url`) read public data."""
+    with private_broker(decision_url=f"http://127.0.0.1:{SESSION_HTTP_PORT}/internal/mqtt") as broker:
         yield broker
 
 
@@ -142,7 +149,7 @@ def running_app(settings: Settings, database_url: str) -> Iterator[str]:
 def server_url(database_url: str, mosquitto_server: EmbeddedMosquitto) -> Iterator[str]:
     """The real app on a random loopback port, with its MQTT bridge connected to the test broker."""
     settings = Settings(database_url=database_url, mqtt_url=mosquitto_server.platform_url, host="127.0.0.1",
-                        http_port=find_free_port())
+                        http_port=SESSION_HTTP_PORT)
     with running_app(settings, database_url) as url:
         yield url
 

@@ -65,25 +65,30 @@ class OidcVerifier:
         self.config = config
         self._jwks = jwt.PyJWKClient(config.jwks_url, cache_jwk_set=True, lifespan=300, timeout=10,
                                      cooldown_duration=10)
-        self._verified: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._verified: OrderedDict[bytes, tuple[float, Principal, float]] = OrderedDict()
         self._mapped = {**{role.value: role for role in ROLES}, **dict(config.role_map)}
 
     async def principal(self, token: str) -> Principal:
         """The principal a valid token names; Unauthorized (with the reason, RFC 6750 style) otherwise."""
+        return (await self.principal_until(token))[0]
+
+    async def principal_until(self, token: str) -> tuple[Principal, float]:
+        """The principal a valid token names and when the token expires (its `exp`, Unix seconds): the MQTT
+        broker disconnects a client when its token expires."""
         if len(token) > MAX_TOKEN:
             raise _invalid("the token is longer than the limit")
         remembered = hashlib.sha256(token.encode()).digest()
         hit = self._verified.get(remembered)
         if hit is not None and hit[0] > time.time():
-            return hit[1]
+            return hit[1], hit[2]
         claims = await asyncio.to_thread(self._verify, token)
         principal = Principal("oidc", str(claims.get("preferred_username") or claims["sub"]),
                               self._roles(claims), str(claims["sub"]), self._project_roles(claims))
         expires = float(claims["exp"])
-        self._verified[remembered] = (min(expires, time.time() + VERIFIED_TTL), principal)
+        self._verified[remembered] = (min(expires, time.time() + VERIFIED_TTL), principal, expires)
         while len(self._verified) > VERIFIED_MAX:
             self._verified.popitem(last=False)
-        return principal
+        return principal, expires
 
     def _verify(self, token: str) -> dict[str, Any]:
         import jwt

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import time
@@ -31,7 +32,7 @@ import psycopg
 
 from citystream.auth.credentials import VERIFIED_MAX, VERIFIED_TTL, check_password, secret_digest
 from citystream.pool import side_connection
-from sensorthings.model.access import ROLES, Principal, Role
+from sensorthings.model.access import ROLES, Principal, Role, describe
 
 log = logging.getLogger("citystream.auth")
 
@@ -52,6 +53,10 @@ class _Key:
 class _User:
     password_hash: str
     principal: Principal
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def _roles(names: list[str]) -> frozenset[Role]:
@@ -162,6 +167,28 @@ class CredentialStore:
         if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
             return None
         return key.principal
+
+    def revocation(self, principal: Principal) -> str | None:
+        """What identifies `principal`'s credential as it is now (`key:<id>:<fingerprint>`, `user:<name>:…`):
+        `valid` says whether it still is. The fingerprint covers the roles, Projects, expiry and a user's
+        password hash, so a changed credential counts as revoked (the MQTT broker asks every few seconds)."""
+        if principal.kind == "key" and (key := self._keys.get(principal.auth_id or "")) is not None:
+            return f"key:{principal.auth_id}:{_fingerprint(describe(key.principal), str(key.expires_at))}"
+        if principal.kind == "user" and (user := self._users.get(principal.name)) is not None:
+            return f"user:{principal.name}:{_fingerprint(describe(user.principal), user.password_hash)}"
+        return None
+
+    def valid(self, revocation: str) -> bool:
+        """Whether the credential `revocation` identifies is still there and unchanged (and a key unexpired)."""
+        kind, _, rest = revocation.partition(":")
+        name = rest.rpartition(":")[0]
+        if kind == "key" and (key := self._keys.get(name)) is not None:
+            if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
+                return False
+            return self.revocation(key.principal) == revocation
+        if kind == "user" and (user := self._users.get(name)) is not None:
+            return self.revocation(user.principal) == revocation
+        return False
 
     async def basic(self, name: str, password: str) -> Principal | None:
         """HTTP Basic: a user and its password, or an API key's id and secret."""

@@ -7,7 +7,7 @@ keeps its data between runs, and is stopped in order by its owner.
 Modules, each importing only those above it:
   processes         ports, accounts (running as root), stopping children and orphans, secret files, locks
   postgres          EmbeddedPostgres
-  mosquitto_config  mosquitto.conf, the ACL and the citystream_auth plugin build (deploy/mosquitto too)
+  mosquitto_config  mosquitto.conf and the citystream_auth plugin build (deploy/mosquitto too)
   mosquitto         EmbeddedMosquitto
 Import from `citystream.embedded`; the names below are its API.
 """
@@ -22,7 +22,6 @@ from citystream.embedded.mosquitto_config import (
     auth_plugin_library,
     compile_auth_plugin,
     render_deploy_mosquitto_files,
-    render_mosquitto_acl,
     render_mosquitto_conf,
     write_deploy_mosquitto_files,
 )
@@ -59,7 +58,6 @@ __all__ = [
     "find_pg_bindir",
     "port_is_free",
     "render_deploy_mosquitto_files",
-    "render_mosquitto_acl",
     "render_mosquitto_conf",
     "write_deploy_mosquitto_files",
 ]

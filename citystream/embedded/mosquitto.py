@@ -1,4 +1,4 @@
-"""`EmbeddedMosquitto`: a private Mosquitto broker with accounts, ACL and plugin in a data directory."""
+"""`EmbeddedMosquitto`: a private Mosquitto broker with its accounts and CityStream's plugin in a data directory."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from citystream.embedded.mosquitto_config import (
     _check_client_id,
     _check_password,
     auth_plugin_library,
-    render_mosquitto_acl,
+    check_anonymous_read,
+    check_sensor_username,
     render_mosquitto_conf,
 )
 from citystream.embedded.processes import (
@@ -63,27 +64,26 @@ def find_mosquitto_passwd() -> Path:
 
 
 class EmbeddedMosquitto(_Service):
-    """A private Mosquitto broker in `data_dir`, with accounts and an ACL, on `host:port` (+ websockets).
+    """A private Mosquitto broker in `data_dir`, with CityStream's plugin, on `host:port` (+ websockets).
 
     Listeners: MQTT on `host:port`, MQTT over WebSocket on `host:websocket_port` (when given); `citystream
     up` binds both to loopback unless --mqtt-host says otherwise, whatever --host is.
 
-    Accounts (the ACL is `render_mosquitto_acl`, the same text as deploy/mosquitto/acl):
-      - `citystream` (PLATFORM_MQTT_USER), the platform: readwrite `#`, read `$SYS/#`. Its password is
-        generated once and kept in `platform-password`; connect with `platform_url`.
-      - the sensor account (`sensor_username`, default `sensor`): write `v1.x/Observations` and
-        `v1.x/+/Observations` (each version served), read `v1.x/#` and `citystream/errors/#`. Its password
-        is the one given, or generated once and kept in `sensor-password`.
-      - anonymous clients: read `anonymous_read` (default `v1.0/# v1.1/#`) and nothing else; "" refuses them.
-    Only the platform account may connect with a client id starting with `bridge_client_id` (the bridge's,
-    default `citystream-bridge`, whose workers add `-w1`...) or subscribe in the bridge's shared subscription
-    group (`$share/citystream/...`): the citystream_auth plugin (AUTH_PLUGIN_SOURCE, compiled on first use and
-    cached, see `auth_plugin_library`) refuses the CONNECT ("not authorised") or the SUBSCRIBE (SUBACK failure).
-    Secrets are 0600 files owned by whoever runs citystream (the broker account cannot read them);
-    `mosquitto.conf`, `mosquitto.passwd` (hashes) and `mosquitto.acl` are rewritten on every start, 0600,
-    owned by the broker account. Changing a password: edit or delete its file (or the variable), restart.
+    Who may do what, the citystream_auth plugin decides (AUTH_PLUGIN_SOURCE, compiled on first use and cached,
+    see `auth_plugin_library`; docs/mqtt.md):
+      - `citystream` (PLATFORM_MQTT_USER), the platform: everything. Its password is generated once and kept
+        in `platform-password`; connect with `platform_url`.
+      - the shared device account (`sensor_username`, default `sensor`): creates Observations anywhere, reads
+        public data. Its password is the one given, or generated once and kept in `sensor-password`.
+      - API keys, users and OIDC tokens, as over HTTP: the plugin asks the platform at `decision_url`.
+      - anonymous clients: read public data on `anonymous_read` (default `v1.0/# v1.1/#`); "" refuses them.
+    Only the platform account may connect with a client id starting with `bridge_client_id` or subscribe in
+    the bridge's shared subscription group (`$share/citystream/...`).
+    Secrets are 0600 files owned by whoever runs citystream; `mosquitto.conf`, `mosquitto.passwd` (hashes)
+    and `decision-secret` (the platform password, for the plugin) are rewritten on every start, 0600, owned by
+    the broker account. Changing a password: edit or delete its file (or the variable), restart.
 
-    Layout of `data_dir`: `mosquitto.conf` (generated on every start), `mosquitto.passwd`, `mosquitto.acl`,
+    Layout of `data_dir`: `mosquitto.conf` (generated on every start), `mosquitto.passwd`, `decision-secret`,
     `citystream_auth.so` (the plugin, copied in on every start), `platform-password`, `sensor-password`,
     `mosquitto.log`, `mosquitto.db` (persistence), `mosquitto.pid`, `lock`.
 
@@ -96,7 +96,7 @@ class EmbeddedMosquitto(_Service):
 
       $SYS/broker/log/M/subscribe    "<ts>: <client id> <qos> <filter>"
           one message per filter of a SUBSCRIBE; <qos> is the requested maximum QoS 0|1|2 only (MQTT 5
-          options such as no-local are not shown). Logged for every filter, also those the ACL will never
+          options such as no-local are not shown). Logged for every filter, also those the plugin will never
           deliver anything on (read rules apply on delivery; the SUBACK grants the QoS).
       $SYS/broker/log/M/unsubscribe  "<ts>: <client id> <filter>"   one message per filter
       $SYS/broker/log/N   connect, TCP listener, two lines:
@@ -127,6 +127,7 @@ class EmbeddedMosquitto(_Service):
         sensor_password: str | None = None,
         anonymous_read: str = DEFAULT_ANONYMOUS_READ,
         bridge_client_id: str = identity.CLIENT_ID,
+        decision_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port
@@ -137,14 +138,19 @@ class EmbeddedMosquitto(_Service):
         if sensor_password is not None:
             _check_password(sensor_password, "CITYSTREAM_MQTT_SENSOR_PASSWORD")
         self._given_sensor_password = sensor_password
-        render_mosquitto_acl(sensor_username, anonymous_read)  # validate now, before anything starts
+        check_sensor_username(sensor_username)  # validate now, before anything starts
+        check_anonymous_read(anonymous_read)
         _check_client_id(bridge_client_id)
+        self.decision_url = decision_url
+        """Where the plugin asks the platform about logins and publishes (the API's /internal/mqtt); None:
+        only the platform, the sensor account and anonymous clients can connect."""
         self.bridge_client_id = bridge_client_id
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.log_path = self.data_dir / "mosquitto.log"
         self.password_file = self.data_dir / "mosquitto.passwd"
         """Mosquitto's password file (hashes); rewritten on every start."""
-        self.acl_path = self.data_dir / "mosquitto.acl"
+        self.decision_secret_path = self.data_dir / "decision-secret"
+        """The platform password again, readable by the broker account: the plugin's secret for the platform."""
         self.plugin_path = self.data_dir / "citystream_auth.so"
         """The compiled citystream_auth plugin the broker loads; copied from the cache on every start."""
         self.platform_password_file = self.data_dir / "platform-password"
@@ -222,9 +228,7 @@ class EmbeddedMosquitto(_Service):
             if self._given_sensor_password is None:
                 self._sensor_password = _read_or_create_secret(self.sensor_password_file, "MQTT sensor password")
             self._write_password_file(passwd_binary)
-            _private_file(
-                self.acl_path, render_mosquitto_acl(self.sensor_username, self.anonymous_read).encode(), self._account
-            )
+            _private_file(self.decision_secret_path, f"{self.platform_password}\n".encode(), self._account)
             _private_file(self.plugin_path, plugin, self._account)  # the broker loads it as its own account
             self._write_config()
             # O_NOFOLLOW: as root, do not append to whatever a link planted by the broker account points to
@@ -294,13 +298,15 @@ class EmbeddedMosquitto(_Service):
             websocket_port=self.websocket_port,
             persistence_location=f"{self.data_dir}/",
             password_file=str(self.password_file),
-            acl_file=str(self.acl_path),
             log_file=str(self.log_path),
             run_as=run_as,
-            anonymous=bool(self.anonymous_read),
             header="generated by citystream on every start; edits are overwritten",
             auth_plugin=str(self.plugin_path),
             bridge_client_id=self.bridge_client_id,
+            sensor_username=self.sensor_username,
+            anonymous_read=self.anonymous_read,
+            decision_url=self.decision_url,
+            decision_secret_file=str(self.decision_secret_path),
         )
         _private_file(self.conf_path, text.encode(), self._account)
 

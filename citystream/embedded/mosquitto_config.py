@@ -1,8 +1,9 @@
-"""What CityStream's Mosquitto runs with: mosquitto.conf, the ACL and the citystream_auth plugin.
+"""What CityStream's Mosquitto runs with: mosquitto.conf and the citystream_auth plugin, which decides every
+login, publish, subscription and delivery (there is no ACL file).
 
-Renders the config and ACL (for the embedded broker and, with the defaults, deploy/mosquitto for
-docker-compose), validates account names, passwords, topic filters and the bridge's client id, and compiles
-the auth plugin (cached per source, flags and broker binary). Starts nothing.
+Renders the config (for the embedded broker and, with the defaults, deploy/mosquitto for docker-compose),
+validates account names, passwords, topic filters and the bridge's client id, and compiles the plugin
+(cached per source, flags and broker binary). Starts nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from citystream.embedded.processes import EmbeddedServiceError
 from mqtt_bridge import identity
-from mqtt_bridge.topics import CREATE_FILTERS
+from mqtt_bridge.topics import CREATE_FILTERS, ERROR_PREFIX, INGEST_PREFIX
 from sensorthings.model import VERSIONS
 
 PLATFORM_MQTT_USER = "citystream"
@@ -32,9 +33,11 @@ STA_TOPIC_TREES = tuple(f"{version}/#" for version in VERSIONS)
 """The STA topics of every version served (`v1.0/#`, `v1.1/#`)."""
 DEFAULT_ANONYMOUS_READ = " ".join(STA_TOPIC_TREES)
 """What anonymous clients may read: topic filters separated by single spaces."""
+READABLE = " ".join([*STA_TOPIC_TREES, f"{ERROR_PREFIX}#"])
+"""What clients may read at all (each delivery is then checked against its audience)."""
 
 DEPLOY_MOSQUITTO_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
-"""deploy/mosquitto in a source checkout: the docker-compose copies of the generated config and ACL."""
+"""deploy/mosquitto in a source checkout: the docker-compose copy of the generated config."""
 
 
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
@@ -43,24 +46,29 @@ _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 # ------------------------------------------------------------------------------ the broker plugin
 
 AUTH_PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "mosquitto_plugin" / "citystream_auth.c"
-"""CityStream's Mosquitto plugin: only the platform account may use the bridge's client ids and shared
-subscription group, which the password file and the ACL file cannot express (the header comment says why)."""
-AUTH_PLUGIN_PACKAGES = "gcc libc6-dev mosquitto-dev libmosquitto-dev"
+"""CityStream's Mosquitto plugin: logins, publishes and deliveries decided by the platform's rules, creates
+moved to the bridge's internal topics (the header comment says why)."""
+AUTH_PLUGIN_PACKAGES = "gcc libc6-dev mosquitto-dev libmosquitto-dev libcurl4-openssl-dev libcjson-dev uthash-dev"
 """The Debian/Ubuntu packages building the plugin needs (scripts/quickstart.sh installs them)."""
 DEPLOY_AUTH_PLUGIN_PATH = "/usr/local/lib/citystream/citystream_auth.so"
 """Where deploy/mosquitto/Dockerfile installs the plugin for docker-compose."""
 
 _PLUGIN_CFLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra")
+_PLUGIN_LIBS = ("-lcurl", "-lcjson")
+"""libcurl asks the platform, cJSON reads its answers (the broker's own functions need no linking)."""
 _HEADER_PACKAGES = {"mosquitto_broker.h": "mosquitto-dev", "mosquitto_plugin.h": "mosquitto-dev",
-                    "mosquitto.h": "libmosquitto-dev"}
+                    "mosquitto.h": "libmosquitto-dev", "mqtt_protocol.h": "libmosquitto-dev",
+                    "curl.h": "libcurl4-openssl-dev", "cJSON.h": "libcjson-dev", "uthash.h": "uthash-dev"}
+_MISSING_LIBRARY = re.compile(r"cannot find -l(curl|cjson)\b")
+_LIBRARY_PACKAGES = {"curl": "libcurl4-openssl-dev", "cjson": "libcjson-dev"}
 _MISSING_HEADER = re.compile(r"fatal error: '?([\w./+-]+\.h)'?(?::| file not found)")
 _MISSING_LIBC = re.compile(r"cannot find (?:crt\w*\.o|-lc\b)")
 
 
 def _plugin_error(reason: str) -> EmbeddedServiceError:
     return EmbeddedServiceError(
-        "cannot build CityStream's Mosquitto plugin citystream_auth (it keeps the bridge's client id and shared "
-        f"subscription to the platform account): {reason}"
+        "cannot build CityStream's Mosquitto plugin citystream_auth (it decides who may log in, publish and "
+        f"read on the broker): {reason}"
     )
 
 
@@ -73,7 +81,7 @@ def compile_auth_plugin(output: Path, *, cc: str | None = None, extra_flags: tup
     compiler = shlex.split(cc if cc is not None else os.environ.get("CC") or "cc")
     if not compiler:
         raise _plugin_error("CC is empty")
-    argv = [*compiler, *_PLUGIN_CFLAGS, *extra_flags, "-o", str(output), str(AUTH_PLUGIN_SOURCE)]
+    argv = [*compiler, *_PLUGIN_CFLAGS, *extra_flags, "-o", str(output), str(AUTH_PLUGIN_SOURCE), *_PLUGIN_LIBS]
     install = f"Debian/Ubuntu: `apt-get install {AUTH_PLUGIN_PACKAGES}`"
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -86,6 +94,9 @@ def compile_auth_plugin(output: Path, *, cc: str | None = None, extra_flags: tup
     if header := _MISSING_HEADER.search(result.stderr):
         package = _HEADER_PACKAGES.get(os.path.basename(header.group(1)), "libc6-dev")
         raise _plugin_error(f"the C header {header.group(1)} is missing: install {package} ({install})")
+    if library := _MISSING_LIBRARY.search(result.stderr):
+        package = _LIBRARY_PACKAGES[library.group(1)]
+        raise _plugin_error(f"the library lib{library.group(1)} is missing: install {package} ({install})")
     if _MISSING_LIBC.search(result.stderr):
         raise _plugin_error(f"the C library's development files are missing: install libc6-dev ({install})")
     detail = "\n".join(result.stderr.strip().splitlines()[-15:])
@@ -121,7 +132,8 @@ def auth_plugin_library(broker: Path, cache_dir: Path | None = None) -> bytes:
     except OSError as exc:
         raise _plugin_error(f"its source {AUTH_PLUGIN_SOURCE} cannot be read ({exc}); reinstall CityStream") from exc
     info = os.stat(broker)
-    key.update("\0".join([*_PLUGIN_CFLAGS, platform.machine(), str(info.st_size), str(info.st_mtime_ns)]).encode())
+    key.update("\0".join([*_PLUGIN_CFLAGS, *_PLUGIN_LIBS, platform.machine(), str(info.st_size),
+                          str(info.st_mtime_ns)]).encode())
     cached = cache / f"citystream_auth-{key.hexdigest()[:16]}.so"
     with contextlib.suppress(OSError):
         if _only_ours(cache) and _only_ours(cached):
@@ -173,53 +185,19 @@ def _check_password(password: str, what: str) -> None:
         raise EmbeddedServiceError(f"{what} must be non-empty and on one line")
 
 
-def render_mosquitto_acl(
-    sensor_username: str = DEFAULT_SENSOR_USER, anonymous_read: str = DEFAULT_ANONYMOUS_READ
-) -> str:
-    """The ACL file: the one definition of who may read and write which topics.
-
-    Used for the embedded broker and, rendered with the defaults, kept in deploy/mosquitto/acl for
-    docker-compose (a test compares the two). `anonymous_read` "" leaves anonymous clients no access;
-    the config then refuses them altogether (`allow_anonymous false`).
-    """
+def check_sensor_username(sensor_username: str) -> None:
+    """The shared device account's name: one plain word (it goes into the config and, unescaped, into the
+    principal the plugin stamps on its messages), never the platform's."""
     if not _USERNAME.fullmatch(sensor_username) or sensor_username == PLATFORM_MQTT_USER:
         raise EmbeddedServiceError(
             f"MQTT sensor user name {sensor_username!r} must be letters, digits, . _ @ - and not "
             f"{PLATFORM_MQTT_USER!r} (CITYSTREAM_MQTT_SENSOR_USER)"
         )
+
+
+def check_anonymous_read(anonymous_read: str) -> None:
     for topic_filter in anonymous_read.split(" ") if anonymous_read else ():
         _check_topic_filter(topic_filter, "CITYSTREAM_MQTT_ANONYMOUS_READ")
-    lines = [
-        "# Mosquitto ACL of CityStream, rendered by citystream.embedded.render_mosquitto_acl: change it there",
-        "# (tests/unit/test_broker_config_rendering.py checks that deploy/mosquitto/acl is up to date).",
-        "# Nothing is allowed that no line below grants. Read rules apply on delivery: a subscription to a",
-        "# topic filter is always granted, but only messages the subscriber may read reach it.",
-        "",
-    ]
-    if anonymous_read:
-        lines += [
-            "# Anonymous clients (no user name): read only.",
-            *(f"topic read {topic_filter}" for topic_filter in anonymous_read.split(" ")),
-        ]
-    else:
-        lines += ["# Anonymous clients are refused (allow_anonymous false), so there is no rule for them."]
-    lines += [
-        "",
-        "# The platform (MQTT bridge, STA notifications): everything, and the broker's $SYS tree, where",
-        "# $SYS/broker/log/M/subscribe and .../unsubscribe tell it which topics clients subscribe to.",
-        f"user {PLATFORM_MQTT_USER}",
-        "topic readwrite #",
-        "topic read $SYS/#",
-        "",
-        "# Sensors: create Observations under every STA version (v1.1/+/Observations covers",
-        "# Datastreams(id)/Observations and FeaturesOfInterest(id)/Observations), read the STA topics and the",
-        "# bridge's error reports, which it publishes under citystream/errors/<the topic the bad message was sent to>.",
-        f"user {sensor_username}",
-        *(f"topic write {topic_filter}" for topic_filter in CREATE_FILTERS),
-        *(f"topic read {tree}" for tree in STA_TOPIC_TREES),
-        "topic read citystream/errors/#",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def _websocket_bind(host: str) -> tuple[str, str]:
@@ -246,46 +224,65 @@ def render_mosquitto_conf(
     websocket_port: int | None,
     persistence_location: str,
     password_file: str,
-    acl_file: str,
     log_file: str | None,
     run_as: str,
-    anonymous: bool,
     header: str,
     auth_plugin: str,
     bridge_client_id: str = identity.CLIENT_ID,
+    sensor_username: str | None = DEFAULT_SENSOR_USER,
+    anonymous_read: str = DEFAULT_ANONYMOUS_READ,
+    decision_url: str | None = None,
+    decision_secret_file: str | None = None,
 ) -> str:
     """mosquitto.conf for CityStream's broker (embedded, and deploy/mosquitto/mosquitto.conf for compose).
 
-    `log_file` None logs to stdout (containers). `anonymous`: allow clients without a user name (the ACL
-    then lets them read only). `auth_plugin`: path of the compiled citystream_auth plugin, which reserves
-    `bridge_client_id` (as a prefix) and the bridge's shared subscription group to the platform account.
+    `log_file` None logs to stdout (containers). `auth_plugin`: path of the compiled citystream_auth plugin,
+    which decides every login, publish, subscription and delivery: the platform's account and the shared
+    device account `sensor_username` (None: none) are checked against `password_file`; everyone else is
+    asked of the platform at `decision_url` (None: nobody else can log in), authenticating with the secret
+    in `decision_secret_file`; anonymous clients may read `anonymous_read` ("" refuses them).
     """
     _check_client_id(bridge_client_id)
+    if sensor_username is not None:
+        check_sensor_username(sensor_username)
+    check_anonymous_read(anonymous_read)
+    if decision_url is not None and (any(ch.isspace() for ch in decision_url) or not decision_secret_file):
+        raise EmbeddedServiceError(f"the broker's decision URL {decision_url!r} must be one word, with a secret file")
     lines = [
         *(f"# {line}" if line else "#" for line in header.splitlines()),
         f"user {run_as}",
-        "# Accounts, ACL and the anonymous switch apply to every listener alike.",
+        "# Accounts and the plugin apply to every listener alike.",
         "per_listener_settings false",
         "",
-        "# -- authentication and access control",
-        "# Accounts (the platform and the sensors), hashed with mosquitto_passwd.",
+        "# -- authentication and access control: CityStream's plugin decides everything",
+        "# (citystream/mosquitto_plugin/citystream_auth.c; docs/mqtt.md, 'Who may do what over MQTT').",
+        "# - Logins: the platform's account" + (" and the shared device account" if sensor_username else "")
+        + " by the password file below;",
+        "#   anyone else (API keys, users, OIDC tokens) by asking the platform at decision_url, cached.",
+        "# - Publishing: only Observation creates where the platform says the principal may create; they are",
+        f"#   moved to {INGEST_PREFIX}<topic>, which only the platform reads, with the publisher stamped on them.",
+        "# - Reading: the STA topics and error reports, each notification only by whom its audience allows.",
+        "# - Only the platform may use the bridge's client ids (bridge_client_id, and -w1, -w2, ...) and its",
+        "#   shared subscription group ($share/<bridge_group>/...).",
         f"password_file {password_file}",
-        "# Who may read/write which topic (rendered by citystream.embedded.render_mosquitto_acl).",
-        f"acl_file {acl_file}",
-        "# Clients without a user name: " + ("read only, as the ACL says." if anonymous else "refused."),
-        f"allow_anonymous {'true' if anonymous else 'false'}",
-        "# CityStream's plugin (citystream/mosquitto_plugin/citystream_auth.c). Mosquitto asks it first, before",
-        "# the password file and the ACL, about every CONNECT and SUBSCRIBE; it refuses what those two cannot",
-        "# express and leaves everything else to them. Only the platform account may",
-        "# - connect with a client id starting with the bridge's (bridge_client_id; workers add -w1, -w2, ...):",
-        "#   anyone else would take over the bridge's persistent session, and its queued messages;",
-        "# - subscribe in the bridge's shared subscription group ($share/<bridge_group>/...): anyone else would",
-        "#   be handed part of the sensors' Observations, which would then never be stored. (The ACL file",
-        "#   never checks subscriptions.) Other groups stay open: their members get their own copy.",
+        "# Clients without a user name: " + ("the plugin lets them read public data." if anonymous_read
+                                              else "refused."),
+        f"allow_anonymous {'true' if anonymous_read else 'false'}",
         f"plugin {auth_plugin}",
         f"plugin_opt_platform_user {PLATFORM_MQTT_USER}",
         f"plugin_opt_bridge_client_id {bridge_client_id}",
         f"plugin_opt_bridge_group {identity.SHARED_GROUP}",
+        f"plugin_opt_ingest_prefix {INGEST_PREFIX}",
+        f"plugin_opt_readable {READABLE}",
+        *([f"plugin_opt_anonymous_read {anonymous_read}"] if anonymous_read else []),
+        *([f"plugin_opt_account_user {sensor_username}", f"plugin_opt_account_write {' '.join(CREATE_FILTERS)}"]
+          if sensor_username else []),
+        *([f"plugin_opt_decision_url {decision_url}", f"plugin_opt_decision_secret_file {decision_secret_file}"]
+          if decision_url else []),
+        "# Decisions are reused for 10 s; connected credentials are revalidated every 2 s.",
+        "plugin_opt_cache_seconds 10",
+        "plugin_opt_revalidate_seconds 2",
+        "plugin_opt_timeout_ms 2000",
         "",
         "# -- persistence: sessions, subscriptions and queued QoS 1/2 messages survive a broker restart",
         "persistence true",
@@ -350,11 +347,15 @@ def render_mosquitto_conf(
     return "\n".join(lines) + "\n"
 
 
-def render_deploy_mosquitto_files() -> dict[str, str]:
-    """deploy/mosquitto/{mosquitto.conf,acl} for docker-compose (deploy/mosquitto/Dockerfile), from the same code.
+DEPLOY_DECISION_URL = "http://app:8080/internal/mqtt"
+"""Where Compose's broker asks the platform (the `app` service)."""
 
-    The password file is created when the container starts (deploy/mosquitto/entrypoint.sh) from
-    CITYSTREAM_MQTT_PLATFORM_PASSWORD and CITYSTREAM_MQTT_SENSOR_PASSWORD.
+
+def render_deploy_mosquitto_files() -> dict[str, str]:
+    """deploy/mosquitto/mosquitto.conf for docker-compose (deploy/mosquitto/Dockerfile), from the same code.
+
+    The password file and the decision secret are created when the container starts
+    (deploy/mosquitto/entrypoint.sh) from CITYSTREAM_MQTT_PLATFORM_PASSWORD and CITYSTREAM_MQTT_SENSOR_PASSWORD.
     """
     conf = render_mosquitto_conf(
         host="0.0.0.0",
@@ -362,23 +363,23 @@ def render_deploy_mosquitto_files() -> dict[str, str]:
         websocket_port=9001,
         persistence_location="/mosquitto/data/",
         password_file="/mosquitto/auth/passwd",
-        acl_file="/mosquitto/config/acl",
         log_file=None,
         run_as="mosquitto",
-        anonymous=True,
         header=(
             "Mosquitto for docker-compose.yml (the image deploy/mosquitto/Dockerfile builds, which has the\n"
             "plugin), rendered by citystream.embedded.render_deploy_mosquitto_files();\n"
             "tests/unit/test_broker_config_rendering.py checks that this file is up to date. The password file\n"
-            "is created at container start by entrypoint.sh. The ports are published on 127.0.0.1 only (see\n"
-            "docker-compose.yml)."
+            "and the decision secret are created at container start by entrypoint.sh. The ports are published\n"
+            "on 127.0.0.1 only (see docker-compose.yml)."
         ),
         auth_plugin=DEPLOY_AUTH_PLUGIN_PATH,
+        decision_url=DEPLOY_DECISION_URL,
+        decision_secret_file="/mosquitto/auth/decision-secret",
     )
-    return {"mosquitto.conf": conf, "acl": render_mosquitto_acl()}
+    return {"mosquitto.conf": conf}
 
 
 def write_deploy_mosquitto_files(directory: Path = DEPLOY_MOSQUITTO_DIR) -> None:
-    """Regenerate deploy/mosquitto/{mosquitto.conf,acl} after changing the rendering code."""
+    """Regenerate deploy/mosquitto/mosquitto.conf after changing the rendering code."""
     for name, text in render_deploy_mosquitto_files().items():
         (directory / name).write_text(text)

@@ -5,11 +5,14 @@ a code path that forgets to authenticate gets the least, never the most."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+
+import orjson
 
 from sensorthings.model.errors import StaError
 
@@ -76,6 +79,32 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", "anonymous")
+
+
+def describe(principal: Principal) -> str:
+    """The principal as compact JSON, which the broker stamps on an MQTT create so that the bridge knows its
+    publisher (citystream/mosquitto_plugin): `from_description` reads it back."""
+    return orjson.dumps({
+        "kind": principal.kind, "name": principal.name, "roles": sorted(principal.roles),
+        "auth_id": principal.auth_id,
+        "project_roles": {str(p): sorted(r) for p, r in sorted(principal.project_roles.items())},
+    }).decode()
+
+
+@functools.lru_cache(maxsize=1024)
+def from_description(text: str) -> Principal:
+    """The principal `describe` wrote (ValueError for anything else). Unknown role names grant nothing."""
+    try:
+        data = orjson.loads(text)
+        kind, name = str(data["kind"]), str(data["name"])
+        roles = frozenset(Role(r) for r in data.get("roles") or () if r in ROLES)
+        auth_id = data.get("auth_id")
+        projects = {int(p): frozenset(Role(r) for r in held if r in ROLES)
+                    for p, held in (data.get("project_roles") or {}).items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"not a principal description: {text[:100]!r}") from exc
+    return Principal(kind, name, roles, str(auth_id) if auth_id is not None else None,
+                     MappingProxyType(projects) if projects else _NO_PROJECTS)
 
 CURRENT: ContextVar[Principal] = ContextVar("citystream_principal", default=ANONYMOUS)
 """The principal of the request being served (set by the platform's authentication middleware)."""

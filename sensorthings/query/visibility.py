@@ -30,6 +30,8 @@ READ_PROJECTS = "sta_read_projects"
 """The bind parameter with the ids of the Projects the principal may read (bigint[])."""
 AUTH_ID = "sta_auth_id"
 """The bind parameter with the principal's auth id (text or NULL): a Party whose authId it is owns data."""
+AUDIENCE_PROPERTY = "citystream-audience"
+"""The MQTT 5 user property naming who may receive a notification (its value: `audience`)."""
 _PARTY = ENTITIES["Party"]
 T = TypeVar("T")
 
@@ -150,6 +152,47 @@ def visible_row(entity: Entity, alias: sql.Identifier) -> sql.Composable:
     if party is not None:
         parts.append(_owned(_column(alias, party.column)))
     return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+
+
+def audience(entity: Entity, alias: sql.Identifier) -> sql.Composable:
+    """Who may read row `alias` of `entity`, as text (the value of the MQTT user property AUDIENCE_PROPERTY
+    on a notification about it), or NULL when the row is public or `entity` is never restricted. Grammar:
+
+        audience = "r" [ ";p=" project-id ] [ ";o=" owner ]
+
+    `r` says the row is restricted; `p` is the id of the Project it belongs to (a Project: its own id; a
+    stream: its Project, if it has one); `o` is the authId of the Party that owns it (a stream's Party,
+    when that Party has an authId). The owner comes last and runs to the end of the text: an authId is
+    free text and may itself hold `;` or `=`. A principal may read the row if it holds read everywhere,
+    or read for Project `p`, or its auth id equals `o`: the rule of `visible_row`, from the same columns.
+    Examples: `r` (only read everywhere), `r;p=7`, `r;p=7;o=key123`, `r;o=alice`.
+
+    An entity that inherits its visibility (an Observation: `restricting_relations`) has its stream's
+    audience; it belongs to exactly one stream (Entity.exactly_one_of), so at most one is not NULL."""
+    if own_visibility(entity):
+        return sql.SQL("(CASE WHEN {} THEN {} END)").format(_restricted(entity, alias), _audience_text(entity, alias))
+    s = sql.Identifier("aud_s")
+    inherited = [sql.SQL("(SELECT {} FROM {} aud_s WHERE aud_s.id = {} AND {})").format(  # the partial index
+        _audience_text(stream, s), sql.Identifier(stream.table), _column(alias, relation.column),
+        _restricted(stream, s))
+        for relation in map(entity.relation, restricting_relations(entity)) for stream in [relation.target_entity]]
+    if not inherited:
+        return sql.SQL("NULL::text")
+    return inherited[0] if len(inherited) == 1 else sql.SQL("coalesce({})").format(sql.SQL(", ").join(inherited))
+
+
+def _audience_text(entity: Entity, alias: sql.Identifier) -> sql.Composable:
+    """`audience` of a restricted row of an entity with a `visibility` field, from the columns `visible_row`
+    reads."""
+    project, party = entity.link_to("Project"), entity.link_to("Party")
+    parts: list[sql.Composable] = [sql.Literal("r")]
+    parts.append(sql.SQL("coalesce(';p=' || {}::text, '')").format(
+        _column(alias, project.column if project is not None else "id")))
+    if party is not None:
+        parts.append(sql.SQL("coalesce((SELECT ';o=' || aud_o.{} FROM {} aud_o WHERE aud_o.id = {}), '')").format(
+            sql.Identifier(_PARTY.fields_by_name["authId"].column), sql.Identifier(_PARTY.table),
+            _column(alias, party.column)))
+    return sql.SQL(" || ").join(parts)
 
 
 def _not_in_hidden_stream(stream: Entity, column: sql.Composable) -> sql.Composable:

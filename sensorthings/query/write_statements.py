@@ -14,13 +14,14 @@ from sensorthings.model import LATEST, observation_ids
 from sensorthings.model.access import ANONYMOUS
 from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.model.results import STREAMS
-from sensorthings.query import visibility
+from sensorthings.query import odata, visibility
 from sensorthings.query.addressed import matching_rows, parent_exists
 from sensorthings.query.compiled import Compiled
-from sensorthings.query.entity_json import entity_json
+from sensorthings.query.entity_json import Limits, entity_json
+from sensorthings.query.expressions import ExpressionCompiler
 from sensorthings.query.options import QueryOptions
 from sensorthings.query.path import ResourcePath
-from sensorthings.query.sql import SqlBuilder, qualified, step_conditions
+from sensorthings.query.sql import SqlBuilder, qualified, relation_join, step_conditions
 from sensorthings.query.visibility import View
 
 _OBSERVATION = ENTITIES["Observation"]
@@ -44,6 +45,8 @@ class RemovedFromStream(NamedTuple):
     result_end: datetime | None
     feature_ids: list[int]
 
+
+_DEFAULT_LIMITS = Limits()  # frozen: the limits of REST reads by default (compile_changed's expansions)
 
 _REMOVED_KEYS = ("start", "end", "resultStart", "resultEnd", "features")
 """The keys of the objects of `removed_streams`, besides the stream's relation name."""
@@ -161,21 +164,33 @@ def notified_relations(entity: Entity) -> list[Relation]:
 
 
 def compile_changed(entity: Entity, ids: list[int], base_url: str, select: tuple[str, ...] = (),
-                    version: str = LATEST) -> Compiled:
-    """For each of `ids`: the id, the ids of related entities per `notified_relations` (one array each) and
-    the entity's JSON exactly as GET of `version` renders it (with `select` as `$select`), for MQTT
-    notifications. From a statement compiled once per entity, base URL, select and version: the notifier runs
-    it for every batch. Only public entities are returned: MQTT topics are read by anyone the broker lets
-    subscribe, so restricted data is not published (query.visibility)."""
-    template, ids_name = _changed_template(entity, base_url, select, version)
-    return Compiled(template.statement, {**template.params, ids_name: ids, **visibility.params(ANONYMOUS)},
-                    rendered=template.rendered)
+                    version: str = LATEST, *, filter: str | None = None, expand: str | None = None,
+                    limits: Limits = _DEFAULT_LIMITS) -> Compiled:
+    """For each of `ids`: the id, the ids of related entities per `notified_relations` (one array each), the
+    row's audience (`visibility.audience`: NULL when it is public) and the entity's JSON exactly as GET of
+    `version` renders it (with `select` as `$select`), for MQTT notifications. Every row comes back,
+    restricted ones too: the notifier publishes a row with an audience only to a broker that delivers it
+    to that audience alone. From a statement compiled once per entity, base URL, select and version (and
+    filter and expand): the notifier runs it for every batch.
+
+    `filter` and `expand` (the texts of `$filter` and `$expand`, parsed by query.odata; `expand` within
+    `limits`) make it the element of GET of a collection with those options: only the rows that pass the
+    filter, rendered with the expansions. Such a statement is compiled for the public (VISIBLE, bound to
+    ANONYMOUS), and its audience column is NULL: a filter or an expansion across relations reads related
+    rows, which could be restricted even where the row itself is public, so no audience of the row could say
+    who may learn what it reveals. Raises StaError for options that GET would reject."""
+    template, ids_name = _changed_template(entity, base_url, select, version, filter, expand, limits)
+    params = {**template.params, ids_name: ids}
+    if filter is not None or expand is not None:
+        params.update(visibility.params(ANONYMOUS))
+    return Compiled(template.statement, params, rendered=template.rendered)
 
 
 @functools.lru_cache(maxsize=256)
-def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...], version: str
-                      ) -> tuple[Compiled, str]:
-    b = SqlBuilder(base_url, version, view=View.VISIBLE)
+def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...], version: str, filter_text: str | None,
+                      expand_text: str | None, limits: Limits) -> tuple[Compiled, str]:
+    public = filter_text is not None or expand_text is not None
+    b = SqlBuilder(base_url, version, view=View.VISIBLE if public else View.ALL)
     e = b.alias()
     related: list[sql.Composable] = []
     for relation in notified_relations(entity):
@@ -185,10 +200,17 @@ def _changed_template(entity: Entity, base_url: str, select: tuple[str, ...], ve
             related.append(sql.SQL("ARRAY(SELECT l.{} FROM {} l WHERE l.{} = {})").format(
                 sql.Identifier(relation.link_target_column), sql.Identifier(relation.link_table),
                 sql.Identifier(relation.link_source_column), qualified(e, "id")))
-    rendered = entity_json(entity, e, b, select)
+    expand: tuple[odata.ExpandItem, ...] = odata.parse("expand", expand_text) if expand_text is not None else ()
+    rendered = entity_json(entity, e, b, select, expand, limits)
+    condition: sql.Composable = sql.SQL("")
+    if filter_text is not None:
+        condition = sql.SQL(" AND {}").format(
+            ExpressionCompiler(b, entity, e, relation_join).predicate(odata.parse("filter", filter_text)))
+    audience = sql.SQL("NULL::text") if public else visibility.audience(entity, e)
     ids_name = f"p{len(b.params)}"  # the name b.param gives the next one
-    statement = sql.SQL("SELECT {id}, {related} {json}::text FROM {table} {e} WHERE {id} = ANY({ids})").format(
+    statement = sql.SQL("SELECT {id}, {related} {audience}, {json}::text FROM {table} {e}"
+                        " WHERE {id} = ANY({ids}){condition}").format(
         id=qualified(e, "id"), related=sql.SQL("").join(sql.SQL("{}, ").format(r) for r in related),
-        json=rendered, table=b.source(entity), e=e, ids=b.param(None))
+        audience=audience, json=rendered, table=b.source(entity), e=e, ids=b.param(None), condition=condition)
     assert ids_name in b.params
     return Compiled(statement, b.params, rendered=statement.as_bytes(None)), ids_name

@@ -82,9 +82,24 @@ def _dependents_statement(entity: Entity, entity_id: int) -> tuple[sql.Composabl
     return (sql.SQL(" UNION ALL ").join(parts), b.params) if parts else None
 
 
-def _covers(principal: Principal, role: Role, project_id: int | None, owner: str | None) -> bool:
+def covers(principal: Principal, role: Role, project_id: int | None, owner: str | None) -> bool:
     """Whether `principal` may `role` a row of Project `project_id` owned by `owner` (an authId)."""
     return principal.has_in(role, project_id) or (owner is not None and owner == principal.auth_id)
+
+
+async def stream_scopes(conn: AsyncConnection[Any], stream: Entity, ids: list[int]
+                        ) -> dict[int, tuple[int | None, str | None]]:
+    """(Project id, owner's authId) of each existing stream `ids` of `stream` (Datastream, MultiDatastream),
+    in one statement: for a batch of Observations whose publishers hold their roles only somewhere (MQTT)."""
+    b = SqlBuilder("")
+    s = b.alias()
+    columns = _scope_columns(stream, s)
+    if columns is None:
+        columns = [sql.SQL("NULL::bigint"), sql.SQL("NULL::text")]
+    query = sql.SQL("SELECT {}.id, {} FROM {} {} WHERE {}.id = ANY({})").format(
+        s, sql.SQL(", ").join(columns), sql.Identifier(stream.table), s, s, b.param(ids))
+    rows = await (await conn.execute(query.as_string(None), b.params)).fetchall()
+    return {int(i): (project, owner) for i, project, owner in rows}
 
 
 async def _rows(conn: AsyncConnection[Any], statement: tuple[sql.Composable, dict[str, Any]] | None
@@ -105,9 +120,9 @@ async def check(conn: AsyncConnection[Any], entity: Entity, entity_id: int, role
     if principal.has(role):
         return
     scopes = await _rows(conn, _scope_statement(entity, entity_id))
-    allowed = any(_covers(principal, role, project, owner) for project, owner in scopes)
+    allowed = any(covers(principal, role, project, owner) for project, owner in scopes)
     if allowed and role is Role.DELETE:
-        allowed = all(_covers(principal, role, project, owner)
+        allowed = all(covers(principal, role, project, owner)
                       for project, owner in await _rows(conn, _dependents_statement(entity, entity_id)))
     if not allowed:
         held = ", ".join(f"{r} for Project {p}" for p in sorted(principal.project_roles)

@@ -16,8 +16,11 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from citystream.embedded import EmbeddedMosquitto
+from mqtt_bridge.bridge import AUDIENCE_PROPERTY, CLIENT_PROPERTY, PRINCIPAL_PROPERTY
 from tests import fuzz_report
 from tests.mqtt_helpers import wait_for
 from tests.sta_helpers import create, create_datastream, feature_body
@@ -61,6 +64,16 @@ hostile = st.one_of(
 )
 
 
+FORGED = [(PRINCIPAL_PROPERTY, '{"kind":"anonymous","name":"anonymous","roles":[]}'),
+          (CLIENT_PROPERTY, "citystream-bridge"), (AUDIENCE_PROPERTY, "r")]
+"""What every good message claims: were it believed, the bridge would refuse the good ones (403)."""
+property_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=40)  # valid MQTT strings
+user_properties = st.lists(st.tuples(st.one_of(st.sampled_from([PRINCIPAL_PROPERTY, CLIENT_PROPERTY,
+                                                                AUDIENCE_PROPERTY, "citystream-", "client_id"]),
+                                               property_text), property_text), max_size=4)
+Message = tuple[str, bytes, list[tuple[str, str]]]
+
+
 class Publisher:
     """A paho MQTT 5 client of the sensor account that publishes at QoS 1 and waits for every PUBACK."""
 
@@ -73,8 +86,14 @@ class Publisher:
         self.client.loop_start()
         assert connected.wait(10), "no CONNACK"
 
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        for info in [self.client.publish(topic, payload, qos=1) for topic, payload in messages]:
+    def publish(self, messages: list[Message]) -> None:
+        infos = []
+        for topic, payload, user in messages:
+            properties = Properties(PacketTypes.PUBLISH)
+            if user:
+                properties.UserProperty = user
+            infos.append(self.client.publish(topic, payload, qos=1, properties=properties))
+        for info in infos:
             info.wait_for_publish(30)
 
     def close(self) -> None:
@@ -109,18 +128,18 @@ def test_hostile_payloads_among_good_ones(sta: str, server_url: str, database_ur
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(st.lists(st.tuples(st.sampled_from(topics), hostile), min_size=1, max_size=40))
-    def publish_and_account(bad: list[tuple[str, bytes]]) -> None:
+    @given(st.lists(st.tuples(st.sampled_from(topics), hostile, user_properties), min_size=1, max_size=40))
+    def publish_and_account(bad: list[Message]) -> None:
         examples[0] += 1
         before = _totals(database_url)
-        good: list[tuple[str, bytes]] = []
-        messages: list[tuple[str, bytes]] = []
+        good: list[Message] = []
+        messages: list[Message] = []
         for n, message in enumerate(bad):
             mark = f"{MARK}{examples[0]}-{n}"
-            good.append((topics[0], orjson.dumps({"result": mark})))
+            good.append((topics[0], orjson.dumps({"result": mark}), FORGED))
             messages += [good[-1], message]
         publisher.publish(messages)
-        wanted = {orjson.loads(payload)["result"] for _, payload in good}
+        wanted = {orjson.loads(payload)["result"] for _, payload, _user in good}
         wait_for(lambda: wanted <= _stored_marks(database_url), timeout=60, what="every good message stored")
 
         def accounted() -> Any:
@@ -134,7 +153,7 @@ def test_hostile_payloads_among_good_ones(sta: str, server_url: str, database_ur
 
     try:
         publish_and_account()
-        publisher.publish([(topics[0], orjson.dumps({"result": MARK + "last"}))])
+        publisher.publish([(topics[0], orjson.dumps({"result": MARK + "last"}), FORGED)])
         wait_for(lambda: MARK + "last" in _stored_marks(database_url), what="the bridge alive after the fuzzing")
         fuzz_report.add("mqtt", crashes=0)
     finally:

@@ -1,9 +1,13 @@
-"""The generated Mosquitto set-up: accounts, ACL, listeners and $SYS log topics. What needs no broker (the
-deploy/ copies are the rendered files, settings and flags) is in tests/unit/test_broker_config_rendering.py.
+"""The generated Mosquitto set-up: accounts, the plugin's read and write rules, listeners and $SYS log topics.
+What needs no broker (the deploy/ copy is the rendered file, settings and flags) is in
+tests/unit/test_broker_config_rendering.py; the plugin's own guarantees (reserved bridge ids, audiences,
+stamps, options) are in tests/mqtt/test_broker_security.py.
 
 Everything runs against a real Mosquitto; publishers and most checks are the real command-line clients
 (mosquitto_pub/mosquitto_sub) or paho-mqtt, as sensors and apps would use them. "Nothing arrives" is checked
-with a platform-account subscriber on `#` that would see the message if the broker had accepted it.
+with a platform-account subscriber on `#` that would see the message if the broker had accepted it. A device's
+accepted create never reaches subscribers as sent: the plugin moves it to citystream/ingest/<topic> (INGEST_PREFIX),
+which only the platform reads.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -34,10 +39,11 @@ from citystream.embedded import (
     auth_plugin_library,
     find_free_port,
     find_mosquitto,
-    render_mosquitto_acl,
     render_mosquitto_conf,
 )
 from citystream.settings import Settings
+from mqtt_bridge.bridge import AUDIENCE_PROPERTY, CLIENT_PROPERTY, PRINCIPAL_PROPERTY
+from mqtt_bridge.topics import ERROR_PREFIX, INGEST_PREFIX
 
 QUIET = 1.0  # how long "nothing arrives" is watched for
 
@@ -58,7 +64,8 @@ pytestmark = pytest.mark.skipif(
 
 
 class Client:
-    """A paho MQTT 5 client that records every message it receives."""
+    """A paho MQTT 5 client that records every message it receives (and the user properties of each
+    payload, in `properties`)."""
 
     def __init__(
         self,
@@ -73,6 +80,7 @@ class Client:
     ) -> None:
         self.client_id = client_id or f"test-{uuid.uuid4().hex[:12]}"
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.properties: dict[bytes, list[tuple[str, str]]] = {}
         self._connack: queue.Queue[Any] = queue.Queue()
         self._acks: queue.Queue[int] = queue.Queue()
         self.mqtt = mqtt.Client(
@@ -85,7 +93,7 @@ class Client:
             self.mqtt.username_pw_set(username, password)
         self.mqtt.reconnect_delay_set(min_delay=0.05, max_delay=0.05)  # type: ignore[arg-type]  # quick close
         self.mqtt.on_connect = lambda _c, _u, _f, reason, _p: self._connack.put(reason)
-        self.mqtt.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, bytes(msg.payload)))
+        self.mqtt.on_message = self._on_message
         self.mqtt.on_subscribe = lambda _c, _u, mid, _r, _p: self._acks.put(mid)
         self.mqtt.on_unsubscribe = lambda _c, _u, mid, _r, _p: self._acks.put(mid)
         self.mqtt.connect(host, port, keepalive=60, clean_start=clean_start)
@@ -94,6 +102,10 @@ class Client:
         if reason.is_failure:
             self.close()
             raise ConnectionRefusedError(str(reason))
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.properties[bytes(msg.payload)] = list(getattr(msg.properties, "UserProperty", None) or [])
+        self.messages.put((msg.topic, bytes(msg.payload)))
 
     def subscribe(self, *topics: str, qos: int = 1) -> None:
         """Subscribe and wait for the SUBACK: after this, matching messages are delivered."""
@@ -122,6 +134,20 @@ class Client:
             if match(topic, payload):
                 return topic, payload
         pytest.fail(f"{self.client_id}: no matching message within {timeout}s")
+
+    def until(self, match: Callable[[str, bytes], bool], timeout: float = 10.0) -> list[tuple[str, bytes]]:
+        """Every message up to and including the first that satisfies `match` (a sentinel published after
+        the messages under test: the broker delivers one subscriber's messages in order)."""
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                break
+            if match(*got[-1]):
+                return got
+        pytest.fail(f"{self.client_id}: no sentinel within {timeout}s; got {[t for t, _ in got]}")
 
     def assert_nothing(self, match: Callable[[str, bytes], bool], within: float = QUIET) -> None:
         deadline = time.monotonic() + within
@@ -179,6 +205,13 @@ def _sensor_pub(broker: EmbeddedMosquitto, topic: str, payload: bytes) -> subpro
     return _pub(broker, topic, payload, user=broker.sensor_username, password=broker.sensor_password)
 
 
+def _platform_pub(broker: EmbeddedMosquitto, topic: str, payload: bytes, audience: str | None = None) -> None:
+    """Publish as the platform does a notification: `audience` is its citystream-audience (None: public)."""
+    extra = ("-D", "publish", "user-property", AUDIENCE_PROPERTY, audience) if audience is not None else ()
+    result = _pub(broker, topic, payload, user=PLATFORM_MQTT_USER, password=broker.platform_password, extra=extra)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+
+
 def _sub_argv(broker: EmbeddedMosquitto, *args: str) -> list[str]:
     return ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-V", "mqttv5", *args]
 
@@ -224,24 +257,33 @@ def test_generated_files_modes_and_owners(mosquitto_server: EmbeddedMosquitto) -
         assert stat.S_IMODE(info.st_mode) == 0o600, secret
         assert info.st_uid == me, f"{secret} must stay ours, not the broker account's"
         assert len(secret.read_text().strip()) >= 32
-    for path in (broker.password_file, broker.acl_path, broker.plugin_path):
+    for path in (broker.password_file, broker.decision_secret_path, broker.plugin_path):
         assert stat.S_IMODE(os.stat(path).st_mode) in (0o600, 0o640), path
     if me == 0:
         import pwd
 
-        for path in (broker.password_file, broker.plugin_path):  # the broker account reads (loads) them
+        # the broker account reads (loads) them; the plugin reads the decision secret at start
+        for path in (broker.password_file, broker.decision_secret_path, broker.plugin_path):
             assert os.stat(path).st_uid == pwd.getpwnam("mosquitto").pw_uid, path
     hashed = broker.password_file.read_text()
     assert broker.platform_password not in hashed and broker.sensor_password not in hashed
     assert [line.split(":", 1)[0] for line in hashed.splitlines()] == [PLATFORM_MQTT_USER, broker.sensor_username]
-    assert broker.acl_path.read_text() == render_mosquitto_acl()
+    # the platform's password is the secret the plugin sends the platform (X-CityStream-Broker-Secret)
+    assert broker.decision_secret_path.read_text() == f"{broker.platform_password}\n"
+    assert not (broker.data_dir / "mosquitto.acl").exists()  # no ACL file any more: the plugin decides
+    assert broker.decision_url is not None
     conf = broker.conf_path.read_text().splitlines()
     for directive in (
         f"password_file {broker.password_file}",
-        f"acl_file {broker.acl_path}",
         "allow_anonymous true",
         f"plugin {broker.plugin_path}",
         "plugin_opt_bridge_client_id citystream-bridge",
+        f"plugin_opt_ingest_prefix {INGEST_PREFIX}",
+        f"plugin_opt_readable v1.0/# v1.1/# {ERROR_PREFIX}#",
+        "plugin_opt_anonymous_read v1.0/# v1.1/#",
+        f"plugin_opt_account_user {broker.sensor_username}",
+        f"plugin_opt_decision_url {broker.decision_url}",
+        f"plugin_opt_decision_secret_file {broker.decision_secret_path}",
         "log_dest topic",
         "log_type subscribe",
         "log_type unsubscribe",
@@ -254,6 +296,7 @@ def test_generated_files_modes_and_owners(mosquitto_server: EmbeddedMosquitto) -
         "socket_domain ipv4",
     ):
         assert directive in conf, directive
+    assert not any(line.startswith("acl_file") for line in conf), "Mosquitto would apply an ACL besides the plugin"
 
 
 def _listen_addresses(port: int) -> set[str]:
@@ -278,21 +321,24 @@ def test_both_listeners_stay_on_the_given_address(mosquitto_server: EmbeddedMosq
     assert _listen_addresses(mosquitto_server.websocket_port) == {"127.0.0.1"}
 
 
-# ---------------------------------------------------------------------------------------------- ACL
+# ------------------------------------------------------------------------------------ who reads, who writes
 
 
-def test_anonymous_clients_read_v1_1_and_nothing_else(
+def test_anonymous_clients_read_public_sta_data_and_nothing_else(
     mosquitto_server: EmbeddedMosquitto, platform: Client
 ) -> None:
+    """Anonymous clients read the STA topics (anonymous_read), and there only public notifications: not the
+    error reports, not a notification whose audience is restricted (with -C 1, the first message it may read
+    is the last one published)."""
     broker = mosquitto_server
     reader = ExternalSubscriber(broker, "-t", "v1.1/#", "-t", "citystream/errors/#", "-C", "1", "-W", "10")
-    notice, error = b"notice-" + _token(), b"error-" + _token()
-    _pub(broker, "citystream/errors/v1.1/Observations", error, user=PLATFORM_MQTT_USER,
-         password=broker.platform_password)
-    _pub(broker, "v1.1/Things(1)", notice, user=PLATFORM_MQTT_USER, password=broker.platform_password)
+    notice, error, restricted = b"notice-" + _token(), b"error-" + _token(), b"restricted-" + _token()
+    _platform_pub(broker, "citystream/errors/v1.1/Observations", error)
+    _platform_pub(broker, "v1.1/Things(2)", restricted, audience="r")
+    _platform_pub(broker, "v1.1/Things(1)", notice)
     out = reader.output()
-    assert f"v1.1/Things(1) {notice.decode()}" in out  # -C 1: the first message it may read is this one
-    assert not any(error.decode() in line for line in out)
+    assert f"v1.1/Things(1) {notice.decode()}" in out
+    assert not any(error.decode() in line or restricted.decode() in line for line in out), out
 
 
 def test_anonymous_publish_is_not_delivered(mosquitto_server: EmbeddedMosquitto, platform: Client) -> None:
@@ -303,43 +349,114 @@ def test_anonymous_publish_is_not_delivered(mosquitto_server: EmbeddedMosquitto,
     platform.assert_nothing(lambda _t, p: p == payload)
 
 
-def test_sensor_creates_observations_only(mosquitto_server: EmbeddedMosquitto, platform: Client) -> None:
+def _stamp(platform: Client, payload: bytes) -> tuple[list[Any], list[str]]:
+    """The principals and client ids the plugin stamped on a create the platform received."""
+    properties = platform.properties[payload]
+    return ([orjson.loads(v) for k, v in properties if k == PRINCIPAL_PROPERTY],
+            [v for k, v in properties if k == CLIENT_PROPERTY])
+
+
+def test_sensor_creates_reach_the_platform_only(mosquitto_server: EmbeddedMosquitto, platform: Client) -> None:
+    """Old: the ACL let the sensor account write the create topics, and every reader of v1.1/# (the sensor
+    account too) got the device's raw publish. New: the plugin moves each create to citystream/ingest/<topic>,
+    stamped with its publisher, and only the platform reads there; everything else is refused."""
     broker = mosquitto_server
-    for topic in ("v1.1/Observations", "v1.1/Datastreams(1)/Observations", "v1.1/FeaturesOfInterest(7)/Observations"):
-        payload = b'{"result": "' + _token() + b'"}'
-        result = _sensor_pub(broker, topic, payload)
-        assert result.returncode == 0 and not result.stderr, result.stderr
-        platform.wait_for(_is(topic, payload))
-    denied = b"denied-" + _token()
-    for topic in ("v1.1/Things", "v1.1/Datastreams(1)", "citystream/errors/v1.1/Observations", "other"):
-        assert "Not authorized" in _sensor_pub(broker, topic, denied).stderr
-    platform.assert_nothing(lambda _t, p: p == denied)
+    anonymous = Client(broker.host, broker.port)
+    device = Client(broker.host, broker.port, username=broker.sensor_username, password=broker.sensor_password)
+    sent: list[bytes] = []
+    try:
+        for reader in (anonymous, device):
+            reader.subscribe("#")  # also citystream/ingest/...
+        for topic in ("v1.1/Observations", "v1.1/Datastreams(1)/Observations",
+                      "v1.1/FeaturesOfInterest(7)/Observations", "v1.0/Datastreams(1)/Observations"):
+            payload = b'{"result": "' + _token() + b'"}'
+            sent.append(payload)
+            result = _sensor_pub(broker, topic, payload)
+            assert result.returncode == 0 and not result.stderr, result.stderr
+            platform.wait_for(_is(INGEST_PREFIX + topic, payload))
+            principals, client_ids = _stamp(platform, payload)
+            assert principals == [{"kind": "account", "name": broker.sensor_username, "roles": ["create"],
+                                   "auth_id": broker.sensor_username}]
+            assert len(client_ids) == 1 and client_ids[0], client_ids
+        denied = b"denied-" + _token()
+        for topic in ("citystream/errors/v1.1/Observations", "other", f"{INGEST_PREFIX}v1.1/Observations",
+                      f"{INGEST_PREFIX}v1.1/Datastreams(1)/Observations"):
+            assert "Not authorized" in _sensor_pub(broker, topic, denied).stderr, topic
+        platform.assert_nothing(lambda _t, p: p == denied)
+        sentinel = b"sentinel-" + _token()
+        _platform_pub(broker, "v1.1/Things(1)", sentinel)
+        for reader in (anonymous, device):
+            got = reader.until(_is("v1.1/Things(1)", sentinel))
+            assert not [t for t, p in got if p in sent or p == denied], got
+    finally:
+        anonymous.close()
+        device.close()
 
 
-def test_sensor_reads_sta_topics_and_error_reports(mosquitto_server: EmbeddedMosquitto) -> None:
+def test_a_sensor_publish_that_cannot_create_is_refused_or_reported(
+    server_url: str, mosquitto_server: EmbeddedMosquitto
+) -> None:
+    """A device must learn that its message went nowhere: refused in the PUBACK, or reported on
+    citystream/errors/<topic> (with the real bridge running, which reports what it judges)."""
+    broker = mosquitto_server
+    device = Client(broker.host, broker.port, username=broker.sensor_username, password=broker.sensor_password)
+    try:
+        device.subscribe(f"{ERROR_PREFIX}#")
+        for topic in ("v1.1/Things", "v1.1/Datastreams(1)"):
+            result = _sensor_pub(broker, topic, b'{"result": 1}')
+            if "Not authorized" not in result.stderr:
+                device.wait_for(lambda t, _p, topic=topic: t == ERROR_PREFIX + topic, timeout=3)  # type: ignore[misc]
+    finally:
+        device.close()
+
+
+def test_sensor_reads_public_sta_topics_and_only_its_own_error_reports(mosquitto_server: EmbeddedMosquitto) -> None:
+    """Old: the sensor account read every error report (citystream/errors/#) of everyone. New: an error
+    report is readable only by its publisher (audience r;o=<auth id>; the account's auth id is its name),
+    and restricted notifications only by who may read them; $SYS and other topics not at all."""
     broker = mosquitto_server
     sensor = Client(broker.host, broker.port, username=broker.sensor_username, password=broker.sensor_password)
     try:
-        sensor.subscribe("v1.1/#", "citystream/errors/#", "$SYS/#", "other/#")
-        sent = {
-            "citystream/errors/v1.1/Datastreams(1)/Observations": b"error-" + _token(),
-            "v1.1/Datastreams(1)": b"entity-" + _token(),
+        sensor.subscribe("v1.1/#", "citystream/errors/#", "$SYS/#", "other/#", f"{INGEST_PREFIX}#")
+        own = b"own-error-" + _token()
+        shown = {
+            "v1.1/Datastreams(1)": (b"entity-" + _token(), None),
+            "citystream/errors/v1.1/Datastreams(1)/Observations": (own, f"r;o={broker.sensor_username}"),
         }
-        hidden = {"other/topic": b"other-" + _token()}
-        for topic, payload in {**hidden, **sent}.items():
-            _pub(broker, topic, payload, user=PLATFORM_MQTT_USER, password=broker.platform_password)
-        for topic, payload in sent.items():
-            sensor.wait_for(_is(topic, payload))
-        sensor.assert_nothing(lambda t, _p: t.startswith(("$SYS", "other")), within=0.3)
+        hidden = {
+            "other/topic": (b"other-" + _token(), None),
+            "citystream/errors/v1.1/Datastreams(2)/Observations": (b"key-error-" + _token(), "r;o=key-abc"),
+            "citystream/errors/v1.1/Datastreams(3)/Observations": (b"any-error-" + _token(), "r"),
+            "v1.1/Datastreams(4)": (b"project-" + _token(), "r;p=4"),
+            "v1.1/Datastreams(5)": (b"odd-" + _token(), "x-unknown-audience"),
+        }
+        for topic, (payload, audience) in {**hidden, **shown}.items():
+            _platform_pub(broker, topic, payload, audience)
+        # the plugin's own report of the sensor's refused publish, and of an anonymous one
+        assert "Not authorized" in _pub(broker, "v1.1/Things", b"{}").stderr
+        assert "Not authorized" in _sensor_pub(broker, "other/x", b"{}").stderr
+        sentinel = b"sentinel-" + _token()
+        _platform_pub(broker, "v1.1/Things(1)", sentinel)
+        got = sensor.until(_is("v1.1/Things(1)", sentinel))
+        topics = [t for t, _p in got]
+        assert [(t, p) for t, p in got if p in {payload for payload, _a in shown.values()}] == [
+            (t, p) for t, (p, _a) in shown.items()]
+        assert topics[-2:] == ["citystream/errors/other/x", "v1.1/Things(1)"], topics
+        report = orjson.loads(got[-2][1])
+        assert report["code"] == 403 and report["topic"] == "other/x", report
+        assert not [t for t in topics if t.startswith(("$SYS", "other", INGEST_PREFIX))], topics
+        assert "citystream/errors/v1.1/Things" not in topics  # the anonymous client's report
+        assert not [p for _t, p in got if p in {payload for payload, _a in hidden.values()}]
+        assert all(k != AUDIENCE_PROPERTY for k, _v in sensor.properties[own]), "the audience leaked"
     finally:
         sensor.close()
 
 
 def test_wrong_password_is_refused(mosquitto_server: EmbeddedMosquitto) -> None:
-    with pytest.raises(ConnectionRefusedError):
-        Client(mosquitto_server.host, mosquitto_server.port, username=PLATFORM_MQTT_USER, password="wrong")
-    with pytest.raises(ConnectionRefusedError):
-        Client(mosquitto_server.host, mosquitto_server.port, username="sensor", password="")
+    for user, password in ((PLATFORM_MQTT_USER, "wrong"), (PLATFORM_MQTT_USER, ""), ("sensor", ""),
+                           ("sensor", mosquitto_server.platform_password), ("nobody", "x")):
+        with pytest.raises(ConnectionRefusedError):
+            Client(mosquitto_server.host, mosquitto_server.port, username=user, password=password)
 
 
 def test_oversize_packets_are_refused_below_the_limit_delivered(
@@ -351,7 +468,7 @@ def test_oversize_packets_are_refused_below_the_limit_delivered(
     try:
         big = b"x" * 900_000 + _token()
         sensor.mqtt.publish("v1.1/Observations", big, qos=1).wait_for_publish(timeout=10)
-        platform.wait_for(_is("v1.1/Observations", big))
+        platform.wait_for(_is(f"{INGEST_PREFIX}v1.1/Observations", big))
         huge = b"y" * 1_100_000 + _token()
         sensor.mqtt.publish("v1.1/Observations", huge, qos=1)
         platform.assert_nothing(lambda _t, p: p == huge)
@@ -411,18 +528,24 @@ def test_platform_follows_subscriptions_in_the_broker_log(mosquitto_server: Embe
 
 
 def test_only_the_platform_reads_sys(mosquitto_server: EmbeddedMosquitto) -> None:
+    """$SYS (the broker log with every client's subscriptions, the plugin's counters) is the platform's."""
     broker = mosquitto_server
     anonymous = Client(broker.host, broker.port)
     sensor = Client(broker.host, broker.port, username=broker.sensor_username, password=broker.sensor_password)
+    log = Client(broker.host, broker.port, username=PLATFORM_MQTT_USER, password=broker.platform_password)
     try:
         for client in (anonymous, sensor):
             client.subscribe("$SYS/#", qos=0)
+        log.subscribe("$SYS/#", qos=0)
         Client(broker.host, broker.port).close()  # something to log
+        log.wait_for(lambda t, _p: t == "$SYS/broker/log/N")
+        log.wait_for(lambda t, _p: t == "$SYS/broker/citystream/plugin")  # every 2 s
         for client in (anonymous, sensor):
-            client.assert_nothing(lambda t, _p: t.startswith("$SYS"), within=0.5)
+            client.assert_nothing(lambda t, _p: t.startswith("$SYS"), within=0.3)
     finally:
         anonymous.close()
         sensor.close()
+        log.close()
 
 
 # ---------------------------------------------------------------------------------------- websockets
@@ -479,6 +602,9 @@ def test_no_anonymous_env_password_and_restart_reuse(monkeypatch: pytest.MonkeyP
             assert "'meter'" in out and "CITYSTREAM_MQTT_SENSOR_PASSWORD" in out
             conf = (root / "mosquitto" / "mosquitto.conf").read_text().splitlines()
             assert "allow_anonymous false" in conf and "plugin_opt_bridge_client_id meter-bridge" in conf
+            assert "plugin_opt_account_user meter" in conf
+            assert not any(line.startswith("plugin_opt_anonymous_read") for line in conf)
+            assert f"plugin_opt_decision_url http://127.0.0.1:{settings.http_port}/internal/mqtt" in conf
 
             refused = subprocess.run(_sub_argv(probe, "-t", "v1.1/#", "-C", "1", "-W", "5"),
                                      capture_output=True, text=True, timeout=30)
@@ -487,6 +613,8 @@ def test_no_anonymous_env_password_and_restart_reuse(monkeypatch: pytest.MonkeyP
                 Client("127.0.0.1", settings.mqtt_port)
             Client("127.0.0.1", settings.mqtt_port, username="meter", password="p:ss word%/@").close()
             Client("127.0.0.1", settings.mqtt_port, username=PLATFORM_MQTT_USER, password=platform_password).close()
+            with pytest.raises(ConnectionRefusedError):  # no API answers the plugin: fail closed
+                Client("127.0.0.1", settings.mqtt_port, username="someone", password="secret")
             assert not (root / "mosquitto" / "sensor-password").exists()
 
         again = EmbeddedMosquitto(root / "mosquitto", settings.mqtt_port, anonymous_read="")
@@ -502,7 +630,8 @@ def test_no_anonymous_env_password_and_restart_reuse(monkeypatch: pytest.MonkeyP
 
 
 def test_compose_entrypoint_creates_a_working_password_file() -> None:
-    """deploy/mosquitto/entrypoint.sh + the deploy ACL, run against a real Mosquitto."""
+    """deploy/mosquitto/entrypoint.sh writes the password file and the plugin's decision secret; a real
+    Mosquitto with the plugin starts on them (the plugin refuses to start on a secret it cannot read)."""
     root = make_service_dir("cs-mqtt-deploy-")
     try:
         env = {**os.environ, "CITYSTREAM_MQTT_AUTH_DIR": str(root / "auth"),
@@ -510,23 +639,26 @@ def test_compose_entrypoint_creates_a_working_password_file() -> None:
         done = subprocess.run(["sh", str(DEPLOY_MOSQUITTO_DIR / "entrypoint.sh"), "true"], env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        passwd = root / "auth" / "passwd"
+        passwd, secret = root / "auth" / "passwd", root / "auth" / "decision-secret"
         assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
         assert "plat:form" not in passwd.read_text()
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+        assert secret.read_text() == "plat:form pw\n"  # the platform password: what the app expects
+        assert sorted(p.name for p in (root / "auth").iterdir()) == ["decision-secret", "passwd"]  # no .new left
         missing = subprocess.run(["sh", str(DEPLOY_MOSQUITTO_DIR / "entrypoint.sh"), "true"],
                                  env={k: v for k, v in env.items() if k != "CITYSTREAM_MQTT_SENSOR_PASSWORD"},
                                  capture_output=True, text=True, timeout=60)
         assert missing.returncode != 0 and "CITYSTREAM_MQTT_SENSOR_PASSWORD" in missing.stderr
 
-        shutil.copy(DEPLOY_MOSQUITTO_DIR / "acl", root / "acl")
         (root / "citystream_auth.so").write_bytes(auth_plugin_library(find_mosquitto()))
         port = find_free_port()
         as_root = os.geteuid() == 0
         conf = render_mosquitto_conf(
             host="127.0.0.1", port=port, websocket_port=None, persistence_location=f"{root}/",
-            password_file=str(passwd), acl_file=str(root / "acl"), log_file=str(root / "log"),
-            run_as="mosquitto" if as_root else os.environ.get("USER", "nobody"), anonymous=True, header="test",
+            password_file=str(passwd), log_file=str(root / "log"),
+            run_as="mosquitto" if as_root else os.environ.get("USER", "nobody"), header="test",
             auth_plugin=str(root / "citystream_auth.so"),
+            decision_url=f"http://127.0.0.1:{find_free_port()}/internal/mqtt", decision_secret_file=str(secret),
         )
         (root / "mosquitto.conf").write_text(conf)
         if as_root:
@@ -547,10 +679,11 @@ def test_compose_entrypoint_creates_a_working_password_file() -> None:
                 payload = b"deploy-" + _token()
                 sensor = Client("127.0.0.1", port, username="sensor", password="sens-pw")
                 sensor.mqtt.publish("v1.1/Observations", payload, qos=1).wait_for_publish(timeout=10)
-                sensor.mqtt.publish("v1.1/Things", payload + b"!", qos=1).wait_for_publish(timeout=10)
+                sensor.mqtt.publish("citystream/errors/v1.1/Observations", payload + b"!",
+                                    qos=1).wait_for_publish(timeout=10)
                 sensor.close()
-                watcher.wait_for(_is("v1.1/Observations", payload))
-                watcher.assert_nothing(_is("v1.1/Things", payload + b"!"), within=0.5)
+                watcher.wait_for(_is(f"{INGEST_PREFIX}v1.1/Observations", payload))
+                watcher.assert_nothing(lambda _t, p: p == payload + b"!", within=0.5)
             finally:
                 watcher.close()
         finally:
@@ -558,4 +691,3 @@ def test_compose_entrypoint_creates_a_working_password_file() -> None:
             proc.wait(timeout=15)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-

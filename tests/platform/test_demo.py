@@ -1,7 +1,10 @@
 """The demo city (citystream/demo.py): created through the real STA REST API, published over a real Mosquitto.
 
-The MQTT -> database bridge is not needed here: the tests subscribe to the broker themselves (paho, and the
-external `mosquitto_sub`) and check what the demo publishes, not what ends up in the database.
+What the demo publishes is checked where the broker puts it: its plugin moves every device create to
+citystream/ingest/<topic> (stamped with the publisher), which only the platform account reads, so that is
+who the paho subscriber connects as; no subscriber gets the demo's raw publishes any more. An external
+`mosquitto_sub` sees the demo's observations as the public does: the platform's notifications of the stored
+Observations (the session app's bridge stores them).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from citystream.demo import (
     run_demo,
 )
 from mqtt_bridge.address import BrokerAddress
+from mqtt_bridge.bridge import PRINCIPAL_PROPERTY
+from mqtt_bridge.topics import INGEST_PREFIX
+from tests.mqtt_helpers import wait_until_learned
 from tests.sta_helpers import ADMIN, ADMIN_TOKEN, HTTP
 
 DEMO_FILTER = "properties/demo eq 'citystream'"
@@ -44,6 +50,7 @@ OBSERVATION_TYPES = {"bike-counter": OM_COUNT, "e-charging": OM_CATEGORY, "bike-
 UNIT_SYMBOLS = {"bike-counter": "bicycles", "e-charging": None, "bike-share": "bicycles", "air-quality": "µg/m³",
                 "noise": "dB(A)", "traffic": "vehicles"}
 TOPIC = re.compile(r"^v1\.1/Datastreams\((\d+)\)/Observations$")
+INGEST_TOPIC = re.compile("^" + re.escape(INGEST_PREFIX) + r"v1\.1/Datastreams\((\d+)\)/Observations$")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -84,15 +91,17 @@ def credentials(broker: Any) -> tuple[str | None, str | None]:
 
 
 class Subscriber:
-    """A paho MQTT 5 client subscribed to `v1.1/#`, collecting the (topic, payload) pairs devices publish."""
+    """A paho MQTT 5 client of the platform account subscribed to citystream/ingest/v1.1/#, collecting the
+    (topic, payload, publisher) of what devices publish (the publisher: the plugin's citystream-principal)."""
 
-    def __init__(self, broker_url: str) -> None:
-        target = BrokerAddress.from_url(broker_url)
-        self.messages: list[tuple[str, bytes]] = []
+    def __init__(self, platform_url: str) -> None:
+        target = BrokerAddress.from_url(platform_url)
+        self.messages: list[tuple[str, bytes, list[str]]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("v1.1/#", qos=1)
+        self.client.username_pw_set(target.username, target.password)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{INGEST_PREFIX}v1.1/#", qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect(target.host, target.port)
@@ -100,12 +109,12 @@ class Subscriber:
         assert self._subscribed.wait(10), "test subscriber could not subscribe"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if ("citystream", "notification") in (getattr(message.properties, "UserProperty", None) or []):
-            return  # the platform's notification of a stored observation, not a demo publish
+        properties = getattr(message.properties, "UserProperty", None) or []
+        publishers = [value for name, value in properties if name == PRINCIPAL_PROPERTY]
         with self._lock:
-            self.messages.append((message.topic, message.payload))
+            self.messages.append((message.topic, message.payload, publishers))
 
-    def wait_for(self, n: int, timeout: float = 10) -> list[tuple[str, bytes]]:
+    def wait_for(self, n: int, timeout: float = 10) -> list[tuple[str, bytes, list[str]]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
@@ -227,7 +236,7 @@ def test_publish_forever_publishes_valid_observations_to_the_datastream_topics(
     sta: str, mosquitto_server: Any
 ) -> None:
     city = build_city(sta)
-    subscriber = Subscriber(mosquitto_server.url)
+    subscriber = Subscriber(mosquitto_server.platform_url)
     totals: list[int] = []
     started = datetime.now(UTC)
     try:
@@ -243,9 +252,11 @@ def test_publish_forever_publishes_valid_observations_to_the_datastream_topics(
 
     by_id = {d.id: d for d in city.datastreams}
     received: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for topic, payload in messages:
-        match = TOPIC.match(topic)
+    username, _password = credentials(mosquitto_server)
+    for topic, payload, publishers in messages:
+        match = INGEST_TOPIC.match(topic)
         assert match, topic
+        assert [json.loads(p)["name"] for p in publishers] == [username], publishers  # stamped by the broker
         body = json.loads(payload)
         assert set(body) == {"phenomenonTime", "result"}
         received[int(match.group(1))].append(body)
@@ -278,16 +289,19 @@ def test_publish_forever_publishes_valid_observations_to_the_datastream_topics(
 
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub (mosquitto-clients) not installed")
 def test_an_external_mosquitto_sub_receives_the_demo_observations(sta: str, mosquitto_server: Any) -> None:
+    """Old: an anonymous mosquitto_sub on v1.1/# got the demo's raw publishes. New: it gets the platform's
+    notifications of the stored Observations (the entity as GET returns it), on the Datastreams' topics."""
     city = build_city(sta)
     target = BrokerAddress.from_url(mosquitto_server.url)
+    topics = [f"v1.1/Datastreams({d.id})/Observations" for d in city.datastreams]
     sub = subprocess.Popen(
-        ["mosquitto_sub", "-V", "mqttv5", "-h", target.host, "-p", str(target.port), "-t", "v1.1/#", "-v",
-         "-q", "1", "-C", "40", "-W", "20"],
+        ["mosquitto_sub", "-V", "mqttv5", "-h", target.host, "-p", str(target.port), "-v", "-q", "1",
+         "-C", "40", "-W", "30", *(arg for topic in topics for arg in ("-t", topic))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)  # let it connect and subscribe; the demo keeps publishing for longer anyway
+        wait_until_learned(sta.removesuffix("/v1.1"), *topics)  # notifications go to known subscriptions
         publish_for(city, mosquitto_server, 2.5, speed=3600, backlog=timedelta(hours=1))
-        out, err = sub.communicate(timeout=20)
+        out, err = sub.communicate(timeout=30)
     finally:
         if sub.poll() is None:
             sub.kill()
@@ -299,7 +313,8 @@ def test_an_external_mosquitto_sub_receives_the_demo_observations(sta: str, mosq
         topic, _, payload = line.partition(" ")
         match = TOPIC.match(topic)
         assert match and int(match.group(1)) in ids, line
-        assert set(json.loads(payload)) == {"phenomenonTime", "result"}
+        body = json.loads(payload)
+        assert {"@iot.id", "phenomenonTime", "result"} <= set(body), body
 
 
 def test_run_demo_reports_the_city_and_stops_on_request(sta: str, mosquitto_server: Any) -> None:
