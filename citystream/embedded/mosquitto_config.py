@@ -283,6 +283,8 @@ def render_mosquitto_conf(
         "plugin_opt_cache_seconds 10",
         "plugin_opt_revalidate_seconds 2",
         "plugin_opt_timeout_ms 2000",
+        "# Uncached logins asked of the platform per second at most (more are refused at once; clients retry).",
+        "plugin_opt_logins_per_second 50",
         "",
         "# -- persistence: sessions, subscriptions and queued QoS 1/2 messages survive a broker restart",
         "persistence true",

@@ -69,6 +69,8 @@
  *   cache_seconds        how long a login or publish decision is reused (default 10)
  *   revalidate_seconds   how often connected credentials are revalidated (default 2)
  *   timeout_ms           limit of one request to the platform (default 2000)
+ *   logins_per_second    uncached logins asked of the platform at most per second; more are refused at
+ *                        once (default 50: a flood of wrong passwords must not stall the broker)
  *
  * Build (Debian packages gcc, libc6-dev, mosquitto-dev, libmosquitto-dev, libcurl4-openssl-dev,
  * libcjson-dev, uthash-dev; the broker provides the mosquitto_* functions at load time):
@@ -212,6 +214,9 @@ struct cs_config {
 	unsigned slot_count;
 	time_t next_revalidation;
 	time_t next_heartbeat;
+	long logins_per_second; /* logins asked of the platform at most, per second */
+	time_t login_second;
+	long logins_asked;
 	struct cs_counters counters;
 };
 
@@ -716,6 +721,17 @@ static const struct cs_scope *cs_login(struct cs_config *cfg, const char *userna
 			mosquitto_free(key);
 			return &login->scope;
 		}
+	}
+	if(now != cfg->login_second) {
+		cfg->login_second = now;
+		cfg->logins_asked = 0;
+	}
+	if(++cfg->logins_asked > cfg->logins_per_second) {
+		/* A flood of logins (wrong passwords cost the platform a slow hash each) must not stall the
+		 * broker's one thread: beyond the limit they are refused at once, and clients retry. */
+		memset(key, 0, key_len);
+		mosquitto_free(key);
+		return NULL;
 	}
 	body = cJSON_CreateObject();
 	cJSON_AddStringToObject(body, "username", username ? username : "");
@@ -1447,7 +1463,8 @@ static bool cs_configure(struct cs_config *cfg, struct mosquitto_opt *options, i
 	cfg->cache_seconds = cs_number_option(options, option_count, "cache_seconds", 10, 0, 3600);
 	cfg->revalidate_seconds = cs_number_option(options, option_count, "revalidate_seconds", 2, 1, 3600);
 	cfg->timeout_ms = cs_number_option(options, option_count, "timeout_ms", 2000, 10, 60000);
-	if(cfg->cache_seconds < 0 || cfg->revalidate_seconds < 0 || cfg->timeout_ms < 0) {
+	cfg->logins_per_second = cs_number_option(options, option_count, "logins_per_second", 50, 1, 100000);
+	if(cfg->cache_seconds < 0 || cfg->revalidate_seconds < 0 || cfg->timeout_ms < 0 || cfg->logins_per_second < 0) {
 		return false;
 	}
 	secret_file = cs_option_value(options, option_count, "decision_secret_file");
