@@ -105,16 +105,26 @@ def clean_db(database_url: str) -> str:
 
 
 def empty_database(database_url: str) -> None:
-    """Empty every table (except the migrations record and extension tables) and restart every sequence."""
+    """Empty every table (except the migrations record and extension tables) and restart every sequence.
+    The TRUNCATE locks the tables one by one, so a reader of several (the session app still notifying the
+    previous test's changes) can deadlock with it: PostgreSQL then fails one of the two, and it is tried again."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SET lock_timeout = '10s'")
         tables = [row[0] for row in conn.execute(_USER_TABLES, (MIGRATIONS_TABLE,))]
-        if tables:
-            conn.execute(
-                sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
-                    sql.SQL(", ").join(sql.Identifier("public", t) for t in tables)
+        for attempt in range(5):
+            if not tables:
+                break
+            try:
+                conn.execute(
+                    sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+                        sql.SQL(", ").join(sql.Identifier("public", t) for t in tables)
+                    )
                 )
-            )
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1)
         for (seq,) in conn.execute(_SEQUENCES).fetchall():
             conn.execute(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier("public", seq)))
 
