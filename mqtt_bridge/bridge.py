@@ -31,7 +31,7 @@ from ingest.rows import Origin, parse_observation
 from ingest.store import Item
 from mqtt_bridge import identity
 from mqtt_bridge.address import BrokerAddress
-from mqtt_bridge.notifier import NOTIFICATION_PROPERTY, Notifier
+from mqtt_bridge.notifier import DROPPED, NOTIFICATION_PROPERTY, Notifier
 from mqtt_bridge.subscriptions import LOG_FILTERS, SubscriptionRegistry
 from mqtt_bridge.topics import ERROR_PREFIX, INGEST_FILTERS, INGEST_PREFIX, create_target, error_topic
 from mqtt_bridge.wire import Message, MqttClient
@@ -323,6 +323,4 @@ class Bridge:
         # without a connection the notification is dropped and counted.
         properties = [NOTIFICATION_PROPERTY, (AUDIENCE_PROPERTY, audience)] if audience else [NOTIFICATION_PROPERTY]
         if not self.client.publish(topic, payload, user_properties=properties, qos=1):
-            from mqtt_bridge.notifier import DROPPED  # only on this rare path
-
             DROPPED.inc()

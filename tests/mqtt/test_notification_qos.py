@@ -15,7 +15,7 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -48,7 +48,7 @@ class Device:
 
     broker: EmbeddedMosquitto
     client_id: str
-    version: int = mqtt.MQTTv5
+    version: MQTTProtocolVersion = mqtt.MQTTv5
     persistent: bool = False
     received: list[Delivery] = field(default_factory=list)
     session_present: bool | None = None
@@ -67,7 +67,7 @@ class Device:
 
     def connect(self) -> Device:
         if self.version == mqtt.MQTTv5:
-            properties = Properties(PacketTypes.CONNECT)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S if self.persistent else 0
             self.client.connect("127.0.0.1", self.broker.port, clean_start=not self.persistent,
                                 properties=properties)
@@ -80,6 +80,7 @@ class Device:
     def subscribe(self, topic: str, qos: int) -> int:
         """Subscribe and wait for the SUBACK; the granted QoS."""
         _, mid = self.client.subscribe(topic, qos)
+        assert mid is not None
         with self._subscribed:
             assert self._subscribed.wait_for(lambda: mid in self._subacks, 10), f"{self.client_id}: no SUBACK"
             return self._subacks[mid][0]
@@ -91,6 +92,11 @@ class Device:
     def notifications(self, topic: str) -> list[Delivery]:
         with self._lock:
             return [d for d in self.received if d.topic == topic]
+
+    def wait_for_notifications(self, topic: str, n: int, what: str) -> list[Delivery]:
+        """The first `n` notifications on `topic`, once they are there."""
+        wait_for(lambda: len(self.notifications(topic)) >= n, what=what)
+        return self.notifications(topic)[:n]
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
                     ) -> None:
@@ -106,16 +112,16 @@ class Device:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         props = getattr(message.properties, "UserProperty", None) or []
         with self._lock:
-            self.received.append(Delivery(message.topic, message.payload, message.qos, bool(message.retain),
+            self.received.append(Delivery(message.topic, bytes(message.payload), message.qos, bool(message.retain),
                                           list(props)))
 
 
-def end_session(broker: EmbeddedMosquitto, client_id: str, version: int) -> None:
+def end_session(broker: EmbeddedMosquitto, client_id: str, version: MQTTProtocolVersion) -> None:
     """Connect once with a clean session, so that the broker forgets the persistent one (and its queue)."""
     Device(broker, client_id, version).connect().disconnect()
 
 
-def assert_is_the_entity(delivery: Delivery, version: int) -> dict[str, Any]:
+def assert_is_the_entity(delivery: Delivery, version: MQTTProtocolVersion) -> dict[str, Any]:
     body = delivery.json()
     assert body == httpx.get(body["@iot.selfLink"], timeout=10).json()
     assert not delivery.retain
@@ -126,7 +132,7 @@ def assert_is_the_entity(delivery: Delivery, version: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("version", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["mqtt5", "mqtt311"])
 def test_a_persistent_qos1_subscriber_gets_what_was_published_while_it_was_away(
-        sta: str, server_url: str, mosquitto_server: EmbeddedMosquitto, version: int) -> None:
+        sta: str, server_url: str, mosquitto_server: EmbeddedMosquitto, version: MQTTProtocolVersion) -> None:
     datastream = create_datastream(sta)
     topic = f"v1.1/Datastreams({datastream})/Observations"
     client_id = f"qos1-away-{uuid.uuid4().hex[:8]}"
@@ -141,16 +147,14 @@ def test_a_persistent_qos1_subscriber_gets_what_was_published_while_it_was_away(
 
         created = [create_observation(sta, datastream, i, f"2026-12-01T10:{i:02d}:00Z") for i in range(MISSED)]
         # published while the device was away: the online witness has them all (at its QoS, 0)
-        live = wait_for(lambda: len(witness.notifications(topic)) >= MISSED and witness.notifications(topic),
-                        what=f"{MISSED} notifications at the QoS 0 witness")
+        live = witness.wait_for_notifications(topic, MISSED, f"{MISSED} notifications at the QoS 0 witness")
         assert [d.json()["@iot.id"] for d in live] == created
         assert {d.qos for d in live} == {0}
 
         back = Device(mosquitto_server, client_id, version, persistent=True).connect()
         try:
             assert back.session_present is True
-            missed = wait_for(lambda: len(back.notifications(topic)) >= MISSED and back.notifications(topic),
-                              what=f"the {MISSED} notifications queued for the session")
+            missed = back.wait_for_notifications(topic, MISSED, f"the {MISSED} notifications queued for the session")
             assert [d.json()["@iot.id"] for d in missed] == created  # every one, once, in order
             assert {d.qos for d in missed} == {1}
             for delivery in missed:
@@ -158,7 +162,7 @@ def test_a_persistent_qos1_subscriber_gets_what_was_published_while_it_was_away(
             assert [d.payload for d in missed] == [d.payload for d in live]
 
             later = create_observation(sta, datastream, 99, "2026-12-01T11:00:00Z")  # and live again, at QoS 1
-            (now,) = wait_for(lambda: back.notifications(topic)[MISSED:], what="the live notification")
+            now = back.wait_for_notifications(topic, MISSED + 1, "the live notification")[-1]
             assert (now.json()["@iot.id"], now.qos) == (later, 1)
         finally:
             back.disconnect()
@@ -169,7 +173,7 @@ def test_a_persistent_qos1_subscriber_gets_what_was_published_while_it_was_away(
 
 @pytest.mark.parametrize("version", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["mqtt5", "mqtt311"])
 def test_each_subscriber_gets_the_lower_of_its_qos_and_the_platforms_and_nothing_is_retained(
-        sta: str, server_url: str, mosquitto_server: EmbeddedMosquitto, version: int) -> None:
+        sta: str, server_url: str, mosquitto_server: EmbeddedMosquitto, version: MQTTProtocolVersion) -> None:
     datastream = create_datastream(sta)
     topic = f"v1.1/Datastreams({datastream})/Observations"
     devices = {qos: Device(mosquitto_server, f"qos{qos}-{uuid.uuid4().hex[:8]}", version).connect()
@@ -179,7 +183,8 @@ def test_each_subscriber_gets_the_lower_of_its_qos_and_the_platforms_and_nothing
         wait_until_learned(server_url, topic)
         observation = create_observation(sta, datastream, 7.5)
         for qos, device in devices.items():
-            (delivery,) = wait_for(lambda d=device: d.notifications(topic), what=f"the notification at QoS {qos}")
+            (delivery,) = device.wait_for_notifications(topic, 1, f"the notification at QoS {qos}")
+            assert len(device.notifications(topic)) == 1, qos
             assert delivery.qos == min(qos, 1), qos
             assert assert_is_the_entity(delivery, version)["@iot.id"] == observation
     finally:
