@@ -88,7 +88,9 @@ class BrokerDecisions:
         try:
             if (parts := split_key(password)) is not None:  # the whole API key as the password
                 principal = await store.key(*parts)
-            elif self.authenticator.admin_token and hmac.compare_digest(password, self.authenticator.admin_token):
+            elif self.authenticator.admin_token and hmac.compare_digest(
+                    password.encode("utf-8", "surrogateescape"),
+                    self.authenticator.admin_token.encode("utf-8", "surrogateescape")):  # bytes: any password
                 principal = OPERATOR
             elif oidc is not None and looks_like_jwt(password):
                 return await oidc.principal_until(password)
