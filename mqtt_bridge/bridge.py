@@ -80,13 +80,6 @@ class _RateLimitedLog:
         log.warning(message, exc_info=exc_info, extra=fields)
 
 
-def _user_property(message: Message, name: str) -> str | None:
-    for key, value in message.user_properties:
-        if key == name:
-            return value
-    return None
-
-
 PRINCIPAL_PROPERTY = "citystream-principal"
 """The user property the broker's plugin stamps on a create: its publisher, as the platform described it."""
 CLIENT_PROPERTY = "citystream-client-id"
@@ -228,9 +221,10 @@ class Bridge:
         stamped with its publisher and client id (removing whatever the device sent under those names)."""
         payload = message.payload
         topic = message.topic.removeprefix(INGEST_PREFIX)
-        origin = Origin(topic, payload, _user_property(message, CLIENT_PROPERTY))
+        stamped = dict(message.user_properties)  # one pass for both stamps, on the hot path
+        origin = Origin(topic, payload, stamped.get(CLIENT_PROPERTY))
         ticket = (self.client.generation, message.packet_id, message)
-        publisher = _publisher(_user_property(message, PRINCIPAL_PROPERTY))
+        publisher = _publisher(stamped.get(PRINCIPAL_PROPERTY))
         if message.unreadable is not None:
             return Item(None, origin, message.unreadable, ticket=ticket, publisher=publisher)
         if publisher is None:
