@@ -67,6 +67,7 @@ from benchmarks.harness import (  # noqa: E402
     machine_info,
     percentile,
     platform_process,
+    stop_process,
     write_headers,
     write_report,
 )
@@ -197,12 +198,7 @@ def bridge(qos: int, echo: bool, env: dict[str, str], log_path: Path) -> Iterato
             time.sleep(0.1)
         yield BridgeRun(proc, log_path, offset)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         with open(log_path, "a") as log:
             log.write("\n--- bridge stopped ---\n")
 
