@@ -31,7 +31,7 @@ from sensorthings.model.entities import Relation, Storage
 from sensorthings.model.results import OBSERVATION, STREAMS, result_error
 from sensorthings.query.compiler import compile_created
 from sensorthings.query.write_statements import PHENOMENON_END, PHENOMENON_START, RESULT_TIME
-from sensorthings.write.authorize import covers, stream_scopes
+from sensorthings.write.authorize import covers, stream_scopes_query
 from sensorthings.write.derived import (
     ObservationTouch,
     StreamFacts,
@@ -83,7 +83,7 @@ class Item:
     transaction: one statement per batch instead of a query per request."""
     publisher: Principal | None = None
     """Who sent it, when the submitter has not checked that it may (MQTT: the principal the broker stamped
-    on the message); checked in the batch's transaction (`_check_publishers`)."""
+    on the message); checked in the batch's transaction (`_check_publishers_apply`)."""
     status: int = 400
     """The HTTP-style code of a rejection (`reason`): 400, or 403 for a publisher that may not create there."""
 
@@ -126,11 +126,13 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
     also yields the event loop to the HTTP requests of the same process, so fewer waits mean shorter
     batches under load."""
     async with conn.transaction():
-        await _check_publishers(conn, items)
         rows = [i for i in items if i.reason is None and i.row is not None]
         async with conn.pipeline():
+            scopes_read = await _publisher_scopes_send(conn, rows)
             streams_read = await _read_streams_send(conn, rows)
             ids_read = await _allocate_ids_send(conn, len(rows))
+            await _check_publishers_apply(scopes_read)  # first: a forbidden row learns nothing of its stream
+            rows = [i for i in rows if i.reason is None]
             streams = await _read_streams_apply(streams_read, rows)
             sequence_values = [int(v) for (v,) in await ids_read.fetchall()] if ids_read else []
         rows = [i for i in rows if i.reason is None]
@@ -147,22 +149,41 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
             await record_dead_letters(conn, [(i.origin, i.reason) for i in items if i.reason and i.origin], now)
 
 
-async def _check_publishers(conn: AsyncConnection[Any], items: Sequence[Item]) -> None:
-    """Reject the rows whose publisher may not create Observations in their stream (sensorthings.write.
-    authorize's rule: the role everywhere, for the stream's Project, or owning it). A publisher with the
-    role everywhere costs nothing; for the others one statement per stream table. A stream that does not
-    exist is refused the same way, so the answer does not tell such a publisher which streams exist."""
-    limited = [i for i in items if i.reason is None and i.row is not None and i.publisher is not None
-               and not i.publisher.has(Role.CREATE)]
+async def _publisher_scopes_send(conn: AsyncConnection[Any], rows: Sequence[Item]
+                                 ) -> list[tuple[Relation, list[Item], AsyncCursor[Any]]]:
+    """Send the reads that `_check_publishers_apply` needs: for rows whose publisher may not create
+    everywhere, one statement per stream table. A publisher with the role everywhere costs nothing."""
+    publishers = {id(i.publisher): i.publisher for i in rows if i.publisher is not None}  # one per client
+    unchecked = {key for key, publisher in publishers.items() if not publisher.has(Role.CREATE)}
+    if not unchecked:
+        return []
+    limited = [i for i in rows if id(i.publisher) in unchecked]
+    sent = []
     for stream in STREAMS:
         wanted = [i for i in limited if i.row is not None and i.row.stream is stream]
-        if not wanted:
-            continue
-        scopes = await stream_scopes(conn, stream.target_entity, sorted({i.row.stream_id for i in wanted if i.row}))
+        if wanted:
+            query, params = stream_scopes_query(stream.target_entity,
+                                                sorted({i.row.stream_id for i in wanted if i.row}))
+            sent.append((stream, wanted, await conn.execute(query, params)))
+    return sent
+
+
+async def _check_publishers_apply(sent: list[tuple[Relation, list[Item], AsyncCursor[Any]]]) -> None:
+    """Reject the rows whose publisher may not create Observations in their stream (sensorthings.write.
+    authorize's rule: the role everywhere, for the stream's Project, or owning it), decided once per
+    publisher and stream. A stream that does not exist is refused the same way, so the answer does not
+    tell such a publisher which streams exist."""
+    for stream, wanted, cursor in sent:
+        scopes = {int(i): (project, owner) for i, project, owner in await cursor.fetchall()}
+        decided: dict[tuple[int, int], bool] = {}
         for item in wanted:
             assert item.row is not None and item.publisher is not None
-            scope = scopes.get(item.row.stream_id)
-            if scope is None or not covers(item.publisher, Role.CREATE, *scope):
+            key = (id(item.publisher), item.row.stream_id)
+            allowed = decided.get(key)
+            if allowed is None:
+                scope = scopes.get(item.row.stream_id)
+                allowed = decided[key] = scope is not None and covers(item.publisher, Role.CREATE, *scope)
+            if not allowed:
                 item.status = 403
                 item.reason = (f"{item.publisher.kind} {item.publisher.name!r} may not create Observations in "
                                f"{stream.name} {item.row.stream_id}: that needs the role 'create' everywhere, for "

@@ -19,7 +19,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -95,13 +95,19 @@ FORBIDDEN = Counter("citystream_mqtt_forbidden_creates", "MQTT creates refused b
 
 
 @functools.lru_cache(maxsize=1024)
-def _publisher(stamp: str | None) -> Principal | None:
-    if stamp is None:
-        return None
-    try:
-        return from_description(stamp)
-    except ValueError:
-        return None
+def _stamps(user_properties: Sequence[tuple[str, str]]) -> tuple[str | None, Principal | None]:
+    """The client id and the publisher the broker's plugin stamped on a create. Cached by the message's
+    user properties (a tuple, the same for every create of one client): read once per client, not per
+    message."""
+    stamped = dict(user_properties)
+    stamp = stamped.get(PRINCIPAL_PROPERTY)
+    publisher = None
+    if stamp is not None:
+        try:
+            publisher = from_description(stamp)
+        except ValueError:
+            publisher = None
+    return stamped.get(CLIENT_PROPERTY), publisher
 
 
 class _PluginCounters:
@@ -221,10 +227,9 @@ class Bridge:
         stamped with its publisher and client id (removing whatever the device sent under those names)."""
         payload = message.payload
         topic = message.topic.removeprefix(INGEST_PREFIX)
-        stamped = dict(message.user_properties)  # one pass for both stamps, on the hot path
-        origin = Origin(topic, payload, stamped.get(CLIENT_PROPERTY))
+        client_id, publisher = _stamps(tuple(message.user_properties))
+        origin = Origin(topic, payload, client_id)
         ticket = (self.client.generation, message.packet_id, message)
-        publisher = _publisher(stamped.get(PRINCIPAL_PROPERTY))
         if message.unreadable is not None:
             return Item(None, origin, message.unreadable, ticket=ticket, publisher=publisher)
         if publisher is None:

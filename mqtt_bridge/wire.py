@@ -41,8 +41,9 @@ import math
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 log = logging.getLogger("citystream.mqtt")
@@ -84,15 +85,16 @@ class Message:
     qos: int
     packet_id: int = 0
     dup: bool = False
-    properties: dict[str, Any] = field(default_factory=dict)
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    """Read-only: shared by the messages that carry the same properties (see _publish_properties)."""
     unreadable: str | None = None
     """Why the PUBLISH could not be read in full (e.g. a property this client does not know). Framing is
     intact, so the message is still handed on, to be dead-lettered and acknowledged like any bad payload:
     dropping the connection instead would only get the same message redelivered, for ever."""
 
     @property
-    def user_properties(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = self.properties.get("user_property", [])
+    def user_properties(self) -> Sequence[tuple[str, str]]:
+        found: Sequence[tuple[str, str]] = self.properties.get("user_property", ())
         return found
 
 
@@ -234,19 +236,47 @@ def read_publish(flags: int, body: bytes) -> Message:
         (packet_id,) = struct.unpack_from("!H", body, at)
         at += 2
     if at < len(body) and body[at] == 0:  # no properties: the common case, skip the general reader
-        props: dict[str, Any] = {}
+        props: Mapping[str, Any] = _NO_PROPERTIES
         at += 1
     else:
-        rest = body[at:]  # properties and payload: the evidence for the dead letter if they cannot be read
+        # If they cannot be read, the properties and payload (body[start:]) are the dead letter's evidence.
+        start = at
         try:
-            props, at = read_properties(body, at)
+            props, at = _publish_properties(body, at)
         except (ProtocolError, struct.error, IndexError) as exc:
-            return Message(topic, rest, qos, packet_id, bool(flags & 0x08), {},
+            return Message(topic, body[start:], qos, packet_id, bool(flags & 0x08), _NO_PROPERTIES,
                            unreadable=f"the PUBLISH packet's properties cannot be read ({exc or type(exc).__name__})")
         if at > len(body):
-            return Message(topic, rest, qos, packet_id, bool(flags & 0x08), {},
+            return Message(topic, body[start:], qos, packet_id, bool(flags & 0x08), _NO_PROPERTIES,
                            unreadable="the PUBLISH packet's properties run past its end")
     return Message(topic, body[at:], qos, packet_id, bool(flags & 0x08), props)
+
+
+_NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
+_PROPERTY_CACHE: dict[bytes, Mapping[str, Any]] = {}
+PROPERTY_CACHE_SIZE = 4096
+"""Distinct PUBLISH property blocks remembered (a few hundred bytes each): one per sender in practice."""
+
+
+def _publish_properties(body: bytes, at: int) -> tuple[Mapping[str, Any], int]:
+    """A PUBLISH's properties, read once per distinct block: the broker stamps every create of one client
+    with the same ones, and reading them took three times as long as the rest of the packet. The mapping
+    (and its user properties, a tuple) is shared by the messages that carry the block, so it is read-only.
+    A sender varying its properties only empties the cache now and then."""
+    length, start = _read_varint(body, at)
+    end = start + length
+    block = body[at:end]
+    props = _PROPERTY_CACHE.get(block)
+    if props is None:
+        parsed, end = read_properties(body, at)
+        if "user_property" in parsed:
+            parsed["user_property"] = tuple(parsed["user_property"])
+        props = MappingProxyType(parsed)
+        if end <= len(body):  # a block that runs past the packet's end is never a cache entry
+            if len(_PROPERTY_CACHE) >= PROPERTY_CACHE_SIZE:
+                _PROPERTY_CACHE.clear()
+            _PROPERTY_CACHE[block] = props
+    return props, end
 
 
 # ------------------------------------------------------------------ the protocol

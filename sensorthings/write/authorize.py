@@ -87,10 +87,10 @@ def covers(principal: Principal, role: Role, project_id: int | None, owner: str 
     return principal.has_in(role, project_id) or (owner is not None and owner == principal.auth_id)
 
 
-async def stream_scopes(conn: AsyncConnection[Any], stream: Entity, ids: list[int]
-                        ) -> dict[int, tuple[int | None, str | None]]:
-    """(Project id, owner's authId) of each existing stream `ids` of `stream` (Datastream, MultiDatastream),
-    in one statement: for a batch of Observations whose publishers hold their roles only somewhere (MQTT)."""
+def stream_scopes_query(stream: Entity, ids: list[int]) -> tuple[str, dict[str, Any]]:
+    """The statement reading (id, Project id, owner's authId) of each existing stream `ids` of `stream`
+    (Datastream, MultiDatastream): for a batch of Observations whose publishers hold their roles only
+    somewhere (MQTT). A statement, not a call, so that the batch sends it with its other reads."""
     b = SqlBuilder("")
     s = b.alias()
     columns = _scope_columns(stream, s)
@@ -98,8 +98,7 @@ async def stream_scopes(conn: AsyncConnection[Any], stream: Entity, ids: list[in
         columns = [sql.SQL("NULL::bigint"), sql.SQL("NULL::text")]
     query = sql.SQL("SELECT {}.id, {} FROM {} {} WHERE {}.id = ANY({})").format(
         s, sql.SQL(", ").join(columns), sql.Identifier(stream.table), s, s, b.param(ids))
-    rows = await (await conn.execute(query.as_string(None), b.params)).fetchall()
-    return {int(i): (project, owner) for i, project, owner in rows}
+    return query.as_string(None), b.params
 
 
 async def _rows(conn: AsyncConnection[Any], statement: tuple[sql.Composable, dict[str, Any]] | None

@@ -33,7 +33,7 @@ def test_publish_with_properties_is_read_as_paho_wrote_it() -> None:
     message = wire.read_publish(0x02 | 0x08, body)
     assert (message.topic, message.payload, message.qos, message.packet_id, message.dup) == (
         "v1.1/Observations", b'{"result": 1}', 1, 4711, True)
-    assert message.user_properties == [("client_id", "meter-7"), ("citystream", "notification")]
+    assert message.user_properties == (("client_id", "meter-7"), ("citystream", "notification"))
     assert message.properties["response_topic"] == "citystream/errors/meter-7"
     assert message.properties["correlation_data"] == b"\x00\x01req"
     assert message.properties["message_expiry"] == 60
@@ -47,8 +47,32 @@ def test_our_publish_packet_round_trips() -> None:
     assert start + length == len(packet)
     message = wire.read_publish(packet[0] & 0x0F, packet[start:])
     assert message.qos == 0 and message.topic == "v1.1/Things(1)" and message.payload == b"{}"
-    assert message.user_properties == [("citystream", "notification")]
+    assert message.user_properties == (("citystream", "notification"),)
     assert message.properties["correlation_data"] == b"abc"
+
+
+def test_a_property_block_is_read_once_and_shared_read_only() -> None:
+    """The broker stamps every create of one client with the same properties: read once, then shared."""
+    stamped = Properties(PacketTypes.PUBLISH)
+    stamped.UserProperty = [("citystream-client-id", "meter-7")]
+    first = wire.read_publish(0x02, paho_publish_body("t", b"1", 1, 1, stamped))
+    second = wire.read_publish(0x02, paho_publish_body("t", b"2", 1, 2, stamped))
+    assert first.properties is second.properties and second.payload == b"2"
+    with pytest.raises(TypeError):
+        first.properties["user_property"] = ()  # type: ignore[index]
+    other = Properties(PacketTypes.PUBLISH)
+    other.UserProperty = [("citystream-client-id", "meter-8")]
+    third = wire.read_publish(0x02, paho_publish_body("t", b"3", 1, 3, other))
+    assert third.user_properties == (("citystream-client-id", "meter-8"),)
+
+
+def test_the_property_cache_is_bounded() -> None:
+    for n in range(wire.PROPERTY_CACHE_SIZE + 10):
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.UserProperty = [("k", str(n))]
+        message = wire.read_publish(0x02, paho_publish_body("t", b"x", 1, 1, properties))
+        assert message.user_properties == (("k", str(n)),)
+    assert len(wire._PROPERTY_CACHE) <= wire.PROPERTY_CACHE_SIZE
 
 
 @pytest.mark.parametrize("value", [0, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, wire.MAX_REMAINING_LENGTH])
@@ -97,7 +121,7 @@ def test_text_that_is_not_utf8_is_read_with_replacement_characters() -> None:
     body = struct.pack("!H", 4) + b"t/\xffx" + properties + b"{}"
     message = wire.read_publish(0x00, body)
     assert message.unreadable is None and message.topic == "t/\ufffdx"
-    assert message.user_properties == [("k\ufffd", "v\ufffd1")]
+    assert message.user_properties == (("k\ufffd", "v\ufffd1"),)
 
 
 def test_a_failing_message_handler_keeps_the_connection() -> None:

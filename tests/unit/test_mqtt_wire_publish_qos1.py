@@ -247,7 +247,7 @@ def test_the_client_publishes_at_qos_1_within_the_window_and_at_qos_0_when_it_is
         assert [(m.topic, m.qos, m.packet_id) for m in first] == [
             ("v1.1/Things(0)", 1, 2), ("v1.1/Things(1)", 1, 3), ("v1.1/Things(2)", 1, 4),
             ("v1.1/Things(3)", 0, 0), ("v1.1/Things(4)", 0, 0)]  # the window (3) is full: QoS 0, not dropped
-        assert all(m.user_properties == [("citystream", "notification")] for m in first)
+        assert all(m.user_properties == (("citystream", "notification"),) for m in first)
         broker.writers[0].write(puback(first[1].packet_id))
         async with asyncio.timeout(10):
             while client.stats.acknowledged < 1:
