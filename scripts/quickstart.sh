@@ -113,16 +113,18 @@ with venv by hand, then run this script again"
         if ! [[ "$major" =~ ^[0-9]+$ ]]; then
             ((can_root)) || die "cannot tell which PostgreSQL this system offers; as root run: apt-get update && \
 apt-get install postgresql postgresql-15-postgis-3 mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev \
-libcurl4-openssl-dev libcjson-dev uthash-dev gcc libc6-dev gdal-bin python3-venv nodejs npm"
+libcurl4-openssl-dev libcjson-dev uthash-dev gcc libc6-dev gdal-bin python3-venv tzdata nodejs npm"
             die "apt offers no 'postgresql' package; add a repository with PostgreSQL >= 15"
         fi
         ((major >= 15)) || die "this system's PostgreSQL is $major; CityStream needs >= 15 (Debian 12, \
 Ubuntu 24.04, or the PostgreSQL project's apt repository)"
     fi
-    # gcc only recommends libc6-dev, and --no-install-recommends is used: both are named.
+    # gcc only recommends libc6-dev, and --no-install-recommends is used: both are named. tzdata: the one
+    # time-zone database that both Python's zoneinfo and Debian's PostgreSQL read (rollup buckets follow
+    # local midnight, sensorthings/model/rollups.py), so the two never disagree on a zone's rules.
     pkgs=(postgresql "postgresql-$major" "postgresql-$major-postgis-3" mosquitto mosquitto-clients mosquitto-dev
         libmosquitto-dev libcurl4-openssl-dev libcjson-dev uthash-dev gcc libc6-dev gdal-bin python3-venv
-        python3-pip)
+        python3-pip tzdata)
     # Only what is missing: a Node.js from elsewhere (NodeSource, nvm) brings its own npm, and Debian's npm
     # package would conflict with NodeSource's nodejs.
     command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
