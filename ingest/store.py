@@ -17,7 +17,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection, AsyncCursor, sql
@@ -43,10 +43,13 @@ from sensorthings.write.derived import (
     stream_facts_sql,
     update_stream_summaries,
 )
+from sensorthings.write.rollups import changed_spans, merge_batch, rollup_write_error
 
 # The Observation's id, its field columns and its foreign keys: its stream (STREAMS order), then its
 # FeatureOfInterest (the order of every COPY row), each with its PostgreSQL type for the binary format.
 _FOREIGN_KEYS = [*(r.column for r in STREAMS), FEATURE_RELATION.column]
+ROLLUP_STREAM = OBSERVATION.relation("Datastream")
+"""The stream of a rollup's Observations (rollups are Datastreams)."""
 _FIELD_COLUMNS = [c for f in OBSERVATION.fields for c in f.columns]
 COPY_COLUMNS: list[tuple[str, str]] = [
     ("id", "int8"),
@@ -98,6 +101,10 @@ def check_foreign_keys_match_model() -> None:
 check_foreign_keys_match_model()
 
 
+ROLLUP_LEAD = timedelta(days=8)
+"""How long before an Observation the rollup bucket holding it may start (a week, plus a day of zone offset)."""
+
+
 class PartitionCache:
     """Months whose observation partition is known to exist; new months are created outside the batch's
     transaction (see migrations/0001_core.sql for why)."""
@@ -110,11 +117,14 @@ class PartitionCache:
             if item.row is None or item.reason is not None:
                 continue
             start: datetime = item.row.columns[PHENOMENON_START]
-            utc = start.astimezone(UTC)
-            key = (utc.year, utc.month)
-            if key not in self._months:
-                await create_partition(conn, start)
-                self._months.add(key)
+            # and the week before: a rollup bucket (P1W, or a local day or month in a zone east of UTC)
+            # holding this Observation may start in the month before
+            for moment in (start, start - ROLLUP_LEAD):
+                utc = moment.astimezone(UTC)
+                key = (utc.year, utc.month)
+                if key not in self._months:
+                    await create_partition(conn, moment)
+                    self._months.add(key)
 
 
 async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: datetime) -> None:
@@ -142,9 +152,16 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
         rows = [i for i in rows if i.reason is None]
         if rows:
             await _copy(conn, rows, sequence_values)
+        touched = _touches(rows)
+        if rows and any(facts.has_rollups for facts in streams.values()):
+            buckets = await merge_batch(conn, [(i.row.stream_id, i.id, i.row.columns[PHENOMENON_START])
+                                               for i in rows if i.row and i.id is not None
+                                               and streams[(i.row.stream, i.row.stream_id)].has_rollups])
+            for rollup_id, (start, end) in changed_spans(buckets).items():
+                add_touch(touched, (ROLLUP_STREAM, rollup_id), start, end, None, None)
         async with conn.pipeline():
             if rows:
-                await update_stream_summaries(conn, _touches(rows))
+                await update_stream_summaries(conn, touched)
                 await _render(conn, rows)
             await record_dead_letters(conn, [(i.origin, i.reason) for i in items if i.reason and i.origin], now)
 
@@ -212,13 +229,15 @@ async def _read_streams_send(conn: AsyncConnection[Any], items: list[Item]
 async def _read_streams_apply(cursors: list[tuple[Relation, AsyncCursor[Any]]], items: list[Item]
                               ) -> dict[StreamKey, StreamFacts]:
     """Reject rows whose stream is missing or whose result does not fit it."""
-    streams = {(stream, int(d)): StreamFacts(types, loc, f)
-               for stream, cursor in cursors for d, types, loc, f in await cursor.fetchall()}
+    streams = {(stream, int(row[0])): StreamFacts(*row[1:]) for stream, cursor in cursors
+               for row in await cursor.fetchall()}
     for item in items:
         assert item.row is not None
         found = streams.get((item.row.stream, item.row.stream_id))
         if found is None:
             item.reason = f"there is no {item.row.stream.name} with @iot.id {item.row.stream_id}"
+        elif found.rollup_of is not None:
+            item.reason = rollup_write_error(item.row.stream_id, found.rollup_of)
         else:
             item.reason = result_error(found.result_types, item.row.columns)
     return streams

@@ -20,7 +20,18 @@ from typing import Any
 
 from sensorthings.model import VERSIONS, in_version
 from sensorthings.model.errors import BadRequest
-from sensorthings.model.kinds import Field, GeoJson, Geometry, Instant, Interval, Json, JsonList, Result, Text
+from sensorthings.model.kinds import (
+    Field,
+    GeoJson,
+    Geometry,
+    Instant,
+    Interval,
+    Json,
+    JsonList,
+    Result,
+    Rollup,
+    Text,
+)
 
 
 class Storage(Enum):
@@ -51,6 +62,9 @@ class Relation:
     rank_column: str = ""
     """Link-table column holding each target's position: the relation is an ordered list (a
     MultiDatastream's ObservedProperties, one per component), set when the source is created."""
+    added_in: str = "v1.0"
+    """The STA version that has this navigation property even where both entity types are older (a
+    Datastream's RollupOf: a CityStream extension served under /v1.1 only)."""
 
     @property
     def fixed(self) -> bool:
@@ -83,7 +97,7 @@ class Relation:
     @property
     def since(self) -> str:
         """The STA version that has both ends (Entity.since): a relation to a STAplus entity is a v1.1 one."""
-        return max(self.source_entity.since, self.target_entity.since, key=VERSIONS.index)
+        return max(self.source_entity.since, self.target_entity.since, self.added_in, key=VERSIONS.index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +148,8 @@ class Entity:
     @functools.cached_property
     def absent_optional_columns(self) -> dict[str, Any]:
         """Columns of the optional fields, all None: what a create stores for those it was not given."""
-        return {c: None for f in self.fields if not (f.required or f.defaults_to_now or f.server_maintained)
+        return {c: None for f in self.fields
+                if not (f.required or f.defaults_to_now or f.server_maintained or f.set_on_create)
                 for c in f.columns}
 
     @functools.cached_property
@@ -217,6 +232,8 @@ def _properties_since_1_1() -> Json:
     return Json("properties", "properties", since="v1.1")
 
 
+ROLLUPS_SINCE = "v1.1"
+"""Rollups are a CityStream extension of the 1.1 data model: served under /v1.1 only."""
 STAPLUS_SINCE = "v1.1"
 """STAplus (OGC 22-022r1) extends the 1.1 data model: its entity types exist under /v1.1 only."""
 PARTY_ROLES = ("individual", "institutional")
@@ -268,6 +285,7 @@ ENTITIES: dict[str, Entity] = {
             *_STREAM_SUMMARIES,
             _properties_since_1_1(),
             _visibility(),
+            Rollup("rollup", "rollup", since=ROLLUPS_SINCE, set_on_create=True),
             result_types_field="observationType",
         ),
         _entity(
@@ -376,16 +394,16 @@ ENTITIES: dict[str, Entity] = {
 
 def _one_to_many(
     parent: str, parent_nav: str, child: str, child_nav: str, column: str, *, child_requires_parent: bool,
-    parent_generated: bool = False,
+    parent_generated: bool = False, added_in: str = "v1.0",
 ) -> None:
     """Declare a one-to-many relation whose foreign key `column` lives in the child's table;
     `parent_generated`: a child created without its parent gets one generated (Relation.generated)."""
     ENTITIES[parent].relations[parent_nav] = Relation(
-        parent_nav, parent, child, Storage.FK_ON_TARGET, column=column, inverse_name=child_nav
+        parent_nav, parent, child, Storage.FK_ON_TARGET, column=column, inverse_name=child_nav, added_in=added_in,
     )
     ENTITIES[child].relations[child_nav] = Relation(
         child_nav, child, parent, Storage.FK_ON_SOURCE, column=column, required=child_requires_parent,
-        generated=parent_generated, inverse_name=parent_nav,
+        generated=parent_generated, inverse_name=parent_nav, added_in=added_in,
     )
 
 
@@ -446,6 +464,11 @@ _one_to_many("Project", "Datastreams", "Datastream", "Project", "project_id", ch
 _one_to_many("Project", "MultiDatastreams", "MultiDatastream", "Project", "project_id", child_requires_parent=False)
 _one_to_many("License", "Datastreams", "Datastream", "License", "license_id", child_requires_parent=False)
 _one_to_many("License", "MultiDatastreams", "MultiDatastream", "License", "license_id", child_requires_parent=False)
+
+# CityStream's rollups (sensorthings/model/rollups.py): a rollup is an ordinary Datastream whose Observations
+# the platform computes from those of the Datastream it is a RollupOf (deleting that deletes its rollups).
+_one_to_many("Datastream", "Rollups", "Datastream", "RollupOf", "rollup_of_id", child_requires_parent=False,
+             added_in=ROLLUPS_SINCE)
 
 ENTITY_SETS: dict[str, Entity] = {e.set_name: e for e in ENTITIES.values()}
 """Every entity set by name, in every version (see `entity_sets_in`)."""

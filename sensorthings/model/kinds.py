@@ -22,6 +22,7 @@ from psycopg import sql
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.json_values import JsonNumber, exact_json_text, nested_deeper_than, to_jsonb_text
 from sensorthings.model.operand import Operand, json_operand
+from sensorthings.model.rollups import FUNCTIONS, WIDTHS, RollupSpec
 from sensorthings.model.times import parse_interval, parse_time
 
 Param = Callable[[Any], sql.Composable]
@@ -40,6 +41,9 @@ class Field:
     """The STA version that added the property (model.VERSIONS): older versions neither show nor take it."""
     admin_only: bool = False
     """Only an admin may set it (a STAplus Party's authId: whose identity the Party is)."""
+    set_on_create: bool = False
+    """Given when the entity is created and never changed (a rollup's definition): a PUT that omits it
+    keeps it, an update that sends another value is refused (the writer's check)."""
     null_is_a_value: ClassVar[bool] = False  # JSON null is a legitimate value even where required
     column_types: ClassVar[tuple[str, ...]] = ("text",)
     """PostgreSQL type of each of `columns`, in order (what a binary COPY declares)."""
@@ -142,6 +146,25 @@ class Json(Field):
 
     def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
         return {"type": "object"} if self.object_only else {}
+
+
+@dataclass(frozen=True)
+class Rollup(Json):
+    """What a rollup Datastream computes (sensorthings/model/rollups.py: width, function, time zone), given
+    with its RollupOf when it is created. The shape is checked here; whether `sum` fits the source, and
+    that it never changes afterwards, the writer checks (sensorthings/write/rollups.py)."""
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {self.column: None}
+        spec = RollupSpec.parse(value, summable=True, where=where)
+        return {self.column: to_jsonb_text(spec.to_json(), where)}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return {"type": "object", "required": ["width", "function"], "additionalProperties": False,
+                "properties": {"width": {"type": "string", "enum": list(WIDTHS)},
+                               "function": {"type": "string", "enum": list(FUNCTIONS)},
+                               "timeZone": {"type": "string", "description": "an IANA time zone (default UTC)"}}}
 
 
 _JSON_TYPE_NAMES: dict[type, str] = {str: "strings", dict: "JSON objects"}

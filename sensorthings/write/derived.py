@@ -83,6 +83,10 @@ class StreamFacts(NamedTuple):
     """The current Location of its Thing, from which FeaturesOfInterest are generated."""
     generated_feature_id: int | None
     """The FeatureOfInterest already generated from that Location, if there is one yet."""
+    rollup_of: int | None = None
+    """The source of a rollup Datastream (write/rollups.py): its Observations are computed, never written."""
+    has_rollups: bool = False
+    """Whether rollups are computed from this stream's Observations (each write updates them)."""
 
 
 @functools.cache
@@ -91,15 +95,19 @@ def stream_facts_sql(stream: Relation) -> bytes:
     concurrent DELETE waits for the writer's commit instead of breaking its foreign keys)."""
     target = stream.target_entity
     thing = sql.SQL("d.{}").format(sql.Identifier(target.relation("Thing").column))
+    rollups = target.relations.get("Rollups")
+    rollup_facts = sql.SQL("NULL::bigint, false") if rollups is None else sql.SQL(
+        "d.{column}, EXISTS (SELECT 1 FROM {table} r WHERE r.{column} = d.id)").format(
+        column=sql.Identifier(rollups.column), table=sql.Identifier(target.table))
     return sql.SQL(
-        "SELECT d.id, to_jsonb(d.{types}), loc.{current}, f.id FROM {table} d"
+        "SELECT d.id, to_jsonb(d.{types}), loc.{current}, f.id, {rollup_facts} FROM {table} d"
         " LEFT JOIN LATERAL ({location}) loc ON true"
         " LEFT JOIN {features} f ON f.{generated_from} = loc.{current}"
         " WHERE d.id = ANY(%s) ORDER BY d.id FOR KEY SHARE OF d").format(
         types=sql.Identifier(target.fields_by_name[target.result_types_field].column),
         table=sql.Identifier(target.table), location=current_location_sql(thing),
         features=sql.Identifier(FEATURE_OF_INTEREST.table), generated_from=_GENERATED_FROM,
-        current=CURRENT_LOCATION_ID).as_bytes(None)
+        current=CURRENT_LOCATION_ID, rollup_facts=rollup_facts).as_bytes(None)
 
 
 async def stream_facts(conn: AsyncConnection[Any], stream: Relation, stream_id: int) -> StreamFacts | None:

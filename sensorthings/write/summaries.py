@@ -6,6 +6,7 @@ request before commit (`apply`), never per row; bulk ingest only widens (write/d
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -100,6 +101,21 @@ class StreamSummaries:
         row = await cursor.fetchone()
         assert row is not None  # a SELECT without FROM yields its row
         return read_removed(row[0])
+
+    def rollup_changed(self, stream: StreamKey, start: datetime, end: datetime, *, emptied: bool) -> None:
+        """A rollup's bucket [start, end) got its Observation (widening the rollup's summary) or lost it."""
+        add_touch(self._removed if emptied else self._touched, stream, start, end, None, None)
+
+    def datastream_spans(self) -> dict[int, tuple[datetime, datetime]]:
+        """Per Datastream whose Observations this request created, changed or removed: the span of phenomenon
+        time it touched (what its rollups compute again; read before `apply` clears it)."""
+        spans: dict[int, tuple[datetime, datetime]] = {}
+        for (stream, stream_id), touch in (*self._touched.items(), *self._removed.items()):
+            if stream.target != "Datastream":
+                continue
+            low, high = spans.get(stream_id, (touch.start, touch.end))
+            spans[stream_id] = (min(low, touch.start), max(high, touch.end))
+        return spans
 
     async def apply(self) -> None:
         """Widen the summaries of the streams that got Observations, then narrow those that lost some; all

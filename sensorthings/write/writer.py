@@ -24,6 +24,8 @@ from sensorthings.model.entities import ENTITIES, Entity, Relation, Storage
 from sensorthings.model.errors import BadRequest, NotFound, PartitionMissing
 from sensorthings.model.kinds import GeoJson, JsonList, Result
 from sensorthings.model.results import STREAMS, result_error, stream_of
+from sensorthings.model.times import EARLIEST as EARLIEST_TIME
+from sensorthings.model.times import LATEST as LATEST_TIME
 from sensorthings.query.sql import SqlBuilder, id_predicate
 from sensorthings.query.write_statements import (
     FEATURE_COLUMN,
@@ -43,9 +45,20 @@ from sensorthings.write.derived import (
 )
 from sensorthings.write.history import LocationHistory
 from sensorthings.write.ports import Change
+from sensorthings.write.rollups import (
+    Bucket,
+    complete_rollup_create,
+    definition,
+    recompute,
+    refuse_rollup_change,
+    rollup_write_error,
+    rollups_of,
+)
 from sensorthings.write.summaries import StreamSummaries
 
 THING = ENTITIES["Thing"]
+DATASTREAM = ENTITIES["Datastream"]
+ROLLUP_STREAM = ENTITIES["Observation"].relation("Datastream")
 THING_LOCATIONS = THING.relation("Locations")
 LOCATION_THINGS = THING_LOCATIONS.inverse
 _result = OBSERVATION.fields_by_name["result"]
@@ -93,6 +106,9 @@ class Writer:
         if not isinstance(body, dict):
             raise BadRequest(f"{where} must be a JSON object with the properties of a {entity.name}")
         check_keys(entity, body, where)
+        rollup = entity is DATASTREAM and ("RollupOf" in body or body.get("rollup") is not None)
+        if rollup:
+            body = await complete_rollup_create(self.conn, body, where)
         columns = parse_fields(entity, body, where, complete=True, now=self.now)
         if via is not None and via.name in body:
             raise BadRequest(f"{where}: {via.name} is given by the URL or the enclosing entity; leave it out",
@@ -138,6 +154,9 @@ class Writer:
             if relation.to_many and relation.name in body:
                 await self._create_children(relation, new_id, body[relation.name], f"{where}.{relation.name}")
         await self._check_components(entity, new_id, where)
+        if rollup:  # its Observations, from all of its source's
+            self._rollup_summaries(await recompute(self.conn, [new_id], EARLIEST_TIME, LATEST_TIME,
+                                                   self.ensure_partition))
         # every to-one link, None where it has none (the stream it does not have, an optional Party)
         links: dict[str, int | None] = {r.name: columns.get(r.column) for r in entity.relations.values()
                                         if r.storage is Storage.FK_ON_SOURCE}
@@ -227,6 +246,9 @@ class Writer:
         stream, stream_id = found
         facts = await stream_facts(self.conn, stream, stream_id)
         assert facts is not None  # the stream was required (or created) just before
+        if facts.rollup_of is not None:
+            raise BadRequest(f"{where}: {rollup_write_error(stream_id, facts.rollup_of)}",
+                             field=f"{where}.{stream.name}")
         error = result_error(facts.result_types, columns)
         if error is not None:
             raise BadRequest(f"{where}: {error}", field=f"{where}.result")
@@ -313,6 +335,11 @@ class Writer:
             if str(body.pop("@iot.id")) != str(entity_id):
                 raise BadRequest(f"{where}.@iot.id differs from the id in the URL; ids cannot change")
         check_keys(entity, body, where)
+        if entity is DATASTREAM and ("RollupOf" in body or "rollup" in body):
+            current = await definition(self.conn, entity_id)
+            if current is not None:
+                refuse_rollup_change(body, current, where)
+                body.pop("RollupOf", None)  # unchanged
         columns = parse_fields(entity, body, where, complete=replace, now=self.now, version=version)
         relinks: list[tuple[Relation, list[int]]] = []
         for name, relation in entity.relations.items():
@@ -350,6 +377,7 @@ class Writer:
                                  f"POST {entity.set_name}({entity_id})/{name}/$ref", field=rel_where)
 
         if entity is OBSERVATION:
+            await self._refuse_computed(entity_id, where)
             await self.summaries.leaving(entity_id, columns)
         if columns:
             if entity.partition_column and entity.partition_column in columns:
@@ -433,6 +461,19 @@ class Writer:
                 raise BadRequest(f"{where}: {error}", field=f"{where}.result")
         self.summaries.gained(columns)
 
+    async def _refuse_computed(self, observation_id: int, where: str) -> None:
+        """Observations of a rollup are computed from its source's (write/rollups.py): not changed by hand."""
+        b = SqlBuilder("")
+        rollup_of = sql.Identifier(DATASTREAM.relation("RollupOf").column)
+        row = await self._fetch_one(sql.SQL(
+            "SELECT d.id, d.{of} FROM {} e JOIN {} d ON d.id = e.{} WHERE {} AND d.{of} IS NOT NULL"
+        ).format(sql.Identifier(OBSERVATION.table), sql.Identifier(DATASTREAM.table),
+                 sql.Identifier(OBSERVATION.relation("Datastream").column),
+                 id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b), of=rollup_of), b.params)
+        if row is not None:
+            raise BadRequest(f"{where}: Observation {observation_id} belongs to "
+                             f"{rollup_write_error(int(row[0]), int(row[1]))}")
+
     def observations_removed(self, removed: Any) -> None:
         """Observations were deleted by a statement of their own (compile_filtered_delete): `removed` is what
         it reports they took from their streams' summaries."""
@@ -452,6 +493,8 @@ class Writer:
                     scol=sql.Identifier(relation.link_source_column)), {"id": entity_id})
         if entity is FEATURE_OF_INTEREST:
             await self.summaries.feature_deleting(entity_id)
+        if entity is OBSERVATION:
+            await self._refuse_computed(entity_id, "the request")
         b = SqlBuilder("")
         returning: sql.Composable = sql.SQL("")
         if entity is OBSERVATION:
@@ -474,7 +517,25 @@ class Writer:
         """Apply the per-request side effects before commit. Idempotent: a second call finds nothing to do
         (POST calls it early so that the entity it returns already shows them)."""
         await self.history.record(self.conn, self.now, self.changes)
+        spans = self.summaries.datastream_spans()
         await self.summaries.apply()
+        await self._recompute_rollups(spans)
+        await self.summaries.apply()  # the rollups' own summaries
+
+    async def _recompute_rollups(self, spans: dict[int, tuple[datetime, datetime]]) -> None:
+        """The rollups of Datastreams whose Observations this request created, changed or deleted: their
+        buckets over what changed, computed again from the raw Observations (an ingest batch merges instead:
+        write/rollups.py)."""
+        if not spans:
+            return
+        for rollup_id, source_id in await rollups_of(self.conn, spans):
+            low, high = spans[source_id]
+            self._rollup_summaries(await recompute(self.conn, [rollup_id], low, high, self.ensure_partition))
+
+    def _rollup_summaries(self, buckets: Iterable[Bucket]) -> None:
+        for bucket in buckets:
+            self.summaries.rollup_changed((ROLLUP_STREAM, bucket.rollup_id), bucket.start, bucket.end,
+                                          emptied=not bucket.count)
 
 
 def _fixed_links(relation: Relation) -> BadRequest:

@@ -38,7 +38,8 @@ from tests.sta_helpers import (
 CONFORMANCE_BASE = "http://www.opengis.net/spec/iot_sensing/1.1/req/"
 STAPLUS_SETS = ("Parties", "Projects", "Licenses")
 """The entity sets of STAplus, which /v1.1 serves besides ENTITY_SETS (those of both versions)."""
-STAPLUS_NAVIGATION = {"Thing": ("Party",), "Datastream": ("Party", "Project", "License")}
+STAPLUS_NAVIGATION = {"Thing": ("Party",), "Datastream": ("Party", "Project", "License", "Rollups", "RollupOf")}
+"""v1.1 only: STAplus, and CityStream's rollups (sensorthings/model/rollups.py)."""
 """The navigation properties STAplus adds to the entity types of full_tree (tests/sta/test_staplus.py)."""
 
 

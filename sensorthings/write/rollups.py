@@ -1,0 +1,426 @@
+"""Rollup Datastreams (issue 18): created from their source, and kept equal to it.
+
+A rollup is an ordinary Datastream with a `RollupOf` (its source) and a `rollup` (width, function, time
+zone: sensorthings/model/rollups.py). Its Observations are computed, one per bucket, and never written by
+clients. Two ways keep them true, both in the transaction of the write that changes the source:
+
+- `merge_batch`: an ingest batch (MQTT, POST) adds its part to each touched bucket's running state
+  (rollup_buckets: count, exact sum, extremes, first/last), read from the rows the batch just copied. A
+  batch never reads a bucket's other raw Observations, so a P1M rollup costs a batch what a PT15M one does,
+  and late or out-of-order Observations land in their bucket like any other.
+- `recompute`: what cannot be merged (an Observation updated, moved or deleted) recomputes the buckets it
+  touched from the raw Observations; creating a rollup recomputes all of its source's history.
+
+Either way the changed buckets' Observations are then written (`_write_observations`): created for new
+buckets, updated in place (same id) for changed ones, deleted for buckets left empty. Their phenomenonTime
+is the bucket, `parameters.rollup` holds the bucket's count (and the width and function, so that a reader
+of the Observation alone knows what it is).
+
+Bucket boundaries in SQL are `sta_rollup_bucket_start/_end` (migration 0011), tested against the Python
+definition. Only numeric results are aggregated (null results are not counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection, sql
+
+from sensorthings.model.entities import ENTITIES
+from sensorthings.model.errors import BadRequest
+from sensorthings.model.kinds import RESULT_NUMBER
+from sensorthings.model.observation_ids import observation_id
+from sensorthings.model.results import RESULT_TYPES
+from sensorthings.model.rollups import RollupSpec
+
+EnsurePartition = Callable[[datetime], Awaitable[None]]
+DATASTREAM = ENTITIES["Datastream"]
+OBSERVATION = ENTITIES["Observation"]
+ROLLUP_OF = DATASTREAM.relation("RollupOf")
+_OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
+MEASUREMENT = _OM + "OM_Measurement"
+COUNT_OBSERVATION = _OM + "OM_CountObservation"
+NUMERIC_TYPES = frozenset(t for t, (kinds, _) in RESULT_TYPES.items() if t in (MEASUREMENT, COUNT_OBSERVATION))
+"""Sources a rollup may have: Datastreams whose results are numbers."""
+COUNT_UNIT = {"name": "count", "symbol": "", "definition": "http://qudt.org/vocab/unit/NUM"}
+"""The unitOfMeasurement of a count rollup (a number of Observations, whatever the source measures)."""
+INHERITED = ("Thing", "Sensor", "ObservedProperty", "Project", "Party", "License")
+"""What a rollup takes from its source unless the create says otherwise: where it is, what measured it,
+what it measures, and who may read it (so that access control reaches the rollup without a second rule)."""
+
+
+# ------------------------------------------------------------------------------------------ create
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    id: int
+    name: str
+    observation_type: str
+    unit: Any
+    properties: Any
+    rollup_of_id: int | None
+    visibility: str | None
+    links: dict[str, int | None]
+
+
+async def _source(conn: AsyncConnection[Any], source_id: int, where: str) -> _Source:
+    fields = DATASTREAM.fields_by_name
+    columns = [fields[name].column for name in ("name", "observationType", "unitOfMeasurement", "properties")]
+    columns += [ROLLUP_OF.column, fields["visibility"].column, *(DATASTREAM.relation(n).column for n in INHERITED)]
+    row = await (await conn.execute(sql.SQL("SELECT {} FROM {} WHERE id = %s").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(DATASTREAM.table)), (source_id,))).fetchone()
+    if row is None:
+        raise BadRequest(f"{where}: there is no Datastream with @iot.id {source_id}", field=where)
+    name, observation_type, unit, properties, rollup_of_id, visibility, *links = row
+    return _Source(source_id, name, observation_type, unit, properties, rollup_of_id, visibility,
+                   dict(zip(INHERITED, links, strict=True)))
+
+
+def summable(source_type: str, properties: Any) -> bool:
+    """Whether `sum` means something for a source: counts (OM_CountObservation), or a Datastream that says
+    its results are totals over their phenomenonTime (`properties.resultsAreTotals: true`, e.g. rainfall
+    per interval). A sum of temperatures is a number without a meaning."""
+    return source_type == COUNT_OBSERVATION or (isinstance(properties, dict)
+                                                and properties.get("resultsAreTotals") is True)
+
+
+async def complete_rollup_create(conn: AsyncConnection[Any], body: dict[str, Any], where: str) -> dict[str, Any]:
+    """The body of a rollup's create with what it inherits from its source filled in (see INHERITED; its
+    name, description, observationType and unit follow from the source and the function). Refuses a
+    rollup of a rollup, of a source without numeric results, and `sum` where it has no meaning."""
+    rel_where = f"{where}.RollupOf"
+    link = body.get("RollupOf")
+    if not isinstance(link, dict) or set(link) != {"@iot.id"}:
+        raise BadRequest(f"{rel_where}: a rollup names its existing source Datastream as {{\"@iot.id\": n}}",
+                         field=rel_where)
+    if "rollup" not in body or body["rollup"] is None:
+        raise BadRequest(f"{where}: a Datastream with a RollupOf needs its rollup, e.g. "
+                         f"{{\"width\": \"PT1H\", \"function\": \"mean\", \"timeZone\": \"Europe/Berlin\"}}",
+                         field=f"{where}.rollup")
+    raw_id = link["@iot.id"]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, int):
+        raise BadRequest(f"{rel_where}.@iot.id must be a positive integer", field=rel_where)
+    source = await _source(conn, raw_id, rel_where)
+    if source.rollup_of_id is not None:
+        raise BadRequest(f"{rel_where}: Datastream {source.id} is itself a rollup (of Datastream "
+                         f"{source.rollup_of_id}); roll up that one instead", field=rel_where)
+    if source.observation_type not in NUMERIC_TYPES:
+        raise BadRequest(f"{rel_where}: Datastream {source.id} has observationType {source.observation_type}; "
+                         f"rollups aggregate numbers ({' or '.join(sorted(NUMERIC_TYPES))})", field=rel_where)
+    spec = RollupSpec.parse(body["rollup"], summable=summable(source.observation_type, source.properties),
+                            where=f"{where}.rollup")
+    completed = dict(body)
+    for name in INHERITED:
+        if name not in completed and source.links[name] is not None:
+            completed[name] = {"@iot.id": source.links[name]}
+    if "visibility" not in completed and source.visibility is not None:
+        completed["visibility"] = source.visibility
+    completed.setdefault("name", f"{source.name} ({spec.function} per {spec.width})")
+    completed.setdefault("description", f"The {spec.function} of Datastream {source.id} ({source.name}) per "
+                                        f"{spec.width}, in the time zone {spec.time_zone}; computed by the platform")
+    counts = spec.function == "count"
+    completed.setdefault("observationType", COUNT_OBSERVATION if counts or (
+        spec.function != "mean" and source.observation_type == COUNT_OBSERVATION) else MEASUREMENT)
+    completed.setdefault("unitOfMeasurement", COUNT_UNIT if counts else source.unit)
+    return completed
+
+
+def refuse_rollup_change(body: dict[str, Any], current: tuple[int | None, Any], where: str) -> None:
+    """An update may send a rollup's RollupOf and rollup only unchanged: a rollup with another definition is
+    another rollup (create it, delete this one), and a raw Datastream does not become one."""
+    rollup_of_id, rollup = current
+    if "RollupOf" in body:
+        link = body["RollupOf"]
+        sent = link.get("@iot.id") if isinstance(link, dict) else link
+        if sent != rollup_of_id:
+            raise BadRequest(f"{where}.RollupOf cannot change; create a new rollup Datastream (POST Datastreams "
+                             f"with RollupOf and rollup) and delete this one", field=f"{where}.RollupOf")
+    if "rollup" in body:
+        try:
+            sent_spec = RollupSpec.parse(body["rollup"], summable=True).to_json() if body["rollup"] else None
+        except BadRequest:
+            sent_spec = body["rollup"]
+        if sent_spec != rollup:
+            raise BadRequest(f"{where}.rollup cannot change; create a new rollup Datastream with the new "
+                             f"definition and delete this one", field=f"{where}.rollup")
+
+
+# ------------------------------------------------------------------------------------------ maintenance
+
+def _names() -> dict[str, sql.Composable]:
+    """The model's tables and columns the statements below name (they spell none themselves)."""
+    result = OBSERVATION.fields_by_name["result"].columns
+    return {
+        "obs_table": sql.Identifier(OBSERVATION.table), "ds_table": sql.Identifier(DATASTREAM.table),
+        "stream": sql.Identifier(OBSERVATION.relation("Datastream").column),
+        "feature": sql.Identifier(OBSERVATION.relation("FeatureOfInterest").column),
+        "start": sql.Identifier(OBSERVATION.fields_by_name["phenomenonTime"].columns[0]),
+        "end": sql.Identifier(OBSERVATION.fields_by_name["phenomenonTime"].columns[1]),
+        "kind": sql.Identifier(result[0]), "number": sql.Identifier(result[1]), "text": sql.Identifier(result[2]),
+        "parameters": sql.Identifier(OBSERVATION.fields_by_name["parameters"].column),
+        "of": sql.Identifier(ROLLUP_OF.column), "rollup": sql.Identifier(DATASTREAM.fields_by_name["rollup"].column),
+        "numeric": sql.Literal(RESULT_NUMBER),
+    }
+
+
+_NAMES = _names()
+
+# Each raw Observation of a rollup's source in `r`, with its bucket: (rollup_id, b, w, z, id, t, v, integral, f).
+_RAW = """
+SELECT r.id AS rollup_id, sta_rollup_bucket_start(o.{start}, r.w, r.z) AS b, r.w, r.z, o.id, o.{start} AS t,
+       o.{text}::numeric AS v, o.{text} ~ '^-?[0-9]+$' AS integral, o.{feature} AS f
+FROM {obs_table} o JOIN r ON r.source_id = o.{stream}
+WHERE o.{kind} = {numeric}
+"""
+# The part of each (rollup, bucket) in `raw`.
+_PARTS = """
+SELECT rollup_id, b, sta_rollup_bucket_end(b, min(w), min(z)) AS e, count(*) AS n, sum(v) AS s,
+       bool_and(integral) AS i, min(v) AS lo, max(v) AS hi,
+       (array_agg(t ORDER BY t, id))[1] AS ft, (array_agg(id ORDER BY t, id))[1] AS fid,
+       (array_agg(v ORDER BY t, id))[1] AS fv,
+       (array_agg(t ORDER BY t DESC, id DESC))[1] AS lt, (array_agg(id ORDER BY t DESC, id DESC))[1] AS lid,
+       (array_agg(v ORDER BY t DESC, id DESC))[1] AS lv, (array_agg(f ORDER BY t DESC, id DESC))[1] AS lf
+FROM raw GROUP BY rollup_id, b ORDER BY rollup_id, b
+"""
+_ROLLUPS = """
+SELECT d.id, d.{of} AS source_id, d.{rollup}->>'width' AS w, coalesce(d.{rollup}->>'timeZone', 'UTC') AS z
+FROM {ds_table} d
+"""
+_RETURNING = """
+RETURNING rollup_id, bucket_start, bucket_end, count, sum, integral, min, max, first_value, last_value,
+          last_feature, observation
+"""
+_COLUMNS = ("rollup_id, bucket_start, bucket_end, count, sum, integral, min, max, first_time, first_id, "
+            "first_value, last_time, last_id, last_value, last_feature")
+
+
+_FIRST = "(EXCLUDED.first_time, EXCLUDED.first_id) < (k.first_time, k.first_id)"
+_LAST = "(EXCLUDED.last_time, EXCLUDED.last_id) > (k.last_time, k.last_id)"
+
+
+def _statement(text: str) -> bytes:
+    fragments = {name: sql.SQL(fragment).format(**_NAMES) for name, fragment in (
+        ("rollups", _ROLLUPS), ("raw", _RAW), ("parts", _PARTS), ("columns", _COLUMNS), ("returning", _RETURNING),
+        ("first", _FIRST), ("last", _LAST))}
+    return sql.SQL(text).format(**fragments, **_NAMES).as_bytes(None)
+
+
+MERGE_SQL = _statement("""
+WITH r AS ({rollups} WHERE d.{of} = ANY(%(sources)s)),
+raw AS ({raw} AND o.id = ANY(%(ids)s) AND o.{start} BETWEEN %(low)s AND %(high)s),
+parts AS ({parts})
+INSERT INTO rollup_buckets AS k ({columns})
+SELECT rollup_id, b, e, n, s, i, lo, hi, ft, fid, fv, lt, lid, lv, lf FROM parts
+ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET
+    count = k.count + EXCLUDED.count, sum = k.sum + EXCLUDED.sum, integral = k.integral AND EXCLUDED.integral,
+    min = LEAST(k.min, EXCLUDED.min), max = GREATEST(k.max, EXCLUDED.max),
+    first_time = CASE WHEN {first} THEN EXCLUDED.first_time ELSE k.first_time END,
+    first_id = CASE WHEN {first} THEN EXCLUDED.first_id ELSE k.first_id END,
+    first_value = CASE WHEN {first} THEN EXCLUDED.first_value ELSE k.first_value END,
+    last_time = CASE WHEN {last} THEN EXCLUDED.last_time ELSE k.last_time END,
+    last_id = CASE WHEN {last} THEN EXCLUDED.last_id ELSE k.last_id END,
+    last_value = CASE WHEN {last} THEN EXCLUDED.last_value ELSE k.last_value END,
+    last_feature = CASE WHEN {last} THEN EXCLUDED.last_feature ELSE k.last_feature END
+{returning}
+""")
+"""One ingest batch's part of every touched bucket, merged into its state (rows locked in key order)."""
+
+RECOMPUTE_SQL = _statement("""
+WITH r AS ({rollups} WHERE d.id = ANY(%(rollups)s)),
+bounds AS (SELECT r.id, sta_rollup_bucket_start(%(low)s, r.w, r.z) AS low,
+                  sta_rollup_bucket_end(sta_rollup_bucket_start(%(high)s, r.w, r.z), r.w, r.z) AS high FROM r),
+raw AS ({raw} AND o.{start} >= (SELECT min(low) FROM bounds) AND o.{start} < (SELECT max(high) FROM bounds)),
+parts AS ({parts}),
+fresh AS (
+    INSERT INTO rollup_buckets AS k ({columns})
+    SELECT p.rollup_id, p.b, p.e, p.n, p.s, p.i, p.lo, p.hi, p.ft, p.fid, p.fv, p.lt, p.lid, p.lv, p.lf
+    FROM parts p JOIN bounds ON bounds.id = p.rollup_id AND p.b >= bounds.low AND p.b < bounds.high
+    ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET
+        bucket_end = EXCLUDED.bucket_end, count = EXCLUDED.count, sum = EXCLUDED.sum,
+        integral = EXCLUDED.integral, min = EXCLUDED.min, max = EXCLUDED.max,
+        first_time = EXCLUDED.first_time, first_id = EXCLUDED.first_id, first_value = EXCLUDED.first_value,
+        last_time = EXCLUDED.last_time, last_id = EXCLUDED.last_id, last_value = EXCLUDED.last_value,
+        last_feature = EXCLUDED.last_feature
+    {returning}),
+emptied AS (
+    DELETE FROM rollup_buckets k USING bounds
+    WHERE k.rollup_id = bounds.id AND k.bucket_start >= bounds.low AND k.bucket_start < bounds.high
+      AND NOT EXISTS (SELECT 1 FROM parts p WHERE p.rollup_id = k.rollup_id AND p.b = k.bucket_start)
+    RETURNING k.rollup_id, k.bucket_start, k.bucket_end, 0::bigint, 0::numeric, true, NULL::numeric,
+              NULL::numeric, NULL::numeric, NULL::numeric, k.last_feature, k.observation)
+SELECT * FROM fresh UNION ALL SELECT * FROM emptied
+""")
+"""The buckets of `rollups` that overlap [low, high] computed again from the raw Observations; those left
+without any are deleted (returned with count 0, so that their Observations go too)."""
+
+
+@dataclass(slots=True)
+class Bucket:
+    """A changed bucket of a rollup, as rollup_buckets returns it."""
+
+    rollup_id: int
+    start: datetime
+    end: datetime
+    count: int
+    sum: Decimal
+    integral: bool
+    min: Decimal | None
+    max: Decimal | None
+    first: Decimal | None
+    last: Decimal | None
+    feature_id: int | None
+    observation_id: int | None
+
+
+async def merge_batch(conn: AsyncConnection[Any], rows: Iterable[tuple[int, int, datetime]]) -> list[Bucket]:
+    """Merge the Observations an ingest batch just stored — (source Datastream id, Observation id, phenomenon
+    start) of those whose Datastream has rollups — into their rollups' buckets, and write those buckets'
+    Observations. Returns the changed buckets."""
+    rows = list(rows)
+    if not rows:
+        return []
+    sources = sorted({r[0] for r in rows})
+    params = {"sources": sources, "ids": [r[1] for r in rows],
+              "low": min(r[2] for r in rows), "high": max(r[2] for r in rows)}
+    async with conn.pipeline():
+        await conn.execute(_LOCK_OF_SOURCES_SQL, (sources,))
+        merged = await conn.execute(MERGE_SQL, params)
+    buckets = [Bucket(*row) for row in await merged.fetchall()]
+    await _write_observations(conn, buckets)
+    return buckets
+
+
+async def recompute(conn: AsyncConnection[Any], rollup_ids: Sequence[int], low: datetime, high: datetime,
+                    ensure_partition: EnsurePartition | None = None) -> list[Bucket]:
+    """Compute the buckets of `rollup_ids` overlapping [low, high] again from the raw Observations and write
+    their Observations (creating a rollup: its source's whole span). `ensure_partition` is called for the
+    start of every new bucket before its Observation is written (the REST writer's check, which makes the
+    request create a missing month partition and run again)."""
+    if not rollup_ids:
+        return []
+    params = {"rollups": sorted(rollup_ids), "low": low, "high": high}
+    await conn.execute(_LOCK_SQL, (params["rollups"],))  # before the recompute's snapshot: see _LOCK_SQL
+    buckets = [Bucket(*row) for row in await (await conn.execute(RECOMPUTE_SQL, params)).fetchall()]
+    if ensure_partition is not None:
+        for bucket in buckets:
+            if bucket.observation_id is None and bucket.count:
+                await ensure_partition(bucket.start)
+    await _write_observations(conn, buckets)
+    return buckets
+
+
+async def rollups_of(conn: AsyncConnection[Any], source_ids: Iterable[int]) -> list[tuple[int, int]]:
+    """(rollup id, source id) of the rollup Datastreams of the given sources."""
+    rows = await (await conn.execute(_ROLLUPS_OF_SQL, (sorted(set(source_ids)),))).fetchall()
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+async def definition(conn: AsyncConnection[Any], datastream_id: int) -> tuple[int | None, Any] | None:
+    """(RollupOf id, rollup) of a Datastream, None if there is none with that id."""
+    row = await (await conn.execute(_SOURCE_SQL, (datastream_id,))).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def bucket_value(bucket: Bucket, function: str) -> int | float | None:
+    """The value of `function` over the bucket (rollups.BucketState.value's rules: ints stay ints where every
+    input was one; mean is a float)."""
+    if function == "count":
+        return bucket.count
+    if not bucket.count:
+        return None
+    exact = {"sum": bucket.sum, "min": bucket.min, "max": bucket.max, "first": bucket.first,
+             "last": bucket.last}.get(function)
+    if function == "mean":
+        return float(bucket.sum / bucket.count)
+    assert exact is not None
+    return int(exact) if bucket.integral else float(exact)
+
+
+_SPECS_SQL = _statement("SELECT id, {rollup}::text FROM {ds_table} WHERE id = ANY(%s)")
+_INSERT_SQL = _statement("""
+INSERT INTO {obs_table} (id, {start}, {end}, {kind}, {number}, {text}, {parameters}, {stream}, {feature})
+SELECT v.id, v.ps, v.pe, {numeric}, v.n, v.s, v.p, v.d, v.f
+FROM json_to_recordset(%s::json) AS v(id bigint, ps timestamptz, pe timestamptz, n float8, s text, p jsonb,
+                                     d bigint, f bigint)
+""")
+_UPDATE_SQL = _statement("""
+UPDATE {obs_table} o SET {end} = v.pe, {number} = v.n, {text} = v.s, {parameters} = v.p,
+                            {feature} = coalesce(v.f, o.{feature})
+FROM json_to_recordset(%s::json) AS v(id bigint, ps timestamptz, pe timestamptz, n float8, s text, p jsonb, f bigint)
+WHERE o.id = v.id AND o.{start} = v.ps
+""")
+_DELETE_SQL = _statement("""
+DELETE FROM {obs_table} o USING json_to_recordset(%s::json) AS v(id bigint, ps timestamptz)
+WHERE o.id = v.id AND o.{start} = v.ps
+""")
+_LINK_SQL = _statement("""
+UPDATE rollup_buckets k SET observation = v.id
+FROM json_to_recordset(%s::json) AS v(d bigint, ps timestamptz, id bigint)
+WHERE k.rollup_id = v.d AND k.bucket_start = v.ps
+""")
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('citystream-rollup', r)) FROM unnest(%s::bigint[]) r"
+"""Merges and recomputes of one rollup take turns (in id order). Otherwise a recompute could read the raw
+Observations before a concurrent batch commits and then overwrite the state that batch merged into."""
+_LOCK_OF_SOURCES_SQL = _statement(
+    "SELECT pg_advisory_xact_lock(hashtextextended('citystream-rollup', id)) FROM "
+    "(SELECT id FROM {ds_table} WHERE {of} = ANY(%s) ORDER BY id) r")
+_ROLLUPS_OF_SQL = _statement("SELECT id, {of} FROM {ds_table} WHERE {of} = ANY(%s) ORDER BY id")
+_SOURCE_SQL = _statement("SELECT {of}, {rollup} FROM {ds_table} WHERE id = %s")
+
+
+async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket]) -> None:
+    """Create, update or delete the Observation of each changed bucket."""
+    if not buckets:
+        return
+    specs = {int(i): str(text) for i, text in await (await conn.execute(
+        _SPECS_SQL, (sorted({b.rollup_id for b in buckets}),))).fetchall()}
+    new = [b for b in buckets if b.observation_id is None and b.count and b.feature_id is not None]
+    sequence = [int(v) for (v,) in await (await conn.execute(
+        "SELECT nextval(%s) FROM generate_series(1, %s)", (OBSERVATION.id_sequence, len(new)))).fetchall()
+                ] if new else []
+    inserts, updates, deletes, links = [], [], [], []
+    for bucket in buckets:
+        spec = orjson.loads(specs[bucket.rollup_id])
+        value = bucket_value(bucket, spec["function"])
+        document = {"ps": bucket.start.isoformat(), "pe": bucket.end.isoformat(),
+                    "n": None if value is None else float(value),
+                    "s": None if value is None else (str(value) if isinstance(value, int) else repr(value)),
+                    "p": {"rollup": {**spec, "count": bucket.count}}, "d": bucket.rollup_id, "f": bucket.feature_id}
+        if not bucket.count:
+            if bucket.observation_id is not None:
+                deletes.append({"id": bucket.observation_id, "ps": document["ps"]})
+        elif bucket.observation_id is None:
+            if bucket.feature_id is None:
+                continue  # its FeatureOfInterest was deleted meanwhile: written with the next change
+            new_id = observation_id(sequence.pop(0), bucket.start)
+            inserts.append({**document, "id": new_id})
+            links.append({"d": bucket.rollup_id, "ps": document["ps"], "id": new_id})
+        else:
+            updates.append({**document, "id": bucket.observation_id})
+    for statement, documents in ((_DELETE_SQL, deletes), (_INSERT_SQL, inserts), (_UPDATE_SQL, updates),
+                                 (_LINK_SQL, links)):
+        if documents:
+            await conn.execute(statement, (orjson.dumps(documents).decode(),))
+
+
+def changed_spans(buckets: Sequence[Bucket]) -> dict[int, tuple[datetime, datetime]]:
+    """Per rollup, the span its changed buckets cover (for its Datastream summary)."""
+    spans: dict[int, tuple[datetime, datetime]] = {}
+    for bucket in buckets:
+        if not bucket.count:
+            continue
+        low, high = spans.get(bucket.rollup_id, (bucket.start, bucket.end))
+        spans[bucket.rollup_id] = (min(low, bucket.start), max(high, bucket.end))
+    return spans
+
+
+def rollup_write_error(rollup_id: int, source_id: int) -> str:
+    """Why an Observation cannot be written to a rollup Datastream."""
+    return (f"Datastream {rollup_id} is a rollup of Datastream {source_id}: its Observations are computed "
+            f"from that one's; write Observations to Datastream {source_id}")
