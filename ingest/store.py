@@ -101,10 +101,6 @@ def check_foreign_keys_match_model() -> None:
 check_foreign_keys_match_model()
 
 
-ROLLUP_LEAD = timedelta(days=8)
-"""How long before an Observation the rollup bucket holding it may start (a week, plus a day of zone offset)."""
-
-
 class PartitionCache:
     """Months whose observation partition is known to exist; new months are created outside the batch's
     transaction (see migrations/0001_core.sql for why)."""
@@ -117,9 +113,9 @@ class PartitionCache:
             if item.row is None or item.reason is not None:
                 continue
             start: datetime = item.row.columns[PHENOMENON_START]
-            # and the week before: a rollup bucket (P1W, or a local day or month in a zone east of UTC)
-            # holding this Observation may start in the month before
-            for moment in (start, start - ROLLUP_LEAD):
+            # and the month before: a rollup bucket holding this Observation may start there (a week, or a
+            # local month in a zone east of UTC, which begins on the last day of the UTC month before)
+            for moment in (start, start.astimezone(UTC).replace(day=1, hour=12) - timedelta(days=1)):
                 utc = moment.astimezone(UTC)
                 key = (utc.year, utc.month)
                 if key not in self._months:

@@ -178,3 +178,15 @@ def test_deleting_the_source_deletes_its_rollups(sta: str) -> None:
     rollup_id = rollup(sta, source, "PT1H", "mean")
     assert delete(sta, f"Datastreams({source})").status_code == 200
     assert HTTP.get(f"{sta}/Datastreams({rollup_id})").status_code == 404
+
+
+def test_a_bucket_may_start_in_a_month_without_raw_data(sta: str) -> None:
+    """A local month east of UTC starts on the last day of the UTC month before, where no partition may
+    exist yet: an ingest batch and a rollup's creation both create it."""
+    source = numeric_datastream(sta)
+    monthly = rollup(sta, source, "P1M", "max")
+    send(sta, source, [(datetime(2031, 7, 20, 12, tzinfo=UTC), 4)])  # only July 2031 has raw data
+    assert computed(sta, monthly) == {datetime(2031, 6, 30, 22, tzinfo=UTC): (4, 1)}
+    later = numeric_datastream(sta)
+    send(sta, later, [(datetime(2032, 3, 15, 12, tzinfo=UTC), 7)])
+    assert computed(sta, rollup(sta, later, "P1M", "min")) == {datetime(2032, 2, 29, 23, tzinfo=UTC): (7, 1)}
