@@ -471,7 +471,7 @@ class Writer:
                  sql.Identifier(OBSERVATION.relation("Datastream").column),
                  id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b), of=rollup_of), b.params)
         if row is not None:
-            raise BadRequest(f"{where}: Observation {observation_id} belongs to "
+            raise BadRequest(f"{where}: Observation {observation_id} is computed, not written; "
                              f"{rollup_write_error(int(row[0]), int(row[1]))}")
 
     def observations_removed(self, removed: Any) -> None:
