@@ -43,13 +43,11 @@ from sensorthings.write.derived import (
     stream_facts_sql,
     update_stream_summaries,
 )
-from sensorthings.write.rollups import changed_spans, merge_batch, rollup_write_error
+from sensorthings.write.rollups import ROLLUP_STREAM, changed_spans, merge_batch, rollup_write_error
 
 # The Observation's id, its field columns and its foreign keys: its stream (STREAMS order), then its
 # FeatureOfInterest (the order of every COPY row), each with its PostgreSQL type for the binary format.
 _FOREIGN_KEYS = [*(r.column for r in STREAMS), FEATURE_RELATION.column]
-ROLLUP_STREAM = OBSERVATION.relation("Datastream")
-"""The stream of a rollup's Observations (rollups are Datastreams)."""
 _FIELD_COLUMNS = [c for f in OBSERVATION.fields for c in f.columns]
 COPY_COLUMNS: list[tuple[str, str]] = [
     ("id", "int8"),
@@ -113,14 +111,14 @@ class PartitionCache:
             if item.row is None or item.reason is not None:
                 continue
             start: datetime = item.row.columns[PHENOMENON_START]
-            # and the month before: a rollup bucket holding this Observation may start there (a week, or a
-            # local month in a zone east of UTC, which begins on the last day of the UTC month before)
-            for moment in (start, start.astimezone(UTC).replace(day=1, hour=12) - timedelta(days=1)):
-                utc = moment.astimezone(UTC)
-                key = (utc.year, utc.month)
-                if key not in self._months:
-                    await create_partition(conn, moment)
-                    self._months.add(key)
+            utc = start.astimezone(UTC)
+            key = (utc.year, utc.month)
+            if key not in self._months:
+                await create_partition(conn, start)
+                # and the month before, once per new month: a rollup bucket holding this Observation may
+                # start there (a week, or a local month east of UTC, which begins on the UTC month's eve)
+                await create_partition(conn, utc.replace(day=1, hour=12) - timedelta(days=1))
+                self._months.add(key)
 
 
 async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: datetime) -> None:

@@ -42,11 +42,12 @@ EnsurePartition = Callable[[datetime], Awaitable[None]]
 DATASTREAM = ENTITIES["Datastream"]
 OBSERVATION = ENTITIES["Observation"]
 ROLLUP_OF = DATASTREAM.relation("RollupOf")
-_OM = "http://www.opengis.net/def/observationType/OGC-OM/2.0/"
-MEASUREMENT = _OM + "OM_Measurement"
-COUNT_OBSERVATION = _OM + "OM_CountObservation"
-NUMERIC_TYPES = frozenset(t for t, (kinds, _) in RESULT_TYPES.items() if t in (MEASUREMENT, COUNT_OBSERVATION))
-"""Sources a rollup may have: Datastreams whose results are numbers."""
+ROLLUP_STREAM = OBSERVATION.relation("Datastream")
+"""The stream of a rollup's Observations (a rollup is a Datastream)."""
+NUMERIC_TYPES = frozenset(t for t, (kinds, _) in RESULT_TYPES.items() if kinds == {RESULT_NUMBER})
+"""Sources a rollup may have: Datastreams whose observationType takes only numbers (results.RESULT_TYPES)."""
+MEASUREMENT = next(t for t in NUMERIC_TYPES if t.endswith("/OM_Measurement"))
+COUNT_OBSERVATION = next(t for t in NUMERIC_TYPES if t.endswith("/OM_CountObservation"))
 COUNT_UNIT = {"name": "count", "symbol": "", "definition": "http://qudt.org/vocab/unit/NUM"}
 """The unitOfMeasurement of a count rollup (a number of Observations, whatever the source measures)."""
 INHERITED = ("Thing", "Sensor", "ObservedProperty", "Project", "Party", "License")
@@ -200,6 +201,8 @@ _COLUMNS = ("rollup_id, bucket_start, bucket_end, count, sum, integral, min, max
             "first_value, last_time, last_id, last_value, last_feature")
 
 
+_WITH_DEFINITION = "SELECT b.*, d.{rollup}::text FROM {ds_table} d JOIN"
+"""Each changed bucket with its rollup's definition, in the same statement (`... JOIN <buckets> b ON ...`)."""
 _FIRST = "(EXCLUDED.first_time, EXCLUDED.first_id) < (k.first_time, k.first_id)"
 _LAST = "(EXCLUDED.last_time, EXCLUDED.last_id) > (k.last_time, k.last_id)"
 
@@ -207,14 +210,15 @@ _LAST = "(EXCLUDED.last_time, EXCLUDED.last_id) > (k.last_time, k.last_id)"
 def _statement(text: str) -> bytes:
     fragments = {name: sql.SQL(fragment).format(**_NAMES) for name, fragment in (
         ("rollups", _ROLLUPS), ("raw", _RAW), ("parts", _PARTS), ("columns", _COLUMNS), ("returning", _RETURNING),
-        ("first", _FIRST), ("last", _LAST))}
+        ("first", _FIRST), ("last", _LAST), ("with_definition", _WITH_DEFINITION))}
     return sql.SQL(text).format(**fragments, **_NAMES).as_bytes(None)
 
 
 MERGE_SQL = _statement("""
 WITH r AS ({rollups} WHERE d.{of} = ANY(%(sources)s)),
 raw AS ({raw} AND o.id = ANY(%(ids)s) AND o.{start} BETWEEN %(low)s AND %(high)s),
-parts AS ({parts})
+parts AS ({parts}),
+merged AS (
 INSERT INTO rollup_buckets AS k ({columns})
 SELECT rollup_id, b, e, n, s, i, lo, hi, ft, fid, fv, lt, lid, lv, lf FROM parts
 ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET
@@ -227,7 +231,8 @@ ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET
     last_id = CASE WHEN {last} THEN EXCLUDED.last_id ELSE k.last_id END,
     last_value = CASE WHEN {last} THEN EXCLUDED.last_value ELSE k.last_value END,
     last_feature = CASE WHEN {last} THEN EXCLUDED.last_feature ELSE k.last_feature END
-{returning}
+{returning})
+{with_definition} merged b ON b.rollup_id = d.id
 """)
 """One ingest batch's part of every touched bucket, merged into its state (rows locked in key order)."""
 
@@ -254,7 +259,7 @@ emptied AS (
       AND NOT EXISTS (SELECT 1 FROM parts p WHERE p.rollup_id = k.rollup_id AND p.b = k.bucket_start)
     RETURNING k.rollup_id, k.bucket_start, k.bucket_end, 0::bigint, 0::numeric, true, NULL::numeric,
               NULL::numeric, NULL::numeric, NULL::numeric, k.last_feature, k.observation)
-SELECT * FROM fresh UNION ALL SELECT * FROM emptied
+{with_definition} (SELECT * FROM fresh UNION ALL SELECT * FROM emptied) b ON b.rollup_id = d.id
 """)
 """The buckets of `rollups` that overlap [low, high] computed again from the raw Observations; those left
 without any are deleted (returned with count 0, so that their Observations go too)."""
@@ -276,6 +281,8 @@ class Bucket:
     last: Decimal | None
     feature_id: int | None
     observation_id: int | None
+    definition: str
+    """The rollup's definition (its `rollup` as JSON text)."""
 
 
 async def merge_batch(conn: AsyncConnection[Any], rows: Iterable[tuple[int, int, datetime]]) -> list[Bucket]:
@@ -342,7 +349,6 @@ def bucket_value(bucket: Bucket, function: str) -> int | float | None:
     return int(exact) if bucket.integral else float(exact)
 
 
-_SPECS_SQL = _statement("SELECT id, {rollup}::text FROM {ds_table} WHERE id = ANY(%s)")
 _INSERT_SQL = _statement("""
 INSERT INTO {obs_table} (id, {start}, {end}, {kind}, {number}, {text}, {parameters}, {stream}, {feature})
 SELECT v.id, v.ps, v.pe, {numeric}, v.n, v.s, v.p, v.d, v.f
@@ -378,15 +384,13 @@ async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket])
     """Create, update or delete the Observation of each changed bucket."""
     if not buckets:
         return
-    specs = {int(i): str(text) for i, text in await (await conn.execute(
-        _SPECS_SQL, (sorted({b.rollup_id for b in buckets}),))).fetchall()}
     new = [b for b in buckets if b.observation_id is None and b.count and b.feature_id is not None]
     sequence = [int(v) for (v,) in await (await conn.execute(
         "SELECT nextval(%s) FROM generate_series(1, %s)", (OBSERVATION.id_sequence, len(new)))).fetchall()
                 ] if new else []
     inserts, updates, deletes, links = [], [], [], []
     for bucket in buckets:
-        spec = orjson.loads(specs[bucket.rollup_id])
+        spec = orjson.loads(bucket.definition)
         value = bucket_value(bucket, spec["function"])
         document = {"ps": bucket.start.isoformat(), "pe": bucket.end.isoformat(),
                     "n": None if value is None else float(value),
@@ -403,10 +407,11 @@ async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket])
             links.append({"d": bucket.rollup_id, "ps": document["ps"], "id": new_id})
         else:
             updates.append({**document, "id": bucket.observation_id})
-    for statement, documents in ((_DELETE_SQL, deletes), (_INSERT_SQL, inserts), (_UPDATE_SQL, updates),
-                                 (_LINK_SQL, links)):
-        if documents:
-            await conn.execute(statement, (orjson.dumps(documents).decode(),))
+    async with conn.pipeline():  # one round trip for all four
+        for statement, documents in ((_DELETE_SQL, deletes), (_INSERT_SQL, inserts), (_UPDATE_SQL, updates),
+                                     (_LINK_SQL, links)):
+            if documents:
+                await conn.execute(statement, (orjson.dumps(documents).decode(),))
 
 
 def changed_spans(buckets: Sequence[Bucket]) -> dict[int, tuple[datetime, datetime]]:

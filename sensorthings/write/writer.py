@@ -46,6 +46,7 @@ from sensorthings.write.derived import (
 from sensorthings.write.history import LocationHistory
 from sensorthings.write.ports import Change
 from sensorthings.write.rollups import (
+    ROLLUP_STREAM,
     Bucket,
     complete_rollup_create,
     definition,
@@ -58,7 +59,6 @@ from sensorthings.write.summaries import StreamSummaries
 
 THING = ENTITIES["Thing"]
 DATASTREAM = ENTITIES["Datastream"]
-ROLLUP_STREAM = ENTITIES["Observation"].relation("Datastream")
 THING_LOCATIONS = THING.relation("Locations")
 LOCATION_THINGS = THING_LOCATIONS.inverse
 _result = OBSERVATION.fields_by_name["result"]
