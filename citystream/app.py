@@ -24,6 +24,7 @@ from citystream.logs import request_id
 from citystream.mqtt_websocket import PATH as MQTT_WEBSOCKET_PATH
 from citystream.mqtt_websocket import MqttWebSocketRelay, RelayConfig
 from citystream.restrictions import RestrictionWatch
+from citystream.rollup_finalizer import RollupFinalizer
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
 from geo.api import OgcConfig, create_ogc_app
@@ -48,6 +49,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     audit = AuditLog(pool, retention_days=settings.audit_retention_days)
     restrictions = Restrictions()
     restriction_watch = RestrictionWatch(database_url, restrictions)
+    finalizer = RollupFinalizer(pool, notifier, settings.rollup_finalize_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -56,8 +58,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             await credentials.start()
             await audit.start()
             await restriction_watch.start()
+            await finalizer.start()
             yield
         finally:
+            await finalizer.stop()
             await restriction_watch.stop()
             await audit.stop()  # writes what is buffered, while the pool is still open
             await credentials.stop()

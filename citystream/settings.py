@@ -159,6 +159,9 @@ class Settings:
     """HTTP access records: `all`, `writes` (not GET/HEAD, and every response >= 400) or `off`."""
     audit_retention_days: int = 365
     """Days the audit log keeps (whole day partitions are dropped after that); 0 = keep everything."""
+    rollup_finalize_seconds: int = 60
+    """Seconds between passes that make rollup buckets final once their `finalAfter` has passed (0 = off:
+    buckets then become final only when they are written again)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -208,4 +211,5 @@ class Settings:
             log_level=_choice_env("CITYSTREAM_LOG_LEVEL", base.log_level, tuple(v.lower() for v in logs.LEVELS)),
             access_log=_choice_env("CITYSTREAM_ACCESS_LOG", base.access_log, ACCESS_LOG_MODES),
             audit_retention_days=_int_env("CITYSTREAM_AUDIT_RETENTION_DAYS", base.audit_retention_days),
+            rollup_finalize_seconds=_int_env("CITYSTREAM_ROLLUP_FINALIZE_SECONDS", base.rollup_finalize_seconds),
         )

@@ -211,7 +211,7 @@ class IngestPipeline:
     async def _write(self, batch: list[_Queued]) -> None:
         items = [q.item for q in batch]
         started = perf_counter()
-        await self._write_items(items)
+        rollup_notifications = await self._write_items(items)
         metrics.COMMIT_SECONDS.observe(perf_counter() - started)
         metrics.BATCH_ROWS.observe(len(batch))
         counts: dict[tuple[str, bool], int] = {}
@@ -227,11 +227,13 @@ class IngestPipeline:
                            **_NO_STREAM, i.row.stream.name: i.row.stream_id,
                            "FeatureOfInterest": i.row.feature_id or 0})
                        for i in items if i.id is not None and i.row is not None]
+            changes += rollup_notifications
             if changes:
                 self.listener.changed(changes)
 
-    async def _write_items(self, items: list[Item]) -> None:
-        """Write with retries; narrow an unforeseen data error down to the rows that cause it."""
+    async def _write_items(self, items: list[Item]) -> list[Change]:
+        """Write with retries; narrow an unforeseen data error down to the rows that cause it. Returns the
+        notifications of the rollup Observations the committed writes changed."""
         attempt = 0
         while True:
             saved = [(i.reason, i.row.feature_id if i.row else None, i.row.new_feature if i.row else None)
@@ -239,8 +241,7 @@ class IngestPipeline:
             try:
                 async with self.pool.connection() as conn:
                     await self._partitions.ensure(conn, items)
-                    await write_batch(conn, items, datetime.now(UTC))
-                return
+                    return await write_batch(conn, items, datetime.now(UTC))
             except Exception as exc:  # psycopg's, or one no check foresaw (then narrowed down like a data error)
                 for item, (reason, feature_id, new_feature) in zip(items, saved, strict=True):
                     item.reason, item.id, item.rendered = reason, None, None
@@ -259,14 +260,12 @@ class IngestPipeline:
                 if not pending:
                     log.error("dead letters could not be written (%s): %s", exc,
                               [(i.origin, i.reason) for i in items])
-                    return
+                    return []
                 if len(pending) == 1:
                     for item in pending:
                         item.reason = _unstorable_reason(exc)
                     if all(i.reason is None or i.origin is None for i in items):
-                        return  # nothing to record
+                        return []  # nothing to record
                     continue  # write the dead letters
                 half = len(items) // 2
-                await self._write_items(items[:half])
-                await self._write_items(items[half:])
-                return
+                return [*await self._write_items(items[:half]), *await self._write_items(items[half:])]

@@ -43,7 +43,8 @@ from sensorthings.write.derived import (
     stream_facts_sql,
     update_stream_summaries,
 )
-from sensorthings.write.rollups import ROLLUP_STREAM, changed_spans, merge_batch, rollup_write_error
+from sensorthings.write.ports import Change
+from sensorthings.write.rollups import ROLLUP_STREAM, changed_spans, merge_batch, rollup_changes, rollup_write_error
 
 # The Observation's id, its field columns and its foreign keys: its stream (STREAMS order), then its
 # FeatureOfInterest (the order of every COPY row), each with its PostgreSQL type for the binary format.
@@ -121,8 +122,9 @@ class PartitionCache:
                 self._months.add(key)
 
 
-async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: datetime) -> None:
-    """Store the acceptable rows of `items` in one transaction; set `id` or `reason` on every item.
+async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: datetime) -> list[Change]:
+    """Store the acceptable rows of `items` in one transaction; set `id` or `reason` on every item. Returns
+    the notifications of the rollup Observations the batch changed (its own rows' the caller makes).
     Raises psycopg errors only for failures of the database itself (the caller retries or bisects).
 
     Statements that do not wait for each other share a round trip (psycopg pipeline mode): the batch's
@@ -147,17 +149,20 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
         if rows:
             await _copy(conn, rows, sequence_values)
         touched = _touches(rows)
+        rollup_notifications: list[Change] = []
         if rows and any(facts.has_rollups for facts in streams.values()):
             buckets = await merge_batch(conn, [(i.row.stream_id, i.id, i.row.columns[PHENOMENON_START])
                                                for i in rows if i.row and i.id is not None
                                                and streams[(i.row.stream, i.row.stream_id)].has_rollups])
             for rollup_id, (start, end) in changed_spans(buckets).items():
                 add_touch(touched, (ROLLUP_STREAM, rollup_id), start, end, None, None)
+            rollup_notifications = rollup_changes(buckets)
         async with conn.pipeline():
             if rows:
                 await update_stream_summaries(conn, touched)
                 await _render(conn, rows)
             await record_dead_letters(conn, [(i.origin, i.reason) for i in items if i.reason and i.origin], now)
+    return rollup_notifications
 
 
 async def _publisher_scopes_send(conn: AsyncConnection[Any], rows: Sequence[Item]

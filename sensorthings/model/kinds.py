@@ -22,7 +22,7 @@ from psycopg import sql
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.json_values import JsonNumber, exact_json_text, nested_deeper_than, to_jsonb_text
 from sensorthings.model.operand import Operand, json_operand
-from sensorthings.model.rollups import FUNCTIONS, WIDTHS, RollupSpec
+from sensorthings.model.rollups import DEFAULT_FINAL_AFTER, FUNCTIONS, WIDTHS, RollupSpec
 from sensorthings.model.times import parse_interval, parse_time
 
 Param = Callable[[Any], sql.Composable]
@@ -150,7 +150,7 @@ class Json(Field):
 
 @dataclass(frozen=True)
 class Rollup(Json):
-    """What a rollup Datastream computes (sensorthings/model/rollups.py: width, function, time zone), given
+    """What a rollup Datastream computes (sensorthings/model/rollups.py: width, function, time zone, lateness), given
     with its RollupOf when it is created. The shape is checked here; whether `sum` fits the source, and
     that it never changes afterwards, the writer checks (sensorthings/write/rollups.py)."""
 
@@ -164,7 +164,10 @@ class Rollup(Json):
         return {"type": "object", "required": ["width", "function"], "additionalProperties": False,
                 "properties": {"width": {"type": "string", "enum": list(WIDTHS)},
                                "function": {"type": "string", "enum": list(FUNCTIONS)},
-                               "timeZone": {"type": "string", "description": "an IANA time zone (default UTC)"}}}
+                               "timeZone": {"type": "string", "description": "an IANA time zone (default UTC)"},
+                               "finalAfter": {"type": "string", "description": (
+                                   "an ISO 8601 duration up to P31D: how long after its end a bucket stays "
+                                   f"provisional (default {DEFAULT_FINAL_AFTER})")}}}
 
 
 _JSON_TYPE_NAMES: dict[type, str] = {str: "strings", dict: "JSON objects"}

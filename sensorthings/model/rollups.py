@@ -38,7 +38,11 @@ CALENDAR_WIDTHS: Final = ("P1D", "P1W", "P1M")
 """Widths that follow the local calendar: a day, an ISO week (from Monday), a month."""
 WIDTHS: Final[tuple[str, ...]] = (*SUB_DAY_WIDTHS, *CALENDAR_WIDTHS)
 FUNCTIONS: Final = ("count", "sum", "mean", "min", "max", "first", "last")
-MEMBERS: Final = ("width", "function", "timeZone")
+MEMBERS: Final = ("width", "function", "timeZone", "finalAfter")
+DEFAULT_FINAL_AFTER: Final = "PT1H"
+"""How long after its end a bucket stays provisional unless the rollup says otherwise: late Observations
+(a logger's backlog, a retried MQTT session) usually arrive within minutes."""
+MAX_FINAL_AFTER: Final = timedelta(days=31)
 MAX_CHARS: Final = 64
 """The longest string a rollup member may hold (the longest IANA zone name has 32 characters)."""
 EXAMPLE: Final = '{"width": "PT1H", "function": "mean", "timeZone": "Europe/Berlin"}'
@@ -79,6 +83,9 @@ class RollupSpec:
     width: str
     function: str
     time_zone: str = "UTC"
+    final_after: str = DEFAULT_FINAL_AFTER
+    """An ISO 8601 duration (days, hours, minutes, seconds): a bucket is final once its end is that long
+    past, provisional until then (`parameters.rollup.final` of its Observation)."""
 
     def __post_init__(self) -> None:
         """Direct construction is for code, not clients: a bad value is a programming error here."""
@@ -87,6 +94,12 @@ class RollupSpec:
         if self.function not in FUNCTIONS:
             raise ValueError(f"unknown rollup function {self.function!r}")
         _zone(self.time_zone)
+        _final_after(self.final_after, "finalAfter")
+
+    @property
+    def final_delay(self) -> timedelta:
+        """`final_after` as a time span."""
+        return _final_after(self.final_after, "finalAfter")
 
     @property
     def zone(self) -> tzinfo:
@@ -102,7 +115,7 @@ class RollupSpec:
         if unknown:
             names = ", ".join(repr(str(key)[:MAX_CHARS]) for key in unknown[:3])
             raise BadRequest(f"{where}: unknown member {names}; a rollup has {', '.join(MEMBERS)} "
-                             f"(timeZone optional), e.g. {EXAMPLE}", field=where)
+                             f"(timeZone and finalAfter optional), e.g. {EXAMPLE}", field=where)
         width = _member(data, "width", where)
         if width not in WIDTHS:
             raise BadRequest(_width_error(width, where), field=f"{where}/width")
@@ -118,15 +131,34 @@ class RollupSpec:
         time_zone = _member(data, "timeZone", where) if "timeZone" in data else "UTC"
         if time_zone not in _zone_names():
             raise BadRequest(_zone_error(time_zone, where), field=f"{where}/timeZone")
+        final_after = _member(data, "finalAfter", where) if "finalAfter" in data else DEFAULT_FINAL_AFTER
         try:
-            return cls(width, function, time_zone)
+            _final_after(final_after, f"{where}/finalAfter")
+        except ValueError as exc:
+            raise BadRequest(str(exc), field=f"{where}/finalAfter") from None
+        try:
+            return cls(width, function, time_zone, final_after)
         except ValueError:  # listed, but its file is unreadable: the server's fault, said as plainly
             raise BadRequest(f"{where}/timeZone: {time_zone!r} cannot be loaded on this server; use another "
                              f"zone or 'UTC'", field=f"{where}/timeZone") from None
 
     def to_json(self) -> dict[str, str]:
-        """The object `parse` reads, with the time zone always written out."""
-        return {"width": self.width, "function": self.function, "timeZone": self.time_zone}
+        """The object `parse` reads, with the time zone and finalAfter always written out."""
+        return {"width": self.width, "function": self.function, "timeZone": self.time_zone,
+                "finalAfter": self.final_after}
+
+
+def _final_after(text: str, where: str) -> timedelta:
+    """A bucket's lateness allowance: a duration without years or months (PostgreSQL reads the same text
+    as an interval), from zero to MAX_FINAL_AFTER. ValueError says what is wrong."""
+    try:
+        months, exact = parse_duration(text, where)
+    except BadRequest as exc:
+        raise ValueError(str(exc)) from None
+    if months or exact < timedelta(0) or exact > MAX_FINAL_AFTER or "," in text:
+        raise ValueError(f"{where}: {text!r} is not a lateness allowance; use a duration from PT0S to P31D in "
+                         f"days, hours, minutes or seconds, e.g. 'PT15M', 'PT2H' or 'P1D'")
+    return exact
 
 
 def _member(data: dict[object, object], name: str, where: str) -> str:

@@ -88,11 +88,15 @@ def compile_filtered_delete(path: ResourcePath, options: QueryOptions, *, view: 
     `removed_streams`, NULL for none) what the Observations it deletes took from their streams' summaries:
     the Observations themselves, or those of deleted FeaturesOfInterest, which the foreign key cascades to.
     Link-table cascades the model declares (a Location's HistoricalLocations) go first, as for a single
-    delete. Only what `view` lets the principal bound at execution see is matched."""
+    delete. Only what `view` lets the principal bound at execution see is matched, and never the computed
+    Observations of a rollup Datastream: they follow their source's (the writer recomputes them)."""
     b = SqlBuilder("", path.version, view=view)
     entity, e = path.entity, b.alias()
+    condition = matching_rows(path, options, e, b)
+    if entity is _OBSERVATION:
+        condition = sql.SQL("{} AND {}").format(condition, _not_computed(e))
     matching = sql.SQL("SELECT {e}.id FROM {table} {e} WHERE {cond}").format(
-        e=e, table=b.source(entity), cond=matching_rows(path, options, e, b))
+        e=e, table=b.source(entity), cond=condition)
     steps: list[sql.Composable] = []
     for n, relation in enumerate(r for r in entity.relations.values() if r.delete_targets):
         steps.append(sql.SQL("cascade{n} AS (DELETE FROM {target} WHERE id IN (SELECT {tcol} FROM {link} "
@@ -118,6 +122,15 @@ def compile_filtered_delete(path: ResourcePath, options: QueryOptions, *, view: 
     statement = sql.SQL("WITH {} SELECT CASE WHEN {} THEN (SELECT count(*) FROM gone) END, {}").format(
         sql.SQL(", ").join(steps), parent_exists(path, b), removed)
     return Compiled(statement, b.params)
+
+
+def _not_computed(alias: sql.Composable) -> sql.Composable:
+    """The condition that Observation `alias` is not one of a rollup's (write/rollups.py)."""
+    datastream = _OBSERVATION.relation("Datastream")
+    rollup_of = datastream.target_entity.relation("RollupOf")
+    column = sql.SQL("{}.{}").format(alias, sql.Identifier(datastream.column))
+    return sql.SQL("({c} IS NULL OR {c} NOT IN (SELECT r.id FROM {} r WHERE r.{} IS NOT NULL))").format(
+        sql.Identifier(datastream.target_entity.table), sql.Identifier(rollup_of.column), c=column)
 
 
 @functools.lru_cache(maxsize=64)

@@ -36,7 +36,8 @@ from sensorthings.model.errors import BadRequest
 from sensorthings.model.kinds import RESULT_NUMBER
 from sensorthings.model.observation_ids import observation_id
 from sensorthings.model.results import RESULT_TYPES
-from sensorthings.model.rollups import RollupSpec
+from sensorthings.model.rollups import DEFAULT_FINAL_AFTER, RollupSpec
+from sensorthings.write.ports import Change
 
 EnsurePartition = Callable[[datetime], Awaitable[None]]
 DATASTREAM = ENTITIES["Datastream"]
@@ -44,6 +45,7 @@ OBSERVATION = ENTITIES["Observation"]
 ROLLUP_OF = DATASTREAM.relation("RollupOf")
 ROLLUP_STREAM = OBSERVATION.relation("Datastream")
 """The stream of a rollup's Observations (a rollup is a Datastream)."""
+FEATURE = OBSERVATION.relation("FeatureOfInterest")
 NUMERIC_TYPES = frozenset(t for t, (kinds, _) in RESULT_TYPES.items() if kinds == {RESULT_NUMBER})
 """Sources a rollup may have: Datastreams whose observationType takes only numbers (results.RESULT_TYPES)."""
 MEASUREMENT = next(t for t in NUMERIC_TYPES if t.endswith("/OM_Measurement"))
@@ -166,22 +168,22 @@ def _names() -> dict[str, sql.Composable]:
         "kind": sql.Identifier(result[0]), "number": sql.Identifier(result[1]), "text": sql.Identifier(result[2]),
         "parameters": sql.Identifier(OBSERVATION.fields_by_name["parameters"].column),
         "of": sql.Identifier(ROLLUP_OF.column), "rollup": sql.Identifier(DATASTREAM.fields_by_name["rollup"].column),
-        "numeric": sql.Literal(RESULT_NUMBER),
+        "numeric": sql.Literal(RESULT_NUMBER), "final_after": sql.Literal(DEFAULT_FINAL_AFTER),
     }
 
 
 _NAMES = _names()
 
-# Each raw Observation of a rollup's source in `r`, with its bucket: (rollup_id, b, w, z, id, t, v, integral, f).
+# Each raw Observation of a rollup's source in `r`, with its bucket: (rollup_id, b, w, z, fa, id, t, v, integral, f).
 _RAW = """
-SELECT r.id AS rollup_id, sta_rollup_bucket_start(o.{start}, r.w, r.z) AS b, r.w, r.z, o.id, o.{start} AS t,
+SELECT r.id AS rollup_id, sta_rollup_bucket_start(o.{start}, r.w, r.z) AS b, r.w, r.z, r.fa, o.id, o.{start} AS t,
        o.{text}::numeric AS v, o.{text} ~ '^-?[0-9]+$' AS integral, o.{feature} AS f
 FROM {obs_table} o JOIN r ON r.source_id = o.{stream}
 WHERE o.{kind} = {numeric}
 """
 # The part of each (rollup, bucket) in `raw`.
 _PARTS = """
-SELECT rollup_id, b, sta_rollup_bucket_end(b, min(w), min(z)) AS e, count(*) AS n, sum(v) AS s,
+SELECT rollup_id, b, sta_rollup_bucket_end(b, min(w), min(z)) AS e, min(fa) AS fa, count(*) AS n, sum(v) AS s,
        bool_and(integral) AS i, min(v) AS lo, max(v) AS hi,
        (array_agg(t ORDER BY t, id))[1] AS ft, (array_agg(id ORDER BY t, id))[1] AS fid,
        (array_agg(v ORDER BY t, id))[1] AS fv,
@@ -190,15 +192,16 @@ SELECT rollup_id, b, sta_rollup_bucket_end(b, min(w), min(z)) AS e, count(*) AS 
 FROM raw GROUP BY rollup_id, b ORDER BY rollup_id, b
 """
 _ROLLUPS = """
-SELECT d.id, d.{of} AS source_id, d.{rollup}->>'width' AS w, coalesce(d.{rollup}->>'timeZone', 'UTC') AS z
+SELECT d.id, d.{of} AS source_id, d.{rollup}->>'width' AS w, coalesce(d.{rollup}->>'timeZone', 'UTC') AS z,
+       coalesce(d.{rollup}->>'finalAfter', {final_after})::interval AS fa
 FROM {ds_table} d
 """
 _RETURNING = """
 RETURNING rollup_id, bucket_start, bucket_end, count, sum, integral, min, max, first_value, last_value,
-          last_feature, observation
+          last_feature, observation, final
 """
 _COLUMNS = ("rollup_id, bucket_start, bucket_end, count, sum, integral, min, max, first_time, first_id, "
-            "first_value, last_time, last_id, last_value, last_feature")
+            "first_value, last_time, last_id, last_value, last_feature, final")
 
 
 _WITH_DEFINITION = "SELECT b.*, d.{rollup}::text FROM {ds_table} d JOIN"
@@ -220,8 +223,8 @@ raw AS ({raw} AND o.id = ANY(%(ids)s) AND o.{start} BETWEEN %(low)s AND %(high)s
 parts AS ({parts}),
 merged AS (
 INSERT INTO rollup_buckets AS k ({columns})
-SELECT rollup_id, b, e, n, s, i, lo, hi, ft, fid, fv, lt, lid, lv, lf FROM parts
-ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET
+SELECT rollup_id, b, e, n, s, i, lo, hi, ft, fid, fv, lt, lid, lv, lf, e + fa <= now() FROM parts
+ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET final = k.final OR EXCLUDED.final,
     count = k.count + EXCLUDED.count, sum = k.sum + EXCLUDED.sum, integral = k.integral AND EXCLUDED.integral,
     min = LEAST(k.min, EXCLUDED.min), max = GREATEST(k.max, EXCLUDED.max),
     first_time = CASE WHEN {first} THEN EXCLUDED.first_time ELSE k.first_time END,
@@ -244,21 +247,22 @@ raw AS ({raw} AND o.{start} >= (SELECT min(low) FROM bounds) AND o.{start} < (SE
 parts AS ({parts}),
 fresh AS (
     INSERT INTO rollup_buckets AS k ({columns})
-    SELECT p.rollup_id, p.b, p.e, p.n, p.s, p.i, p.lo, p.hi, p.ft, p.fid, p.fv, p.lt, p.lid, p.lv, p.lf
+    SELECT p.rollup_id, p.b, p.e, p.n, p.s, p.i, p.lo, p.hi, p.ft, p.fid, p.fv, p.lt, p.lid, p.lv, p.lf,
+           p.e + p.fa <= now()
     FROM parts p JOIN bounds ON bounds.id = p.rollup_id AND p.b >= bounds.low AND p.b < bounds.high
     ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET
         bucket_end = EXCLUDED.bucket_end, count = EXCLUDED.count, sum = EXCLUDED.sum,
         integral = EXCLUDED.integral, min = EXCLUDED.min, max = EXCLUDED.max,
         first_time = EXCLUDED.first_time, first_id = EXCLUDED.first_id, first_value = EXCLUDED.first_value,
         last_time = EXCLUDED.last_time, last_id = EXCLUDED.last_id, last_value = EXCLUDED.last_value,
-        last_feature = EXCLUDED.last_feature
+        last_feature = EXCLUDED.last_feature, final = k.final OR EXCLUDED.final
     {returning}),
 emptied AS (
     DELETE FROM rollup_buckets k USING bounds
     WHERE k.rollup_id = bounds.id AND k.bucket_start >= bounds.low AND k.bucket_start < bounds.high
       AND NOT EXISTS (SELECT 1 FROM parts p WHERE p.rollup_id = k.rollup_id AND p.b = k.bucket_start)
     RETURNING k.rollup_id, k.bucket_start, k.bucket_end, 0::bigint, 0::numeric, true, NULL::numeric,
-              NULL::numeric, NULL::numeric, NULL::numeric, k.last_feature, k.observation)
+              NULL::numeric, NULL::numeric, NULL::numeric, k.last_feature, k.observation, k.final)
 {with_definition} (SELECT * FROM fresh UNION ALL SELECT * FROM emptied) b ON b.rollup_id = d.id
 """)
 """The buckets of `rollups` that overlap [low, high] computed again from the raw Observations; those left
@@ -281,8 +285,12 @@ class Bucket:
     last: Decimal | None
     feature_id: int | None
     observation_id: int | None
+    final: bool
+    """Whether its rollup's `finalAfter` has passed since its end (else it is provisional)."""
     definition: str
     """The rollup's definition (its `rollup` as JSON text)."""
+    created: bool = False
+    """Whether its Observation was created by this write (`_write_observations` sets it)."""
 
 
 async def merge_batch(conn: AsyncConnection[Any], rows: Iterable[tuple[int, int, datetime]]) -> list[Bucket]:
@@ -361,6 +369,17 @@ UPDATE {obs_table} o SET {end} = v.pe, {number} = v.n, {text} = v.s, {parameters
 FROM json_to_recordset(%s::json) AS v(id bigint, ps timestamptz, pe timestamptz, n float8, s text, p jsonb, f bigint)
 WHERE o.id = v.id AND o.{start} = v.ps
 """)
+_RESTORE_SQL = _statement("""
+INSERT INTO {obs_table} (id, {start}, {end}, {kind}, {number}, {text}, {parameters}, {stream}, {feature})
+SELECT v.id, v.ps, v.pe, {numeric}, v.n, v.s, v.p, v.d, v.f
+FROM json_to_recordset(%s::json) AS v(id bigint, ps timestamptz, pe timestamptz, n float8, s text, p jsonb,
+                                     d bigint, f bigint)
+WHERE v.f IS NOT NULL
+ON CONFLICT DO NOTHING
+""")
+"""Writes a changed bucket's Observation again (same id) where it is gone: deleting a FeatureOfInterest
+deletes the Observations that name it (a foreign key), rollup Observations included, while the bucket
+keeps its other raw Observations and is recomputed from them."""
 _DELETE_SQL = _statement("""
 DELETE FROM {obs_table} o USING json_to_recordset(%s::json) AS v(id bigint, ps timestamptz)
 WHERE o.id = v.id AND o.{start} = v.ps
@@ -395,7 +414,8 @@ async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket])
         document = {"ps": bucket.start.isoformat(), "pe": bucket.end.isoformat(),
                     "n": None if value is None else float(value),
                     "s": None if value is None else (str(value) if isinstance(value, int) else repr(value)),
-                    "p": {"rollup": {**spec, "count": bucket.count}}, "d": bucket.rollup_id, "f": bucket.feature_id}
+                    "p": parameters(spec, bucket.count, bucket.final), "d": bucket.rollup_id,
+                    "f": bucket.feature_id}
         if not bucket.count:
             if bucket.observation_id is not None:
                 deletes.append({"id": bucket.observation_id, "ps": document["ps"]})
@@ -403,15 +423,87 @@ async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket])
             if bucket.feature_id is None:
                 continue  # its FeatureOfInterest was deleted meanwhile: written with the next change
             new_id = observation_id(sequence.pop(0), bucket.start)
+            bucket.observation_id, bucket.created = new_id, True
             inserts.append({**document, "id": new_id})
             links.append({"d": bucket.rollup_id, "ps": document["ps"], "id": new_id})
         else:
             updates.append({**document, "id": bucket.observation_id})
-    async with conn.pipeline():  # one round trip for all four
+    async with conn.pipeline():  # one round trip for all five
         for statement, documents in ((_DELETE_SQL, deletes), (_INSERT_SQL, inserts), (_UPDATE_SQL, updates),
-                                     (_LINK_SQL, links)):
+                                     (_RESTORE_SQL, updates), (_LINK_SQL, links)):
             if documents:
                 await conn.execute(statement, (orjson.dumps(documents).decode(),))
+
+
+def parameters(spec: dict[str, Any], count: int, final: bool) -> dict[str, Any]:
+    """The `parameters` of a bucket's Observation: what it is (the rollup's definition), how many raw
+    Observations it holds, and whether it is final."""
+    return {"rollup": {**spec, "count": count, "final": final}}
+
+
+_NO_STREAM: dict[str, int | None] = {name: None for name in OBSERVATION.exactly_one_of}
+
+
+def rollup_changes(buckets: Iterable[Bucket]) -> list[Change]:
+    """The notifications a write's changed buckets make (after commit): their Observations created or
+    updated (result and parameters; a bucket's phenomenonTime never changes). Emptied buckets' Observations
+    went, which STA does not notify."""
+    changes = []
+    for bucket in buckets:
+        if not bucket.count or bucket.observation_id is None:
+            continue
+        links = {**_NO_STREAM, ROLLUP_STREAM.name: bucket.rollup_id}
+        if bucket.feature_id is not None:
+            links[FEATURE.name] = bucket.feature_id
+        changes.append(Change(OBSERVATION, bucket.observation_id, created=bucket.created,
+                              properties=() if bucket.created else UPDATED_PROPERTIES, links=links))
+    return changes
+
+
+UPDATED_PROPERTIES = ("result", "parameters")
+"""What changes in a bucket's Observation when its bucket does."""
+
+
+# ------------------------------------------------------------------------------------------ finalizing
+
+FINALIZE_BATCH = 5000
+"""Buckets made final per transaction (a pass runs transactions until none are due)."""
+_DUE_SQL = _statement("""
+SELECT DISTINCT k.rollup_id FROM rollup_buckets k JOIN {ds_table} d ON d.id = k.rollup_id
+WHERE NOT k.final AND k.bucket_end <= now()
+  AND k.bucket_end + coalesce(d.{rollup}->>'finalAfter', {final_after})::interval <= now()
+ORDER BY k.rollup_id
+""")
+_FINALIZE_SQL = _statement("""
+WITH due AS (
+    SELECT k.rollup_id, k.bucket_start FROM rollup_buckets k JOIN {ds_table} d ON d.id = k.rollup_id
+    WHERE k.rollup_id = ANY(%(rollups)s) AND NOT k.final AND k.bucket_end <= now()
+      AND k.bucket_end + coalesce(d.{rollup}->>'finalAfter', {final_after})::interval <= now()
+    ORDER BY k.rollup_id, k.bucket_start LIMIT %(limit)s FOR UPDATE OF k),
+made AS (
+    UPDATE rollup_buckets k SET final = true FROM due
+    WHERE k.rollup_id = due.rollup_id AND k.bucket_start = due.bucket_start
+    RETURNING k.rollup_id, k.bucket_start, k.observation)
+UPDATE {obs_table} o SET {parameters} = jsonb_set(o.{parameters}, '{{rollup,final}}', 'true')
+FROM made WHERE o.id = made.observation AND o.{start} = made.bucket_start
+RETURNING o.id, made.rollup_id, o.{feature}
+""")
+
+
+async def finalize_due(conn: AsyncConnection[Any], limit: int = FINALIZE_BATCH) -> list[Change]:
+    """Make final (in the caller's transaction) up to `limit` provisional buckets whose rollup's
+    `finalAfter` has passed since their end, and mark their Observations; returns their notifications.
+    Takes the rollups' locks in id order first, as merges and recomputes do, so that it never deadlocks
+    with them and never interleaves with a batch that is writing the same bucket."""
+    rollups = [int(r) for (r,) in await (await conn.execute(_DUE_SQL)).fetchall()]
+    if not rollups:
+        return []
+    await conn.execute(_LOCK_SQL, (rollups,))
+    rows = await (await conn.execute(_FINALIZE_SQL, {"rollups": rollups, "limit": limit})).fetchall()
+    return [Change(OBSERVATION, int(obs_id), created=False, properties=("parameters",),
+                   links={**_NO_STREAM, ROLLUP_STREAM.name: int(rollup_id),
+                          **({FEATURE.name: int(feature)} if feature is not None else {})})
+            for obs_id, rollup_id, feature in rows]
 
 
 def changed_spans(buckets: Sequence[Bucket]) -> dict[int, tuple[datetime, datetime]]:

@@ -52,6 +52,7 @@ from sensorthings.write.rollups import (
     definition,
     recompute,
     refuse_rollup_change,
+    rollup_changes,
     rollup_write_error,
     rollups_of,
 )
@@ -532,7 +533,9 @@ class Writer:
             low, high = spans[source_id]
             self._rollup_summaries(await recompute(self.conn, [rollup_id], low, high, self.ensure_partition))
 
-    def _rollup_summaries(self, buckets: Iterable[Bucket]) -> None:
+    def _rollup_summaries(self, buckets: list[Bucket]) -> None:
+        """What changed buckets do to their rollups' summaries, and the notifications they make."""
+        self.changes.extend(rollup_changes(buckets))
         for bucket in buckets:
             self.summaries.rollup_changed((ROLLUP_STREAM, bucket.rollup_id), bucket.start, bucket.end,
                                           emptied=not bucket.count)

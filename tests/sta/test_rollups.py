@@ -85,7 +85,7 @@ def test_a_rollup_is_a_datastream_computed_from_its_source(sta: str) -> None:
     hourly = rollup(sta, source, "PT1H", "mean")
     daily = rollup(sta, source, "P1D", "max")
     document = read(sta, f"Datastreams({hourly})")
-    assert document["rollup"] == {"width": "PT1H", "function": "mean", "timeZone": "Europe/Berlin"}
+    assert document["rollup"] == {"width": "PT1H", "function": "mean", "timeZone": "Europe/Berlin", "finalAfter": "PT1H"}
     assert document["observationType"] == OM + "OM_Measurement"
     assert document["name"] == "air temperature (mean per PT1H)"
     assert read(sta, f"Datastreams({hourly})/RollupOf")["@iot.id"] == source

@@ -298,16 +298,26 @@ def test_reference_rollup_of_a_dst_week() -> None:
 
 
 def test_parse_reads_and_writes_the_camel_case_object() -> None:
-    data = {"width": "PT1H", "function": "mean", "timeZone": "Europe/Berlin"}
+    data = {"width": "PT1H", "function": "mean", "timeZone": "Europe/Berlin", "finalAfter": "PT10M"}
     parsed = RollupSpec.parse(data, summable=False)
-    assert parsed == RollupSpec("PT1H", "mean", "Europe/Berlin")
+    assert parsed == RollupSpec("PT1H", "mean", "Europe/Berlin", "PT10M")
     assert parsed.to_json() == data
+    assert parsed.final_delay == timedelta(minutes=10)
     assert RollupSpec.parse({"width": "P1M", "function": "sum"}, summable=True).to_json() == {
-        "width": "P1M", "function": "sum", "timeZone": "UTC"}
+        "width": "P1M", "function": "sum", "timeZone": "UTC", "finalAfter": "PT1H"}
     assert all(RollupSpec.parse({"width": w, "function": "max"}, summable=False).width == w for w in WIDTHS)
     assert {"PT1M", "PT5M", "PT10M", "PT15M", "PT30M", "PT1H", "PT2H", "PT3H", "PT4H", "PT6H", "PT12H",
             "PT20M", "PT8H", "PT1H30M", "P1D", "P1W", "P1M"} <= set(WIDTHS)
     assert "PT24H" not in WIDTHS and "PT7M" not in WIDTHS
+
+
+@pytest.mark.parametrize("final_after", ["P1M", "P1Y", "-PT1H", "P32D", "PT0,5S", "soon", ""])
+def test_final_after_is_a_lateness_of_up_to_a_month_in_fixed_units(final_after: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        RollupSpec.parse({"width": "PT1H", "function": "mean", "finalAfter": final_after}, summable=False)
+    assert info.value.field == "rollup/finalAfter"
+    assert RollupSpec.parse({"width": "PT1H", "function": "max", "finalAfter": "PT0S"}, summable=False
+                            ).final_delay == timedelta(0)
 
 
 def rejected(data: object, *fragments: str, summable: bool = False) -> BadRequest:
