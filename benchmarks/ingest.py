@@ -24,6 +24,7 @@ once the backlog is committed.
     .venv/bin/python benchmarks/ingest.py                 # the full run (about 6 minutes)
     .venv/bin/python benchmarks/ingest.py --seconds 20    # a quicker look
     .venv/bin/python benchmarks/ingest.py --principal key # devices as an API key with create for one Project
+    .venv/bin/python benchmarks/ingest.py --rollups 3     # every Datastream with three rollups (issue 18)
 
 The devices publish as the broker's shared device account by default (the plugin asks nobody), or with
 `--principal key` as an API key that may create only in the Project holding the Datastreams: the plugin asks
@@ -79,8 +80,10 @@ DATA_ARRAY_ROWS = 10_000  # rows per CreateObservations request in (d)
 
 
 def stored(dsn: str) -> int:
+    """Raw Observations stored (a rollup's computed ones live in the same table and are not counted)."""
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM observations").fetchone()
+        row = conn.execute("SELECT count(*) FROM observations WHERE datastream_id NOT IN "
+                           "(SELECT id FROM datastreams WHERE rollup_of_id IS NOT NULL)").fetchone()
         return int(row[0]) if row else 0
 
 
@@ -88,7 +91,7 @@ def truncate(dsn: str) -> None:
     """An empty table between runs, and a CHECKPOINT, so that no run pays for writing out the dirty pages
     of the one before."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE observations, dead_letters")
+        conn.execute("TRUNCATE observations, dead_letters, rollup_buckets")
         conn.execute("UPDATE datastreams SET phenomenon_time_start = NULL, phenomenon_time_end = NULL, "
                      "result_time_start = NULL, result_time_end = NULL, observed_area = NULL")
         conn.execute("VACUUM ANALYZE observations")
@@ -126,6 +129,22 @@ def create_datastreams(sta: str, count: int, headers: dict[str, str]) -> list[in
         for ds in ids:
             client.post(f"{sta}/Datastreams({ds})/Observations", json={"result": 0}).raise_for_status()
     return ids
+
+
+ROLLUPS = (("PT15M", "mean"), ("PT1H", "max"), ("P1D", "count"))
+"""What --rollups N declares on every Datastream (the first N), in Europe/Berlin."""
+
+
+def create_rollups(sta: str, datastreams: list[int], count: int, headers: dict[str, str]) -> int:
+    """`count` rollups (ROLLUPS) of each Datastream; how many were made."""
+    made = 0
+    with httpx.Client(timeout=30, headers=headers) as client:
+        for ds in datastreams:
+            for width, function in ROLLUPS[:count]:
+                client.post(f"{sta}/Datastreams", json={"RollupOf": {"@iot.id": ds}, "rollup": {
+                    "width": width, "function": function, "timeZone": "Europe/Berlin"}}).raise_for_status()
+                made += 1
+    return made
 
 
 def project_device_login(dsn: str, sta: str, datastreams: list[int]) -> tuple[str, str]:
@@ -454,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="whom the devices publish as: the broker's shared device account (default), or an "
                              "API key holding 'create' only for the Project of the Datastreams, which the "
                              "broker's plugin asks the platform about and the bridge checks each batch against")
+    parser.add_argument("--rollups", type=int, default=0, choices=range(len(ROLLUPS) + 1),
+                        help="rollups declared on every Datastream: 0 (default) to 3 (PT15M mean, PT1H max, "
+                             "P1D count, in Europe/Berlin), which every ingest batch then maintains")
     parser.add_argument("--latency-rate", type=float, default=0,
                         help="pace the latency run at this rate (default: half the sustained QoS 1 rate), "
                              "so that two runs compare at the same load")
@@ -484,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 sta = f"http://127.0.0.1:{http_port}/v1.1"
                 writer = write_headers(dsn)
                 datastreams = create_datastreams(sta, args.datastreams, writer)
+                report["rollups"] = create_rollups(sta, datastreams, args.rollups, writer)
                 login = project_device_login(dsn, sta, datastreams) if args.principal == "key" else None
                 print(f"{len(datastreams)} Datastreams ready; (a) COPY ceiling ...", flush=True)
                 ceiling = copy_ceiling(dsn, datastreams, args.copy_rows)
