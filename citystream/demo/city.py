@@ -1,4 +1,5 @@
-"""The demo city on the server: `create_city` creates or reuses its Things and Datastreams through the STA REST API."""
+"""The demo city on the server: `create_city` creates or reuses its Things, Datastreams and rollup Datastreams
+through the STA REST API."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from citystream.demo.stations import (
     KIND_TITLES,
     OBSERVED_PROPERTIES,
     OM_MEASUREMENT,
+    ROLLUPS,
     SENSORS,
     STATIONS,
     STREAMS,
     _generator,
+    _Rollup,
     _Station,
     _Stream,
 )
@@ -98,16 +101,38 @@ class DemoDatastream:
 
 
 @dataclass(frozen=True)
+class DemoRollup:
+    """One rollup Datastream of the demo city: the platform computes its Observations from its source's."""
+
+    id: int | str
+    thing_id: int | str
+    source_id: int | str
+    kind: str
+    key: str
+    """Stable demo key (also in `properties.key`), e.g. `bike-counter-01/hourly`."""
+    name: str
+    width: str
+    function: str
+    time_zone: str
+
+
+@dataclass(frozen=True)
 class DemoCity:
     """The demo city as it exists on the server."""
 
     base_url: str
     thing_ids: tuple[int | str, ...]
     datastreams: tuple[DemoDatastream, ...]
+    """The Datastreams the simulator publishes to (rollups are not among them)."""
     created_things: int = 0
     """How many Things this call of `create_city` created (0: everything was reused)."""
     created_datastreams: int = 0
+    """How many Datastreams it created, rollups included."""
     seed: int = 1
+    rollups: tuple[DemoRollup, ...] = ()
+    stale: tuple[str, ...] = ()
+    """Keys of demo Datastreams on the demo Things that the plan no longer has (an older demo's per-hour,
+    day and week bike counts): left in place, since the demo's key may not delete, and no longer published."""
 
 
 def _iso(t: datetime) -> str:
@@ -206,6 +231,23 @@ def _datastream_body(station: _Station, stream: _Stream, sensors: Mapping[str, i
     }
 
 
+def _rollup_body(station: _Station, rollup: _Rollup, source_id: int | str) -> dict[str, Any]:
+    """A rollup Datastream: its Thing, Sensor, ObservedProperty, observationType and unit come from its source."""
+    return {
+        "name": f"{rollup.name} – {station.name}",
+        "description": (f"{rollup.description} at {KIND_TITLES[station.kind].lower()} {station.name}: the "
+                        f"{rollup.function} of its counts per 15 minutes, computed by the platform"),
+        "properties": {
+            "demo": DEMO_MARK,
+            "key": f"{station.key}/{rollup.suffix}",
+            "kind": station.kind,
+            "periodSeconds": rollup.period,
+        },
+        "RollupOf": {"@iot.id": source_id},
+        "rollup": {"width": rollup.width, "function": rollup.function, "timeZone": rollup.time_zone},
+    }
+
+
 def _thing_body(station: _Station, sensors: Mapping[str, int | str],
                 properties: Mapping[str, int | str]) -> dict[str, Any]:
     title = KIND_TITLES[station.kind]
@@ -235,24 +277,19 @@ async def create_city(client: httpx.AsyncClient, base_url: str, *, seed: int = 1
 
     Things marked `properties.demo == "citystream"` are matched to the city plan by `properties.key`; only
     missing Things (deep insert with Location and Datastreams) and missing Datastreams are created, together
-    with any missing shared Sensors/ObservedProperties. Raises `DemoError` if the service refuses a request.
+    with any missing shared Sensors/ObservedProperties, and then the missing rollups (POST Datastreams with
+    `RollupOf` and `rollup`: their sources must exist first; the platform computes them from the source's
+    history at once). Raises `DemoError` if the service refuses a request.
     """
     root = base_url.rstrip("/")
     things = await _demo_things(client, root)
-
-    def stream_key(datastream: dict[str, Any]) -> str:
-        return str((datastream.get("properties") or {}).get("key"))
-
-    def stream_keys(thing: dict[str, Any]) -> set[str]:
-        return {stream_key(d) for d in thing.get("Datastreams", [])}
-
     missing_things = [s for s in STATIONS if s.key not in things]
     missing_streams = [
         (station, stream)
         for station in STATIONS
         if station.key in things
         for stream in STREAMS[station.kind]
-        if f"{station.key}/{stream.suffix}" not in stream_keys(things[station.key])
+        if f"{station.key}/{stream.suffix}" not in _streams_by_key(things[station.key])
     ]
     if missing_things or missing_streams:
         wanted = [s for st in missing_things for s in STREAMS[st.kind]] + [s for _, s in missing_streams]
@@ -267,36 +304,85 @@ async def create_city(client: httpx.AsyncClient, base_url: str, *, seed: int = 1
             await _create(client, root, "Datastreams", body)
         things = await _demo_things(client, root)
 
-    datastreams: list[DemoDatastream] = []
+    created_rollups = 0
     for station in STATIONS:
-        thing = things.get(station.key)
-        if thing is None:
-            raise DemoError(f"demo Thing {station.key} was created but cannot be read back")
-        by_key: dict[str, dict[str, Any]] = {}
-        for d in thing.get("Datastreams", []):
-            by_key.setdefault(stream_key(d), d)
+        existing = _streams_by_key(_read_back(things, station))
+        for rollup in ROLLUPS.get(station.kind, ()):
+            if f"{station.key}/{rollup.suffix}" not in existing:
+                source = _stream(existing, f"{station.key}/{rollup.source}")
+                await _create(client, root, "Datastreams", _rollup_body(station, rollup, source["@iot.id"]))
+                created_rollups += 1
+    if created_rollups:
+        things = await _demo_things(client, root)
+
+    datastreams: list[DemoDatastream] = []
+    rollups: list[DemoRollup] = []
+    stale: list[str] = []
+    for station in STATIONS:
+        thing = _read_back(things, station)
+        by_key = _streams_by_key(thing)
         for stream in STREAMS[station.kind]:
             key = f"{station.key}/{stream.suffix}"
-            if key not in by_key:
-                raise DemoError(f"demo Datastream {key} was created but cannot be read back")
+            found = _stream(by_key, key)
             datastreams.append(DemoDatastream(
-                id=by_key[key]["@iot.id"],
+                id=found["@iot.id"],
                 thing_id=thing["@iot.id"],
                 kind=station.kind,
                 key=key,
-                name=by_key[key].get("name", key),
+                name=found.get("name", key),
                 period=stream.period,
                 generator=_generator(station, stream, seed),
                 calendar=stream.calendar,
                 interval=stream.interval,
                 observation_type=stream.observation_type,
             ))
+        for rollup in ROLLUPS.get(station.kind, ()):
+            key = f"{station.key}/{rollup.suffix}"
+            found = _stream(by_key, key)
+            rollups.append(DemoRollup(
+                id=found["@iot.id"],
+                thing_id=thing["@iot.id"],
+                source_id=_stream(by_key, f"{station.key}/{rollup.source}")["@iot.id"],
+                kind=station.kind,
+                key=key,
+                name=found.get("name", key),
+                width=rollup.width,
+                function=rollup.function,
+                time_zone=rollup.time_zone,
+            ))
+        planned = {f"{station.key}/{suffix}" for suffix in (*(s.suffix for s in STREAMS[station.kind]),
+                                                             *(r.suffix for r in ROLLUPS.get(station.kind, ())))}
+        stale += sorted(key for key, d in by_key.items()
+                        if key not in planned and (d.get("properties") or {}).get("demo") == DEMO_MARK)
     return DemoCity(
         base_url=root,
         thing_ids=tuple(things[s.key]["@iot.id"] for s in STATIONS),
         datastreams=tuple(datastreams),
         created_things=len(missing_things),
-        created_datastreams=sum(len(STREAMS[s.kind]) for s in missing_things) + len(missing_streams),
+        created_datastreams=sum(len(STREAMS[s.kind]) for s in missing_things) + len(missing_streams)
+        + created_rollups,
         seed=seed,
+        rollups=tuple(rollups),
+        stale=tuple(stale),
     )
 
+
+def _read_back(things: Mapping[str, dict[str, Any]], station: _Station) -> dict[str, Any]:
+    thing = things.get(station.key)
+    if thing is None:
+        raise DemoError(f"demo Thing {station.key} was created but cannot be read back")
+    return thing
+
+
+def _streams_by_key(thing: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A demo Thing's Datastreams (rollups among them) by their demo key; the lowest id wins."""
+    by_key: dict[str, dict[str, Any]] = {}
+    for datastream in thing.get("Datastreams", []):
+        by_key.setdefault(str((datastream.get("properties") or {}).get("key")), datastream)
+    return by_key
+
+
+def _stream(by_key: Mapping[str, dict[str, Any]], key: str) -> dict[str, Any]:
+    if key not in by_key:
+        raise DemoError(f"demo Datastream {key} was created but cannot be read back")
+    return by_key[key]

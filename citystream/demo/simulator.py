@@ -240,7 +240,8 @@ async def run_demo(
     report: Callable[[str], None] | None = None,
     api_key: str | None = None,
 ) -> None:
-    """Create (or reuse) the demo city at `base_url`, then publish observations until `stop` is set.
+    """Create (or reuse) the demo city at `base_url`, then publish observations until `stop` is set (to the
+    city's raw Datastreams only: the platform computes the rollups).
 
     Prints one line with the size of the city and, every 10 s, how many observations were published
     (`report` receives these lines; default: print with a `citystream demo:` prefix). `api_key`: the key the
@@ -256,8 +257,13 @@ async def run_demo(
         city = await create_city(client, root, seed=seed)
     reused = len(city.thing_ids) - city.created_things
     say(f"{len(city.thing_ids)} Things ({city.created_things} created, {reused} reused) and "
-        f"{len(city.datastreams)} Datastreams at {root}; publishing to {mqtt_url} at {speed:g}× speed "
+        f"{len(city.datastreams) + len(city.rollups)} Datastreams ({len(city.rollups)} of them rollups the "
+        f"platform computes) at {root}; publishing to {mqtt_url} at {speed:g}× speed "
         f"(simulated clock starts {DEFAULT_BACKLOG.days} day back when faster than real time)")
+    if city.stale:
+        say(f"{len(city.stale)} Datastreams of an older demo are no longer published ({', '.join(city.stale[:4])}"
+            f"{', …' if len(city.stale) > 4 else ''}): the platform now computes them as rollups; delete them "
+            f"with an admin key (DELETE /v1.1/Datastreams(n)) or start from a new data directory")
     total = 0
 
     def published(count: int) -> None:

@@ -1,4 +1,5 @@
-"""The demo city's plan: its 30 stations, what each kind measures, and the shared Sensors and ObservedProperties.
+"""The demo city's plan: its 30 stations, what each kind measures (and which of it the platform rolls up), and
+the shared Sensors and ObservedProperties.
 
 Pure data (plus `_generator`, which gives each Datastream its value generator); nothing here talks to a server.
 """
@@ -41,6 +42,23 @@ class _Stream:
     period: float
     calendar: str = "fixed"
     interval: bool = False
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    """A Datastream the platform computes from another of the station's (sensorthings/write/rollups.py):
+    created through STA with `RollupOf` and `rollup`, never published to."""
+
+    suffix: str
+    name: str
+    description: str
+    source: str
+    """The suffix of the station's Datastream it rolls up."""
+    width: str
+    function: str
+    period: float
+    """Nominal seconds per bucket (`properties.periodSeconds`, as the published Datastreams have)."""
+    time_zone: str = "Europe/Berlin"
 
 
 @dataclass(frozen=True)
@@ -150,15 +168,9 @@ OBSERVED_PROPERTIES: Final[dict[str, dict[str, Any]]] = {
 }
 
 STREAMS: Final[dict[str, tuple[_Stream, ...]]] = {
-    "bike-counter": tuple(
-        _Stream(suffix, f"Bicycles per {label}", f"Number of bicycles counted per {label}", "bicycle-count",
-                "bicycle-counter", OM_COUNT, _BICYCLES, period, calendar, interval=True)
-        for suffix, label, period, calendar in (
-            ("15min", "15 minutes", 900, "fixed"),
-            ("1h", "hour", 3600, "fixed"),
-            ("1d", "day", 86400, "day"),
-            ("1w", "week", 604800, "week"),
-        )
+    "bike-counter": (
+        _Stream("15min", "Bicycles per 15 minutes", "Number of bicycles counted per 15 minutes", "bicycle-count",
+                "bicycle-counter", OM_COUNT, _BICYCLES, 900, interval=True),
     ),
     "e-charging": (
         _Stream("status", "Status", "Status of the charging point, published on every change",
@@ -185,6 +197,22 @@ STREAMS: Final[dict[str, tuple[_Stream, ...]]] = {
                 "vehicle-count", "traffic-detector", OM_COUNT, _VEHICLES, 900, interval=True),
     ),
 }
+
+ROLLUPS: Final[dict[str, tuple[_Rollup, ...]]] = {
+    "bike-counter": tuple(
+        _Rollup(suffix, f"Bicycles per {label}", f"Number of bicycles counted per {label}", "15min", width, "sum",
+                period)
+        for suffix, label, width, period in (
+            ("hourly", "hour", "PT1H", 3600),
+            ("daily", "day", "P1D", 86400),
+            ("weekly", "week", "P1W", 604800),
+        )
+    ),
+}
+"""Rollup Datastreams per kind of station. A bike counter counts per 15 minutes; its counts per hour, local
+day and ISO week (Hamburg publishes each as a Datastream of its own) are the platform's sums of those. Their
+keys differ from the older demo's published `1h`/`1d`/`1w` Datastreams, which a rollup cannot replace in
+place (create_city reports any it finds as stale)."""
 
 KIND_TITLES: Final = {
     "bike-counter": "Bicycle counting station",

@@ -89,8 +89,9 @@ def _quarter_hour_count(seed: int, key: str, slot: int, peak: float, profile: st
 
 @dataclass(frozen=True)
 class CountGenerator(ValueGenerator):
-    """Counts per interval as the sum of the station's quarter-hour counts, so the 15-min, hour, day and
-    week Datastreams of one counter add up exactly."""
+    """Counts per interval as the sum of the station's quarter-hour counts: any interval of whole quarter
+    hours, so a test can tell what an hour, day or week of a counter adds up to (the platform's rollups of
+    its 15-minute Datastream must equal it)."""
 
     seed: int
     station: str

@@ -1,7 +1,8 @@
 """The real clients against `citystream up --demo`, as a new user tries them: the Masterportal walker's request
 patterns, pygeoapi's SensorThings provider with its default settings, and MQTT.js at `/mqtt` on the HTTP port,
-over the demo city (30 Things in Hamburg, 54 Datastreams of counts, measurements and categories, live
-Observations published over MQTT by the simulator while the tests run).
+over the demo city (30 Things in Hamburg, 54 Datastreams of counts, measurements and categories, 18 of them
+rollups the platform computes: each bike counter's sums per hour, day and week; live Observations
+published over MQTT by the simulator while the tests run).
 
 The city keeps changing while it is read, so answers are compared where they cannot move: Things,
 Datastreams, Locations, HistoricalLocations and ObservedProperties do not change after the city is built;
@@ -12,6 +13,7 @@ simulated hour in 6 s) so that hours of history exist within seconds; the city a
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -141,6 +143,35 @@ def test_history_chart(demo: Demo) -> None:
         assert len(times) == len(set(times)) and times == sorted(times, reverse=True)
         assert all(start_of(t) > since for t in times) and before[datastream["@iot.id"]] <= set(times)
         assert len(times) >= 12  # three simulated hours of a 5-minute stream
+
+
+def test_bike_counters_are_one_datastream_with_three_rollups(demo: Demo) -> None:
+    """Hamburg's four Datastreams per bike counter, here one of counts per 15 minutes and its rollups (sums
+    per hour, day and week in Berlin time), found as any Datastream is; an hour already past is the sum of
+    its four quarter hours. `Datastreams?$expand=Rollups` is how a client tells the two apart."""
+    streams = truth(f"{demo.sta}/Datastreams", **{"$filter": "properties/kind eq 'bike-counter'",
+                                                   "$expand": "Rollups($select=id,rollup),Thing($select=id)"})
+    raw = [d for d in streams if d["properties"]["key"].endswith("/15min")]
+    assert len(streams) == 24 and len(raw) == 6
+    thing_of = {d["@iot.id"]: d["Thing"]["@iot.id"] for d in streams}
+    for source in raw:
+        assert sorted(r["rollup"]["width"] for r in source["Rollups"]) == ["P1D", "P1W", "PT1H"]
+        assert {r["rollup"]["function"] for r in source["Rollups"]} == {"sum"}
+        assert {thing_of[r["@iot.id"]] for r in source["Rollups"]} == {thing_of[source["@iot.id"]]}
+        assert set(demo.things[thing_of[source["@iot.id"]]]) == {source["@iot.id"], *(
+            r["@iot.id"] for r in source["Rollups"])}
+    source = raw[0]
+    hourly = next(r["@iot.id"] for r in source["Rollups"] if r["rollup"]["width"] == "PT1H")
+    settled = start_of(newest(demo.sta)[source["@iot.id"]]) - timedelta(hours=1)  # 6 s ago at 600x
+    quarters: dict[datetime, list[int]] = defaultdict(list)
+    for o in truth(f"{demo.sta}/Datastreams({source['@iot.id']})/Observations"):
+        start = start_of(o["phenomenonTime"])
+        quarters[start.replace(minute=0)].append(o["result"])  # Berlin's hours are UTC's
+    sums = {start_of(o["phenomenonTime"]): (o["result"], o["parameters"]["rollup"]["count"])
+            for o in truth(f"{demo.sta}/Datastreams({hourly})/Observations")}
+    past = [h for h in sums if h + timedelta(hours=1) <= settled and len(quarters[h]) == 4]
+    assert len(past) >= 2  # the fixture waits for a few simulated hours of history
+    assert all(sums[h] == (sum(quarters[h]), 4) for h in past)
 
 
 def test_historical_locations(demo: Demo) -> None:

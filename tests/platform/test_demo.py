@@ -1,5 +1,9 @@
 """The demo city (citystream/demo.py): created through the real STA REST API, published over a real Mosquitto.
 
+Each bike counter is one published Datastream (counts per 15 minutes) and three rollups of it that the
+platform computes (sums per hour, local day and ISO week in Europe/Berlin), where Hamburg keeps four
+Datastreams; the rollups are checked against the simulator's own counts once its history is stored.
+
 What the demo publishes is checked where the broker puts it: its plugin moves every device create to
 citystream/ingest/<topic> (stamped with the publisher), which only the platform account reads, so that is
 who the paho subscriber connects as; no subscriber gets the demo's raw publishes any more. An external
@@ -28,23 +32,29 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from citystream.demo import (
     CHARGING_STATES,
+    HAMBURG,
     OM_CATEGORY,
     OM_COUNT,
     OM_MEASUREMENT,
+    CountGenerator,
     DemoCity,
     create_city,
+    floor_time,
     publish_forever,
     run_demo,
 )
 from mqtt_bridge.address import BrokerAddress
 from mqtt_bridge.bridge import PRINCIPAL_PROPERTY
 from mqtt_bridge.topics import INGEST_PREFIX
-from tests.mqtt_helpers import wait_until_learned
+from sensorthings.model.rollups import RollupSpec, reference_rollup
+from tests.mqtt_helpers import wait_for, wait_until_learned
 from tests.sta_helpers import ADMIN, ADMIN_TOKEN, HTTP
 
 DEMO_FILTER = "properties/demo eq 'citystream'"
-EXPECTED_DATASTREAMS = {"bike-counter": 24, "e-charging": 8, "bike-share": 6, "air-quality": 9, "noise": 3,
+EXPECTED_DATASTREAMS = {"bike-counter": 6, "e-charging": 8, "bike-share": 6, "air-quality": 9, "noise": 3,
                         "traffic": 4}
+"""The Datastreams the simulator publishes to, per kind; beside them, each bike counter's three rollups."""
+ROLLUP_WIDTHS = {"hourly": "PT1H", "daily": "P1D", "weekly": "P1W"}
 OBSERVATION_TYPES = {"bike-counter": OM_COUNT, "e-charging": OM_CATEGORY, "bike-share": OM_COUNT,
                      "air-quality": OM_MEASUREMENT, "noise": OM_MEASUREMENT, "traffic": OM_COUNT}
 UNIT_SYMBOLS = {"bike-counter": "bicycles", "e-charging": None, "bike-share": "bicycles", "air-quality": "µg/m³",
@@ -164,14 +174,15 @@ def phenomenon_bounds(value: str) -> tuple[datetime, datetime]:
 def test_create_city_creates_a_hamburg_like_city(sta: str) -> None:
     city = build_city(sta)
     assert len(city.thing_ids) == 30
-    assert city.created_things == 30 and city.created_datastreams == 54
+    assert city.created_things == 30 and city.created_datastreams == 54  # 36 published, 18 rollups
     assert Counter(d.kind for d in city.datastreams) == EXPECTED_DATASTREAMS
+    assert Counter(r.kind for r in city.rollups) == {"bike-counter": 18} and not city.stale
     assert counts(sta) == {"Things": 30, "Locations": 30, "Datastreams": 54, "Sensors": 7, "ObservedProperties": 8}
 
     things = get_all(f"{sta}/Things", **{"$filter": DEMO_FILTER,
                                          "$expand": "Locations,Datastreams($expand=Sensor,ObservedProperty)"})
     assert {t["@iot.id"] for t in things} == set(city.thing_ids)
-    published = {d.id: d for d in city.datastreams}
+    published: dict[int | str, Any] = {d.id: d for d in (*city.datastreams, *city.rollups)}
     sensors_by_kind: dict[str, set[int]] = defaultdict(set)
     for thing in things:
         kind = thing["properties"]["kind"]
@@ -200,7 +211,28 @@ def test_create_city_creates_a_hamburg_like_city(sta: str) -> None:
     assert {json.dumps(d["unitOfMeasurement"], sort_keys=True) for d in no2} == {
         json.dumps({"name": "microgram per cubic metre", "symbol": "µg/m³", "definition": "ug/m3"}, sort_keys=True)}
     bike_counters = [d for d in city.datastreams if d.kind == "bike-counter"]
-    assert sorted({d.period for d in bike_counters}) == [900, 3600, 86400, 604800]
+    assert [d.period for d in bike_counters] == [900] * 6 and all(d.key.endswith("/15min") for d in bike_counters)
+    assert_rollups_are_linked(sta, city)
+
+
+def assert_rollups_are_linked(sta: str, city: DemoCity) -> None:
+    """Each bike counter's 15-minute Datastream has its three rollups (sums per hour, day, week in Berlin
+    time), linked both ways, on its Thing, counting bicycles; no other Datastream has any."""
+    for source in city.datastreams:
+        listed = get_all(f"{sta}/Datastreams({source.id})/Rollups")
+        mine = [r for r in city.rollups if r.source_id == source.id]
+        assert {r["@iot.id"] for r in listed} == {r.id for r in mine}
+        assert len(listed) == (3 if source.kind == "bike-counter" else 0), source.key
+        for rollup in listed:
+            suffix = rollup["properties"]["key"].rsplit("/", 1)[1]
+            assert {k: rollup["rollup"][k] for k in ("width", "function", "timeZone")} == {
+                "width": ROLLUP_WIDTHS[suffix], "function": "sum", "timeZone": "Europe/Berlin"}
+            assert rollup["observationType"] == OM_COUNT and rollup["unitOfMeasurement"]["symbol"] == "bicycles"
+            assert rollup["name"].startswith("Bicycles per ") and rollup["properties"]["demo"] == "citystream"
+            back = HTTP.get(f"{sta}/Datastreams({rollup['@iot.id']})/RollupOf")
+            assert back.status_code == 200 and back.json()["@iot.id"] == source.id
+            thing = HTTP.get(f"{sta}/Datastreams({rollup['@iot.id']})/Thing").json()
+            assert thing["@iot.id"] == source.thing_id
 
 
 def test_create_city_twice_reuses_everything_and_repairs_what_was_deleted(sta: str) -> None:
@@ -214,19 +246,37 @@ def test_create_city_twice_reuses_everything_and_repairs_what_was_deleted(sta: s
     assert [d.id for d in second.datastreams] == [d.id for d in first.datastreams]
     assert counts(sta) == before
 
-    # Delete one whole Thing (its Datastreams go with it) and one Datastream of another Thing.
+    assert [r.id for r in second.rollups] == [r.id for r in first.rollups]
+
+    # Delete one whole Thing (its Datastreams and rollups go with it), one Datastream and one rollup of
+    # others; and give a third counter a Datastream of the older demo (its raw hourly counts, key `1h`).
     counter = next(d for d in first.datastreams if d.key == "bike-counter-01/15min")
     no2 = next(d for d in first.datastreams if d.key == "air-quality-01/no2")
+    daily = next(r for r in first.rollups if r.key == "bike-counter-02/daily")
+    older = next(d for d in first.datastreams if d.key == "bike-counter-03/15min")
+    sensor, observed = (HTTP.get(f"{sta}/Datastreams({older.id})/{n}").json()["@iot.id"]
+                        for n in ("Sensor", "ObservedProperty"))
+    assert HTTP.post(f"{sta}/Datastreams", json={
+        "name": "Bicycles per hour", "description": "older demo", "observationType": OM_COUNT,
+        "unitOfMeasurement": {"name": "bicycles", "symbol": "bicycles", "definition": "{bicycles}"},
+        "properties": {"demo": "citystream", "key": "bike-counter-03/1h"}, "Thing": {"@iot.id": older.thing_id},
+        "Sensor": {"@iot.id": sensor}, "ObservedProperty": {"@iot.id": observed}}).status_code == 201
     assert HTTP.delete(f"{sta}/Things({counter.thing_id})").status_code == 200
     assert HTTP.delete(f"{sta}/Datastreams({no2.id})").status_code == 200
+    assert HTTP.delete(f"{sta}/Datastreams({daily.id})").status_code == 200
     third = build_city(sta)
-    assert third.created_things == 1 and third.created_datastreams == 5
+    assert third.created_things == 1 and third.created_datastreams == 6  # 1 + 3 rollups, NO2, the daily rollup
+    assert third.stale == ("bike-counter-03/1h",)  # reported, not published, not deleted
     after = counts(sta)
-    assert (after["Things"], after["Datastreams"]) == (before["Things"], before["Datastreams"])
+    assert (after["Things"], after["Datastreams"]) == (before["Things"], before["Datastreams"] + 1)
     assert (after["Sensors"], after["ObservedProperties"]) == (7, 8)  # shared ones were reused
-    assert len(third.datastreams) == 54 and len(set(third.thing_ids)) == 30
+    assert len(third.datastreams) == 36 and len(third.rollups) == 18 and len(set(third.thing_ids)) == 30
+    assert "bike-counter-03/1h" not in {d.key for d in third.datastreams}
     kept = {d.key: d.id for d in first.datastreams if d.thing_id != counter.thing_id and d.key != no2.key}
     assert {d.key: d.id for d in third.datastreams if d.key in kept} == kept
+    kept = {r.key: r.id for r in first.rollups if r.thing_id != counter.thing_id and r.key != daily.key}
+    assert {r.key: r.id for r in third.rollups if r.key in kept} == kept
+    assert_rollups_are_linked(sta, third)
 
 
 # ------------------------------------------------------------------------------------------ publishing
@@ -261,6 +311,7 @@ def test_publish_forever_publishes_valid_observations_to_the_datastream_topics(
         assert set(body) == {"phenomenonTime", "result"}
         received[int(match.group(1))].append(body)
     assert set(received) == set(by_id), "every Datastream publishes at least its immediate observation"
+    assert not set(received) & {r.id for r in city.rollups}, "the platform computes the rollups"
 
     now = datetime.now(UTC)
     for ident, observations in received.items():
@@ -285,6 +336,41 @@ def test_publish_forever_publishes_valid_observations_to_the_datastream_topics(
     assert len(intervals) >= 8
     assert all(end - start == timedelta(minutes=15) for start, end in intervals)
     assert all(a[1] == b[0] for a, b in zip(intervals, intervals[1:], strict=False))
+
+
+def test_the_rollups_are_the_sums_of_the_published_counts(sta: str, mosquitto_server: Any) -> None:
+    """Two simulated days of history, published over MQTT and stored by the session app's bridge: every bucket
+    of every rollup is the sum (and count) of the 15-minute counts in it, and a whole hour or local day is
+    what the older demo published as a Datastream of its own (the generator's count over that span)."""
+    city = build_city(sta)
+    totals: list[int] = []
+    publish_for(city, mosquitto_server, 2.5, speed=172_800, backlog=timedelta(days=2), on_published=totals.append)
+    assert totals
+
+    def stored() -> int:
+        return sum(HTTP.get(f"{sta}/Datastreams({d.id})/Observations", params={"$count": "true", "$top": "0"}
+                            ).json()["@iot.count"] for d in city.datastreams)
+    wait_for(lambda: stored() >= totals[-1], timeout=60, what=f"the {totals[-1]} published observations stored")
+
+    whole = Counter[str]()
+    for source in (d for d in city.datastreams if d.kind == "bike-counter"):
+        assert isinstance(source.generator, CountGenerator)
+        raw = [(phenomenon_bounds(o["phenomenonTime"])[0], o["result"], o["@iot.id"]) for o in get_all(
+            f"{sta}/Datastreams({source.id})/Observations", **{"$select": "id,phenomenonTime,result"})]
+        assert len(raw) >= 2 * 96
+        for rollup in (r for r in city.rollups if r.source_id == source.id):
+            expected = reference_rollup(raw, RollupSpec(rollup.width, rollup.function, rollup.time_zone))
+            got = {phenomenon_bounds(o["phenomenonTime"]): (o["result"], o["parameters"]["rollup"]["count"])
+                   for o in get_all(f"{sta}/Datastreams({rollup.id})/Observations")}
+            assert {start: value for (start, _), value in got.items()} == expected, rollup.key
+            for (start, end), (result, n) in got.items():
+                if n == (end - start) // timedelta(minutes=15):  # every quarter hour of the bucket is there
+                    assert result == source.generator(start, end), (rollup.key, start)
+                    whole[rollup.width] += 1
+                if rollup.width == "P1D":
+                    assert start == floor_time(start, 86400, "day")  # Hamburg's local midnight
+                    assert start.astimezone(HAMBURG).hour == 0
+    assert whole["PT1H"] >= 6 * 40 and whole["P1D"] >= 6  # two days back: at least yesterday is whole
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub (mosquitto-clients) not installed")
