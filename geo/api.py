@@ -30,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from geo import html, openapi
+from geo import aggregate_sql, aggregates, html, openapi
+from geo.aggregate_params import item_request, parse_aggregates, parse_feature_id
 from geo.collections import Collection
 from geo.collections import collections as collections_for
 from geo.cql2_text import Cql2TextParser
@@ -50,6 +51,7 @@ from geo.params import (
     query_string,
 )
 from geo.query import count_sql, csv_header, extent_sql, feature_sql, items_sql
+from geo.queryables import Queryable
 from sensorthings.http import audit as sta_audit
 from sensorthings.http.common import database_error, service_url
 from sensorthings.model.access import CURRENT, Role, require
@@ -168,7 +170,7 @@ class OgcApi:
         known = _visible_collections()
         found = known.get(collection_id)
         if found is None:
-            raise NotFound(f"no collection {collection_id!r}; collections are {', '.join(known)}")
+            raise NotFound(f"no collection {collection_id!r}; collections are {', '.join(known)}, {aggregates.ID}")
         return found
 
     async def _document(self, request: Request, document: dict[str, Any], fmt: str, title: str,
@@ -186,7 +188,8 @@ class OgcApi:
         document = {
             "title": "CityStream OGC API – Features",
             "description": "Live features from the city's SensorThings data: Things, Datastreams, latest values, "
-                           "Observations, FeaturesOfInterest and Locations.",
+                           "Observations, FeaturesOfInterest and Locations; rollups aggregated per district or "
+                           "grid cell.",
             "links": [
                 *_self_and_alternates(root, [], fmt, {"json": JSON, "html": HTML}),
                 _link(f"{root}/api", "service-desc", OPENAPI, "the API definition (OpenAPI 3.0)"),
@@ -216,40 +219,55 @@ class OgcApi:
 
     async def _collection_document(self, request: Request, collection: Collection, fmt: str
                                    ) -> tuple[dict[str, Any], datetime | None]:
+        return await self._described(request, fmt, collection.id, collection.title, collection.description,
+                                     extent_sql(collection), timed=collection.time_start is not None)
+
+    async def _described(self, request: Request, fmt: str, collection_id: str, title: str, description: str,
+                         extent: sql.Composable, *, timed: bool, sortable: bool = True
+                         ) -> tuple[dict[str, Any], datetime | None]:
+        """A collection's document: its links, its extent (from `extent`, one row: xmin, ymin, xmax, ymax, t0,
+        t1, CRS84) and CRSs."""
         root = self.root(request)
-        url = f"{root}/collections/{collection.id}"
-        rows, modified = await self._rows(extent_sql(collection), {})
+        url = f"{root}/collections/{collection_id}"
+        rows, modified = await self._rows(extent, {})
         xmin, ymin, xmax, ymax, t0, t1 = rows[0]
-        extent: dict[str, Any] = {}
+        described: dict[str, Any] = {}
         if xmin is not None:
-            extent["spatial"] = {"bbox": [[xmin, ymin, xmax, ymax]], "crs": CRS84.uri}
-        if collection.time_start is not None:
-            extent["temporal"] = {"interval": [[_time(t0), _time(t1)]],
-                                  "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"}
+            described["spatial"] = {"bbox": [[xmin, ymin, xmax, ymax]], "crs": CRS84.uri}
+        if timed:
+            described["temporal"] = {"interval": [[_time(t0), _time(t1)]],
+                                     "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"}
+        links = [
+            *_self_and_alternates(url, [], fmt, {"json": JSON, "html": HTML}),
+            _link(f"{url}/items", "items", GEOJSON, "the features as GeoJSON"),
+            _link(f"{url}/items?f=html", "items", HTML, "the features as HTML"),
+            _link(f"{url}/items?f=csv", "items", CSV, "the features as CSV"),
+            _link(f"{url}/queryables", QUERYABLES_REL, SCHEMA, "properties to filter by"),
+        ]
+        if sortable:
+            links.append(_link(f"{url}/sortables", SORTABLES_REL, SCHEMA, "properties to sort by"))
+        links.append(_link(f"{root}/collections", "collection", JSON, "all collections"))
         return {
-            "id": collection.id,
-            "title": collection.title,
-            "description": collection.description,
+            "id": collection_id,
+            "title": title,
+            "description": description,
             "itemType": "feature",
-            "links": [
-                *_self_and_alternates(url, [], fmt, {"json": JSON, "html": HTML}),
-                _link(f"{url}/items", "items", GEOJSON, "the features as GeoJSON"),
-                _link(f"{url}/items?f=html", "items", HTML, "the features as HTML"),
-                _link(f"{url}/items?f=csv", "items", CSV, "the features as CSV"),
-                _link(f"{url}/queryables", QUERYABLES_REL, SCHEMA, "properties to filter by"),
-                _link(f"{url}/sortables", SORTABLES_REL, SCHEMA, "properties to sort by"),
-                _link(f"{root}/collections", "collection", JSON, "all collections"),
-            ],
-            "extent": extent,
+            "links": links,
+            "extent": described,
             "crs": list(URIS),
             "storageCrs": STORAGE_CRS.uri,
         }, modified
+
+    async def _aggregates_document(self, request: Request, fmt: str) -> tuple[dict[str, Any], datetime | None]:
+        return await self._described(request, fmt, aggregates.ID, aggregates.TITLE, aggregates.DESCRIPTION,
+                                     aggregate_sql.extent_sql(_VIEW.get()), timed=True, sortable=False)
 
     async def collections(self, request: Request) -> Response:
         check_parameters(request.query_params, COMMON, "/collections")
         fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
         url = f"{self.root(request)}/collections"
         described = [await self._collection_document(request, c, fmt) for c in _visible_collections().values()]
+        described.append(await self._aggregates_document(request, fmt))
         document = {
             "links": _self_and_alternates(url, [], fmt, {"json": JSON, "html": HTML}),
             "collections": [d for d, _ in described],
@@ -274,11 +292,15 @@ class OgcApi:
     async def _schema(self, request: Request, which: str) -> Response:
         """JSON Schema 2020-12 of what a collection can be filtered or sorted by (OGC API – Features Part 3)."""
         collection = self._collection(request.path_params["collection"])
-        check_parameters(request.query_params, COMMON, f"/collections/{collection.id}/{which}")
-        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
-        url = f"{self.root(request)}/collections/{collection.id}/{which}"
         entries = collection.queryables if which == "queryables" else collection.sortables
-        title = f"{collection.title}: {which}"
+        return await self._schema_document(request, collection.id, collection.title, which, entries)
+
+    async def _schema_document(self, request: Request, collection_id: str, collection_title: str, which: str,
+                               entries: dict[str, Queryable]) -> Response:
+        check_parameters(request.query_params, COMMON, f"/collections/{collection_id}/{which}")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        url = f"{self.root(request)}/collections/{collection_id}/{which}"
+        title = f"{collection_title}: {which}"
         document = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": url,
@@ -380,6 +402,80 @@ class OgcApi:
         return await self._respond(request, orjson.dumps(feature), GEOJSON, {"Content-Crs": f"<{crs.uri}>"},
                                    modified=modified)
 
+    # ------------------------------------------------------------------------------------------------ aggregates
+
+    async def aggregates_collection(self, request: Request) -> Response:
+        check_parameters(request.query_params, COMMON, f"/collections/{aggregates.ID}")
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA)
+        document, modified = await self._aggregates_document(request, fmt)
+        return await self._document(request, document, fmt, aggregates.TITLE, modified)
+
+    async def aggregates_schema(self, request: Request) -> Response:
+        """Queryables: the properties a request selects by (as query parameters; there is no `filter`
+        here). Sortables: none, the order is fixed (bucket, then the group's keys)."""
+        which = request.url.path.rsplit("/", 1)[-1]
+        entries = aggregates.QUERYABLES if which == "queryables" else {}
+        return await self._schema_document(request, aggregates.ID, aggregates.TITLE, which, entries)
+
+    async def aggregates_items(self, request: Request) -> Response:
+        query = request.query_params.multi_items()
+        parsed = parse_aggregates(request.query_params)
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_ITEMS)
+        b = SqlBuilder("")
+        rows, modified = await self._rows(aggregate_sql.items_sql(parsed, _VIEW.get(), b, csv=fmt == "csv"),
+                                          b.params)
+        page = aggregates.Page(rows, parsed)
+        url = f"{self.root(request)}/collections/{aggregates.ID}/items"
+        next_query: dict[str, str | None] | None = None
+        if page.more:  # as the other collections: offset links for clients that page by offset, else a token
+            next_query = {"offset": str(parsed.offset + parsed.limit)} if parsed.offset else \
+                {"offset": None, "next": page.next_token()}
+        if fmt == "csv":
+            return await self._respond(request, page.csv(), CSV + "; charset=utf-8",
+                                       _next_header(url, query, next_query), modified=modified)
+        links = _self_and_alternates(url, query, fmt, {"json": GEOJSON, "html": HTML, "csv": CSV})
+        if next_query is not None:
+            links.append(_link(f"{url}?{query_string(query, **next_query)}", "next", GEOJSON, "the next page"))
+        links.append(_link(f"{self.root(request)}/collections/{aggregates.ID}", "collection", JSON, aggregates.TITLE))
+        head: dict[str, Any] = {"type": "FeatureCollection", "links": links, "numberReturned": len(page.rows)}
+        if parsed.after is None and not page.more and (page.rows or not parsed.offset):
+            head["numberMatched"] = parsed.offset + len(page.rows)
+        features = page.features()
+        unstamped = orjson.dumps(head) + features
+        head["timeStamp"] = _time(datetime.now(UTC))
+        if fmt == "html":
+            document = {**head, "features": orjson.loads(b"[" + features + b"]")}
+            return await self._respond(request, html.page(f"{aggregates.TITLE}: features", document).encode(), HTML,
+                                       etag_of=unstamped, modified=modified)
+        body = orjson.dumps(head)[:-1] + b',"features":[' + features + b"]}"
+        return await self._respond(request, body, GEOJSON, {"Content-Crs": f"<{parsed.crs.uri}>"},
+                                   etag_of=unstamped, modified=modified)
+
+    async def aggregates_item(self, request: Request) -> Response:
+        raw_id = request.path_params["feature"]
+        named = parse_feature_id(raw_id)
+        if named is None:
+            raise NotFound(f"no feature {raw_id[:60]!r} in {aggregates.ID}: use the id of a feature of its items")
+        parsed = item_request(*named, request.query_params)
+        fmt = parse_format(request.query_params, request.headers.get("accept", ""), FORMATS_METADATA + ("geojson",))
+        b = SqlBuilder("")
+        rows, modified = await self._rows(aggregate_sql.items_sql(parsed, _VIEW.get(), b), b.params)
+        page = aggregates.Page(rows, parsed)
+        if not page.rows:
+            raise NotFound(f"no feature {raw_id[:60]!r} in {aggregates.ID} (its bucket may be gone, or hidden)")
+        root = self.root(request)
+        url = f"{root}/collections/{aggregates.ID}/items/{raw_id}"
+        feature = orjson.loads(page.feature_bytes(page.rows[0]))
+        feature["links"] = [
+            *_self_and_alternates(url, request.query_params.multi_items(), fmt, {"json": GEOJSON, "html": HTML}),
+            _link(f"{root}/collections/{aggregates.ID}", "collection", JSON, aggregates.TITLE),
+        ]
+        if fmt == "html":
+            return await self._respond(request, html.page(f"{aggregates.TITLE}: one feature", feature).encode(), HTML,
+                                       modified=modified)
+        return await self._respond(request, orjson.dumps(feature), GEOJSON, {"Content-Crs": f"<{parsed.crs.uri}>"},
+                                   modified=modified)
+
 
 _VIEW: ContextVar[View] = ContextVar("ogc_visibility_view", default=View.VISIBLE)
 """How the request's statements are compiled (query.visibility.View), set by `_handler`."""
@@ -477,6 +573,11 @@ def create_ogc_app(pool: AsyncConnectionPool[Any], config: OgcConfig, audit: Aud
         Route("/conformance", _handler(api.conformance, audit, restrictions)),
         Route("/api", _handler(api.api_definition, audit, restrictions)),
         Route("/collections", _handler(api.collections, audit, restrictions)),
+        # the aggregates collection is not a view of one entity (geo/aggregates.py): its own handlers, first
+        *(Route(f"/collections/{aggregates.ID}{path}", _handler(method, audit, restrictions)) for path, method in (
+            ("", api.aggregates_collection), ("/items", api.aggregates_items),
+            ("/items/{feature}", api.aggregates_item), ("/queryables", api.aggregates_schema),
+            ("/sortables", api.aggregates_schema))),
         Route("/collections/{collection}", _handler(api.collection, audit, restrictions)),
         Route("/collections/{collection}/items", _handler(api.items, audit, restrictions)),
         Route("/collections/{collection}/items/{feature}", _handler(api.item, audit, restrictions)),

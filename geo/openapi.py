@@ -10,10 +10,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from geo import aggregates
+from geo.aggregate_params import DEFAULT_CELL, GROUP_BY, MAX_BUCKETS, MAX_CELL, MIN_CELL
 from geo.collections import COLLECTIONS, Collection
 from geo.crs import URIS
 from geo.params import DEFAULT_LIMIT, FILTER_LANGS, ITEMS_PARAMETERS, MAX_LIMIT
 from geo.queryables import Queryable
+from sensorthings.model.rollups import FUNCTIONS, WIDTHS
 
 GEOJSON = "application/geo+json"
 
@@ -113,6 +116,46 @@ def _collection_paths(collection: Collection) -> dict[str, Any]:
     }
 
 
+def _aggregates_paths() -> dict[str, Any]:
+    """The aggregates collection (geo/aggregates.py): its selection and grouping parameters instead of
+    filter, sortby and properties."""
+    base = f"/collections/{aggregates.ID}"
+    tag = aggregates.TITLE
+    items_parameters = [
+        _ref("limit"), _ref("offset"), _ref("next"), _ref("bbox"), _ref("bbox-crs"),
+        _query("datetime", f"The buckets that intersect this RFC 3339 instant or interval (`a/b`, `../b`, `a/..`), "
+               f"at most {MAX_BUCKETS} buckets of `width` long (of PT1M without it); an open end is closed at "
+               f"that length; without datetime, the latest such span.", {"type": "string"}),
+        _ref("crs"), _ref("f-items"),
+        _query("cell", f"Group by the square cells of this size (metres) of the EPSG:3035 statistical grid "
+               f"(the default, {DEFAULT_CELL} m).",
+               {"type": "integer", "minimum": MIN_CELL, "maximum": MAX_CELL, "default": DEFAULT_CELL}),
+        _query("groupBy", "Group by this property of the Things (e.g. district; a.b for a nested one) instead of "
+               "grid cells.", {"type": "string", "pattern": f"^{GROUP_BY.pattern}$"}),
+        _query("observedProperty", "Only rollups of this ObservedProperty (its name or @iot.id).", {"type": "string"}),
+        _query("width", "Only rollups of this bucket width.", {"type": "string", "enum": list(WIDTHS)}),
+        _query("function", "Only rollups with this function.", {"type": "string", "enum": list(FUNCTIONS)}),
+        _query("timeZone", "Only rollups in this time zone (IANA name).", {"type": "string"}),
+    ]
+    feature_id = {"name": "featureId", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "A feature's id, as its items give it (it names the group, selection and bucket)."}
+    return {
+        base: _get(f"About {aggregates.TITLE}", f"describe_{aggregates.ID}", [_ref("f")],
+                   _ok("the collection", ("application/json", "text/html")), tag),
+        f"{base}/items": _get(f"{aggregates.TITLE}: {aggregates.DESCRIPTION}", f"items_{aggregates.ID}",
+                              items_parameters,
+                              _ok("a page of features", (GEOJSON, "text/html", "text/csv"), "FeatureCollection"), tag),
+        f"{base}/items/{{featureId}}": _get(f"One of {aggregates.TITLE}", f"item_{aggregates.ID}",
+                                            [feature_id, _ref("crs"), _ref("f")],
+                                            _ok("the feature", (GEOJSON, "text/html"), "Feature"), tag),
+        f"{base}/queryables": _get(f"What {aggregates.TITLE} can be selected by", f"queryables_{aggregates.ID}",
+                                   [_ref("f")], _ok("a JSON Schema", ("application/schema+json",)), tag),
+        f"{base}/sortables": _get(f"{aggregates.TITLE} have one order (bucket, then group): no sortables",
+                                  f"sortables_{aggregates.ID}", [_ref("f")],
+                                  _ok("a JSON Schema", ("application/schema+json",)), tag),
+    }
+
+
 @functools.lru_cache(maxsize=16)
 def document(root: str) -> dict[str, Any]:
     """The OpenAPI document for a server URL; built once per URL (read-only for callers)."""
@@ -127,6 +170,7 @@ def document(root: str) -> dict[str, Any]:
     }
     for collection in COLLECTIONS.values():
         paths.update(_collection_paths(collection))
+    paths.update(_aggregates_paths())
     error = {"type": "object", "required": ["code"],
              "properties": {"code": {"type": "string"}, "description": {"type": "string"}}}
     return {
@@ -141,7 +185,8 @@ def document(root: str) -> dict[str, Any]:
             "schemas": {
                 "Feature": {"type": "object", "required": ["type", "geometry", "properties"],
                             "properties": {"type": {"type": "string", "enum": ["Feature"]},
-                                           "id": {"type": "integer"}, "geometry": {"nullable": True},
+                                           "id": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+                                           "geometry": {"nullable": True},
                                            "properties": {"type": "object", "nullable": True}}},
                 "FeatureCollection": {"type": "object", "required": ["type", "features"],
                                       "properties": {"type": {"type": "string", "enum": ["FeatureCollection"]},

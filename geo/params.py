@@ -183,9 +183,10 @@ def parse_datetime(value: str) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def _intersection(intervals: list[tuple[datetime | None, datetime | None]]) -> tuple[datetime | None, datetime | None]:
-    """Where all the intervals overlap (possibly nowhere: then the start is after the end, and nothing
-    matches)."""
+def intersect_datetimes(values: list[str]) -> tuple[datetime | None, datetime | None]:
+    """Where all the `datetime` values (REPEATABLE) overlap (possibly nowhere: then the start is after the
+    end, and nothing matches)."""
+    intervals = [parse_datetime(v) for v in values]
     starts = [s for s, _ in intervals if s is not None]
     ends = [e for _, e in intervals if e is not None]
     return (max(starts) if starts else None), (min(ends) if ends else None)
@@ -294,7 +295,7 @@ def parse_items(params: QueryParams, collection: Collection) -> ItemsRequest:
     elif get("bbox-crs") is not None:
         raise BadRequest("bbox-crs is given without bbox", field="bbox-crs")
     if get("datetime") is not None:
-        request.interval = _intersection([parse_datetime(v) for v in params.getlist("datetime")])
+        request.interval = intersect_datetimes(params.getlist("datetime"))
     if get("properties") is not None:
         request.properties = parse_properties(params["properties"], collection)
     if get("sortby") is not None:

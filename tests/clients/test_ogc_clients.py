@@ -32,7 +32,7 @@ from pyproj import Transformer
 from tests.ogc_city import OBSERVATIONS_PER_DATASTREAM, THINGS, City, coordinates, phenomenon_time
 from tests.sta_helpers import HTTP
 
-COLLECTIONS = ["things", "datastreams", "latest", "observations", "features-of-interest", "locations"]
+COLLECTIONS = ["things", "datastreams", "latest", "observations", "features-of-interest", "locations", "aggregates"]
 CORE = "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core"
 EPSG = "http://www.opengis.net/def/crs/EPSG/0/"
 FIRST, LAST = 2, 4  # the Things inside the test box
@@ -129,7 +129,7 @@ def served(city: City, collection: str, **params: Any) -> Any:
 
 
 @needs_gdal
-def test_ogrinfo_lists_the_six_layers(city: City) -> None:
+def test_ogrinfo_lists_the_seven_layers(city: City) -> None:
     listing = gdal("ogrinfo", "-ro", f"OAPIF:{city.ogc}").stdout
     layers = re.findall(r"^\d+: (\S+) ", listing, re.MULTILINE)
     assert layers == COLLECTIONS, listing
