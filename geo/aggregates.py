@@ -68,6 +68,7 @@ PROPERTIES: tuple[tuple[str, Kind, str], ...] = (
     ("value", "number", "the function over the group's rollup buckets"),
     ("count", "integer", "number of Observations aggregated"),
     ("datastreams", "integer", "number of rollup Datastreams that contributed"),
+    ("final", "boolean", "whether every contributing bucket is final (its rollup's finalAfter has passed)"),
     ("groupBy", "string", "how the group is formed: cell, or the Thing property"),
     ("group", "string", "the group: the grid cell's id, or the Thing property's value"),
 )
@@ -101,6 +102,10 @@ def value_of(function: str, n: int, total: Decimal, integral: bool, low: Decimal
     return int(exact) if integral else float(exact)
 
 
+GEOMETRY = 19
+"""The column of a row of aggregate_sql.items_sql that holds the geometry (the properties come before it)."""
+
+
 class Page:
     """A page of rows from aggregate_sql.items_sql, as features."""
 
@@ -115,20 +120,20 @@ class Page:
 
     def properties(self, row: tuple[Any, ...]) -> dict[str, Any]:
         bs, definition, unit, width, function, zone, key, be, op_name, op_id, n, total, integral, low, high, first, \
-            last, streams = row[:18]
+            last, streams, final = row[:GEOMETRY]
         return {
             "observedProperty": op_name, "observedPropertyId": op_id, "observedPropertyDefinition": definition,
             "unit": unit, "width": width,
             "function": function, "timeZone": zone, "bucketStart": _time(bs), "bucketEnd": _time(be),
             "value": value_of(function, int(n), total, integral, low, high, first, last), "count": int(n),
-            "datastreams": int(streams), "groupBy": self.grouping.name, "group": key,
+            "datastreams": int(streams), "final": bool(final), "groupBy": self.grouping.name, "group": key,
         }
 
     def feature_bytes(self, row: tuple[Any, ...]) -> bytes:
         """One GeoJSON Feature (its geometry rendered by PostGIS, in the request's CRS)."""
         head = orjson.dumps({"type": "Feature", "id": feature_id(self.position(row), self.grouping),
                              "properties": self.properties(row)})
-        return head[:-1] + b',"geometry":' + (row[18] or "null").encode() + b"}"
+        return head[:-1] + b',"geometry":' + (row[GEOMETRY] or "null").encode() + b"}"
 
     def features(self) -> bytes:
         return b",".join(self.feature_bytes(r) for r in self.rows)
@@ -145,5 +150,5 @@ class Page:
             properties = self.properties(row)
             writer.writerow([feature_id(self.position(row), self.grouping),
                              *("" if properties[name] is None else properties[name] for name, _, _ in PROPERTIES),
-                             row[18] or ""])
+                             row[GEOMETRY] or ""])
         return out.getvalue().encode()

@@ -18,7 +18,7 @@ import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,7 @@ def assert_matches(document: dict[str, Any], reference: dict[tuple[str, datetime
         assert p["count"] == want["count"], key
         assert p["datastreams"] == want["datastreams"], key
         assert _time(p["bucketEnd"]) == want["bucketEnd"], key
+        assert p["final"] is (want["bucketEnd"] + timedelta(hours=1) <= datetime.now(UTC)), key  # finalAfter PT1H
         assert p["value"] == pytest.approx(want["value"], rel=1e-12), (key, p["value"], want["value"])
         assert type(p["value"]) is type(want["value"]) or isinstance(want["value"], float), key
 
