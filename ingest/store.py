@@ -44,7 +44,7 @@ from sensorthings.write.derived import (
     update_stream_summaries,
 )
 from sensorthings.write.ports import Change
-from sensorthings.write.rollups import ROLLUP_STREAM, changed_spans, merge_batch, rollup_changes, rollup_write_error
+from sensorthings.write.rollups import ROLLUP_STREAM, merge_batch, rollup_changes, rollup_write_error
 
 # The Observation's id, its field columns and its foreign keys: its stream (STREAMS order), then its
 # FeatureOfInterest (the order of every COPY row), each with its PostgreSQL type for the binary format.
@@ -154,8 +154,8 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
             buckets = await merge_batch(conn, [(i.row.stream_id, i.id, i.row.columns[PHENOMENON_START])
                                                for i in rows if i.row and i.id is not None
                                                and streams[(i.row.stream, i.row.stream_id)].has_rollups])
-            for rollup_id, (start, end) in changed_spans(buckets).items():
-                add_touch(touched, (ROLLUP_STREAM, rollup_id), start, end, None, None)
+            for bucket in buckets:  # the rollups' summaries: phenomenonTime and observedArea
+                add_touch(touched, (ROLLUP_STREAM, bucket.rollup_id), bucket.start, bucket.end, None, bucket.feature_id)
             rollup_notifications = rollup_changes(buckets)
         async with conn.pipeline():
             if rows:

@@ -506,17 +506,6 @@ async def finalize_due(conn: AsyncConnection[Any], limit: int = FINALIZE_BATCH) 
             for obs_id, rollup_id, feature in rows]
 
 
-def changed_spans(buckets: Sequence[Bucket]) -> dict[int, tuple[datetime, datetime]]:
-    """Per rollup, the span its changed buckets cover (for its Datastream summary)."""
-    spans: dict[int, tuple[datetime, datetime]] = {}
-    for bucket in buckets:
-        if not bucket.count:
-            continue
-        low, high = spans.get(bucket.rollup_id, (bucket.start, bucket.end))
-        spans[bucket.rollup_id] = (min(low, bucket.start), max(high, bucket.end))
-    return spans
-
-
 def rollup_write_error(rollup_id: int, source_id: int) -> str:
     """Why an Observation cannot be written to a rollup Datastream."""
     return (f"Datastream {rollup_id} is a rollup of Datastream {source_id}: its Observations are computed "

@@ -102,9 +102,11 @@ class StreamSummaries:
         assert row is not None  # a SELECT without FROM yields its row
         return read_removed(row[0])
 
-    def rollup_changed(self, stream: StreamKey, start: datetime, end: datetime, *, emptied: bool) -> None:
-        """A rollup's bucket [start, end) got its Observation (widening the rollup's summary) or lost it."""
-        add_touch(self._removed if emptied else self._touched, stream, start, end, None, None)
+    def rollup_changed(self, stream: StreamKey, start: datetime, end: datetime, feature_id: int | None, *,
+                       emptied: bool) -> None:
+        """A rollup's bucket [start, end) got its Observation, with FeatureOfInterest `feature_id` (widening
+        the rollup's summary), or lost it."""
+        add_touch(self._removed if emptied else self._touched, stream, start, end, None, feature_id)
 
     def datastream_spans(self) -> dict[int, tuple[datetime, datetime]]:
         """Per Datastream whose Observations this request created, changed or removed: the span of phenomenon

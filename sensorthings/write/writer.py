@@ -538,7 +538,7 @@ class Writer:
         self.changes.extend(rollup_changes(buckets))
         for bucket in buckets:
             self.summaries.rollup_changed((ROLLUP_STREAM, bucket.rollup_id), bucket.start, bucket.end,
-                                          emptied=not bucket.count)
+                                          bucket.feature_id, emptied=not bucket.count)
 
 
 def _fixed_links(relation: Relation) -> BadRequest:

@@ -143,3 +143,14 @@ def test_deleting_the_feature_a_rollup_observation_names_writes_it_again(sta: st
     assert [(o["@iot.id"], o["result"], o["parameters"]["rollup"]["count"]) for o in after] == [
         (before[0]["@iot.id"], 3, 1)]
     assert read(sta, f"Observations({after[0]['@iot.id']})/FeatureOfInterest")["@iot.id"] == first
+
+
+def test_a_rollups_observed_area_covers_its_buckets_features(sta: str) -> None:
+    source = numeric_datastream(sta)
+    merged = rollup(sta, source, "P1D", "count", zone="UTC")  # before any data: kept by ingest batches
+    send(sta, source, [(datetime(2024, 5, 1, 10, 5, tzinfo=UTC), 1)])
+    backfilled = rollup(sta, source, "PT1H", "max", zone="UTC")  # computed by the REST writer
+    area = read(sta, f"Datastreams({source})")["observedArea"]
+    assert area is not None
+    assert read(sta, f"Datastreams({merged})")["observedArea"] == area
+    assert read(sta, f"Datastreams({backfilled})")["observedArea"] == area
