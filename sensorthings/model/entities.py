@@ -21,6 +21,7 @@ from typing import Any
 from sensorthings.model import VERSIONS, in_version
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.kinds import (
+    EffectivePrivacy,
     Field,
     GeoJson,
     Geometry,
@@ -28,7 +29,10 @@ from sensorthings.model.kinds import (
     Interval,
     Json,
     JsonList,
+    PlatformInstant,
+    Privacy,
     Result,
+    RetentionPeriod,
     Rollup,
     Text,
 )
@@ -247,6 +251,31 @@ def _visibility() -> Text:
     return Text("visibility", "visibility", one_of=VISIBILITIES, since="v1.1")
 
 
+PRIVACY_SINCE = "v1.1"
+"""Privacy classes (sensorthings/model/privacy.py) are a CityStream extension of the 1.1 data model."""
+
+
+def _privacy() -> Privacy:
+    """What the public may see of the data (a Project's, or a stream's, overriding its Project's)."""
+    return Privacy("privacy", "privacy", since=PRIVACY_SINCE)
+
+
+def _effective_privacy() -> EffectivePrivacy:
+    """A stream's effective class, read-only (migration 0014 keeps it): why the public misses data."""
+    return EffectivePrivacy("effectivePrivacy", "effective_privacy", server_maintained=True, since=PRIVACY_SINCE)
+
+
+RETENTION_SINCE = "v1.1"
+"""Retention is a CityStream extension of the 1.1 data model (as visibility is): served under /v1.1 only."""
+
+
+def _retention() -> tuple[Field, ...]:
+    """How long a stream keeps its raw Observations, and how far the platform has deleted older ones (its
+    horizon, read-only): citystream/retention.py, docs/retention.md."""
+    return (RetentionPeriod("retention", "retention", since=RETENTION_SINCE),
+            PlatformInstant("retainedFrom", "retained_from", server_maintained=True, since=RETENTION_SINCE))
+
+
 ENTITIES: dict[str, Entity] = {
     e.name: e
     for e in (
@@ -286,6 +315,9 @@ ENTITIES: dict[str, Entity] = {
             _properties_since_1_1(),
             _visibility(),
             Rollup("rollup", "rollup", since=ROLLUPS_SINCE, set_on_create=True),
+            *_retention(),
+            _privacy(),
+            _effective_privacy(),
             result_types_field="observationType",
         ),
         _entity(
@@ -344,6 +376,9 @@ ENTITIES: dict[str, Entity] = {
             *_STREAM_SUMMARIES,
             _properties_since_1_1(),
             _visibility(),
+            *_retention(),
+            _privacy(),
+            _effective_privacy(),
             result_types_field="multiObservationDataTypes",
         ),
         # STAplus (OGC 22-022r1): who owns the data (Party), under which project and licence it is shared.
@@ -374,6 +409,7 @@ ENTITIES: dict[str, Entity] = {
             Text("url", "url"),
             Json("properties", "properties"),
             _visibility(),
+            _privacy(),
             since=STAPLUS_SINCE,
         ),
         _entity(

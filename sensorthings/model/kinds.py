@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,11 +20,12 @@ import shapely.errors
 import shapely.geometry
 from psycopg import sql
 
+from sensorthings.model import privacy
 from sensorthings.model.errors import BadRequest
 from sensorthings.model.json_values import JsonNumber, exact_json_text, nested_deeper_than, to_jsonb_text
 from sensorthings.model.operand import Operand, json_operand
 from sensorthings.model.rollups import DEFAULT_FINAL_AFTER, FUNCTIONS, WIDTHS, RollupSpec
-from sensorthings.model.times import parse_interval, parse_time
+from sensorthings.model.times import parse_duration, parse_interval, parse_time
 
 Param = Callable[[Any], sql.Composable]
 
@@ -170,6 +172,37 @@ class Rollup(Json):
                                    f"provisional (default {DEFAULT_FINAL_AFTER})")}}}
 
 
+@dataclass(frozen=True)
+class Privacy(Json):
+    """A privacy class (sensorthings/model/privacy.py: publication delay, minimum public aggregation,
+    minimum count), or null: what the public may see of a stream's Observations."""
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {self.column: None}
+        return {self.column: to_jsonb_text(privacy.parse_privacy(value, where), where)}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return privacy.json_schema()
+
+
+@dataclass(frozen=True)
+class EffectivePrivacy(Json):
+    """A stream's effective privacy class with where it comes from, kept by the database (migration 0014)
+    and read-only: a body that carries it (a GET-modify-PUT round trip) has it ignored, and null does not
+    clear it (no column a request writes: `columns` is empty, `column` is what is read)."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ()
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        return {}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return privacy.effective_json_schema()
+
+
 _JSON_TYPE_NAMES: dict[type, str] = {str: "strings", dict: "JSON objects"}
 _JSON_SCHEMA_TYPES: dict[type, str] = {str: "string", dict: "object"}
 
@@ -212,6 +245,85 @@ class Instant(Field):
 
     def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
         return {"type": "string", "format": "date-time"}
+
+
+@dataclass(frozen=True)
+class PlatformInstant(Instant):
+    """An instant only the platform sets (a stream's retainedFrom: how far retention has deleted), read,
+    filtered and ordered like any Instant. A request never writes it: a body that carries it has it ignored,
+    as @iot.selfLink is (a GET-modify-PUT round trip sends it back), and null does not clear it, because
+    it has no column a request writes (`columns` is empty; `column` is what is read)."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ()
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        return {}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return {**super().json_schema(reading=reading), "readOnly": True}
+
+
+MAX_RETENTION_YEARS = 1000
+_RETENTION = re.compile(r"P(?:(?P<years>[0-9]+)Y)?(?:(?P<months>[0-9]+)M)?(?:(?P<weeks>[0-9]+)W)?"
+                        r"(?:(?P<days>[0-9]+)D)?")
+_RETENTION_EXAMPLE = "e.g. 'P90D', 'P1W', 'P6M' or 'P2Y'"
+
+
+def parse_retention(value: Any, where: str) -> str:
+    """A retention period as a client gives it: an ISO 8601 duration of whole years, months, weeks and days
+    (the calendar units a city's data rules speak in), at least a day and at most MAX_RETENTION_YEARS. No
+    time part: retention is enforced by a pass that runs every hour or so, and sub-day periods would promise
+    a precision it does not have."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be an ISO 8601 duration string, {_RETENTION_EXAMPLE}, or null to keep "
+                         f"Observations forever", field=where)
+    shown = repr(value[:40]) + ("…" if len(value) > 40 else "")
+    match = _RETENTION.fullmatch(value) if len(value) <= 32 else None
+    if match is None or value == "P":
+        raise BadRequest(f"{where}: {shown} {_retention_hint(value, where)}", field=where)
+    years, months, weeks, days = (int(match.group(g) or 0) for g in ("years", "months", "weeks", "days"))
+    if not (years or months or weeks or days):
+        raise BadRequest(f"{where}: {shown} keeps nothing; a retention is at least a day ('P1D'), or null to keep "
+                         f"Observations forever", field=where)
+    if (years * 12 + months) * 30.436875 + weeks * 7 + days > MAX_RETENTION_YEARS * 365.2425:
+        raise BadRequest(f"{where}: {shown} is longer than {MAX_RETENTION_YEARS} years; to keep Observations "
+                         f"forever leave retention out or set it to null", field=where)
+    return value
+
+
+def _retention_hint(value: str, where: str) -> str:
+    """Why a string is not a retention, and what to write instead where that is clear (PT5M, PT48H, p90d)."""
+    whole = f"retention is whole days, weeks, months or years ({_RETENTION_EXAMPLE})"
+    if value.upper() != value and _RETENTION.fullmatch(value.upper()):
+        return f"must be written in upper case ({value.upper()!r})"
+    try:
+        months, exact = parse_duration(value, where)
+    except BadRequest:
+        return f"is not an ISO 8601 duration; {whole}"
+    if months < 0 or exact.total_seconds() < 0:
+        return f"is negative; {whole}"
+    if months == 0 and exact.total_seconds() < 86_400:
+        return f"is shorter than a day; {whole}"
+    if not exact.total_seconds() % 86_400:
+        spelled = "P" + (f"{months}M" if months else "") + (f"{exact.days}D" if exact.days else "")
+        return f"has a time part; write it in whole days: {spelled!r}"
+    return f"has a time part; {whole}"
+
+
+@dataclass(frozen=True)
+class RetentionPeriod(Field):
+    """How long a stream keeps its raw Observations (CityStream's retention: citystream/retention.py deletes
+    older ones), as `parse_retention` reads it; null keeps them forever."""
+
+    def parse(self, value: Any, where: str) -> dict[str, Any]:
+        return {self.column: None if value is None else parse_retention(value, where)}
+
+    def json_schema(self, *, reading: bool = False) -> dict[str, Any]:
+        return {"type": "string", "pattern": "^P([0-9]+Y)?([0-9]+M)?([0-9]+W)?([0-9]+D)?$",
+                "description": f"how long raw Observations are kept: whole years, months, weeks and days, at least "
+                               f"P1D, at most {MAX_RETENTION_YEARS} years ({_RETENTION_EXAMPLE}); null: forever"}
 
 
 _SCHEMA_INSTANT = (r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
