@@ -24,6 +24,7 @@ from citystream.logs import request_id
 from citystream.mqtt_websocket import PATH as MQTT_WEBSOCKET_PATH
 from citystream.mqtt_websocket import MqttWebSocketRelay, RelayConfig
 from citystream.restrictions import RestrictionWatch
+from citystream.retention import RetentionJob
 from citystream.rollup_finalizer import RollupFinalizer
 from citystream.services import WritePath, mqtt_endpoints
 from citystream.settings import Settings
@@ -50,6 +51,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     restrictions = Restrictions()
     restriction_watch = RestrictionWatch(database_url, restrictions)
     finalizer = RollupFinalizer(pool, notifier, settings.rollup_finalize_seconds)
+    retention = RetentionJob(pool, settings.retention_interval_seconds, settings.retention_batch_rows)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -59,8 +61,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             await audit.start()
             await restriction_watch.start()
             await finalizer.start()
+            await retention.start()
             yield
         finally:
+            await retention.stop()
             await finalizer.stop()
             await restriction_watch.stop()
             await audit.stop()  # writes what is buffered, while the pool is still open

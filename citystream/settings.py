@@ -159,6 +159,11 @@ class Settings:
     """HTTP access records: `all`, `writes` (not GET/HEAD, and every response >= 400) or `off`."""
     audit_retention_days: int = 365
     """Days the audit log keeps (whole day partitions are dropped after that); 0 = keep everything."""
+    retention_interval_seconds: int = 3600
+    """Seconds between the retention passes of the API process (the first at start) that delete Observations
+    older than their stream's `retention` (citystream/retention.py); 0 = off."""
+    retention_batch_rows: int = 10_000
+    """Most Observations one retention transaction deletes (outside whole emptied partitions)."""
     rollup_finalize_seconds: int = 60
     """Seconds between passes that make rollup buckets final once their `finalAfter` has passed (0 = off:
     buckets then become final only when they are written again)."""
@@ -211,5 +216,8 @@ class Settings:
             log_level=_choice_env("CITYSTREAM_LOG_LEVEL", base.log_level, tuple(v.lower() for v in logs.LEVELS)),
             access_log=_choice_env("CITYSTREAM_ACCESS_LOG", base.access_log, ACCESS_LOG_MODES),
             audit_retention_days=_int_env("CITYSTREAM_AUDIT_RETENTION_DAYS", base.audit_retention_days),
+            retention_interval_seconds=_int_env("CITYSTREAM_RETENTION_INTERVAL_SECONDS",
+                                                base.retention_interval_seconds),
+            retention_batch_rows=_int_env("CITYSTREAM_RETENTION_BATCH_ROWS", base.retention_batch_rows),
             rollup_finalize_seconds=_int_env("CITYSTREAM_ROLLUP_FINALIZE_SECONDS", base.rollup_finalize_seconds),
         )
