@@ -1,5 +1,6 @@
 """The `citystream` command: `up` (everything, one command), `serve` (HTTP only), `migrate`, and `keys` and
-`users` for credentials.
+`users` for credentials; `rollups` for rollup Datastreams (citystream/rollup_commands.py); `retention run`
+to delete expired Observations now (citystream/retention.py).
 
 Why a single entry point: a developer gets a complete platform with `citystream up` and nothing else, while
 an operator with a managed PostgreSQL and broker runs `citystream migrate` and `citystream serve` against it.
@@ -212,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
 
             command = cmd_keys if args.command == "keys" else cmd_users
             return command(args, lambda: _platform_database(settings))
+        if args.command == "rollups":
+            from citystream.rollup_commands import cmd_rollups
+
+            return cmd_rollups(args, lambda: _platform_database(settings))
+        if args.command == "retention":
+            from citystream.retention import cmd_retention
+
+            return cmd_retention(args, settings.retention_batch_rows, lambda: _platform_database(settings))
         return commands[args.command](settings)
     except _Shutdown:
         _say("stopped")

@@ -210,7 +210,70 @@ def build_parser() -> argparse.ArgumentParser:
     disable.add_argument("name")
     for p in (keys, users):
         add_data_dir(p)
+    add_data_dir(add_rollups(sub))
+    add_data_dir(add_retention(sub))
     return parser
+
+
+def add_retention(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """`citystream retention run [--dry-run]` (citystream/retention.py)."""
+    retention = sub.add_parser(
+        "retention", help="delete the Observations older than their Datastream's retention, now",
+        description=("Retention (docs/retention.md): a Datastream or MultiDatastream with a `retention` (P90D, "
+                     "P6M, ...) keeps its raw Observations that long; the API process deletes older ones every "
+                     "CITYSTREAM_RETENTION_INTERVAL_SECONDS. Against CITYSTREAM_DATABASE_URL or the embedded "
+                     "cluster in DATA_DIR (running or not)."),
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    retention_sub = retention.add_subparsers(dest="retention_command", required=True, metavar="{run}")
+    run = retention_sub.add_parser("run", help="run one pass now and print what it deleted per stream",
+                                   description="Run one retention pass now (unless another process is running "
+                                               "one) and print, per stream with a retention, its horizon and how "
+                                               "many Observations were deleted.")
+    run.add_argument("--dry-run", action="store_true",
+                     help="delete nothing: print what a pass would delete per stream, and which partitions it "
+                          "would empty")
+    run.add_argument("--batch-rows", type=int,
+                     help="most Observations deleted per transaction (default CITYSTREAM_RETENTION_BATCH_ROWS, "
+                          "10000)")
+    return retention
+
+
+def add_rollups(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """`citystream rollups add|list|remove` (citystream/rollup_commands.py)."""
+    rollups = sub.add_parser(
+        "rollups", help="add, list and remove rollup Datastreams (e.g. the sum per hour of a counter)",
+        description=("Rollup Datastreams (docs/rollups.md): Datastreams whose Observations the platform computes "
+                     "from another's, one per bucket (the mean per hour, the sum per local day, ...). Against "
+                     "CITYSTREAM_DATABASE_URL or the embedded cluster in DATA_DIR (running or not), through the "
+                     "same checks as POST /v1.1/Datastreams with RollupOf and rollup; a running API needs no "
+                     "restart."),
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rollups_sub = rollups.add_subparsers(dest="rollups_command", required=True, metavar="{add,list,remove}")
+    add = rollups_sub.add_parser("add", help="create a rollup of a Datastream and print its id",
+                                 description="Create a rollup of SOURCE_ID, computed at once from all of its "
+                                             "Observations and kept up to date by every later write.")
+    add.add_argument("source", metavar="SOURCE_ID", type=_datastream_id, help="the Datastream to roll up")
+    add.add_argument("--width", required=True,
+                     help="bucket width: PT1M ... PT12H (whole minutes dividing a day), P1D, P1W or P1M")
+    add.add_argument("--function", required=True,
+                     help="count, sum (counts and totals only), mean, min, max, first or last")
+    add.add_argument("--time-zone", help="IANA zone the buckets follow, e.g. Europe/Berlin (default UTC)")
+    add.add_argument("--name", help="its name (default: the source's, e.g. 'Bicycles (sum per PT1H)')")
+    add.add_argument("--final-after", help="how long after its end a bucket stays provisional (default PT1H)")
+    listing = rollups_sub.add_parser("list", help="rollups: id, source, width, function, zone, buckets, name")
+    listing.add_argument("source", metavar="SOURCE_ID", type=_datastream_id, nargs="?",
+                         help="only the rollups of this Datastream")
+    listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    remove = rollups_sub.add_parser("remove", help="delete a rollup Datastream and its Observations (its source "
+                                                   "stays); refuses a Datastream that is not a rollup")
+    remove.add_argument("rollup", metavar="ROLLUP_ID", type=_datastream_id)
+    return rollups
+
+
+def _datastream_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"a Datastream id is a positive integer, not {text!r}")
+    return int(text)
 
 
 def add_demo_options(p: argparse.ArgumentParser) -> None:
