@@ -12,7 +12,8 @@ published with their audience (`visibility.audience`, sent by `publish` as the u
 visibility.AUDIENCE_PROPERTY), for a broker whose plugin delivers each notification only to the
 subscribers that may read it; while `audiences_enforced()` is False they are not published at all. Topics
 with `$filter` or `$expand` are rendered for the public only (compile_changed): a filter or expansion
-across relations could reveal restricted related rows, which no audience of the row covers.
+across relations could reveal restricted related rows, which no audience of the row covers. A change
+marked `public` (a rollup's bucket the public may now see: write/rollups.py release_due) goes to everyone.
 
 Each version (model.VERSIONS) is rendered for its own subscribers: a change is published on `v1.0/…` topics
 as GET /v1.0 renders it (links to /v1.0, without the properties 1.0 does not have), on `v1.1/…` as GET /v1.1.
@@ -124,6 +125,8 @@ class Notifier:
         wanted: dict[_StatementKey, list[tuple[int, str, TopicQuery]]] = {}
         for row in rows:
             entity_id, audience, json_text = int(row[0]), row[-2], row[-1]
+            if by_id[entity_id].public:
+                audience = None
             if audience is not None and not enforced:
                 continue  # restricted, and the broker might deliver it to anyone
             related = {r: [int(i) for i in ids if i is not None] for r, ids in zip(relations, row[1:-2], strict=True)}
@@ -150,7 +153,7 @@ class Notifier:
                     self._refused.add((entity, version, key))
                 log.debug("%s?%s: nothing published: %s", targets[0][1], targets[0][2].text[:200], exc)
                 continue
-            selected = {int(r[0]): (r[-2], r[-1].encode()) for r in found}
+            selected = {int(r[0]): (None if by_id[int(r[0])].public else r[-2], r[-1].encode()) for r in found}
             for entity_id, topic, query in targets:
                 if entity_id in selected:
                     audience, payload = selected[entity_id]

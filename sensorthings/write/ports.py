@@ -28,6 +28,9 @@ class Change:
     links: dict[str, int | None] = field(default_factory=dict)
     """Ids of to-one related entities, by relation name, where the writer knows them (saves a query); None
     where the relation is empty (an Observation's other stream)."""
+    public: bool = False
+    """Notify everyone, whatever the row's audience: the entity has just become the public's to see (a
+    rollup's bucket once its stream's publication delay has passed; write/rollups.py checks that it is)."""
 
 
 class ChangeListener(Protocol):

@@ -37,6 +37,7 @@ from sensorthings.model.kinds import RESULT_NUMBER
 from sensorthings.model.observation_ids import observation_id
 from sensorthings.model.results import RESULT_TYPES
 from sensorthings.model.rollups import DEFAULT_FINAL_AFTER, RollupSpec
+from sensorthings.query import visibility
 from sensorthings.write.ports import Change
 
 EnsurePartition = Callable[[datetime], Awaitable[None]]
@@ -169,21 +170,25 @@ def _names() -> dict[str, sql.Composable]:
         "parameters": sql.Identifier(OBSERVATION.fields_by_name["parameters"].column),
         "of": sql.Identifier(ROLLUP_OF.column), "rollup": sql.Identifier(DATASTREAM.fields_by_name["rollup"].column),
         "numeric": sql.Literal(RESULT_NUMBER), "final_after": sql.Literal(DEFAULT_FINAL_AFTER),
+        "retained_from": sql.Identifier(DATASTREAM.fields_by_name["retainedFrom"].column),
     }
 
 
 _NAMES = _names()
 
-# Each raw Observation of a rollup's source in `r`, with its bucket: (rollup_id, b, w, z, fa, id, t, v, integral, f).
+# Each raw Observation of a rollup's source in `r`, with its bucket: (rollup_id, b, w, z, fa, rel, id, t, v,
+# integral, f).
 _RAW = """
-SELECT r.id AS rollup_id, sta_rollup_bucket_start(o.{start}, r.w, r.z) AS b, r.w, r.z, r.fa, o.id, o.{start} AS t,
+SELECT r.id AS rollup_id, sta_rollup_bucket_start(o.{start}, r.w, r.z) AS b, r.w, r.z, r.fa, r.rel, o.id,
+       o.{start} AS t,
        o.{text}::numeric AS v, o.{text} ~ '^-?[0-9]+$' AS integral, o.{feature} AS f
 FROM {obs_table} o JOIN r ON r.source_id = o.{stream}
 WHERE o.{kind} = {numeric}
 """
 # The part of each (rollup, bucket) in `raw`.
 _PARTS = """
-SELECT rollup_id, b, sta_rollup_bucket_end(b, min(w), min(z)) AS e, min(fa) AS fa, count(*) AS n, sum(v) AS s,
+SELECT rollup_id, b, sta_rollup_bucket_end(b, min(w), min(z)) AS e, min(fa) AS fa, bool_and(rel) AS rel,
+       count(*) AS n, sum(v) AS s,
        bool_and(integral) AS i, min(v) AS lo, max(v) AS hi,
        (array_agg(t ORDER BY t, id))[1] AS ft, (array_agg(id ORDER BY t, id))[1] AS fid,
        (array_agg(v ORDER BY t, id))[1] AS fv,
@@ -193,7 +198,7 @@ FROM raw GROUP BY rollup_id, b ORDER BY rollup_id, b
 """
 _ROLLUPS = """
 SELECT d.id, d.{of} AS source_id, d.{rollup}->>'width' AS w, coalesce(d.{rollup}->>'timeZone', 'UTC') AS z,
-       coalesce(d.{rollup}->>'finalAfter', {final_after})::interval AS fa
+       coalesce(d.{rollup}->>'finalAfter', {final_after})::interval AS fa, NOT d.privacy_withholds AS rel
 FROM {ds_table} d
 """
 _RETURNING = """
@@ -201,7 +206,7 @@ RETURNING rollup_id, bucket_start, bucket_end, count, sum, integral, min, max, f
           last_feature, observation, final
 """
 _COLUMNS = ("rollup_id, bucket_start, bucket_end, count, sum, integral, min, max, first_time, first_id, "
-            "first_value, last_time, last_id, last_value, last_feature, final")
+            "first_value, last_time, last_id, last_value, last_feature, final, released")
 
 
 _WITH_DEFINITION = "SELECT b.*, d.{rollup}::text FROM {ds_table} d JOIN"
@@ -223,8 +228,8 @@ raw AS ({raw} AND o.id = ANY(%(ids)s) AND o.{start} BETWEEN %(low)s AND %(high)s
 parts AS ({parts}),
 merged AS (
 INSERT INTO rollup_buckets AS k ({columns})
-SELECT rollup_id, b, e, n, s, i, lo, hi, ft, fid, fv, lt, lid, lv, lf, e + fa <= now() FROM parts
-ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET final = k.final OR EXCLUDED.final,
+SELECT rollup_id, b, e, n, s, i, lo, hi, ft, fid, fv, lt, lid, lv, lf, e + fa <= now(), rel FROM parts
+ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET final = k.final OR EXCLUDED.final, released = EXCLUDED.released,
     count = k.count + EXCLUDED.count, sum = k.sum + EXCLUDED.sum, integral = k.integral AND EXCLUDED.integral,
     min = LEAST(k.min, EXCLUDED.min), max = GREATEST(k.max, EXCLUDED.max),
     first_time = CASE WHEN {first} THEN EXCLUDED.first_time ELSE k.first_time END,
@@ -241,21 +246,26 @@ ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET final = k.final OR EXCLUDED.
 
 RECOMPUTE_SQL = _statement("""
 WITH r AS ({rollups} WHERE d.id = ANY(%(rollups)s)),
-bounds AS (SELECT r.id, sta_rollup_bucket_start(%(low)s, r.w, r.z) AS low,
-                  sta_rollup_bucket_end(sta_rollup_bucket_start(%(high)s, r.w, r.z), r.w, r.z) AS high FROM r),
+kept AS (SELECT r.id, sta_rollup_bucket_start(s.{retained_from}, r.w, r.z) AS b, s.{retained_from} AS t
+         FROM r JOIN {ds_table} s ON s.id = r.source_id),
+bounds AS (SELECT r.id, greatest(sta_rollup_bucket_start(%(low)s, r.w, r.z),
+                                 CASE WHEN kept.t IS NULL OR kept.b = kept.t THEN kept.t
+                                      ELSE sta_rollup_bucket_end(kept.b, r.w, r.z) END) AS low,
+                  sta_rollup_bucket_end(sta_rollup_bucket_start(%(high)s, r.w, r.z), r.w, r.z) AS high
+           FROM r JOIN kept ON kept.id = r.id),
 raw AS ({raw} AND o.{start} >= (SELECT min(low) FROM bounds) AND o.{start} < (SELECT max(high) FROM bounds)),
 parts AS ({parts}),
 fresh AS (
     INSERT INTO rollup_buckets AS k ({columns})
     SELECT p.rollup_id, p.b, p.e, p.n, p.s, p.i, p.lo, p.hi, p.ft, p.fid, p.fv, p.lt, p.lid, p.lv, p.lf,
-           p.e + p.fa <= now()
+           p.e + p.fa <= now(), p.rel
     FROM parts p JOIN bounds ON bounds.id = p.rollup_id AND p.b >= bounds.low AND p.b < bounds.high
     ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET
         bucket_end = EXCLUDED.bucket_end, count = EXCLUDED.count, sum = EXCLUDED.sum,
         integral = EXCLUDED.integral, min = EXCLUDED.min, max = EXCLUDED.max,
         first_time = EXCLUDED.first_time, first_id = EXCLUDED.first_id, first_value = EXCLUDED.first_value,
         last_time = EXCLUDED.last_time, last_id = EXCLUDED.last_id, last_value = EXCLUDED.last_value,
-        last_feature = EXCLUDED.last_feature, final = k.final OR EXCLUDED.final
+        last_feature = EXCLUDED.last_feature, final = k.final OR EXCLUDED.final, released = EXCLUDED.released
     {returning}),
 emptied AS (
     DELETE FROM rollup_buckets k USING bounds
@@ -266,7 +276,9 @@ emptied AS (
 {with_definition} (SELECT * FROM fresh UNION ALL SELECT * FROM emptied) b ON b.rollup_id = d.id
 """)
 """The buckets of `rollups` that overlap [low, high] computed again from the raw Observations; those left
-without any are deleted (returned with count 0, so that their Observations go too)."""
+without any are deleted (returned with count 0, so that their Observations go too). Buckets that begin
+before their source's retention horizon (`retainedFrom`: its older raw Observations are gone) are left as
+they are: computed again, they would lose what retention took (`greatest` ignores the NULL of no horizon)."""
 
 
 @dataclass(slots=True)
@@ -501,6 +513,47 @@ async def finalize_due(conn: AsyncConnection[Any], limit: int = FINALIZE_BATCH) 
     await conn.execute(_LOCK_SQL, (rollups,))
     rows = await (await conn.execute(_FINALIZE_SQL, {"rollups": rollups, "limit": limit})).fetchall()
     return [Change(OBSERVATION, int(obs_id), created=False, properties=("parameters",),
+                   links={**_NO_STREAM, ROLLUP_STREAM.name: int(rollup_id),
+                          **({FEATURE.name: int(feature)} if feature is not None else {})})
+            for obs_id, rollup_id, feature in rows]
+
+
+# ------------------------------------------------------------------------------------------ releasing
+
+_RELEASE_DUE_SQL = _statement("""
+SELECT DISTINCT k.rollup_id FROM rollup_buckets k JOIN {ds_table} d ON d.id = k.rollup_id
+WHERE NOT k.released AND (d.privacy_delay IS NULL OR k.bucket_end + d.privacy_delay <= now())
+ORDER BY k.rollup_id
+""")
+_RELEASE_SQL = sql.SQL("""
+WITH due AS (
+    SELECT k.rollup_id, k.bucket_start FROM rollup_buckets k JOIN {ds_table} d ON d.id = k.rollup_id
+    WHERE k.rollup_id = ANY(%(rollups)s) AND NOT k.released
+      AND (d.privacy_delay IS NULL OR k.bucket_end + d.privacy_delay <= now())
+    ORDER BY k.rollup_id, k.bucket_start LIMIT %(limit)s FOR UPDATE OF k),
+made AS (
+    UPDATE rollup_buckets k SET released = true FROM due
+    WHERE k.rollup_id = due.rollup_id AND k.bucket_start = due.bucket_start
+    RETURNING k.rollup_id, k.bucket_start, k.observation)
+SELECT o.id, made.rollup_id, o.{feature} FROM made JOIN {obs_table} o ON o.id = made.observation
+    AND o.{start} = made.bucket_start
+WHERE {public}
+""").format(public=visibility.public_release(OBSERVATION, sql.Identifier("o")).condition, **_NAMES).as_bytes(None)
+
+
+async def release_due(conn: AsyncConnection[Any], limit: int = FINALIZE_BATCH) -> list[Change]:
+    """The public's notifications of buckets of rollups whose privacy class withholds something (migration
+    0016: their members were notified live, with a restricted audience): up to `limit` buckets that changed
+    since their last release and whose stream's publication delay (if any) has passed since their end are
+    marked released, in the caller's transaction; those the public may now see (visibility.public_release:
+    not narrower than the minimum aggregation, not below the minimum count, not restricted) come back as
+    changes for everyone. Locks as `finalize_due` does."""
+    rollups = [int(r) for (r,) in await (await conn.execute(_RELEASE_DUE_SQL)).fetchall()]
+    if not rollups:
+        return []
+    await conn.execute(_LOCK_SQL, (rollups,))
+    rows = await (await conn.execute(_RELEASE_SQL, {"rollups": rollups, "limit": limit})).fetchall()
+    return [Change(OBSERVATION, int(obs_id), created=False, properties=UPDATED_PROPERTIES, public=True,
                    links={**_NO_STREAM, ROLLUP_STREAM.name: int(rollup_id),
                           **({FEATURE.name: int(feature)} if feature is not None else {})})
             for obs_id, rollup_id, feature in rows]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from psycopg_pool import AsyncConnectionPool
 
 from citystream.embedded import find_free_port
@@ -154,3 +155,33 @@ def test_a_rollups_observed_area_covers_its_buckets_features(sta: str) -> None:
     assert area is not None
     assert read(sta, f"Datastreams({merged})")["observedArea"] == area
     assert read(sta, f"Datastreams({backfilled})")["observedArea"] == area
+
+
+def anonymous_observations(sta: str, rollup_id: int) -> list[dict[str, Any]]:
+    response = httpx.get(f"{sta}/Datastreams({rollup_id})/Observations", timeout=30)
+    assert response.status_code == 200, response.text
+    return list(response.json()["value"])
+
+
+def test_a_delayed_streams_buckets_reach_the_public_once_the_delay_has_passed(sta: str, database_url: str) -> None:
+    at, delay = minute_just_ended()
+    source = numeric_datastream(sta, privacy={"publicationDelay": f"PT{delay}S", "minimumCount": 2})
+    minutely = create(sta, "Datastreams", {"RollupOf": {"@iot.id": source}, "rollup": {
+        "width": "PT1M", "function": "max", "timeZone": "UTC", "finalAfter": "P1D"}})
+    send(sta, source, [(at, 4), (at + timedelta(seconds=1), 6),  # a bucket of two: public after the delay
+                       (at - timedelta(minutes=5), 1)])  # one of one: never public (minimumCount 2)
+    assert [o["result"] for o in rollup_observations(sta, minutely)] == [1, 6]  # the operator sees both
+    assert anonymous_observations(sta, minutely) == []
+    assert finalize(database_url) == (0, [])  # the delay has not passed: nothing released yet
+    time.sleep(3.5)
+    made, changes = finalize(database_url)
+    public = rollup_observations(sta, minutely)[1]
+    assert made == 1 and [(c.id, c.public) for c in changes] == [(public["@iot.id"], True)]
+    assert anonymous_observations(sta, minutely) == [public]
+    topic = f"v1.1/Datastreams({minutely})/Observations"
+    run = notify(database_url, sta, [topic], changes)
+    assert [(m.json(), m.audience) for m in run.published.on(topic)] == [(public, None)]  # to everyone
+    assert finalize(database_url) == (0, [])  # once
+    send(sta, source, [(at + timedelta(seconds=2), 9)])  # a late one: members now, everyone at the next pass
+    made, changes = finalize(database_url)
+    assert made == 1 and read(sta, f"Observations({public['@iot.id']})")["result"] == 9

@@ -85,7 +85,8 @@ def test_a_rollup_is_a_datastream_computed_from_its_source(sta: str) -> None:
     hourly = rollup(sta, source, "PT1H", "mean")
     daily = rollup(sta, source, "P1D", "max")
     document = read(sta, f"Datastreams({hourly})")
-    assert document["rollup"] == {"width": "PT1H", "function": "mean", "timeZone": "Europe/Berlin", "finalAfter": "PT1H"}
+    assert document["rollup"] == {"width": "PT1H", "function": "mean", "timeZone": "Europe/Berlin",
+                                  "finalAfter": "PT1H"}
     assert document["observationType"] == OM + "OM_Measurement"
     assert document["name"] == "air temperature (mean per PT1H)"
     assert read(sta, f"Datastreams({hourly})/RollupOf")["@iot.id"] == source
@@ -190,3 +191,20 @@ def test_a_bucket_may_start_in_a_month_without_raw_data(sta: str) -> None:
     later = numeric_datastream(sta)
     send(sta, later, [(datetime(2032, 3, 15, 12, tzinfo=UTC), 7)])
     assert computed(sta, rollup(sta, later, "P1M", "min")) == {datetime(2032, 2, 29, 23, tzinfo=UTC): (7, 1)}
+
+
+def test_buckets_that_retention_cut_into_are_not_computed_again(sta: str, database_url: str) -> None:
+    from tests.sta.test_retention import run_pass  # noqa: PLC0415 (its fixtures stay in its module)
+
+    source = numeric_datastream(sta, retention="P1D")
+    hourly = rollup(sta, source, "PT1H", "max", zone="UTC")
+    early, late, later = send(sta, source, [(datetime(2024, 5, 2, 10, 5, tzinfo=UTC), 1),
+                                            (datetime(2024, 5, 2, 10, 50, tzinfo=UTC), 2),
+                                            (datetime(2024, 5, 2, 12, 5, tzinfo=UTC), 3)])
+    run_pass(database_url, datetime(2024, 5, 3, 10, 30, tzinfo=UTC))  # the horizon: 2024-05-02T10:30Z
+    assert read(sta, f"Datastreams({source})")["retainedFrom"] == "2024-05-02T10:30:00Z"
+    assert [o[2] for o in raw(sta, source)] == [late, later]
+    assert patch(sta, f"Observations({late})", {"result": 5}).status_code == 200
+    assert patch(sta, f"Observations({later})", {"result": 7}).status_code == 200
+    assert computed(sta, hourly) == {datetime(2024, 5, 2, 10, tzinfo=UTC): (2, 2),  # as it was: half its raw is gone
+                                     datetime(2024, 5, 2, 12, tzinfo=UTC): (7, 1)}
