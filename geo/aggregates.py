@@ -45,6 +45,7 @@ from geo.aggregate_params import (
 )
 from geo.queryables import Kind, Queryable
 from sensorthings.model.rollups import FUNCTIONS
+from sensorthings.write.rollups import picked_number
 
 ID = "aggregates"
 TITLE = "Aggregates of rollups"
@@ -90,16 +91,17 @@ def _time(value: datetime) -> str:
 
 def value_of(function: str, n: int, total: Decimal, integral: bool, low: Decimal | None, high: Decimal | None,
              first: Decimal | None, last: Decimal | None) -> int | float | None:
-    """The function over the summed state, by rollups.BucketState's rules: integers stay integers where every
-    input was one; a mean is a double, of the exact sum."""
+    """The function over the summed state, by rollups.BucketState's rules: a sum is an integer where every
+    input was one; min, max, first and last keep the form of the value they pick; a mean is a double, of
+    the exact sum."""
     if function == "count":
         return n
     if function == "mean":
         return float(Fraction(total) / n) if n else None
-    exact = {"sum": total, "min": low, "max": high, "first": first, "last": last}[function]
-    if exact is None:
-        return None
-    return int(exact) if integral else float(exact)
+    if function == "sum":
+        return int(total) if integral else float(total)
+    picked = {"min": low, "max": high, "first": first, "last": last}[function]
+    return None if picked is None else picked_number(picked)
 
 
 GEOMETRY = 19

@@ -28,6 +28,7 @@ from ingest.rows import FEATURE_OF_INTEREST, FEATURE_RELATION, ObservationRow, O
 from sensorthings.model import observation_ids
 from sensorthings.model.access import Principal, Role
 from sensorthings.model.entities import Relation, Storage
+from sensorthings.model.kinds import RESULT_NUMBER
 from sensorthings.model.results import OBSERVATION, STREAMS, result_error
 from sensorthings.query.compiler import compile_created
 from sensorthings.query.write_statements import PHENOMENON_END, PHENOMENON_START, RESULT_TIME
@@ -44,7 +45,15 @@ from sensorthings.write.derived import (
     update_stream_summaries,
 )
 from sensorthings.write.ports import Change
-from sensorthings.write.rollups import ROLLUP_STREAM, merge_batch, rollup_changes, rollup_write_error
+from sensorthings.write.rollups import (
+    RESULT_KIND,
+    RESULT_TEXT,
+    ROLLUP_STREAM,
+    Merged,
+    merge_batch,
+    rollup_changes,
+    rollup_write_error,
+)
 
 # The Observation's id, its field columns and its foreign keys: its stream (STREAMS order), then its
 # FeatureOfInterest (the order of every COPY row), each with its PostgreSQL type for the binary format.
@@ -151,9 +160,11 @@ async def write_batch(conn: AsyncConnection[Any], items: Sequence[Item], now: da
         touched = _touches(rows)
         rollup_notifications: list[Change] = []
         if rows and any(facts.has_rollups for facts in streams.values()):
-            buckets = await merge_batch(conn, [(i.row.stream_id, i.id, i.row.columns[PHENOMENON_START])
-                                               for i in rows if i.row and i.id is not None
-                                               and streams[(i.row.stream, i.row.stream_id)].has_rollups])
+            buckets = await merge_batch(conn, [
+                Merged(i.row.stream_id, i.id, i.row.columns[PHENOMENON_START],
+                       i.row.columns.get(RESULT_TEXT) if i.row.columns.get(RESULT_KIND) == RESULT_NUMBER else None,
+                       i.row.feature_id)
+                for i in rows if i.row and i.id is not None and streams[(i.row.stream, i.row.stream_id)].has_rollups])
             for bucket in buckets:  # the rollups' summaries: phenomenonTime and observedArea
                 add_touch(touched, (ROLLUP_STREAM, bucket.rollup_id), bucket.start, bucket.end, None, bucket.feature_id)
             rollup_notifications = rollup_changes(buckets)

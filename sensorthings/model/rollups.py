@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
 from fractions import Fraction
 from functools import cache, lru_cache
 from typing import Final
@@ -320,6 +321,12 @@ def _rank(value: Number) -> int:
     return 2 if math.copysign(1.0, value) < 0 else 1
 
 
+def _exact(value: Number) -> Fraction:
+    """A number as written: an int, or a double's shortest decimal text (repr: 0.1 is 1/10, not the double's
+    0.1000000000000000055...)."""
+    return Fraction(value) if isinstance(value, int) else Fraction(Decimal(repr(value)))
+
+
 @dataclass(slots=True)
 class BucketState:
     """The running aggregate of one bucket, from which every function's value follows.
@@ -327,8 +334,9 @@ class BucketState:
     `add` and `merge` commute and associate: any split of a bucket's observations into batches, merged in
     any order, gives the state of adding them all. Hence:
 
-    - `sum` is exact (a Fraction; every double is one) and rounded once, when read: the correctly rounded
-      sum and mean, independent of order. A database's floating-point sum may differ in the last bits.
+    - `sum` is exact over the numbers as written (a Fraction of each one's shortest decimal text, which is
+      what a client sent and the platform stores: 0.1 + 0.2 is 0.3) and rounded once, when read: the same
+      sum and mean in any order. A database's floating-point sum may differ in the last bits.
     - first is the observation with the earliest phenomenon time, last the one with the latest. Ties on
       time go to the smaller observation id for first and the larger for last; the same time and id twice
       (one observation counted twice) falls back on the value, smaller for first, larger for last.
@@ -365,7 +373,7 @@ class BucketState:
         if isinstance(observation_id, bool) or not isinstance(observation_id, int):
             raise TypeError(f"an observation id is an int, not {observation_id!r}")
         t = t.astimezone(UTC)
-        self._combine(1, Fraction(value), isinstance(value, int), value, value,
+        self._combine(1, _exact(value), isinstance(value, int), value, value,
                       t, int(observation_id), value, t, int(observation_id), value)
 
     def merge(self, other: BucketState) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from psycopg import AsyncConnection, sql
@@ -47,6 +47,8 @@ ROLLUP_OF = DATASTREAM.relation("RollupOf")
 ROLLUP_STREAM = OBSERVATION.relation("Datastream")
 """The stream of a rollup's Observations (a rollup is a Datastream)."""
 FEATURE = OBSERVATION.relation("FeatureOfInterest")
+RESULT_KIND, _, RESULT_TEXT = OBSERVATION.fields_by_name["result"].columns[:3]
+"""The columns of a result's kind and its text (a number's exact digits)."""
 NUMERIC_TYPES = frozenset(t for t, (kinds, _) in RESULT_TYPES.items() if kinds == {RESULT_NUMBER})
 """Sources a rollup may have: Datastreams whose observationType takes only numbers (results.RESULT_TYPES)."""
 MEASUREMENT = next(t for t in NUMERIC_TYPES if t.endswith("/OM_Measurement"))
@@ -176,25 +178,49 @@ def _names() -> dict[str, sql.Composable]:
 
 _NAMES = _names()
 
-# Each raw Observation of a rollup's source in `r`, with its bucket: (rollup_id, b, w, z, fa, rel, id, t, v,
-# integral, f).
+def _value(text: str) -> str:
+    """A result's number from its text, exact. A double's text that has no fraction (1e+20) keeps a scale of
+    at least 1, so that `picked_number` gives it back as a double (the text's digits may name another
+    integer than the double does: 6.323534683751134e+16)."""
+    return (f"CASE WHEN {text} ~ '^-?[0-9]+$' THEN {text}::numeric "
+            f"ELSE round({text}::numeric, greatest(scale({text}::numeric), 1)) END")
+
+
+# The numeric raw Observations of sources (the statement adds which): (s, id, t, v, integral, f).
 _RAW = """
-SELECT r.id AS rollup_id, sta_rollup_bucket_start(o.{start}, r.w, r.z) AS b, r.w, r.z, r.fa, r.rel, o.id,
-       o.{start} AS t,
-       o.{text}::numeric AS v, o.{text} ~ '^-?[0-9]+$' AS integral, o.{feature} AS f
-FROM {obs_table} o JOIN r ON r.source_id = o.{stream}
+SELECT o.{stream} AS s, o.id, o.{start} AS t, """ + _value("o.{text}") + """ AS v,
+       o.{text} ~ '^-?[0-9]+$' AS integral, o.{feature} AS f
+FROM {obs_table} o
 WHERE o.{kind} = {numeric}
 """
-# The part of each (rollup, bucket) in `raw`.
-_PARTS = """
-SELECT rollup_id, b, sta_rollup_bucket_end(b, min(w), min(z)) AS e, min(fa) AS fa, bool_and(rel) AS rel,
-       count(*) AS n, sum(v) AS s,
-       bool_and(integral) AS i, min(v) AS lo, max(v) AS hi,
+# `raw` per source and UTC minute: every bucket boundary is a whole minute (local midnight plus whole
+# minutes, in zones whose offsets have been whole minutes since 1972), so a minute's Observations share
+# their bucket in every rollup, and its boundaries are computed per minute, not per Observation (a batch
+# of 5,000 live Observations of 100 streams is 100 minutes). Earlier times are not grouped (LMT offsets
+# had seconds).
+_MINUTES = """
+SELECT s, CASE WHEN t >= '1980-01-01T00:00:00Z' THEN date_trunc('minute', t, 'UTC') ELSE t END AS m,
+       count(*) AS n, sum(v) AS sm, bool_and(integral) AS i, min(v) AS lo, max(v) AS hi,
        (array_agg(t ORDER BY t, id))[1] AS ft, (array_agg(id ORDER BY t, id))[1] AS fid,
        (array_agg(v ORDER BY t, id))[1] AS fv,
        (array_agg(t ORDER BY t DESC, id DESC))[1] AS lt, (array_agg(id ORDER BY t DESC, id DESC))[1] AS lid,
        (array_agg(v ORDER BY t DESC, id DESC))[1] AS lv, (array_agg(f ORDER BY t DESC, id DESC))[1] AS lf
-FROM raw GROUP BY rollup_id, b ORDER BY rollup_id, b
+FROM raw GROUP BY 1, 2
+"""
+# The part of each (rollup, bucket) in `minutes`, in key order (the order its rows are locked in).
+_PARTS = """
+SELECT p.*, sta_rollup_bucket_end(p.b, p.w, p.z) AS e FROM (
+    SELECT r.id AS rollup_id, sta_rollup_bucket_start(m.m, r.w, r.z) AS b, min(r.w) AS w, min(r.z) AS z,
+           min(r.fa) AS fa, bool_and(r.rel) AS rel, sum(m.n) AS n, sum(m.sm) AS s, bool_and(m.i) AS i,
+           min(m.lo) AS lo, max(m.hi) AS hi,
+           (array_agg(m.ft ORDER BY m.ft, m.fid))[1] AS ft, (array_agg(m.fid ORDER BY m.ft, m.fid))[1] AS fid,
+           (array_agg(m.fv ORDER BY m.ft, m.fid))[1] AS fv,
+           (array_agg(m.lt ORDER BY m.lt DESC, m.lid DESC))[1] AS lt,
+           (array_agg(m.lid ORDER BY m.lt DESC, m.lid DESC))[1] AS lid,
+           (array_agg(m.lv ORDER BY m.lt DESC, m.lid DESC))[1] AS lv,
+           (array_agg(m.lf ORDER BY m.lt DESC, m.lid DESC))[1] AS lf
+    FROM minutes m JOIN r ON r.source_id = m.s GROUP BY 1, 2) p
+ORDER BY p.rollup_id, p.b
 """
 _ROLLUPS = """
 SELECT d.id, d.{of} AS source_id, d.{rollup}->>'width' AS w, coalesce(d.{rollup}->>'timeZone', 'UTC') AS z,
@@ -217,14 +243,18 @@ _LAST = "(EXCLUDED.last_time, EXCLUDED.last_id) > (k.last_time, k.last_id)"
 
 def _statement(text: str) -> bytes:
     fragments = {name: sql.SQL(fragment).format(**_NAMES) for name, fragment in (
-        ("rollups", _ROLLUPS), ("raw", _RAW), ("parts", _PARTS), ("columns", _COLUMNS), ("returning", _RETURNING),
-        ("first", _FIRST), ("last", _LAST), ("with_definition", _WITH_DEFINITION))}
+        ("rollups", _ROLLUPS), ("raw", _RAW), ("minutes", _MINUTES), ("parts", _PARTS), ("columns", _COLUMNS),
+        ("returning", _RETURNING), ("first", _FIRST), ("last", _LAST), ("with_definition", _WITH_DEFINITION),
+        ("value_of_txt", _value("x.txt")))}
     return sql.SQL(text).format(**fragments, **_NAMES).as_bytes(None)
 
 
 MERGE_SQL = _statement("""
-WITH r AS ({rollups} WHERE d.{of} = ANY(%(sources)s)),
-raw AS ({raw} AND o.id = ANY(%(ids)s) AND o.{start} BETWEEN %(low)s AND %(high)s),
+WITH r AS MATERIALIZED ({rollups} WHERE d.{of} = ANY(%(sources)s)),
+raw AS (SELECT x.s, x.id, x.t, {value_of_txt} AS v, x.txt ~ '^-?[0-9]+$' AS integral, x.f
+        FROM unnest(%(streams)s::bigint[], %(ids)s::bigint[], %(times)s::timestamptz[], %(texts)s::text[],
+                    %(features)s::bigint[]) AS x(s, id, t, txt, f)),
+minutes AS ({minutes}),
 parts AS ({parts}),
 merged AS (
 INSERT INTO rollup_buckets AS k ({columns})
@@ -242,7 +272,8 @@ ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET final = k.final OR EXCLUDED.
 {returning})
 {with_definition} merged b ON b.rollup_id = d.id
 """)
-"""One ingest batch's part of every touched bucket, merged into its state (rows locked in key order)."""
+"""One ingest batch's part of every touched bucket, merged into its state (rows locked in key order). The
+batch's rows come as arrays (what it just copied): reading them back by id cost more than the rest."""
 
 RECOMPUTE_SQL = _statement("""
 WITH r AS ({rollups} WHERE d.id = ANY(%(rollups)s)),
@@ -253,7 +284,9 @@ bounds AS (SELECT r.id, greatest(sta_rollup_bucket_start(%(low)s, r.w, r.z),
                                       ELSE sta_rollup_bucket_end(kept.b, r.w, r.z) END) AS low,
                   sta_rollup_bucket_end(sta_rollup_bucket_start(%(high)s, r.w, r.z), r.w, r.z) AS high
            FROM r JOIN kept ON kept.id = r.id),
-raw AS ({raw} AND o.{start} >= (SELECT min(low) FROM bounds) AND o.{start} < (SELECT max(high) FROM bounds)),
+raw AS ({raw} AND o.{stream} IN (SELECT source_id FROM r)
+          AND o.{start} >= (SELECT min(low) FROM bounds) AND o.{start} < (SELECT max(high) FROM bounds)),
+minutes AS ({minutes}),
 parts AS ({parts}),
 fresh AS (
     INSERT INTO rollup_buckets AS k ({columns})
@@ -305,16 +338,27 @@ class Bucket:
     """Whether its Observation was created by this write (`_write_observations` sets it)."""
 
 
-async def merge_batch(conn: AsyncConnection[Any], rows: Iterable[tuple[int, int, datetime]]) -> list[Bucket]:
-    """Merge the Observations an ingest batch just stored — (source Datastream id, Observation id, phenomenon
-    start) of those whose Datastream has rollups — into their rollups' buckets, and write those buckets'
-    Observations. Returns the changed buckets."""
-    rows = list(rows)
+class Merged(NamedTuple):
+    """An Observation an ingest batch just stored in a Datastream with rollups."""
+
+    stream_id: int
+    id: int
+    start: datetime
+    number_text: str | None
+    """Its result's text where the result is a number (RESULT_NUMBER), else None (not aggregated)."""
+    feature_id: int | None
+
+
+async def merge_batch(conn: AsyncConnection[Any], rows: Iterable[Merged]) -> list[Bucket]:
+    """Merge the Observations an ingest batch just stored in Datastreams with rollups into their rollups'
+    buckets, and write those buckets' Observations. Returns the changed buckets."""
+    rows = [r for r in rows if r.number_text is not None]
     if not rows:
         return []
-    sources = sorted({r[0] for r in rows})
-    params = {"sources": sources, "ids": [r[1] for r in rows],
-              "low": min(r[2] for r in rows), "high": max(r[2] for r in rows)}
+    sources = sorted({r.stream_id for r in rows})
+    params = {"sources": sources, "streams": [r.stream_id for r in rows], "ids": [r.id for r in rows],
+              "times": [r.start for r in rows], "texts": [r.number_text for r in rows],
+              "features": [r.feature_id for r in rows]}
     async with conn.pipeline():
         await conn.execute(_LOCK_OF_SOURCES_SQL, (sources,))
         merged = await conn.execute(MERGE_SQL, params)
@@ -355,18 +399,27 @@ async def definition(conn: AsyncConnection[Any], datastream_id: int) -> tuple[in
 
 
 def bucket_value(bucket: Bucket, function: str) -> int | float | None:
-    """The value of `function` over the bucket (rollups.BucketState.value's rules: ints stay ints where every
-    input was one; mean is a float)."""
+    """The value of `function` over the bucket (rollups.BucketState.value's rules: a sum is an int where
+    every input was one; min, max, first and last are the value they pick, in its form; mean is a float)."""
     if function == "count":
         return bucket.count
     if not bucket.count:
         return None
-    exact = {"sum": bucket.sum, "min": bucket.min, "max": bucket.max, "first": bucket.first,
-             "last": bucket.last}.get(function)
     if function == "mean":
         return float(bucket.sum / bucket.count)
-    assert exact is not None
-    return int(exact) if bucket.integral else float(exact)
+    if function == "sum":
+        return int(bucket.sum) if bucket.integral else float(bucket.sum)
+    picked = {"min": bucket.min, "max": bucket.max, "first": bucket.first, "last": bucket.last}[function]
+    assert picked is not None
+    return picked_number(picked)
+
+
+def picked_number(value: Decimal) -> int | float:
+    """A raw result that a min, max, first or last picked, in its form: an int where its text was one (the
+    numeric keeps the text's scale: 3 and 3.0 differ), so that 3 stays 3 beside a 4.5, and an int beyond
+    2**53 stays exact."""
+    exponent = value.as_tuple().exponent  # a str for NaN and infinities, which results never are
+    return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
 
 
 _INSERT_SQL = _statement("""

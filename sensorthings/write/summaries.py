@@ -35,6 +35,11 @@ from sensorthings.write.derived import (
     update_stream_summaries,
 )
 
+MOVED_READS = 3
+"""Reads of an Observation's row before concluding it is gone. A concurrent request that moved it to
+another time (a DELETE and INSERT into another partition) hides it from the locking read that waited for
+it; the next statement (a new snapshot) finds it where it went, so what the move took is noted too."""
+
 
 class StreamSummaries:
     def __init__(self, conn: AsyncConnection[Any]) -> None:
@@ -56,11 +61,15 @@ class StreamSummaries:
         that what is noted is what the change replaces."""
         if not any(c in changed for c in SUMMARY_COLUMNS):
             return
-        b = SqlBuilder("")
-        cursor = await self.conn.execute(sql.SQL("SELECT {} FROM {} e WHERE {} FOR UPDATE").format(
-            sql.SQL(", ").join(map(sql.Identifier, SUMMARY_COLUMNS)), sql.Identifier(OBSERVATION.table),
-            id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b)), b.params)
-        row = await cursor.fetchone()
+        row = None
+        for _ in range(MOVED_READS):
+            b = SqlBuilder("")
+            cursor = await self.conn.execute(sql.SQL("SELECT {} FROM {} e WHERE {} FOR UPDATE").format(
+                sql.SQL(", ").join(map(sql.Identifier, SUMMARY_COLUMNS)), sql.Identifier(OBSERVATION.table),
+                id_predicate(OBSERVATION, sql.Identifier("e"), observation_id, b)), b.params)
+            row = await cursor.fetchone()
+            if row is not None:
+                break
         if row is None:
             return  # the update finds nothing either, and says so
         before = dict(zip(SUMMARY_COLUMNS, row, strict=True))
