@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,6 +41,30 @@ from sensorthings.query.visibility import Restrictions
 log = logging.getLogger("citystream")
 
 
+SLOW_STOP_SECONDS = 2.0
+"""Parts still stopping after this long are named in the log, and again when they are done (a slow
+shutdown says where it waited)."""
+
+
+async def stop_all(parts: dict[str, Callable[[], Awaitable[None]]]) -> None:
+    """Stop `parts` concurrently; one that fails is logged and does not keep the others from stopping."""
+
+    async def stop(name: str, part: Callable[[], Awaitable[None]]) -> None:
+        started = time.monotonic()
+        try:
+            await part()
+        except Exception:
+            log.exception("stopping the %s failed", name)
+        if (seconds := time.monotonic() - started) > SLOW_STOP_SECONDS:
+            log.warning("stopping the %s took %.1f s", name, seconds)
+
+    tasks = {asyncio.create_task(stop(name, part)): name for name, part in parts.items()}
+    _, pending = await asyncio.wait(tasks, timeout=SLOW_STOP_SECONDS)
+    if pending:
+        log.warning("still stopping after %.0f s: %s", SLOW_STOP_SECONDS, ", ".join(tasks[t] for t in pending))
+        await asyncio.wait(pending)
+
+
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
@@ -64,13 +90,13 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             await retention.start()
             yield
         finally:
-            await retention.stop()
-            await finalizer.stop()
-            await restriction_watch.stop()
-            await audit.stop()  # writes what is buffered, while the pool is still open
-            await credentials.stop()
-            await ogc.state.close()
-            await services.stop()
+            # Side by side, not one after another: each may wait (the audit log writes what is buffered,
+            # a retention pass ends its batch), and a SIGTERM's grace period is not their sum. The pool
+            # they use closes after all of them.
+            await stop_all({"retention": retention.stop, "rollup finalizer": finalizer.stop,
+                            "restriction watch": restriction_watch.stop, "audit log": audit.stop,
+                            "credentials": credentials.stop, "OGC API": ogc.state.close})
+            await stop_all({"write path": services.stop})
 
     app = FastAPI(title="CityStream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)

@@ -77,7 +77,13 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             if server.poll() is None:
                 server.send_signal(signal.SIGTERM)
-                server.wait(30)
+                try:
+                    server.wait(30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+                    pytest.fail(f"`citystream serve` did not stop within 30 s of SIGTERM:\n"
+                                f"{log_path.read_text()[-5000:]}")
     finally:
         postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
