@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from psycopg import AsyncConnection, sql
@@ -39,6 +39,7 @@ from sensorthings.model.results import RESULT_TYPES
 from sensorthings.model.rollups import DEFAULT_FINAL_AFTER, RollupSpec
 from sensorthings.query import visibility
 from sensorthings.write.ports import Change
+from sensorthings.write.rollup_minutes import GROUPED_FROM, Merged, minute_arrays
 
 EnsurePartition = Callable[[datetime], Awaitable[None]]
 DATASTREAM = ENTITIES["Datastream"]
@@ -159,6 +160,24 @@ def refuse_rollup_change(body: dict[str, Any], current: tuple[int | None, Any], 
 
 # ------------------------------------------------------------------------------------------ maintenance
 
+# min and max of equal values keep an integer's form (3 rather than 3.0: the smaller scale, as
+# sensorthings.model.rollups.BucketState does) whatever order they come in. An aggregate picks by the
+# array [value, scale]; LEAST, GREATEST and min() return either of two equals.
+def _least(value: str) -> str:
+    return f"(min(ARRAY[{value}, scale({value})]))[1]"
+
+
+def _greatest(value: str) -> str:
+    return f"(max(ARRAY[{value}, -scale({value})]))[1]"
+
+
+def _merged(extreme: str, closer: str) -> str:
+    """The bucket's `extreme` (min or max) after merging EXCLUDED (the batch's part) into k (its state)."""
+    return (f"CASE WHEN k.{extreme} IS NULL OR EXCLUDED.{extreme} {closer} k.{extreme} "
+            f"OR (EXCLUDED.{extreme} = k.{extreme} "
+            f"AND scale(EXCLUDED.{extreme}) < scale(k.{extreme})) THEN EXCLUDED.{extreme} ELSE k.{extreme} END")
+
+
 def _names() -> dict[str, sql.Composable]:
     """The model's tables and columns the statements below name (they spell none themselves)."""
     result = OBSERVATION.fields_by_name["result"].columns
@@ -172,6 +191,10 @@ def _names() -> dict[str, sql.Composable]:
         "parameters": sql.Identifier(OBSERVATION.fields_by_name["parameters"].column),
         "of": sql.Identifier(ROLLUP_OF.column), "rollup": sql.Identifier(DATASTREAM.fields_by_name["rollup"].column),
         "numeric": sql.Literal(RESULT_NUMBER), "final_after": sql.Literal(DEFAULT_FINAL_AFTER),
+        "grouped_from": sql.Literal(GROUPED_FROM),
+        "least_of_v": sql.SQL(_least("v")), "greatest_of_v": sql.SQL(_greatest("v")),
+        "least_of_lo": sql.SQL(_least("m.lo")), "greatest_of_hi": sql.SQL(_greatest("m.hi")),
+        "least_merged": sql.SQL(_merged("min", "<")), "greatest_merged": sql.SQL(_merged("max", ">")),
         "retained_from": sql.Identifier(DATASTREAM.fields_by_name["retainedFrom"].column),
     }
 
@@ -193,14 +216,11 @@ SELECT o.{stream} AS s, o.id, o.{start} AS t, """ + _value("o.{text}") + """ AS 
 FROM {obs_table} o
 WHERE o.{kind} = {numeric}
 """
-# `raw` per source and UTC minute: every bucket boundary is a whole minute (local midnight plus whole
-# minutes, in zones whose offsets have been whole minutes since 1972), so a minute's Observations share
-# their bucket in every rollup, and its boundaries are computed per minute, not per Observation (a batch
-# of 5,000 live Observations of 100 streams is 100 minutes). Earlier times are not grouped (LMT offsets
-# had seconds).
+# `raw` per source and UTC minute, for a recompute: rollup_minutes.py says why (an ingest batch's rows are
+# grouped the same way there, in Python).
 _MINUTES = """
-SELECT s, CASE WHEN t >= '1980-01-01T00:00:00Z' THEN date_trunc('minute', t, 'UTC') ELSE t END AS m,
-       count(*) AS n, sum(v) AS sm, bool_and(integral) AS i, min(v) AS lo, max(v) AS hi,
+SELECT s, CASE WHEN t >= {grouped_from} THEN date_trunc('minute', t, 'UTC') ELSE t END AS m,
+       count(*) AS n, sum(v) AS sm, bool_and(integral) AS i, {least_of_v} AS lo, {greatest_of_v} AS hi,
        (array_agg(t ORDER BY t, id))[1] AS ft, (array_agg(id ORDER BY t, id))[1] AS fid,
        (array_agg(v ORDER BY t, id))[1] AS fv,
        (array_agg(t ORDER BY t DESC, id DESC))[1] AS lt, (array_agg(id ORDER BY t DESC, id DESC))[1] AS lid,
@@ -212,7 +232,7 @@ _PARTS = """
 SELECT p.*, sta_rollup_bucket_end(p.b, p.w, p.z) AS e FROM (
     SELECT r.id AS rollup_id, sta_rollup_bucket_start(m.m, r.w, r.z) AS b, min(r.w) AS w, min(r.z) AS z,
            min(r.fa) AS fa, bool_and(r.rel) AS rel, sum(m.n) AS n, sum(m.sm) AS s, bool_and(m.i) AS i,
-           min(m.lo) AS lo, max(m.hi) AS hi,
+           {least_of_lo} AS lo, {greatest_of_hi} AS hi,
            (array_agg(m.ft ORDER BY m.ft, m.fid))[1] AS ft, (array_agg(m.fid ORDER BY m.ft, m.fid))[1] AS fid,
            (array_agg(m.fv ORDER BY m.ft, m.fid))[1] AS fv,
            (array_agg(m.lt ORDER BY m.lt DESC, m.lid DESC))[1] AS lt,
@@ -245,23 +265,27 @@ def _statement(text: str) -> bytes:
     fragments = {name: sql.SQL(fragment).format(**_NAMES) for name, fragment in (
         ("rollups", _ROLLUPS), ("raw", _RAW), ("minutes", _MINUTES), ("parts", _PARTS), ("columns", _COLUMNS),
         ("returning", _RETURNING), ("first", _FIRST), ("last", _LAST), ("with_definition", _WITH_DEFINITION),
-        ("value_of_txt", _value("x.txt")))}
+        *((f"value_of_{c}", _value(f"x.{c}")) for c in ("lo", "hi", "fv", "lv")))}
     return sql.SQL(text).format(**fragments, **_NAMES).as_bytes(None)
 
 
 MERGE_SQL = _statement("""
 WITH r AS MATERIALIZED ({rollups} WHERE d.{of} = ANY(%(sources)s)),
-raw AS (SELECT x.s, x.id, x.t, {value_of_txt} AS v, x.txt ~ '^-?[0-9]+$' AS integral, x.f
-        FROM unnest(%(streams)s::bigint[], %(ids)s::bigint[], %(times)s::timestamptz[], %(texts)s::text[],
-                    %(features)s::bigint[]) AS x(s, id, t, txt, f)),
-minutes AS ({minutes}),
+minutes AS (
+    SELECT x.s, x.m, x.n, x.sm::numeric AS sm, x.i, {value_of_lo} AS lo, {value_of_hi} AS hi, x.ft, x.fid,
+           {value_of_fv} AS fv, x.lt, x.lid, {value_of_lv} AS lv, x.lf
+    FROM unnest(%(streams)b::bigint[], %(minutes)b::timestamptz[], %(counts)b::bigint[], %(sums)b::text[],
+                %(integral)b::boolean[], %(lows)b::text[], %(highs)b::text[], %(first_times)b::timestamptz[],
+                %(first_ids)b::bigint[], %(firsts)b::text[], %(last_times)b::timestamptz[], %(last_ids)b::bigint[],
+                %(lasts)b::text[], %(last_features)b::bigint[])
+         AS x(s, m, n, sm, i, lo, hi, ft, fid, fv, lt, lid, lv, lf)),
 parts AS ({parts}),
 merged AS (
 INSERT INTO rollup_buckets AS k ({columns})
 SELECT rollup_id, b, e, n, s, i, lo, hi, ft, fid, fv, lt, lid, lv, lf, e + fa <= now(), rel FROM parts
 ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET final = k.final OR EXCLUDED.final, released = EXCLUDED.released,
     count = k.count + EXCLUDED.count, sum = k.sum + EXCLUDED.sum, integral = k.integral AND EXCLUDED.integral,
-    min = LEAST(k.min, EXCLUDED.min), max = GREATEST(k.max, EXCLUDED.max),
+    min = {least_merged}, max = {greatest_merged},
     first_time = CASE WHEN {first} THEN EXCLUDED.first_time ELSE k.first_time END,
     first_id = CASE WHEN {first} THEN EXCLUDED.first_id ELSE k.first_id END,
     first_value = CASE WHEN {first} THEN EXCLUDED.first_value ELSE k.first_value END,
@@ -273,7 +297,9 @@ ON CONFLICT (rollup_id, bucket_start) DO UPDATE SET final = k.final OR EXCLUDED.
 {with_definition} merged b ON b.rollup_id = d.id
 """)
 """One ingest batch's part of every touched bucket, merged into its state (rows locked in key order). The
-batch's rows come as arrays (what it just copied): reading them back by id cost more than the rest."""
+batch's rows come grouped per stream and minute (rollup_minutes.minute_arrays), as arrays in binary
+(`%b`: psycopg writes timestamps as text at ~2 µs each in Python). Reading the rows back by id cost more
+than the rest; grouping them in SQL cost the database more than the merge."""
 
 RECOMPUTE_SQL = _statement("""
 WITH r AS ({rollups} WHERE d.id = ANY(%(rollups)s)),
@@ -338,32 +364,19 @@ class Bucket:
     """Whether its Observation was created by this write (`_write_observations` sets it)."""
 
 
-class Merged(NamedTuple):
-    """An Observation an ingest batch just stored in a Datastream with rollups."""
-
-    stream_id: int
-    id: int
-    start: datetime
-    number_text: str | None
-    """Its result's text where the result is a number (RESULT_NUMBER), else None (not aggregated)."""
-    feature_id: int | None
-
-
 async def merge_batch(conn: AsyncConnection[Any], rows: Iterable[Merged]) -> list[Bucket]:
     """Merge the Observations an ingest batch just stored in Datastreams with rollups into their rollups'
     buckets, and write those buckets' Observations. Returns the changed buckets."""
-    rows = [r for r in rows if r.number_text is not None]
-    if not rows:
+    arrays = minute_arrays(rows)
+    if not arrays["streams"]:
         return []
-    sources = sorted({r.stream_id for r in rows})
-    params = {"sources": sources, "streams": [r.stream_id for r in rows], "ids": [r.id for r in rows],
-              "times": [r.start for r in rows], "texts": [r.number_text for r in rows],
-              "features": [r.feature_id for r in rows]}
+    sources = sorted(set(arrays["streams"]))
+    params = {"sources": sources, **arrays}
     async with conn.pipeline():
         await conn.execute(_LOCK_OF_SOURCES_SQL, (sources,))
         merged = await conn.execute(MERGE_SQL, params)
     buckets = [Bucket(*row) for row in await merged.fetchall()]
-    await _write_observations(conn, buckets)
+    await _write_observations(conn, buckets, restore=False)
     return buckets
 
 
@@ -464,8 +477,10 @@ _ROLLUPS_OF_SQL = _statement("SELECT id, {of} FROM {ds_table} WHERE {of} = ANY(%
 _SOURCE_SQL = _statement("SELECT {of}, {rollup} FROM {ds_table} WHERE id = %s")
 
 
-async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket]) -> None:
-    """Create, update or delete the Observation of each changed bucket."""
+async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket], restore: bool = True) -> None:
+    """Create, update or delete the Observation of each changed bucket; `restore`: write those that were
+    taken away again (_RESTORE_SQL). An ingest batch need not: whatever took one (a FeatureOfInterest
+    delete) recomputed and restored the bucket in its own transaction."""
     if not buckets:
         return
     new = [b for b in buckets if b.observation_id is None and b.count and b.feature_id is not None]
@@ -495,7 +510,7 @@ async def _write_observations(conn: AsyncConnection[Any], buckets: list[Bucket])
             updates.append({**document, "id": bucket.observation_id})
     async with conn.pipeline():  # one round trip for all five
         for statement, documents in ((_DELETE_SQL, deletes), (_INSERT_SQL, inserts), (_UPDATE_SQL, updates),
-                                     (_RESTORE_SQL, updates), (_LINK_SQL, links)):
+                                     (_RESTORE_SQL, updates if restore else []), (_LINK_SQL, links)):
             if documents:
                 await conn.execute(statement, (orjson.dumps(documents).decode(),))
 
