@@ -45,11 +45,11 @@ from sensorthings.write.derived import (
     update_stream_summaries,
 )
 from sensorthings.write.ports import Change
+from sensorthings.write.rollup_minutes import Merged
 from sensorthings.write.rollups import (
     RESULT_KIND,
     RESULT_TEXT,
     ROLLUP_STREAM,
-    Merged,
     merge_batch,
     rollup_changes,
     rollup_write_error,
