@@ -76,12 +76,15 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
         if path.ref:
             raise BadRequest("$resultFormat=dataArray cannot be combined with $ref")
         value = data_array_value(entity, options, p, b.param(options.offset + options.top), b)
-    else:
-        item = (ref_json(entity, p, b) if path.ref
-                else entity_json(entity, p, b, options.select, options.expand, limits))
+    elif path.ref:
         value = sql.SQL("(SELECT coalesce(json_agg({item} ORDER BY {p}.sta_n) FILTER (WHERE {p}.sta_n <= {last}),"
-                        " '[]'::json) FROM page {p})").format(item=item, p=p,
+                        " '[]'::json) FROM page {p})").format(item=ref_json(entity, p, b), p=p,
                                                              last=b.param(options.offset + options.top))
+    else:  # the page's texts joined (json_agg would parse each row's text again): 10 ms of 8,784 rows
+        item = entity_json(entity, p, b, options.select, options.expand, limits, as_text=True)
+        value = sql.SQL("(SELECT '[' || coalesce(string_agg({item}, ',' ORDER BY {p}.sta_n) FILTER (WHERE"
+                        " {p}.sta_n <= {last}), '') || ']' FROM page {p})").format(
+            item=item, p=p, last=b.param(options.offset + options.top))
     count = (
         sql.SQL("(SELECT count(*) FROM (SELECT 1 FROM {} {} WHERE {} LIMIT {}) AS counted)").format(
             b.source(entity), e, where(with_keyset=False), b.param(limits.exact_count_limit + 1))

@@ -18,7 +18,15 @@ from sensorthings.model.errors import BadRequest
 from sensorthings.query.expressions import ExpressionCompiler
 from sensorthings.query.odata import ExpandItem
 from sensorthings.query.ordering import order_keys
-from sensorthings.query.sql import SqlBuilder, by_relation, qualified, rank_of, relation_join, self_link
+from sensorthings.query.sql import (
+    SqlBuilder,
+    by_relation,
+    qualified,
+    rank_of,
+    relation_join,
+    self_link,
+    self_link_json,
+)
 
 
 @dataclass(frozen=True)
@@ -68,11 +76,13 @@ def _property_segments(entity: Entity, select: tuple[str, ...], expand: tuple[Ex
 
 
 def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tuple[str, ...] = (),
-                expand: tuple[ExpandItem, ...] = (), limits: Limits = Limits(), depth: int = 0) -> sql.Composable:
+                expand: tuple[ExpandItem, ...] = (), limits: Limits = Limits(), depth: int = 0,
+                as_text: bool = False) -> sql.Composable:
     """The entity as STA JSON: @iot.id, @iot.selfLink, properties and navigation links (only those named
     in `select`, when given), with the `expand`ed related entities inline. An optional property without a
     value is left out (as FROST does; `null` broke pygeoapi), as is an expanded to-one entity that the row
-    does not have (an Observation's Datastream when it belongs to a MultiDatastream)."""
+    does not have (an Observation's Datastream when it belongs to a MultiDatastream). `as_text`: the
+    object's JSON text, for a caller that only joins texts (a collection's page: no parse per row)."""
     select, expand = _property_segments(entity, select, expand, b.version)
     chosen = _select_names(entity, select, b.version)
 
@@ -84,7 +94,7 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
     if wanted("@iot.id") or "id" in chosen:
         pairs.append(_Pair.of("@iot.id", qualified(alias, "id")))
     if wanted("@iot.selfLink"):
-        pairs.append(_Pair.link("@iot.selfLink", link))
+        pairs.append(_Pair.link("@iot.selfLink", link, lambda: self_link_json(entity, alias, b)))
     for f in entity.fields_in(b.version):
         if wanted(f.name):
             always = f.required or f.null_is_a_value or f.defaults_to_now  # NOT NULL columns
@@ -92,7 +102,8 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
                                partial(f.json_text_sql, alias), optional=not always))
     expanded = {item.path for item in expand}
     navigation: list[tuple[str, _Pair]] = [
-        (name, _Pair.link(f"{name}@iot.navigationLink", sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}"))))
+        (name, _Pair.link(f"{name}@iot.navigationLink", sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}")),
+                          partial(self_link_json, entity, alias, b, sql.Literal(f"/{name}"))))
         for name in entity.relations_in(b.version) if wanted(name) and name not in expanded]
     expanded_pairs: list[_Pair] = []
     extras: list[_Pair] = []
@@ -114,10 +125,11 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         # An Observation links the stream it has (the database holds exactly one), not the other: one pair
         # whose key and link follow the row, in the place of the first. (A CASE over one object per stream
         # tripled the planning time of an Observation's JSON.)
-        url = sql.SQL("{} || {}").format(link, by_relation(alias, streams, lambda r: sql.Literal(f"/{r.name}")))
+        suffix = by_relation(alias, streams, lambda r: sql.Literal(f"/{r.name}"))
+        url = sql.SQL("{} || {}").format(link, suffix)
         switch = _Pair(by_relation(alias, streams, lambda r: sql.Literal(f"{r.name}@iot.navigationLink")),
                        by_relation(alias, streams, lambda r: sql.Literal(json.dumps(f"{r.name}@iot.navigationLink"))),
-                       lambda: url, lambda: sql.SQL("to_json({})").format(url))
+                       lambda: url, lambda: self_link_json(entity, alias, b, suffix))
         navigation = [(name, switch if name == streams[0].name else pair) for name, pair in navigation
                       if name == streams[0].name or name not in entity.exactly_one_of]
     else:  # $select names only some of them: each link where the row has that stream, left out elsewhere
@@ -125,7 +137,7 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         extras += [_Pair.of(f"{r.name}@iot.navigationLink", value, optional=True) for r in streams
                    for value in [sql.SQL("CASE WHEN {} IS NOT NULL THEN to_json({} || {}) END").format(
                        qualified(alias, r.column), link, sql.Literal(f"/{r.name}"))]]
-    return _json_object([*pairs, *(pair for _, pair in navigation), *expanded_pairs, *extras])
+    return _json_object([*pairs, *(pair for _, pair in navigation), *expanded_pairs, *extras], as_text)
 
 
 _CONCAT_MAX_ARGS = 100
@@ -154,21 +166,26 @@ class _Pair:
         return _Pair(sql.Literal(name), json.dumps(name), lambda: value, lambda: value, optional)
 
     @staticmethod
-    def link(name: str, url: sql.Composable) -> _Pair:
-        return _Pair(sql.Literal(name), json.dumps(name), lambda: url, lambda: sql.SQL("to_json({})").format(url))
+    def link(name: str, url: sql.Composable, url_json: Callable[[], sql.Composable]) -> _Pair:
+        """A link: `url` as text, and (made on demand) as JSON text (sql.self_link_json)."""
+        return _Pair(sql.Literal(name), json.dumps(name), lambda: url, url_json)
 
 
-def _json_object(pairs: list[_Pair]) -> sql.Composable:
-    """The JSON object of `pairs`, written as json_build_object writes it (`{"k" : v, …}`).
+def _json_object(pairs: list[_Pair], as_text: bool = False) -> sql.Composable:
+    """The JSON object of `pairs`, written as json_build_object writes it (`{"k" : v, …}`); its text where
+    `as_text`.
 
     Without optional keys, json_build_object itself. With them, the object's text is spliced in one
     concat() call per row, which skips the NULL parts of absent keys, and cast to json once: one parse of
     the row's text, cheaper than json_build_object's per-argument work (and than one sta_json_with, a parse
-    each, per optional key), and the keys keep their order. (json_strip_nulls is no way out: it would also
-    strip the nulls inside free JSON values such as properties, parameters and results.)"""
+    each, per optional key), and the keys keep their order. As text, not even that parse: every part is
+    JSON text already (to_json, jsonb output, a number's validated text). (json_strip_nulls is no way out:
+    it would also strip the nulls inside free JSON values such as properties, parameters and results.)"""
     if not any(p.optional for p in pairs):
-        return sql.SQL("json_build_object({})").format(sql.SQL(", ").join(
+        built = sql.SQL("json_build_object({})").format(sql.SQL(", ").join(
             part for p in pairs for part in (p.key, p.value())))
+        return sql.SQL("{}::text").format(built) if as_text else built
+    cast = sql.SQL("" if as_text else "::json")
     leading_comma = pairs[0].optional  # no key is sure to come first: each gets ", " and the first is cut off
     chunks: list[_Chunk] = [] if leading_comma else ["{"]
     for n, p in enumerate(pairs):
@@ -179,8 +196,8 @@ def _json_object(pairs: list[_Pair]) -> sql.Composable:
         else:
             chunks += [*head, p.text()]
     if leading_comma:
-        return sql.SQL("('{{' || substr({}, 3) || '}}')::json").format(_concat(_composed(chunks)))
-    return sql.SQL("{}::json").format(_concat(_composed([*chunks, "}"])))
+        return sql.SQL("('{{' || substr({}, 3) || '}}'){}").format(_concat(_composed(chunks)), cast)
+    return sql.SQL("{}{}").format(_concat(_composed([*chunks, "}"])), cast)
 
 
 def _composed(chunks: list[_Chunk]) -> list[sql.Composable]:

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from psycopg import sql
 
 from sensorthings.model import LATEST, observation_ids
@@ -30,6 +31,15 @@ class SqlBuilder:
         self.params: dict[str, Any] = {}
         self._aliases = itertools.count()
         self.base = self.param(base_url)
+        self._base_url = base_url
+        self._base_json: sql.Composable | None = None
+
+    @property
+    def base_json(self) -> sql.Composable:
+        """The base URL as the inside of a JSON string (escaped here, once, instead of to_json per link)."""
+        if self._base_json is None:
+            self._base_json = self.param(orjson.dumps(self._base_url).decode()[1:-1])
+        return self._base_json
 
     def param(self, value: Any) -> sql.Composable:
         name = f"p{len(self.params)}"
@@ -122,5 +132,13 @@ def step_conditions(steps: tuple[Step, ...], alias: sql.Identifier, b: SqlBuilde
 def self_link(entity: Entity, alias: sql.Identifier, b: SqlBuilder) -> sql.Composable:
     return sql.SQL("{}::text || {} || {} || ')'").format(
         b.base, sql.Literal(f"/{entity.set_name}("), qualified(alias, "id"))
+
+
+def self_link_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder,
+                   suffix: sql.Composable | None = None) -> sql.Composable:
+    """`self_link` (followed by `suffix`, a navigation link's `/Name`) as JSON text: the same as to_json of
+    it, without escaping per row (an id and the model's names need none)."""
+    return sql.SQL("'\"' || {}::text || {} || {} || ')' || {} || '\"'").format(
+        b.base_json, sql.Literal(f"/{entity.set_name}("), qualified(alias, "id"), suffix or sql.Literal(""))
 
 
