@@ -230,6 +230,12 @@ def _json_path(value: sql.Composable, subpath: tuple[str, ...], param: Param) ->
     return sql.SQL("({} #> {}::text[])").format(value, param(list(subpath))) if subpath else value
 
 
+def _quoted_time(text: sql.Composable) -> sql.Composable:
+    """sta_time/sta_interval text as a JSON string: quoted, not to_json() (which costs ~3 µs a call, a
+    third of rendering a year of hourly Observations); their ISO 8601 text holds nothing to escape."""
+    return sql.SQL("('\"' || {} || '\"')").format(text)
+
+
 @dataclass(frozen=True)
 class Instant(Field):
     expression_kind = "datetime"
@@ -237,6 +243,9 @@ class Instant(Field):
 
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         return sql.SQL("sta_time({})").format(self.col(alias))
+
+    def json_text_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return _quoted_time(self.json_sql(alias))
 
     def parse(self, value: Any, where: str) -> dict[str, Any]:
         if value is None:
@@ -346,6 +355,9 @@ class Interval(Field):
     def json_sql(self, alias: sql.Identifier) -> sql.Composable:
         start, end = self.columns
         return sql.SQL("sta_interval({}, {})").format(self.col(alias, start), self.col(alias, end))
+
+    def json_text_sql(self, alias: sql.Identifier) -> sql.Composable:
+        return _quoted_time(self.json_sql(alias))
 
     def operand(self, alias: sql.Identifier, subpath: tuple[str, ...], param: Param) -> Operand:
         super().operand(alias, subpath, param)

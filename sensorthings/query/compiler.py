@@ -94,12 +94,12 @@ def compile_collection(path: ResourcePath, options: QueryOptions, base_url: str,
                 if keyset is not None else sql.SQL("NULL::json"))
     statement = sql.SQL(
         "WITH page AS ("
-        " SELECT {e}.*, row_number() OVER (ORDER BY {keys}) AS sta_n, {last_key} AS sta_key"
+        " SELECT {e}.*, row_number() OVER (ORDER BY {keys}) AS sta_n"
         " FROM {table} {e} WHERE {cond}"
         " ORDER BY {keys} LIMIT {limit} OFFSET {skip})"
         " SELECT {value}::text,"
         " (SELECT count(*) FROM page) > {top}, {count}, {parent},"
-        " (SELECT sta_key FROM page WHERE sta_n = {last})::text"
+        " (SELECT {last_key} FROM page {e} WHERE {e}.sta_n = {last})::text"  # the last row's only, not each row's
         " WHERE {guard}"
     ).format(
         e=e, keys=sql.SQL(", ").join(keys), table=b.source(entity), cond=where(),
