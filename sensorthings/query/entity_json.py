@@ -90,11 +90,17 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         return not chosen or name in chosen
 
     link = self_link(entity, alias, b)
+
+    def link_to(suffix: sql.Composable | None = None) -> tuple[sql.Composable, Callable[[], sql.Composable]]:
+        """A link of the entity (`suffix`: a navigation link's `/Name`) as text, and as JSON text on demand."""
+        url = link if suffix is None else sql.SQL("{} || {}").format(link, suffix)
+        return url, partial(self_link_json, entity, alias, b, suffix)
+
     pairs: list[_Pair] = []
     if wanted("@iot.id") or "id" in chosen:
         pairs.append(_Pair.of("@iot.id", qualified(alias, "id")))
     if wanted("@iot.selfLink"):
-        pairs.append(_Pair.link("@iot.selfLink", link, lambda: self_link_json(entity, alias, b)))
+        pairs.append(_Pair.link("@iot.selfLink", *link_to()))
     for f in entity.fields_in(b.version):
         if wanted(f.name):
             always = f.required or f.null_is_a_value or f.defaults_to_now  # NOT NULL columns
@@ -102,8 +108,7 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
                                partial(f.json_text_sql, alias), optional=not always))
     expanded = {item.path for item in expand}
     navigation: list[tuple[str, _Pair]] = [
-        (name, _Pair.link(f"{name}@iot.navigationLink", sql.SQL("{} || {}").format(link, sql.Literal(f"/{name}")),
-                          partial(self_link_json, entity, alias, b, sql.Literal(f"/{name}"))))
+        (name, _Pair.link(f"{name}@iot.navigationLink", *link_to(sql.Literal(f"/{name}"))))
         for name in entity.relations_in(b.version) if wanted(name) and name not in expanded]
     expanded_pairs: list[_Pair] = []
     extras: list[_Pair] = []
@@ -125,18 +130,17 @@ def entity_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder, select: tu
         # An Observation links the stream it has (the database holds exactly one), not the other: one pair
         # whose key and link follow the row, in the place of the first. (A CASE over one object per stream
         # tripled the planning time of an Observation's JSON.)
-        suffix = by_relation(alias, streams, lambda r: sql.Literal(f"/{r.name}"))
-        url = sql.SQL("{} || {}").format(link, suffix)
+        url, url_json = link_to(by_relation(alias, streams, lambda r: sql.Literal(f"/{r.name}")))
         switch = _Pair(by_relation(alias, streams, lambda r: sql.Literal(f"{r.name}@iot.navigationLink")),
                        by_relation(alias, streams, lambda r: sql.Literal(json.dumps(f"{r.name}@iot.navigationLink"))),
-                       lambda: url, lambda: self_link_json(entity, alias, b, suffix))
+                       lambda: url, url_json)
         navigation = [(name, switch if name == streams[0].name else pair) for name, pair in navigation
                       if name == streams[0].name or name not in entity.exactly_one_of]
     else:  # $select names only some of them: each link where the row has that stream, left out elsewhere
         navigation = [(name, pair) for name, pair in navigation if name not in entity.exactly_one_of]
         extras += [_Pair.of(f"{r.name}@iot.navigationLink", value, optional=True) for r in streams
-                   for value in [sql.SQL("CASE WHEN {} IS NOT NULL THEN to_json({} || {}) END").format(
-                       qualified(alias, r.column), link, sql.Literal(f"/{r.name}"))]]
+                   for value in [sql.SQL("CASE WHEN {} IS NOT NULL THEN {} END").format(
+                       qualified(alias, r.column), link_to(sql.Literal(f"/{r.name}"))[1]())]]
     return _json_object([*pairs, *(pair for _, pair in navigation), *expanded_pairs, *extras], as_text)
 
 

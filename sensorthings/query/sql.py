@@ -129,16 +129,20 @@ def step_conditions(steps: tuple[Step, ...], alias: sql.Identifier, b: SqlBuilde
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
 
 
+def _entity_url(entity: Entity, alias: sql.Identifier, base: sql.Composable) -> sql.Composable:
+    return sql.SQL("{}::text || {} || {} || ')'").format(base, sql.Literal(f"/{entity.set_name}("),
+                                                        qualified(alias, "id"))
+
+
 def self_link(entity: Entity, alias: sql.Identifier, b: SqlBuilder) -> sql.Composable:
-    return sql.SQL("{}::text || {} || {} || ')'").format(
-        b.base, sql.Literal(f"/{entity.set_name}("), qualified(alias, "id"))
+    return _entity_url(entity, alias, b.base)
 
 
 def self_link_json(entity: Entity, alias: sql.Identifier, b: SqlBuilder,
                    suffix: sql.Composable | None = None) -> sql.Composable:
     """`self_link` (followed by `suffix`, a navigation link's `/Name`) as JSON text: the same as to_json of
     it, without escaping per row (an id and the model's names need none)."""
-    return sql.SQL("'\"' || {}::text || {} || {} || ')' || {} || '\"'").format(
-        b.base_json, sql.Literal(f"/{entity.set_name}("), qualified(alias, "id"), suffix or sql.Literal(""))
+    return sql.SQL("'\"' || {} || {} || '\"'").format(_entity_url(entity, alias, b.base_json),
+                                                       suffix or sql.Literal(""))
 
 
